@@ -1,0 +1,537 @@
+/* The configuration table and its loaders: defaults, JSON file, MW_* env, flags. */
+#include "config.h"
+
+#include "err.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <librdkafka/rdkafka.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum cfg_type { CFG_STR, CFG_INT, CFG_BOOL, CFG_ENUM };
+
+struct cfg_key {
+    const char *key;
+    enum cfg_type type;
+    size_t offset;
+    size_t size;         /* strings: capacity of the char array */
+    const char *def;     /* default, as text */
+    int64_t min, max;    /* integers */
+    const char *choices; /* enums: "a|b|c" */
+    int secret;          /* masked when printed */
+    const char *doc;
+};
+
+#define FIELD(f) offsetof(mw_config_t, f), sizeof(((mw_config_t *)0)->f)
+#define CFG_S(k, f, d, doc)                                                                        \
+    {                                                                                              \
+        k, CFG_STR, FIELD(f), d, 0, 0, NULL, 0, doc                                                \
+    }
+#define CFG_SECRET(k, f, d, doc)                                                                   \
+    {                                                                                              \
+        k, CFG_STR, FIELD(f), d, 0, 0, NULL, 1, doc                                                \
+    }
+#define CFG_I(k, f, d, lo, hi, doc)                                                                \
+    {                                                                                              \
+        k, CFG_INT, FIELD(f), d, lo, hi, NULL, 0, doc                                              \
+    }
+#define CFG_B(k, f, d, doc)                                                                        \
+    {                                                                                              \
+        k, CFG_BOOL, FIELD(f), d, 0, 1, NULL, 0, doc                                               \
+    }
+#define CFG_E(k, f, d, choices, doc)                                                               \
+    {                                                                                              \
+        k, CFG_ENUM, FIELD(f), d, 0, 0, choices, 0, doc                                            \
+    }
+
+/* The one table of configuration keys. `--help` and the README come from it. */
+static const struct cfg_key keys[] = {
+    CFG_S("cluster.name", cluster, "local",
+          "name of this mwserve cluster; every Redis key starts with mw:{cluster.name}:"),
+    CFG_E("log.level", log_level, "info", "debug|info|warn|error", "least severe level logged"),
+    CFG_S("redis.host", redis_host, "127.0.0.1", "Redis server host"),
+    CFG_I("redis.port", redis_port, "6379", 1, 65535, "Redis server port"),
+    CFG_SECRET("redis.password", redis_password, "", "Redis AUTH password (empty: none)"),
+    CFG_I("redis.db", redis_db, "0", 0, 1023, "Redis database number"),
+    CFG_I("redis.connect_timeout_ms", redis_connect_timeout_ms, "2000", 10, 600000,
+          "timeout of one connection attempt to Redis"),
+    CFG_I("redis.command_timeout_ms", redis_command_timeout_ms, "5000", 10, 600000,
+          "timeout of one Redis command"),
+    CFG_I("redis.retry_max_ms", redis_retry_max_ms, "5000", 10, 600000,
+          "longest wait between reconnection attempts (exponential backoff from 50 ms)"),
+    CFG_I("kafka_client.timeout_ms", kafka_timeout_ms, "30000", 100, 600000,
+          "timeout of Kafka admin calls and transaction initialisation"),
+    CFG_I("records.max_tensor_bytes", records_max_tensor_bytes, "67108864", 1, INT64_C(1) << 40,
+          "largest request tensor accepted, in bytes (larger requests are rejected)"),
+    CFG_I("world.timeout_ms", world_timeout_ms, "5000", 50, 3600000,
+          "failure-detection bound: a send without progress or a silent peer breaks its world"),
+    CFG_I("world.keepalive_ms", world_keepalive_ms, "1000", 10, 600000,
+          "keepalive interval on idle world connections (capped at world.timeout_ms/3)"),
+    CFG_I("world.max_tensor_bytes", world_max_tensor_bytes, "1073741824", 1, INT64_C(1) << 40,
+          "largest tensor frame a world accepts; a larger one breaks the world"),
+    CFG_S("world.listen_host", world_listen_host, "127.0.0.1",
+          "address the world listener binds (0.0.0.0: every interface)"),
+    CFG_I("world.listen_port", world_listen_port, "0", 0, 65535,
+          "port of the world listener (0: any free port)"),
+    CFG_S("world.advertise_host", world_advertise_host, "",
+          "host that peers connect to (empty: world.listen_host, or the hostname for 0.0.0.0)"),
+    CFG_I("world.socket_buffer_bytes", world_socket_buffer_bytes, "4194304", 0, INT64_C(1) << 30,
+          "SO_SNDBUF/SO_RCVBUF of world sockets (0: kernel autotuning)"),
+};
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+static const struct cfg_key *find_key(const char *key)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcmp(keys[i].key, key) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+static const char *type_name(const struct cfg_key *k)
+{
+    switch (k->type) {
+    case CFG_INT:
+        return "integer";
+    case CFG_BOOL:
+        return "boolean";
+    case CFG_ENUM:
+        return k->choices;
+    default:
+        return "string";
+    }
+}
+
+static int set_kafka(mw_config_t *cfg, const char *property, const char *value, char *errstr,
+                     size_t errstr_size)
+{
+    for (size_t i = 0; i < cfg->kafka_count; i++) {
+        if (strcmp(cfg->kafka[i].key, property) == 0) {
+            char *v = strdup(value);
+            if (v == NULL)
+                return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+            free(cfg->kafka[i].value);
+            cfg->kafka[i].value = v;
+            return MW_OK;
+        }
+    }
+    mw_kv_t *kv = realloc(cfg->kafka, (cfg->kafka_count + 1) * sizeof(*kv));
+    if (kv == NULL)
+        return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+    cfg->kafka = kv;
+    kv[cfg->kafka_count].key = strdup(property);
+    kv[cfg->kafka_count].value = strdup(value);
+    if (kv[cfg->kafka_count].key == NULL || kv[cfg->kafka_count].value == NULL) {
+        free(kv[cfg->kafka_count].key);
+        free(kv[cfg->kafka_count].value);
+        return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+    }
+    cfg->kafka_count++;
+    return MW_OK;
+}
+
+static int parse_bool(const char *v, int64_t *out)
+{
+    static const char *const yes[] = {"true", "1", "yes", "on"};
+    static const char *const no[] = {"false", "0", "no", "off"};
+    for (size_t i = 0; i < 4; i++) {
+        if (strcasecmp(v, yes[i]) == 0) {
+            *out = 1;
+            return MW_OK;
+        }
+        if (strcasecmp(v, no[i]) == 0) {
+            *out = 0;
+            return MW_OK;
+        }
+    }
+    return MW_EINVAL;
+}
+
+static int enum_has(const char *choices, const char *v)
+{
+    size_t n = strlen(v);
+    for (const char *p = choices; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, v, n) == 0)
+            return 1;
+        p += len + (bar != NULL);
+    }
+    return 0;
+}
+
+int mw_config_set(mw_config_t *cfg, const char *key, const char *value, const char *origin,
+                  char *errstr, size_t errstr_size)
+{
+    if (strncmp(key, "kafka.", 6) == 0) {
+        if (key[6] == '\0')
+            return mw_errf(MW_EINVAL, errstr, errstr_size, "%s: empty Kafka property name", origin);
+        return set_kafka(cfg, key + 6, value, errstr, errstr_size);
+    }
+    const struct cfg_key *k = find_key(key);
+    if (k == NULL)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "%s: unknown configuration key '%s' (mwctl --help lists the keys)", origin,
+                       key);
+    char *field = (char *)cfg + k->offset;
+    switch (k->type) {
+    case CFG_ENUM:
+        if (!enum_has(k->choices, value))
+            return mw_errf(MW_EINVAL, errstr, errstr_size, "%s: %s must be one of %s, not '%s'",
+                           origin, key, k->choices, value);
+        /* fall through */
+    case CFG_STR:
+        if (strlen(value) >= k->size)
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "%s: %s is too long (%zu bytes, at most %zu)", origin, key,
+                           strlen(value), k->size - 1);
+        memcpy(field, value, strlen(value) + 1);
+        return MW_OK;
+    case CFG_BOOL: {
+        int64_t b;
+        if (parse_bool(value, &b) != MW_OK)
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "%s: %s must be a boolean (true/false), not '%s'", origin, key, value);
+        memcpy(field, &b, sizeof(b));
+        return MW_OK;
+    }
+    case CFG_INT: {
+        char *end;
+        errno = 0;
+        long long n = strtoll(value, &end, 10);
+        if (errno != 0 || end == value || *end != '\0')
+            return mw_errf(MW_EINVAL, errstr, errstr_size, "%s: %s must be an integer, not '%s'",
+                           origin, key, value);
+        if (n < k->min || n > k->max)
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "%s: %s = %lld is out of range [%lld, %lld]", origin, key, n,
+                           (long long)k->min, (long long)k->max);
+        int64_t v = n;
+        memcpy(field, &v, sizeof(v));
+        return MW_OK;
+    }
+    }
+    return MW_EINVAL;
+}
+
+void mw_config_init(mw_config_t *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < NKEYS; i++) {
+        int rc = mw_config_set(cfg, keys[i].key, keys[i].def, "default", NULL, 0);
+        (void)rc; /* the defaults are checked by test_config */
+    }
+}
+
+void mw_config_fini(mw_config_t *cfg)
+{
+    if (cfg == NULL)
+        return;
+    for (size_t i = 0; i < cfg->kafka_count; i++) {
+        free(cfg->kafka[i].key);
+        free(cfg->kafka[i].value);
+    }
+    free(cfg->kafka);
+    cfg->kafka = NULL;
+    cfg->kafka_count = 0;
+}
+
+/* ------------------------------------------------------------------ file */
+
+static void line_col(const char *text, const char *at, int *line, int *col)
+{
+    *line = 1;
+    *col = 1;
+    for (const char *p = text; p < at && *p; p++) {
+        if (*p == '\n') {
+            (*line)++;
+            *col = 1;
+        } else {
+            (*col)++;
+        }
+    }
+}
+
+static int load_object(mw_config_t *cfg, const cJSON *obj, const char *prefix, const char *path,
+                       char *errstr, size_t errstr_size)
+{
+    for (const cJSON *it = obj->child; it != NULL; it = it->next) {
+        char key[512], value[64], origin[640];
+        snprintf(key, sizeof(key), "%s%s%s", prefix, *prefix ? "." : "", it->string);
+        snprintf(origin, sizeof(origin), "%s: key '%s'", path, key);
+        const char *text = value;
+        if (cJSON_IsObject(it)) {
+            int rc = load_object(cfg, it, key, path, errstr, errstr_size);
+            if (rc != MW_OK)
+                return rc;
+            continue;
+        } else if (cJSON_IsString(it)) {
+            text = it->valuestring;
+        } else if (cJSON_IsBool(it)) {
+            snprintf(value, sizeof(value), "%s", cJSON_IsTrue(it) ? "true" : "false");
+        } else if (cJSON_IsNumber(it)) {
+            double d = it->valuedouble;
+            if (d == (double)(long long)d)
+                snprintf(value, sizeof(value), "%lld", (long long)d);
+            else
+                snprintf(value, sizeof(value), "%.17g", d);
+        } else {
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "%s: value must be a string, number, boolean or object", origin);
+        }
+        int rc = mw_config_set(cfg, key, text, origin, errstr, errstr_size);
+        if (rc != MW_OK)
+            return rc;
+    }
+    return MW_OK;
+}
+
+int mw_config_load_file(mw_config_t *cfg, const char *path, char *errstr, size_t errstr_size)
+{
+    int rc = MW_OK;
+    char *text = NULL;
+    cJSON *root = NULL;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "config file %s: %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0 || ftell(f) < 0 || ftell(f) > (1 << 20)) {
+        rc = mw_errf(MW_EINVAL, errstr, errstr_size,
+                     "config file %s: unreadable or larger than 1 MiB", path);
+        goto out_close;
+    }
+    long size = ftell(f);
+    rewind(f);
+    text = malloc((size_t)size + 1);
+    if (text == NULL || fread(text, 1, (size_t)size, f) != (size_t)size) {
+        rc = mw_errf(MW_EIO, errstr, errstr_size, "config file %s: read failed", path);
+        goto out_free;
+    }
+    text[size] = '\0';
+    if (memchr(text, '\0', (size_t)size) != NULL) {
+        rc = mw_errf(MW_EINVAL, errstr, errstr_size, "config file %s: contains a NUL byte", path);
+        goto out_free;
+    }
+    const char *end = NULL;
+    root = cJSON_ParseWithOpts(text, &end, 1);
+    if (root == NULL) {
+        int line, col;
+        line_col(text, end ? end : text, &line, &col);
+        rc = mw_errf(MW_EINVAL, errstr, errstr_size,
+                     "config file %s:%d:%d: malformed JSON near '%.20s'", path, line, col,
+                     end ? end : "");
+        goto out_free;
+    }
+    if (!cJSON_IsObject(root)) {
+        rc = mw_errf(MW_EINVAL, errstr, errstr_size,
+                     "config file %s: the top level must be a JSON object", path);
+        goto out_free;
+    }
+    rc = load_object(cfg, root, "", path, errstr, errstr_size);
+out_free:
+    cJSON_Delete(root);
+    free(text);
+out_close:
+    fclose(f);
+    return rc;
+}
+
+/* ------------------------------------------------------------------- env */
+
+static void env_name(const char *key, char *out, size_t size)
+{
+    size_t n = snprintf(out, size, "MW_");
+    for (const char *p = key; *p && n + 1 < size; p++)
+        out[n++] = *p == '.' ? '_' : (char)toupper((unsigned char)*p);
+    out[n] = '\0';
+}
+
+extern char **environ;
+
+int mw_config_load_env(mw_config_t *cfg, char *errstr, size_t errstr_size)
+{
+    char name[128];
+    for (size_t i = 0; i < NKEYS; i++) {
+        env_name(keys[i].key, name, sizeof(name));
+        const char *v = getenv(name);
+        if (v == NULL)
+            continue;
+        int rc = mw_config_set(cfg, keys[i].key, v, name, errstr, errstr_size);
+        if (rc != MW_OK)
+            return rc;
+    }
+    /* MW_KAFKA_SOCKET_TIMEOUT_MS=... -> kafka.socket.timeout.ms */
+    for (char **e = environ; *e != NULL; e++) {
+        if (strncmp(*e, "MW_KAFKA_", 9) != 0)
+            continue;
+        const char *eq = strchr(*e, '=');
+        if (eq == NULL || eq - *e - 9 <= 0 || (size_t)(eq - *e) >= sizeof(name))
+            continue;
+        char key[sizeof(name) + 8] = "kafka.";
+        size_t n = 6;
+        for (const char *p = *e + 9; p < eq; p++)
+            key[n++] = *p == '_' ? '.' : (char)tolower((unsigned char)*p);
+        key[n] = '\0';
+        snprintf(name, sizeof(name), "%.*s", (int)(eq - *e), *e);
+        int rc = mw_config_set(cfg, key, eq + 1, name, errstr, errstr_size);
+        if (rc != MW_OK)
+            return rc;
+    }
+    return MW_OK;
+}
+
+/* ----------------------------------------------------------------- flags */
+
+static int check_kafka(const mw_config_t *cfg, char *errstr, size_t errstr_size)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    int rc = MW_OK;
+    for (size_t i = 0; i < cfg->kafka_count && rc == MW_OK; i++) {
+        char kerr[256];
+        if (rd_kafka_conf_set(conf, cfg->kafka[i].key, cfg->kafka[i].value, kerr, sizeof(kerr)) !=
+            RD_KAFKA_CONF_OK)
+            rc = mw_errf(MW_EINVAL, errstr, errstr_size, "kafka.%s: %s", cfg->kafka[i].key, kerr);
+    }
+    rd_kafka_conf_destroy(conf);
+    return rc;
+}
+
+int mw_config_load(mw_config_t *cfg, int *argc, char **argv, char *errstr, size_t errstr_size)
+{
+    int rc = MW_OK;
+    const char *file = getenv("MW_CONFIG");
+    mw_config_init(cfg);
+
+    /* The file comes first, so find --config before applying other flags. */
+    for (int i = 1; i < *argc && strcmp(argv[i], "--") != 0; i++) {
+        if (strncmp(argv[i], "--config=", 9) == 0) {
+            file = argv[i] + 9;
+        } else if (strcmp(argv[i], "--config") == 0) {
+            if (i + 1 >= *argc) {
+                rc = mw_errf(MW_EINVAL, errstr, errstr_size, "--config needs a file name");
+                goto out_fail;
+            }
+            file = argv[++i];
+        }
+    }
+    if (file != NULL && *file != '\0' &&
+        (rc = mw_config_load_file(cfg, file, errstr, errstr_size)) != MW_OK)
+        goto out_fail;
+    if ((rc = mw_config_load_env(cfg, errstr, errstr_size)) != MW_OK)
+        goto out_fail;
+
+    int out = 1;
+    for (int i = 1; i < *argc; i++) {
+        char *a = argv[i];
+        if (strcmp(a, "--") == 0) {
+            while (i < *argc)
+                argv[out++] = argv[i++];
+            break;
+        }
+        if (strncmp(a, "--config=", 9) == 0)
+            continue;
+        if (strcmp(a, "--config") == 0) {
+            i++;
+            continue;
+        }
+        const char *eq = strchr(a, '=');
+        const char *dot = strchr(a, '.');
+        if (strncmp(a, "--", 2) != 0 || dot == NULL || (eq != NULL && dot > eq)) {
+            argv[out++] = a;
+            continue;
+        }
+        if (eq == NULL) {
+            rc = mw_errf(MW_EINVAL, errstr, errstr_size, "flag %s needs a value: %s=VALUE", a, a);
+            goto out_fail;
+        }
+        char key[256];
+        snprintf(key, sizeof(key), "%.*s", (int)(eq - a - 2), a + 2);
+        char origin[300];
+        snprintf(origin, sizeof(origin), "flag --%s", key);
+        if ((rc = mw_config_set(cfg, key, eq + 1, origin, errstr, errstr_size)) != MW_OK)
+            goto out_fail;
+    }
+    *argc = out;
+    argv[out] = NULL;
+    if ((rc = check_kafka(cfg, errstr, errstr_size)) != MW_OK)
+        goto out_fail;
+    return MW_OK;
+
+out_fail:
+    mw_config_fini(cfg);
+    return rc;
+}
+
+const char *mw_config_kafka_get(const mw_config_t *cfg, const char *property)
+{
+    for (size_t i = cfg->kafka_count; i-- > 0;)
+        if (strcmp(cfg->kafka[i].key, property) == 0)
+            return cfg->kafka[i].value;
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- output */
+
+static void format_range(const struct cfg_key *k, char *buf, size_t size)
+{
+    if (k->type == CFG_INT)
+        snprintf(buf, size, "%lld..%lld", (long long)k->min, (long long)k->max);
+    else
+        snprintf(buf, size, "%s", "");
+}
+
+void mw_config_print_help(FILE *out, int markdown)
+{
+    char env[128], range[64];
+    if (markdown) {
+        fprintf(out, "| key | type | default | range | environment | description |\n");
+        fprintf(out, "| --- | --- | --- | --- | --- | --- |\n");
+    }
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct cfg_key *k = &keys[i];
+        env_name(k->key, env, sizeof(env));
+        format_range(k, range, sizeof(range));
+        if (markdown)
+            fprintf(out, "| `%s` | %s | `%s` | %s | `%s` | %s |\n", k->key, type_name(k), k->def,
+                    range, env, k->doc);
+        else
+            fprintf(out, "  --%s=%s\n      %s (default '%s'%s%s; env %s)\n", k->key, type_name(k),
+                    k->doc, k->def, *range ? ", range " : "", range, env);
+    }
+    if (markdown)
+        fprintf(out, "| `kafka.*` | string | | | `MW_KAFKA_*` | passed unchanged to "
+                     "librdkafka, e.g. `kafka.bootstrap.servers` |\n");
+    else
+        fprintf(out, "  --kafka.<property>=VALUE\n      any librdkafka property, passed "
+                     "unchanged (env MW_KAFKA_<PROPERTY> with '.' as '_')\n");
+}
+
+void mw_config_print(const mw_config_t *cfg, FILE *out)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct cfg_key *k = &keys[i];
+        const char *field = (const char *)cfg + k->offset;
+        int64_t n;
+        switch (k->type) {
+        case CFG_STR:
+        case CFG_ENUM:
+            fprintf(out, "%s=%s\n", k->key, k->secret && *field ? "********" : field);
+            break;
+        case CFG_INT:
+            memcpy(&n, field, sizeof(n));
+            fprintf(out, "%s=%lld\n", k->key, (long long)n);
+            break;
+        case CFG_BOOL:
+            memcpy(&n, field, sizeof(n));
+            fprintf(out, "%s=%s\n", k->key, n ? "true" : "false");
+            break;
+        }
+    }
+    for (size_t i = 0; i < cfg->kafka_count; i++) {
+        int secret = strstr(cfg->kafka[i].key, "password") || strstr(cfg->kafka[i].key, "secret");
+        fprintf(out, "kafka.%s=%s\n", cfg->kafka[i].key, secret ? "********" : cfg->kafka[i].value);
+    }
+}

@@ -1,0 +1,81 @@
+/* Configuration: one table of keys (config.c) with type, default, bounds and doc.
+ * Sources, later ones winning: the table's defaults, a JSON config file
+ * (--config=FILE or MW_CONFIG), MW_* environment variables, --key=value flags.
+ * kafka.* keys go unchanged to librdkafka (validated against it at load). */
+#ifndef MW_CONFIG_H
+#define MW_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define MW_CFG_STR_MAX 256
+
+typedef struct mw_kv {
+    char *key;
+    char *value;
+} mw_kv_t;
+
+typedef struct mw_config {
+    char cluster[64];   /* cluster.name: the mw:{cluster}: Redis key prefix */
+    char log_level[16]; /* log.level */
+
+    char redis_host[MW_CFG_STR_MAX];
+    int64_t redis_port;
+    char redis_password[MW_CFG_STR_MAX];
+    int64_t redis_db;
+    int64_t redis_connect_timeout_ms;
+    int64_t redis_command_timeout_ms;
+    int64_t redis_retry_max_ms;
+
+    int64_t kafka_timeout_ms; /* kafka_client.timeout_ms: admin and transaction calls */
+
+    int64_t records_max_tensor_bytes; /* records.max_tensor_bytes: largest request tensor */
+
+    int64_t world_timeout_ms;          /* world.timeout_ms: failure-detection bound */
+    int64_t world_keepalive_ms;        /* world.keepalive_ms: ping interval on idle links */
+    int64_t world_max_tensor_bytes;    /* world.max_tensor_bytes: largest tensor frame */
+    char world_listen_host[MW_CFG_STR_MAX];    /* world.listen_host */
+    int64_t world_listen_port;                 /* world.listen_port (0: any) */
+    char world_advertise_host[MW_CFG_STR_MAX]; /* world.advertise_host ("": listen host) */
+    int64_t world_socket_buffer_bytes;         /* world.socket_buffer_bytes (0: kernel) */
+
+    /* kafka.<property>=value, in the order they were set (later ones win). */
+    mw_kv_t *kafka;
+    size_t kafka_count;
+} mw_config_t;
+
+/* Fills cfg with the table's defaults. cfg owns its kafka pairs: mw_config_fini frees them. */
+void mw_config_init(mw_config_t *cfg);
+void mw_config_fini(mw_config_t *cfg);
+
+/* Sets one key from text; origin names the source in errors ("flag", "MW_REDIS_PORT",
+ * "config.json:12"). Unknown keys, wrong types and out-of-range values fail with
+ * MW_EINVAL and a message naming the key. */
+int mw_config_set(mw_config_t *cfg, const char *key, const char *value, const char *origin,
+                  char *errstr, size_t errstr_size);
+
+/* Loads a JSON config file: an object whose keys are config keys, either flat
+ * ("redis.port": 6380) or nested ({"redis": {"port": 6380}}). */
+int mw_config_load_file(mw_config_t *cfg, const char *path, char *errstr, size_t errstr_size);
+
+/* Loads MW_* environment variables (MW_REDIS_PORT -> redis.port,
+ * MW_KAFKA_BOOTSTRAP_SERVERS -> kafka.bootstrap.servers). */
+int mw_config_load_env(mw_config_t *cfg, char *errstr, size_t errstr_size);
+
+/* The whole sequence for a program: init, file, env, flags. Flags are
+ * `--key=value` where key contains a dot, and `--config=FILE`/`--config FILE`;
+ * they are removed from argv (argc is updated) and every other argument is
+ * left, in order, for the program. On failure cfg is finalized. */
+int mw_config_load(mw_config_t *cfg, int *argc, char **argv, char *errstr, size_t errstr_size);
+
+/* Value of a kafka.* property as configured, or NULL. */
+const char *mw_config_kafka_get(const mw_config_t *cfg, const char *property);
+
+/* Prints the key table: `--help` text (markdown = 0) or the README table (1). */
+void mw_config_print_help(FILE *out, int markdown);
+
+/* Prints every key with its current value (secrets masked). */
+void mw_config_print(const mw_config_t *cfg, FILE *out);
+
+#endif

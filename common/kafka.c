@@ -1,0 +1,171 @@
+/* Kafka helper: clients built from the config, librdkafka logs routed to mw_log. */
+#include "kafka.h"
+
+#include "err.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* librdkafka uses syslog levels: 0..3 error, 4 warning, 5..6 info, 7 debug. */
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    mw_log_level_t l = level <= 3   ? MW_LOG_ERROR
+                       : level == 4 ? MW_LOG_WARN
+                       : level <= 6 ? MW_LOG_INFO
+                                    : MW_LOG_DEBUG;
+    mw_log(l, "kafka", "%s %s: %s", rk ? rd_kafka_name(rk) : "-", fac, buf);
+}
+
+static int conf_default(rd_kafka_conf_t *conf, const mw_config_t *cfg, const char *key,
+                        const char *value, char *errstr, size_t errstr_size);
+
+static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value, char *errstr,
+                    size_t errstr_size)
+{
+    char kerr[256];
+    if (rd_kafka_conf_set(conf, key, value, kerr, sizeof(kerr)) != RD_KAFKA_CONF_OK)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "kafka.%s=%s: %s", key, value, kerr);
+    return MW_OK;
+}
+
+rd_kafka_conf_t *mw_kafka_conf_new(const mw_config_t *cfg, char *errstr, size_t errstr_size)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set_log_cb(conf, log_cb);
+    if (conf_default(conf, cfg, "bootstrap.servers", MW_KAFKA_DEFAULT_BOOTSTRAP, errstr,
+                     errstr_size) != MW_OK) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    for (size_t i = 0; i < cfg->kafka_count; i++) {
+        if (conf_set(conf, cfg->kafka[i].key, cfg->kafka[i].value, errstr, errstr_size) != MW_OK) {
+            rd_kafka_conf_destroy(conf);
+            return NULL;
+        }
+    }
+    return conf;
+}
+
+/* Sets key to value unless the user configured it. */
+static int conf_default(rd_kafka_conf_t *conf, const mw_config_t *cfg, const char *key,
+                        const char *value, char *errstr, size_t errstr_size)
+{
+    if (mw_config_kafka_get(cfg, key) != NULL)
+        return MW_OK;
+    return conf_set(conf, key, value, errstr, errstr_size);
+}
+
+rd_kafka_t *mw_kafka_producer_new(const mw_config_t *cfg, const char *transactional_id,
+                                  char *errstr, size_t errstr_size)
+{
+    rd_kafka_conf_t *conf = mw_kafka_conf_new(cfg, errstr, errstr_size);
+    if (conf == NULL)
+        return NULL;
+    if (conf_default(conf, cfg, "enable.idempotence", "true", errstr, errstr_size) != MW_OK ||
+        conf_default(conf, cfg, "linger.ms", "5", errstr, errstr_size) != MW_OK ||
+        (transactional_id != NULL &&
+         conf_set(conf, "transactional.id", transactional_id, errstr, errstr_size) != MW_OK)) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    char kerr[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        mw_errf(MW_EKAFKA, errstr, errstr_size, "creating Kafka producer: %s", kerr);
+        return NULL;
+    }
+    if (transactional_id != NULL) {
+        rd_kafka_error_t *error = rd_kafka_init_transactions(rk, (int)cfg->kafka_timeout_ms);
+        if (error != NULL) {
+            mw_errf(MW_EKAFKA, errstr, errstr_size, "initialising transactions for '%s': %s",
+                    transactional_id, rd_kafka_error_string(error));
+            rd_kafka_error_destroy(error);
+            rd_kafka_destroy(rk);
+            return NULL;
+        }
+    }
+    return rk;
+}
+
+rd_kafka_t *mw_kafka_consumer_new(const mw_config_t *cfg, const char *group_id, char *errstr,
+                                  size_t errstr_size)
+{
+    rd_kafka_conf_t *conf = mw_kafka_conf_new(cfg, errstr, errstr_size);
+    if (conf == NULL)
+        return NULL;
+    if (conf_set(conf, "group.id", group_id, errstr, errstr_size) != MW_OK ||
+        conf_default(conf, cfg, "enable.auto.commit", "false", errstr, errstr_size) != MW_OK ||
+        conf_default(conf, cfg, "isolation.level", "read_committed", errstr, errstr_size) !=
+            MW_OK ||
+        conf_default(conf, cfg, "auto.offset.reset", "earliest", errstr, errstr_size) != MW_OK) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    char kerr[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        mw_errf(MW_EKAFKA, errstr, errstr_size, "creating Kafka consumer: %s", kerr);
+        return NULL;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    return rk;
+}
+
+int mw_kafka_create_topic(rd_kafka_t *rk, const char *topic, int partitions, int timeout_ms,
+                          char *errstr, size_t errstr_size)
+{
+    int rc = MW_OK;
+    char kerr[256];
+    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, partitions, -1, kerr, sizeof(kerr));
+    if (nt == NULL)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "topic %s: %s", topic, kerr);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_AdminOptions_t *opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_operation_timeout(opts, timeout_ms, kerr, sizeof(kerr));
+    rd_kafka_AdminOptions_set_request_timeout(opts, timeout_ms, kerr, sizeof(kerr));
+    rd_kafka_CreateTopics(rk, &nt, 1, opts, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms + 1000);
+    if (ev == NULL) {
+        rc = mw_errf(MW_ETIMEDOUT, errstr, errstr_size, "creating topic %s: timed out", topic);
+        goto out;
+    }
+    if (rd_kafka_event_error(ev) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rc = mw_errf(MW_EKAFKA, errstr, errstr_size, "creating topic %s: %s", topic,
+                     rd_kafka_event_error_string(ev));
+        goto out_event;
+    }
+    size_t n;
+    const rd_kafka_topic_result_t **res =
+        rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_resp_err_t err = rd_kafka_topic_result_error(res[i]);
+        if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+            rc = mw_errf(MW_EKAFKA, errstr, errstr_size, "creating topic %s: %s", topic,
+                         rd_kafka_topic_result_error_string(res[i]));
+    }
+out_event:
+    rd_kafka_event_destroy(ev);
+out:
+    rd_kafka_AdminOptions_destroy(opts);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy(nt);
+    return rc;
+}
+
+void mw_kafka_destroy(rd_kafka_t *rk)
+{
+    if (rk == NULL)
+        return;
+    if (rd_kafka_type(rk) == RD_KAFKA_PRODUCER) {
+        rd_kafka_resp_err_t err = rd_kafka_flush(rk, 10000);
+        if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+            mw_log(MW_LOG_WARN, "kafka", "%s: flush on close: %s", rd_kafka_name(rk),
+                   rd_kafka_err2str(err));
+    } else {
+        rd_kafka_consumer_close(rk);
+    }
+    rd_kafka_destroy(rk);
+}

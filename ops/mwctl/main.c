@@ -1,0 +1,58 @@
+/* mwctl: the operator CLI. Dispatches to one subcommand per file in ops/mwctl/. */
+#include "mwctl.h"
+
+#include "config.h"
+#include "err.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv, const mw_config_t *cfg);
+    const char *summary;
+} commands[] = {
+    {"config", mwctl_config, "print the effective configuration (--markdown: the key table)"},
+    {"ping", mwctl_ping, "check that Redis and Kafka answer"},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: mwctl [--config=FILE] [--key=value ...] COMMAND [ARGS]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\n`mwctl COMMAND --help` for a command's options; configuration keys:\n\n");
+    mw_config_print_help(out, 0);
+}
+
+int main(int argc, char **argv)
+{
+    char err[512];
+    mw_config_t cfg;
+    if (mw_config_load(&cfg, &argc, argv, err, sizeof(err)) != MW_OK) {
+        fprintf(stderr, "mwctl: %s\n", err);
+        return 2;
+    }
+    mw_log_level_t level = MW_LOG_WARN;
+    mw_log_level_parse(cfg.log_level, &level);
+    mw_log_init("mwctl", level < MW_LOG_WARN ? level : MW_LOG_WARN);
+
+    int rc = 2;
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        rc = argc < 2 ? 2 : 0;
+        goto out;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(argv[1], commands[i].name) == 0) {
+            rc = commands[i].run(argc - 1, argv + 1, &cfg);
+            goto out;
+        }
+    }
+    fprintf(stderr, "mwctl: unknown command '%s' (mwctl --help lists them)\n", argv[1]);
+out:
+    mw_config_fini(&cfg);
+    return rc;
+}

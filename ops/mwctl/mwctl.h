@@ -1,0 +1,12 @@
+/* mwctl subcommands: each is `int mwctl_<name>(int argc, char **argv, const mw_config_t *cfg)`,
+ * called with argv[0] = the subcommand name and config flags already removed.
+ * Returns the process exit code. */
+#ifndef MW_MWCTL_H
+#define MW_MWCTL_H
+
+#include "config.h"
+
+int mwctl_config(int argc, char **argv, const mw_config_t *cfg);
+int mwctl_ping(int argc, char **argv, const mw_config_t *cfg);
+
+#endif

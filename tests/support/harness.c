@@ -1,0 +1,129 @@
+/* Integration-test support (see harness.h). */
+#include "harness.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+int64_t mwt_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void mwt_sleep_ms(int64_t ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static const char *env_or_die(const char *name)
+{
+    const char *v = getenv(name);
+    if (v == NULL || *v == '\0') {
+        fprintf(stderr, "%s is not set: run integration tests through tests/run.sh\n", name);
+        exit(2);
+    }
+    return v;
+}
+
+const char *mwt_prefix(void)
+{
+    return env_or_die("MWTEST_PREFIX");
+}
+
+const char *mwt_name(const char *suffix)
+{
+    static char bufs[16][256];
+    static unsigned next;
+    char *b = bufs[next++ % 16];
+    snprintf(b, sizeof(bufs[0]), "%s.%s", mwt_prefix(), suffix);
+    return b;
+}
+
+void mwt_config(mw_config_t *cfg)
+{
+    char err[256];
+    mw_config_init(cfg);
+    if (mw_config_set(cfg, "redis.host", "127.0.0.1", "test", err, sizeof(err)) != 0 ||
+        mw_config_set(cfg, "redis.port", env_or_die("MWTEST_REDIS_PORT"), "test", err,
+                      sizeof(err)) != 0 ||
+        mw_config_set(cfg, "cluster.name", mwt_prefix(), "test", err, sizeof(err)) != 0 ||
+        mw_config_set(cfg, "kafka.bootstrap.servers", env_or_die("MWTEST_KAFKA_BOOTSTRAP"), "test",
+                      err, sizeof(err)) != 0) {
+        fprintf(stderr, "test config: %s\n", err);
+        exit(2);
+    }
+}
+
+int mwt_service(const char *service, const char *action)
+{
+    char cmd[1024];
+    const char *dir = strcmp(service, "redis") == 0 ? env_or_die("MWTEST_REDIS_DIR")
+                                                    : env_or_die("MWTEST_KAFKA_DIR");
+    snprintf(cmd, sizeof(cmd), "%s/ops/mwlocal %s %s --dir '%s' >&2", env_or_die("MWTEST_ROOT"),
+             service, action, dir);
+    return mwt_run(cmd, NULL, 0);
+}
+
+const char *mwt_bin(const char *name)
+{
+    static char path[1024];
+    snprintf(path, sizeof(path), "%s/%s/bin/%s", env_or_die("MWTEST_ROOT"), env_or_die("MW_BUILD"),
+             name);
+    return path;
+}
+
+pid_t mwt_spawn(char *const argv[])
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        setpgid(0, 0);
+        execv(argv[0], argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    return pid;
+}
+
+int mwt_wait_exit(pid_t pid, int64_t timeout_ms)
+{
+    int64_t deadline = mwt_now_ms() + timeout_ms;
+    for (;;) {
+        int status;
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            return status;
+        if (r < 0 || mwt_now_ms() >= deadline)
+            return -1;
+        mwt_sleep_ms(5);
+    }
+}
+
+int mwt_run(const char *cmd, char *out, size_t out_size)
+{
+    FILE *p = popen(cmd, "r");
+    if (p == NULL)
+        return -1;
+    size_t len = 0;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) {
+        if (out != NULL && len + 1 < out_size) {
+            size_t take = n < out_size - 1 - len ? n : out_size - 1 - len;
+            memcpy(out + len, buf, take);
+            len += take;
+        }
+    }
+    if (out != NULL && out_size > 0)
+        out[len] = '\0';
+    int status = pclose(p);
+    return status == -1 ? -1 : (WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+}
