@@ -6,6 +6,7 @@
 #   make SANITIZE=address,undefined test   the same, built with sanitizers (in build/san)
 
 .DEFAULT_GOAL := all
+.SECONDARY:
 SHELL := /bin/bash
 
 CC ?= cc

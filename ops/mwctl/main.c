@@ -15,6 +15,7 @@ static const struct {
 } commands[] = {
     {"config", mwctl_config, "print the effective configuration (--markdown: the key table)"},
     {"ping", mwctl_ping, "check that Redis and Kafka answer"},
+    {"model", mwctl_model, "reference model: init, run (the test oracle), info"},
 };
 
 static void usage(FILE *out)

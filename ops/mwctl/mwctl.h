@@ -8,5 +8,6 @@
 
 int mwctl_config(int argc, char **argv, const mw_config_t *cfg);
 int mwctl_ping(int argc, char **argv, const mw_config_t *cfg);
+int mwctl_model(int argc, char **argv, const mw_config_t *cfg);
 
 #endif
