@@ -43,6 +43,7 @@ GPU_CU_SRCS := $(wildcard common/*.cu)
 
 ifeq ($(HAVE_CUDA),1)
 CUDA_CPPFLAGS := -I$(CUDA_HOME)/include
+CPPFLAGS += $(CUDA_CPPFLAGS)
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart
 endif
 ifeq ($(HAVE_NCCL),1)

@@ -1,0 +1,790 @@
+/* Reference model: validation, deterministic generation, stage ranges, and the
+ * stage wrapper with its CPU (OpenBLAS) backend. */
+#include "model.h"
+
+#include "err.h"
+
+#include <cblas.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "model files and raw tensors are little-endian and used in place"
+#endif
+
+struct mw_model {
+    mw_safetensors_t *st;
+    mw_layer_t *layers;
+    int n_layers;
+};
+
+/* --- activations ----------------------------------------------------------- */
+
+static const char *const act_names[] = {
+    [MW_ACT_NONE] = "none", [MW_ACT_RELU] = "relu", [MW_ACT_GELU] = "gelu"};
+
+const char *mw_activation_name(mw_activation_t act)
+{
+    return (unsigned)act <= MW_ACT_GELU ? act_names[act] : "invalid";
+}
+
+int mw_activation_parse(const char *name, mw_activation_t *act)
+{
+    for (int i = 0; i <= MW_ACT_GELU; i++) {
+        if (strcmp(name, act_names[i]) == 0) {
+            *act = (mw_activation_t)i;
+            return MW_OK;
+        }
+    }
+    return MW_EINVAL;
+}
+
+/* --- opening and validating -------------------------------------------------- */
+
+/* The F32 tensor called name with the given shape (ndim 1 or 2), or an error. */
+static int layer_tensor(const mw_safetensors_t *st, const char *label, const char *name, int ndim,
+                        int64_t d0, int64_t d1, const float **data, char *errstr,
+                        size_t errstr_size)
+{
+    const mw_st_tensor_t *t = mw_safetensors_find(st, name);
+    if (t == NULL)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "%s: tensor '%s' is missing", label, name);
+    if (t->desc.dtype != MW_DTYPE_F32)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "%s: tensor '%s' is %s; the reference model needs F32", label, name,
+                       mw_safetensors_dtype_name(t->desc.dtype));
+    int ok = t->desc.ndim == ndim && (d0 < 0 || t->desc.shape[0] == d0) &&
+             (ndim < 2 || d1 < 0 || t->desc.shape[1] == d1);
+    for (int i = 0; i < t->desc.ndim; i++)
+        ok = ok && t->desc.shape[i] > 0 && t->desc.shape[i] <= INT_MAX / 2;
+    if (!ok) {
+        char got[128], want[64];
+        mw_shape_format(&t->desc, got, sizeof(got));
+        if (ndim == 1)
+            snprintf(want, sizeof(want), "[%" PRId64 "]", d0);
+        else if (d0 < 0)
+            snprintf(want, sizeof(want), "[out, in] with positive sizes");
+        else
+            snprintf(want, sizeof(want), "[%" PRId64 ", %" PRId64 "]", d0, d1);
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "%s: tensor '%s' has shape [%s]; expected %s", label, name,
+                       t->desc.ndim ? got : "", want);
+    }
+    if ((uintptr_t)t->data % sizeof(float) != 0)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "%s: tensor '%s' is not 4-byte aligned in the file (data offset %" PRIu64
+                       ")",
+                       label, name, t->offset);
+    *data = t->data;
+    return MW_OK;
+}
+
+static int layer_meta_bool(const mw_safetensors_t *st, const char *label, const char *key,
+                           int *value, char *errstr, size_t errstr_size)
+{
+    const char *v = mw_safetensors_metadata(st, key);
+    *value = 0;
+    if (v == NULL || strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
+        return MW_OK;
+    if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0) {
+        *value = 1;
+        return MW_OK;
+    }
+    return mw_errf(MW_EINVAL, errstr, errstr_size,
+                   "%s: metadata '%s' is '%.32s'; expected true or false", label, key, v);
+}
+
+static int load_layer(const mw_safetensors_t *st, const char *label, int i, int prev_out,
+                      mw_layer_t *l, char *errstr, size_t errstr_size)
+{
+    char name[64];
+    snprintf(name, sizeof(name), "layers.%d.weight", i);
+    int rc = layer_tensor(st, label, name, 2, -1, -1, &l->weight, errstr, errstr_size);
+    if (rc != MW_OK)
+        return rc;
+    const mw_st_tensor_t *w = mw_safetensors_find(st, name);
+    l->out = (int)w->desc.shape[0];
+    l->in = (int)w->desc.shape[1];
+    if (prev_out > 0 && l->in != prev_out)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "%s: tensor '%s' has %d inputs but layer %d has %d outputs", label, name,
+                       l->in, i - 1, prev_out);
+    snprintf(name, sizeof(name), "layers.%d.bias", i);
+    rc = layer_tensor(st, label, name, 1, l->out, 0, &l->bias, errstr, errstr_size);
+    if (rc != MW_OK)
+        return rc;
+
+    char gname[64], bname[64];
+    snprintf(gname, sizeof(gname), "layers.%d.ln.gamma", i);
+    snprintf(bname, sizeof(bname), "layers.%d.ln.beta", i);
+    int has_g = mw_safetensors_find(st, gname) != NULL,
+        has_b = mw_safetensors_find(st, bname) != NULL;
+    if (has_g != has_b)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "%s: tensor '%s' needs '%s' (layer norm has both or neither)", label,
+                       has_g ? gname : bname, has_g ? bname : gname);
+    if (has_g) {
+        rc = layer_tensor(st, label, gname, 1, l->in, 0, &l->ln_gamma, errstr, errstr_size);
+        if (rc == MW_OK)
+            rc = layer_tensor(st, label, bname, 1, l->in, 0, &l->ln_beta, errstr, errstr_size);
+        if (rc != MW_OK)
+            return rc;
+    }
+
+    snprintf(name, sizeof(name), "layers.%d.activation", i);
+    const char *act = mw_safetensors_metadata(st, name);
+    l->activation = MW_ACT_NONE;
+    if (act != NULL && mw_activation_parse(act, &l->activation) != MW_OK)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "%s: metadata '%s' is '%.32s'; expected none, relu or gelu", label, name,
+                       act);
+    snprintf(name, sizeof(name), "layers.%d.residual", i);
+    rc = layer_meta_bool(st, label, name, &l->residual, errstr, errstr_size);
+    if (rc != MW_OK)
+        return rc;
+    if (l->residual && l->in != l->out)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "%s: metadata '%s' is true but layer %d maps %d to %d features (a "
+                       "residual needs in == out)",
+                       label, name, i, l->in, l->out);
+    return MW_OK;
+}
+
+static int load_model(mw_model_t *m, const char *label, char *errstr, size_t errstr_size)
+{
+    const mw_safetensors_t *st = m->st;
+    int n = 0;
+    char name[64];
+    for (;; n++) {
+        snprintf(name, sizeof(name), "layers.%d.weight", n);
+        if (mw_safetensors_find(st, name) == NULL)
+            break;
+    }
+    if (n == 0)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "%s: no tensor 'layers.0.weight': not an mwserve reference model", label);
+    const char *declared = mw_safetensors_metadata(st, "layers");
+    if (declared != NULL &&
+        (atoi(declared) != n || strspn(declared, "0123456789") != strlen(declared)))
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "%s: metadata 'layers' is '%.32s' but the file has layers 0..%d "
+                       "(tensor 'layers.%d.weight' is missing)",
+                       label, declared, n - 1, n);
+    m->layers = calloc((size_t)n, sizeof(*m->layers));
+    if (m->layers == NULL)
+        return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+    m->n_layers = n;
+    for (int i = 0; i < n; i++) {
+        int rc = load_layer(st, label, i, i ? m->layers[i - 1].out : 0, &m->layers[i], errstr,
+                            errstr_size);
+        if (rc != MW_OK)
+            return rc;
+    }
+    return MW_OK;
+}
+
+static int model_new(mw_safetensors_t *st, const char *label, mw_model_t **out, char *errstr,
+                     size_t errstr_size)
+{
+    *out = NULL;
+    mw_model_t *m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        mw_safetensors_destroy(st);
+        return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+    }
+    m->st = st;
+    int rc = load_model(m, label, errstr, errstr_size);
+    if (rc != MW_OK) {
+        mw_model_destroy(m);
+        return rc;
+    }
+    *out = m;
+    return MW_OK;
+}
+
+int mw_model_open(const char *path, mw_model_t **out, char *errstr, size_t errstr_size)
+{
+    mw_safetensors_t *st;
+    *out = NULL;
+    int rc = mw_safetensors_open(path, &st, errstr, errstr_size);
+    if (rc != MW_OK)
+        return rc;
+    return model_new(st, path, out, errstr, errstr_size);
+}
+
+int mw_model_from_safetensors(mw_safetensors_t *st, mw_model_t **out, char *errstr,
+                              size_t errstr_size)
+{
+    return model_new(st, "model", out, errstr, errstr_size);
+}
+
+void mw_model_destroy(mw_model_t *m)
+{
+    if (m == NULL)
+        return;
+    mw_safetensors_destroy(m->st);
+    free(m->layers);
+    free(m);
+}
+
+int mw_model_num_layers(const mw_model_t *m)
+{
+    return m->n_layers;
+}
+
+const mw_layer_t *mw_model_layer(const mw_model_t *m, int index)
+{
+    return index >= 0 && index < m->n_layers ? &m->layers[index] : NULL;
+}
+
+int mw_model_inputs(const mw_model_t *m)
+{
+    return m->layers[0].in;
+}
+
+int mw_model_outputs(const mw_model_t *m)
+{
+    return m->layers[m->n_layers - 1].out;
+}
+
+const mw_safetensors_t *mw_model_file(const mw_model_t *m)
+{
+    return m->st;
+}
+
+uint64_t mw_model_flops(const mw_model_t *m, int first, int last)
+{
+    uint64_t f = 0;
+    for (int i = first < 0 ? 0 : first; i < last && i < m->n_layers; i++)
+        f += 2 * (uint64_t)m->layers[i].in * (uint64_t)m->layers[i].out;
+    return f;
+}
+
+uint64_t mw_model_weight_bytes(const mw_model_t *m, int first, int last)
+{
+    uint64_t b = 0;
+    for (int i = first < 0 ? 0 : first; i < last && i < m->n_layers; i++) {
+        const mw_layer_t *l = &m->layers[i];
+        b += sizeof(float) * ((uint64_t)l->in * (uint64_t)l->out + (uint64_t)l->out +
+                              (l->ln_gamma ? 2 * (uint64_t)l->in : 0));
+    }
+    return b;
+}
+
+/* --- generation ----------------------------------------------------------------- */
+
+static uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += UINT64_C(0x9e3779b97f4a7c15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [center - half, center + half), computed the same way everywhere. */
+static float uniform(uint64_t *state, double center, double half)
+{
+    double u = (double)(splitmix64(state) >> 40) * (1.0 / 16777216.0);
+    return (float)(center + (2.0 * u - 1.0) * half);
+}
+
+enum gen_kind { GEN_WEIGHT, GEN_BIAS, GEN_GAMMA, GEN_BETA };
+
+int mw_model_generate(const mw_model_spec_t *spec, const char *path, char *errstr,
+                      size_t errstr_size)
+{
+    const int L = spec->layers;
+    if (L < 1 || L > 100000 || spec->inputs < 1 || spec->hidden < 1 || spec->outputs < 1 ||
+        spec->inputs > 1 << 20 || spec->hidden > 1 << 20 || spec->outputs > 1 << 20 ||
+        (unsigned)spec->activation > MW_ACT_GELU)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "model spec: layers must be 1..100000 and inputs, hidden, outputs 1..%d",
+                       1 << 20);
+    const int per_layer = spec->layernorm ? 4 : 2;
+    const size_t n = (size_t)L * (size_t)per_layer;
+    const size_t n_meta = 9 + 2 * (size_t)L;
+    int rc = MW_ENOMEM;
+    mw_st_entry_t *entries = calloc(n, sizeof(*entries));
+    enum gen_kind *kinds = calloc(n, sizeof(*kinds));
+    char(*names)[48] = calloc(n, sizeof(*names));
+    char(*strs)[48] = calloc(2 * n_meta, sizeof(*strs));
+    const char **meta = calloc(2 * n_meta, sizeof(*meta));
+    float *chunk = malloc(16384 * sizeof(float));
+    mw_st_writer_t *w = NULL;
+    if (!entries || !kinds || !names || !strs || !meta || !chunk) {
+        mw_errf(rc, errstr, errstr_size, "out of memory");
+        goto out_free;
+    }
+    size_t k = 0, mi = 0;
+#define META(key_fmt, key_arg, ...)                                                                \
+    do {                                                                                           \
+        snprintf(strs[2 * mi], sizeof(strs[0]), key_fmt, key_arg);                                 \
+        snprintf(strs[2 * mi + 1], sizeof(strs[0]), __VA_ARGS__);                                  \
+        meta[2 * mi] = strs[2 * mi];                                                               \
+        meta[2 * mi + 1] = strs[2 * mi + 1];                                                       \
+        mi++;                                                                                      \
+    } while (0)
+    META("%s", "format", "%s", "mwserve-mlp");
+    META("%s", "layers", "%d", L);
+    META("%s", "inputs", "%d", spec->inputs);
+    META("%s", "hidden", "%d", spec->hidden);
+    META("%s", "outputs", "%d", spec->outputs);
+    META("%s", "seed", "%" PRIu64, spec->seed);
+    META("%s", "activation", "%s", mw_activation_name(spec->activation));
+    META("%s", "layernorm", "%s", spec->layernorm ? "true" : "false");
+    META("%s", "residual", "%s", spec->residual ? "true" : "false");
+    for (int i = 0; i < L; i++) {
+        int in = i == 0 ? spec->inputs : spec->hidden;
+        int out = i == L - 1 ? spec->outputs : spec->hidden;
+        META("layers.%d.activation", i, "%s",
+             mw_activation_name(i == L - 1 ? MW_ACT_NONE : spec->activation));
+        META("layers.%d.residual", i, "%s", spec->residual && in == out ? "true" : "false");
+        static const char *const suffix[] = {"weight", "bias", "ln.gamma", "ln.beta"};
+        for (int j = 0; j < per_layer; j++, k++) {
+            snprintf(names[k], sizeof(names[k]), "layers.%d.%s", i, suffix[j]);
+            entries[k].name = names[k];
+            entries[k].desc.dtype = MW_DTYPE_F32;
+            entries[k].desc.ndim = j == 0 ? 2 : 1;
+            entries[k].desc.shape[0] = j == 0 || j == 1 ? out : in;
+            entries[k].desc.shape[1] = in;
+            kinds[k] = (enum gen_kind)j;
+        }
+    }
+#undef META
+    rc = mw_st_writer_new(path, entries, n, meta, mi, &w, errstr, errstr_size);
+    if (rc != MW_OK)
+        goto out_free;
+    uint64_t state = spec->seed;
+    for (k = 0; k < n && rc == MW_OK; k++) {
+        const mw_tensor_desc_t *d = &entries[k].desc;
+        uint64_t count = (uint64_t)d->shape[0] * (d->ndim == 2 ? (uint64_t)d->shape[1] : 1);
+        int in = (int)(k / (size_t)per_layer == 0 ? spec->inputs : spec->hidden);
+        double bound = 1.0 / sqrt((double)in);
+        while (count > 0 && rc == MW_OK) {
+            size_t len = count < 16384 ? (size_t)count : 16384;
+            for (size_t e = 0; e < len; e++) {
+                switch (kinds[k]) {
+                case GEN_WEIGHT:
+                case GEN_BIAS:
+                    chunk[e] = uniform(&state, 0.0, bound);
+                    break;
+                case GEN_GAMMA:
+                    chunk[e] = uniform(&state, 1.0, 0.1);
+                    break;
+                case GEN_BETA:
+                    chunk[e] = uniform(&state, 0.0, 0.1);
+                    break;
+                }
+            }
+            rc = mw_st_writer_append(w, chunk, len * sizeof(float), errstr, errstr_size);
+            count -= len;
+        }
+    }
+    if (rc == MW_OK)
+        rc = mw_st_writer_finish(w, errstr, errstr_size);
+out_free:
+    mw_st_writer_destroy(w);
+    free(chunk);
+    free(meta);
+    free(strs);
+    free(names);
+    free(kinds);
+    free(entries);
+    return rc;
+}
+
+/* --- stage ranges ------------------------------------------------------------------ */
+
+static unsigned __int128 dist(unsigned __int128 a, unsigned __int128 b)
+{
+    return a > b ? a - b : b - a;
+}
+
+int mw_layer_ranges_split(const uint64_t *cost, int n, int k, mw_layer_range_t *ranges)
+{
+    if (n < 1 || k < 1 || k > n)
+        return MW_EINVAL;
+    uint64_t *prefix = malloc(((size_t)n + 1) * sizeof(*prefix));
+    if (prefix == NULL)
+        return MW_ENOMEM;
+    prefix[0] = 0;
+    for (int i = 0; i < n; i++)
+        prefix[i + 1] = prefix[i] + cost[i];
+    const unsigned __int128 total = prefix[n];
+    int prev = 0;
+    for (int j = 1; j <= k; j++) {
+        int cut = n;
+        if (j < k) {
+            /* The boundary b minimising |prefix[b] - j*total/k|, in integers:
+             * |prefix[b]*k - j*total|, leaving room for the stages after it. */
+            const unsigned __int128 target = total * (unsigned)j;
+            const int hi = n - (k - j);
+            cut = prev + 1;
+            while (cut < hi && dist((unsigned __int128)prefix[cut + 1] * (unsigned)k, target) <
+                                   dist((unsigned __int128)prefix[cut] * (unsigned)k, target))
+                cut++;
+        }
+        ranges[j - 1].first = prev;
+        ranges[j - 1].last = cut;
+        prev = cut;
+    }
+    free(prefix);
+    return MW_OK;
+}
+
+int mw_model_split(const mw_model_t *m, int k, mw_layer_range_t *ranges, char *errstr,
+                   size_t errstr_size)
+{
+    if (k < 1 || k > m->n_layers)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "cannot split %d layers into %d stages (1 to %d)", m->n_layers, k,
+                       m->n_layers);
+    uint64_t *cost = malloc((size_t)m->n_layers * sizeof(*cost));
+    if (cost == NULL)
+        return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+    for (int i = 0; i < m->n_layers; i++)
+        cost[i] = mw_model_flops(m, i, i + 1);
+    int rc = mw_layer_ranges_split(cost, m->n_layers, k, ranges);
+    free(cost);
+    return rc == MW_OK ? MW_OK : mw_errf(rc, errstr, errstr_size, "%s", mw_strerror(rc));
+}
+
+static int parse_int(const char **p, int *v)
+{
+    const char *s = *p;
+    long long n = 0;
+    if (*s < '0' || *s > '9')
+        return -1;
+    while (*s >= '0' && *s <= '9') {
+        n = n * 10 + (*s++ - '0');
+        if (n > INT_MAX)
+            return -1;
+    }
+    *v = (int)n;
+    *p = s;
+    return 0;
+}
+
+int mw_layer_ranges_parse(const char *text, int num_layers, int full, mw_layer_range_t *ranges,
+                          int max, int *count, char *errstr, size_t errstr_size)
+{
+    const char *p = text;
+    int c = 0;
+    *count = 0;
+    for (;;) {
+        int a, b;
+        const char *start = p;
+        if (parse_int(&p, &a) != 0 || *p++ != ':' || parse_int(&p, &b) != 0 ||
+            (*p != ',' && *p != '\0'))
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "layer ranges '%s': expected FIRST:LAST[,FIRST:LAST...] at '%s'", text,
+                           start);
+        if (a >= b)
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "layer ranges '%s': range %d:%d is empty", text, a, b);
+        if (b > num_layers)
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "layer ranges '%s': range %d:%d goes past the model's %d layers", text,
+                           a, b, num_layers);
+        if (c > 0 && a != ranges[c - 1].last)
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "layer ranges '%s': %d:%d does not start where the previous range "
+                           "ends (%s layer %d)",
+                           text, a, b, a < ranges[c - 1].last ? "overlap at" : "gap before",
+                           a < ranges[c - 1].last ? a : ranges[c - 1].last);
+        if (c == max)
+            return mw_errf(MW_EINVAL, errstr, errstr_size, "layer ranges '%s': more than %d ranges",
+                           text, max);
+        ranges[c].first = a;
+        ranges[c].last = b;
+        c++;
+        if (*p == '\0')
+            break;
+        p++;
+    }
+    if (full && (ranges[0].first != 0 || ranges[c - 1].last != num_layers))
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "layer ranges '%s' must cover the model's layers 0:%d", text, num_layers);
+    *count = c;
+    return MW_OK;
+}
+
+size_t mw_layer_ranges_format(const mw_layer_range_t *ranges, int count, char *buf, size_t size)
+{
+    size_t len = 0;
+    if (size > 0)
+        buf[0] = '\0';
+    for (int i = 0; i < count; i++) {
+        char part[32];
+        int n =
+            snprintf(part, sizeof(part), "%s%d:%d", i ? "," : "", ranges[i].first, ranges[i].last);
+        if (len + (size_t)n < size)
+            memcpy(buf + len, part, (size_t)n + 1);
+        len += (size_t)n;
+    }
+    return len;
+}
+
+/* --- the stage wrapper --------------------------------------------------------------- */
+
+struct mw_stage {
+    const mw_stage_ops_t *ops;
+    void *impl;
+    mw_stage_info_t info;
+    float *out_buf; /* mw_stage_run's output for forward-only backends */
+};
+
+void mw_model_set_threads(int threads)
+{
+    openblas_set_num_threads(threads < 1 ? 1 : threads);
+}
+
+int mw_stage_wrap(const mw_stage_ops_t *ops, void *impl, const mw_stage_info_t *info,
+                  mw_stage_t **out, char *errstr, size_t errstr_size)
+{
+    *out = NULL;
+    mw_stage_t *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        goto out_nomem;
+    st->ops = ops;
+    st->impl = impl;
+    st->info = *info;
+    if (ops->run == NULL) {
+        size_t n = (size_t)info->max_batch * (size_t)info->out_features;
+        st->out_buf = malloc((n ? n : 1) * sizeof(float));
+        if (st->out_buf == NULL)
+            goto out_nomem;
+    }
+    *out = st;
+    return MW_OK;
+out_nomem:
+    mw_stage_destroy(st);
+    if (st == NULL)
+        ops->destroy(impl);
+    return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+}
+
+void mw_stage_destroy(mw_stage_t *st)
+{
+    if (st == NULL)
+        return;
+    st->ops->destroy(st->impl);
+    free(st->out_buf);
+    free(st);
+}
+
+const char *mw_stage_kind(const mw_stage_t *st)
+{
+    return st->ops->kind;
+}
+
+void mw_stage_get_info(const mw_stage_t *st, mw_stage_info_t *info)
+{
+    *info = st->info;
+}
+
+int mw_stage_forward(mw_stage_t *st, const float *in, int batch, float *out)
+{
+    if (st->ops->forward == NULL || batch < 1 || batch > st->info.max_batch)
+        return MW_EINVAL;
+    return st->ops->forward(st->impl, in, batch, out);
+}
+
+int mw_stage_run(mw_stage_t *st, const mw_tensor_desc_t *in_desc, const void *in,
+                 mw_tensor_desc_t *out_desc, const void **out, char *errstr, size_t errstr_size)
+{
+    if (st->ops->run != NULL)
+        return st->ops->run(st->impl, in_desc, in, out_desc, out, errstr, errstr_size);
+    char shape[128];
+    mw_shape_format(in_desc, shape, sizeof(shape));
+    if (in_desc->dtype != MW_DTYPE_F32)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "stage input is %s; expected f32",
+                       mw_dtype_name(in_desc->dtype));
+    uint64_t numel;
+    if (in_desc->ndim < 1 || mw_tensor_numel(in_desc, &numel) != MW_OK ||
+        in_desc->shape[in_desc->ndim - 1] != st->info.in_features)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "stage input shape [%s] does not end in the stage's %" PRId64
+                       " input features",
+                       shape, st->info.in_features);
+    uint64_t rows = numel / (uint64_t)st->info.in_features;
+    if (rows > (uint64_t)st->info.max_batch)
+        return mw_errf(MW_ETOOBIG, errstr, errstr_size,
+                       "stage input shape [%s] has %" PRIu64 " rows; the stage takes at most %d",
+                       shape, rows, st->info.max_batch);
+    int rc = st->ops->forward(st->impl, in, (int)rows, st->out_buf);
+    if (rc != MW_OK)
+        return mw_errf(rc, errstr, errstr_size, "stage compute failed: %s", mw_strerror(rc));
+    *out_desc = *in_desc;
+    out_desc->shape[out_desc->ndim - 1] = st->info.out_features;
+    *out = st->out_buf;
+    return MW_OK;
+}
+
+/* --- CPU backend ------------------------------------------------------------------------ */
+
+struct cpu_stage {
+    const mw_model_t *m;
+    int first, last, max_batch;
+    float *buf[2]; /* activations between layers, ping-pong */
+    float *ln;     /* layer-norm output */
+};
+
+static void layernorm_rows(const float *x, int rows, int n, const float *gamma, const float *beta,
+                           float *y)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * (size_t)n;
+        float *yr = y + (size_t)r * (size_t)n;
+        double sum = 0.0, sq = 0.0;
+        for (int i = 0; i < n; i++)
+            sum += xr[i];
+        const double mean = sum / n;
+        for (int i = 0; i < n; i++)
+            sq += (xr[i] - mean) * (xr[i] - mean);
+        const float mu = (float)mean;
+        const float inv = (float)(1.0 / sqrt(sq / n + MW_LAYERNORM_EPS));
+        for (int i = 0; i < n; i++)
+            yr[i] = (xr[i] - mu) * inv * gamma[i] + beta[i];
+    }
+}
+
+/* y += bias, then the activation, then the residual x (NULL: none), row by row. */
+static void bias_act_residual(float *y, int rows, int n, const float *bias, mw_activation_t act,
+                              const float *x)
+{
+    for (int r = 0; r < rows; r++) {
+        float *yr = y + (size_t)r * (size_t)n;
+        const float *xr = x ? x + (size_t)r * (size_t)n : NULL;
+        switch (act) {
+        case MW_ACT_NONE:
+            for (int i = 0; i < n; i++)
+                yr[i] += bias[i];
+            break;
+        case MW_ACT_RELU:
+            for (int i = 0; i < n; i++) {
+                float v = yr[i] + bias[i];
+                yr[i] = v > 0.0f ? v : 0.0f;
+            }
+            break;
+        case MW_ACT_GELU:
+            for (int i = 0; i < n; i++) {
+                float v = yr[i] + bias[i];
+                yr[i] = 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2));
+            }
+            break;
+        }
+        if (xr != NULL)
+            for (int i = 0; i < n; i++)
+                yr[i] += xr[i];
+    }
+}
+
+static int cpu_forward(void *impl, const float *in, int batch, float *out)
+{
+    struct cpu_stage *cs = impl;
+    const float *x = in;
+    for (int i = cs->first; i < cs->last; i++) {
+        const mw_layer_t *l = mw_model_layer(cs->m, i);
+        float *y = i == cs->last - 1 ? out : cs->buf[(i - cs->first) & 1];
+        const float *a = x;
+        if (l->ln_gamma != NULL) {
+            layernorm_rows(x, batch, l->in, l->ln_gamma, l->ln_beta, cs->ln);
+            a = cs->ln;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, l->out, l->in, 1.0f, a, l->in,
+                    l->weight, l->in, 0.0f, y, l->out);
+        bias_act_residual(y, batch, l->out, l->bias, l->activation, l->residual ? x : NULL);
+        x = y;
+    }
+    return MW_OK;
+}
+
+static void cpu_destroy(void *impl)
+{
+    struct cpu_stage *cs = impl;
+    if (cs == NULL)
+        return;
+    free(cs->buf[0]);
+    free(cs->buf[1]);
+    free(cs->ln);
+    free(cs);
+}
+
+static const mw_stage_ops_t cpu_ops = {
+    .kind = "cpu",
+    .forward = cpu_forward,
+    .run = NULL,
+    .destroy = cpu_destroy,
+};
+
+/* 64-byte aligned, zeroed (so its pages are resident before the first batch). */
+static float *alloc_floats(size_t n)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, (n ? n : 1) * sizeof(float)) != 0)
+        return NULL;
+    memset(p, 0, (n ? n : 1) * sizeof(float));
+    return p;
+}
+
+int mw_stage_new(const mw_model_t *m, int first, int last, int max_batch, int device,
+                 mw_stage_t **out, char *errstr, size_t errstr_size)
+{
+    *out = NULL;
+    if (first < 0 || first >= last || last > m->n_layers)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "stage layers %d:%d are not a non-empty range of the model's %d layers",
+                       first, last, m->n_layers);
+    if (max_batch < 1 || max_batch > 1 << 20)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "stage max_batch %d is not in 1..%d",
+                       max_batch, 1 << 20);
+    if (device >= 0) {
+#ifdef MW_HAVE_CUBLAS
+        return mw_stage_new_cuda(m, first, last, max_batch, device, out, errstr, errstr_size);
+#else
+        return mw_errf(MW_EUNAVAIL, errstr, errstr_size,
+                       "stage on CUDA device %d: this mwserve was built without CUDA/cuBLAS",
+                       device);
+#endif
+    }
+    struct cpu_stage *cs = calloc(1, sizeof(*cs));
+    if (cs == NULL)
+        return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+    cs->m = m;
+    cs->first = first;
+    cs->last = last;
+    cs->max_batch = max_batch;
+    size_t width = 1, ln_width = 0;
+    for (int i = first; i < last; i++) {
+        if (i < last - 1 && (size_t)m->layers[i].out > width)
+            width = (size_t)m->layers[i].out;
+        if (m->layers[i].ln_gamma != NULL && (size_t)m->layers[i].in > ln_width)
+            ln_width = (size_t)m->layers[i].in;
+    }
+    /* Intermediate activations only exist between this stage's layers. */
+    const size_t rows = (size_t)max_batch;
+    if (last - first > 1) {
+        cs->buf[0] = alloc_floats(rows * width);
+        cs->buf[1] = alloc_floats(last - first > 2 ? rows * width : 1);
+    }
+    if (ln_width > 0)
+        cs->ln = alloc_floats(rows * ln_width);
+    if ((last - first > 1 && (cs->buf[0] == NULL || cs->buf[1] == NULL)) ||
+        (ln_width > 0 && cs->ln == NULL)) {
+        cpu_destroy(cs);
+        return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+    }
+    mw_stage_info_t info = {
+        .first_layer = first,
+        .last_layer = last,
+        .max_batch = max_batch,
+        .in_features = m->layers[first].in,
+        .out_features = m->layers[last - 1].out,
+    };
+    return mw_stage_wrap(&cpu_ops, cs, &info, out, errstr, errstr_size);
+}

@@ -1,0 +1,734 @@
+/* Reference model: generation, validation, stage ranges and the bit-identity of staged compute. */
+#include "config.h"
+#include "err.h"
+#include "model.h"
+#include "mwctl.h"
+#include "safetensors.h"
+
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+static char tmpdir[256];
+
+static const char *tmp_path(const char *name)
+{
+    static char buf[8][512];
+    static int next;
+    char *p = buf[next++ % 8];
+    snprintf(p, sizeof(buf[0]), "%s/%s", tmpdir, name);
+    return p;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    snprintf(tmpdir, sizeof(tmpdir), "%s/mwtest-model-XXXXXX", base);
+    mw_model_set_threads(1);
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static const mw_model_spec_t small_spec = {
+    .layers = 6,
+    .inputs = 16,
+    .hidden = 64,
+    .outputs = 10,
+    .seed = 7,
+    .activation = MW_ACT_GELU,
+    .layernorm = 1,
+    .residual = 1,
+};
+
+static mw_model_t *make_model(const mw_model_spec_t *spec, const char *name)
+{
+    char err[512];
+    const char *path = tmp_path(name);
+    if (mw_model_generate(spec, path, err, sizeof(err)) != MW_OK)
+        fail_msg("generate: %s", err);
+    mw_model_t *m;
+    if (mw_model_open(path, &m, err, sizeof(err)) != MW_OK)
+        fail_msg("open: %s", err);
+    return m;
+}
+
+static float *random_rows(size_t rows, int cols, uint64_t seed)
+{
+    float *x = malloc(rows * (size_t)cols * sizeof(float));
+    assert_non_null(x);
+    for (size_t i = 0; i < rows * (size_t)cols; i++) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        x[i] = (float)((double)(seed >> 40) / 16777216.0 * 4.0 - 2.0);
+    }
+    return x;
+}
+
+static unsigned char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc(*len ? *len : 1);
+    assert_non_null(b);
+    assert_int_equal(fread(b, 1, *len, f), *len);
+    fclose(f);
+    return b;
+}
+
+/* Runs rows through the given stages one after the other, batch rows at a time. */
+static void run_staged(const mw_model_t *m, const mw_layer_range_t *ranges, int count,
+                       const float *in, size_t rows, int batch, float *out)
+{
+    char err[256];
+    mw_stage_t *st[16];
+    float *tmp[2];
+    tmp[0] = malloc((size_t)batch * 1024 * sizeof(float));
+    tmp[1] = malloc((size_t)batch * 1024 * sizeof(float));
+    for (int s = 0; s < count; s++)
+        if (mw_stage_new(m, ranges[s].first, ranges[s].last, batch, -1, &st[s], err, sizeof(err)) !=
+            MW_OK)
+            fail_msg("stage: %s", err);
+    const int in_f = mw_model_layer(m, ranges[0].first)->in;
+    const int out_f = mw_model_layer(m, ranges[count - 1].last - 1)->out;
+    for (size_t r = 0; r < rows; r += (size_t)batch) {
+        int n = rows - r < (size_t)batch ? (int)(rows - r) : batch;
+        const float *x = in + r * (size_t)in_f;
+        for (int s = 0; s < count; s++) {
+            float *y = s == count - 1 ? out + r * (size_t)out_f : tmp[s & 1];
+            assert_int_equal(mw_stage_forward(st[s], x, n, y), MW_OK);
+            x = y;
+        }
+    }
+    for (int s = 0; s < count; s++)
+        mw_stage_destroy(st[s]);
+    free(tmp[0]);
+    free(tmp[1]);
+}
+
+/* The model in double precision, straight from the formulas in model.h. */
+static void naive_forward(const mw_model_t *m, const float *in, size_t rows, double *out)
+{
+    int width = 0;
+    for (int i = 0; i < mw_model_num_layers(m); i++)
+        width = mw_model_layer(m, i)->in > width ? mw_model_layer(m, i)->in : width;
+    double *x = calloc(rows * (size_t)width, sizeof(double));
+    double *a = calloc((size_t)width, sizeof(double));
+    for (size_t i = 0; i < rows * (size_t)mw_model_inputs(m); i++)
+        x[i] = in[i];
+    for (int li = 0; li < mw_model_num_layers(m); li++) {
+        const mw_layer_t *l = mw_model_layer(m, li);
+        double *y = calloc(rows * (size_t)l->out, sizeof(double));
+        for (size_t r = 0; r < rows; r++) {
+            const double *xr = x + r * (size_t)l->in;
+            double mean = 0, var = 0;
+            for (int k = 0; k < l->in; k++)
+                mean += xr[k] / l->in;
+            for (int k = 0; k < l->in; k++)
+                var += (xr[k] - mean) * (xr[k] - mean) / l->in;
+            for (int k = 0; k < l->in; k++)
+                a[k] = l->ln_gamma
+                           ? (xr[k] - mean) / sqrt(var + MW_LAYERNORM_EPS) * l->ln_gamma[k] +
+                                 l->ln_beta[k]
+                           : xr[k];
+            for (int j = 0; j < l->out; j++) {
+                double v = l->bias[j];
+                for (int k = 0; k < l->in; k++)
+                    v += a[k] * l->weight[(size_t)j * (size_t)l->in + (size_t)k];
+                if (l->activation == MW_ACT_RELU)
+                    v = v > 0 ? v : 0;
+                else if (l->activation == MW_ACT_GELU)
+                    v = 0.5 * v * (1 + erf(v / sqrt(2.0)));
+                y[r * (size_t)l->out + (size_t)j] = v + (l->residual ? xr[j] : 0);
+            }
+        }
+        memcpy(x, y, rows * (size_t)l->out * sizeof(double));
+        free(y);
+    }
+    memcpy(out, x, rows * (size_t)mw_model_outputs(m) * sizeof(double));
+    free(a);
+    free(x);
+}
+
+static void generated_model_is_deterministic_for_a_seed(void **state)
+{
+    (void)state;
+    char err[256];
+    mw_model_spec_t spec = small_spec;
+    assert_int_equal(mw_model_generate(&spec, tmp_path("a.safetensors"), err, sizeof(err)), MW_OK);
+    assert_int_equal(mw_model_generate(&spec, tmp_path("b.safetensors"), err, sizeof(err)), MW_OK);
+    spec.seed = 8;
+    assert_int_equal(mw_model_generate(&spec, tmp_path("c.safetensors"), err, sizeof(err)), MW_OK);
+    size_t la, lb, lc;
+    unsigned char *a = slurp(tmp_path("a.safetensors"), &la);
+    unsigned char *b = slurp(tmp_path("b.safetensors"), &lb);
+    unsigned char *c = slurp(tmp_path("c.safetensors"), &lc);
+    assert_int_equal(la, lb);
+    assert_memory_equal(a, b, la);
+    assert_true(la != lc || memcmp(a, c, la) != 0);
+    free(a);
+    free(b);
+    free(c);
+
+    mw_model_t *m = make_model(&small_spec, "d.safetensors");
+    assert_int_equal(mw_model_num_layers(m), 6);
+    assert_int_equal(mw_model_inputs(m), 16);
+    assert_int_equal(mw_model_outputs(m), 10);
+    const mw_layer_t *l0 = mw_model_layer(m, 0), *l3 = mw_model_layer(m, 3),
+                     *l5 = mw_model_layer(m, 5);
+    assert_int_equal(l0->out, 64);
+    assert_false(l0->residual); /* 16 -> 64 */
+    assert_true(l3->residual);
+    assert_int_equal(l3->activation, MW_ACT_GELU);
+    assert_int_equal(l5->activation, MW_ACT_NONE);
+    assert_non_null(l3->ln_gamma);
+    assert_null(mw_model_layer(m, 6));
+    assert_string_equal(mw_safetensors_metadata(mw_model_file(m), "seed"), "7");
+    assert_int_equal(mw_model_flops(m, 0, 6), 2 * (16 * 64 + 4 * 64 * 64 + 64 * 10));
+    assert_int_equal(mw_model_weight_bytes(m, 0, 1), 4 * (16 * 64 + 64 + 2 * 16));
+    mw_model_destroy(m);
+}
+
+static void forward_matches_a_naive_double_precision_reference(void **state)
+{
+    (void)state;
+    const mw_activation_t acts[] = {MW_ACT_GELU, MW_ACT_RELU, MW_ACT_NONE};
+    for (int v = 0; v < 6; v++) {
+        mw_model_spec_t spec = small_spec;
+        spec.activation = acts[v % 3];
+        spec.layernorm = v < 3;
+        spec.residual = v % 2;
+        mw_model_t *m = make_model(&spec, "ref.safetensors");
+        const size_t rows = 5;
+        float *x = random_rows(rows, 16, (uint64_t)v);
+        float *y = malloc(rows * 10 * sizeof(float));
+        double *want = malloc(rows * 10 * sizeof(double));
+        mw_layer_range_t all = {0, 6};
+        run_staged(m, &all, 1, x, rows, (int)rows, y);
+        naive_forward(m, x, rows, want);
+        for (size_t i = 0; i < rows * 10; i++)
+            if (fabs(y[i] - want[i]) > 1e-4 * (1 + fabs(want[i])))
+                fail_msg("variant %d, element %zu: %.9g vs %.9g", v, i, y[i], want[i]);
+        free(x);
+        free(y);
+        free(want);
+        mw_model_destroy(m);
+    }
+}
+
+/* Every set of cut points (so 1, 2, ... L stages, in every position) at batch 1, 3 and 8. */
+static void every_cut_into_stages_is_bit_identical_to_the_whole_model(void **state)
+{
+    (void)state;
+    for (int variant = 0; variant < 2; variant++) {
+        mw_model_spec_t spec = small_spec;
+        if (variant == 1) {
+            spec.activation = MW_ACT_RELU;
+            spec.layernorm = 0;
+            spec.inputs = 64; /* residual on layer 0 too */
+        }
+        mw_model_t *m = make_model(&spec, "cut.safetensors");
+        const int L = mw_model_num_layers(m);
+        const size_t rows = 24;
+        float *x = random_rows(rows, spec.inputs, 42);
+        float *whole = malloc(rows * 10 * sizeof(float));
+        float *staged = malloc(rows * 10 * sizeof(float));
+        const int batches[] = {1, 3, 8};
+        for (int bi = 0; bi < 3; bi++) {
+            mw_layer_range_t all = {0, L};
+            run_staged(m, &all, 1, x, rows, batches[bi], whole);
+            for (unsigned cuts = 0; cuts < 1u << (L - 1); cuts++) {
+                mw_layer_range_t r[16];
+                int count = 0, first = 0;
+                for (int b = 1; b <= L; b++) {
+                    if (b == L || (cuts >> (b - 1) & 1)) {
+                        r[count].first = first;
+                        r[count++].last = b;
+                        first = b;
+                    }
+                }
+                memset(staged, 0xff, rows * 10 * sizeof(float));
+                run_staged(m, r, count, x, rows, batches[bi], staged);
+                if (memcmp(whole, staged, rows * 10 * sizeof(float)) != 0) {
+                    char text[128];
+                    mw_layer_ranges_format(r, count, text, sizeof(text));
+                    fail_msg("variant %d batch %d: stages %s differ from the whole model", variant,
+                             batches[bi], text);
+                }
+            }
+            for (int k = 1; k <= L; k++) {
+                mw_layer_range_t r[16];
+                char err[128];
+                assert_int_equal(mw_model_split(m, k, r, err, sizeof(err)), MW_OK);
+                run_staged(m, r, k, x, rows, batches[bi], staged);
+                assert_memory_equal(whole, staged, rows * 10 * sizeof(float));
+            }
+        }
+        free(x);
+        free(whole);
+        free(staged);
+        mw_model_destroy(m);
+    }
+}
+
+static void outputs_are_bit_identical_run_to_run_for_a_thread_count(void **state)
+{
+    (void)state;
+    mw_model_spec_t spec = small_spec;
+    spec.hidden = 256;
+    mw_model_t *m = make_model(&spec, "threads.safetensors");
+    const size_t rows = 64;
+    float *x = random_rows(rows, 16, 3);
+    float *a = malloc(rows * 10 * sizeof(float)), *b = malloc(rows * 10 * sizeof(float));
+    mw_layer_range_t all = {0, 6};
+    for (int threads = 1; threads <= 2; threads++) {
+        mw_model_set_threads(threads);
+        run_staged(m, &all, 1, x, rows, 64, a);
+        for (int rep = 0; rep < 3; rep++) {
+            run_staged(m, &all, 1, x, rows, 64, b);
+            assert_memory_equal(a, b, rows * 10 * sizeof(float));
+        }
+    }
+    mw_model_set_threads(1);
+    free(x);
+    free(a);
+    free(b);
+    mw_model_destroy(m);
+}
+
+/* Each stage's cost is within one (largest) layer of total/k. */
+static void check_balanced(const uint64_t *cost, int n, int k)
+{
+    mw_layer_range_t r[64];
+    assert_int_equal(mw_layer_ranges_split(cost, n, k, r), MW_OK);
+    uint64_t total = 0, max = 0;
+    for (int i = 0; i < n; i++) {
+        total += cost[i];
+        max = cost[i] > max ? cost[i] : max;
+    }
+    assert_int_equal(r[0].first, 0);
+    assert_int_equal(r[k - 1].last, n);
+    for (int s = 0; s < k; s++) {
+        assert_true(r[s].first < r[s].last);
+        if (s > 0)
+            assert_int_equal(r[s].first, r[s - 1].last);
+        uint64_t c = 0;
+        for (int i = r[s].first; i < r[s].last; i++)
+            c += cost[i];
+        double dev = fabs((double)c - (double)total / k);
+        if (dev > (double)max)
+            fail_msg("n %d k %d: stage %d costs %llu, ideal %.1f, largest layer %llu", n, k, s,
+                     (unsigned long long)c, (double)total / k, (unsigned long long)max);
+    }
+}
+
+static void auto_split_balances_flops_within_one_layer(void **state)
+{
+    (void)state;
+    uint64_t cost[48];
+    for (int n = 1; n <= 48; n++) {
+        for (int i = 0; i < n; i++)
+            cost[i] = 1000;
+        for (int k = 1; k <= n; k++)
+            check_balanced(cost, n, k);
+    }
+    /* The reference model's shape: a small first and last layer. */
+    mw_model_spec_t spec = small_spec;
+    spec.layers = 12;
+    mw_model_t *m = make_model(&spec, "split.safetensors");
+    for (int k = 1; k <= 12; k++) {
+        mw_layer_range_t r[12];
+        char err[128];
+        assert_int_equal(mw_model_split(m, k, r, err, sizeof(err)), MW_OK);
+        for (int i = 0; i < 12; i++)
+            cost[i] = mw_model_flops(m, i, i + 1);
+        check_balanced(cost, 12, k);
+    }
+    mw_layer_range_t r[13];
+    char err[128];
+    assert_int_equal(mw_model_split(m, 13, r, err, sizeof(err)), MW_EINVAL);
+    assert_non_null(strstr(err, "13 stages"));
+    assert_int_equal(mw_model_split(m, 0, r, err, sizeof(err)), MW_EINVAL);
+    mw_model_destroy(m);
+
+    /* Random widths, wherever total/k exceeds the largest layer. */
+    uint64_t seed = 1;
+    for (int trial = 0; trial < 500; trial++) {
+        int n = 2 + trial % 40;
+        uint64_t total = 0, max = 0;
+        for (int i = 0; i < n; i++) {
+            seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+            uint64_t w1 = 16 + (seed >> 33) % 1024, w2 = 16 + (seed >> 13) % 1024;
+            cost[i] = 2 * w1 * w2;
+            total += cost[i];
+            max = cost[i] > max ? cost[i] : max;
+        }
+        for (int k = 1; k <= n && total / (uint64_t)k > max; k++)
+            check_balanced(cost, n, k);
+    }
+}
+
+static void layer_ranges_parse_accepts_contiguous_lists_and_names_mistakes(void **state)
+{
+    (void)state;
+    mw_layer_range_t r[8];
+    int n;
+    char err[256], text[64];
+    assert_int_equal(mw_layer_ranges_parse("0:3,3:6", 6, 1, r, 8, &n, err, sizeof(err)), MW_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(r[1].first, 3);
+    assert_int_equal(r[1].last, 6);
+    mw_layer_ranges_format(r, n, text, sizeof(text));
+    assert_string_equal(text, "0:3,3:6");
+    assert_int_equal(mw_layer_ranges_parse("2:4", 6, 0, r, 8, &n, err, sizeof(err)), MW_OK);
+    assert_int_equal(mw_layer_ranges_parse("2:4", 6, 1, r, 8, &n, err, sizeof(err)), MW_EINVAL);
+    assert_non_null(strstr(err, "must cover"));
+    static const struct {
+        const char *text, *msg;
+    } bad[] = {
+        {"0:2,3:6", "gap before layer 2"},
+        {"0:4,3:6", "overlap at layer 3"},
+        {"0:7", "past the model's 6 layers"},
+        {"3:3", "is empty"},
+        {"0-3", "expected FIRST:LAST"},
+        {"0:3,", "expected FIRST:LAST"},
+        {"", "expected FIRST:LAST"},
+        {"0:3 ,3:6", "expected FIRST:LAST"},
+        {"0:1,1:2,2:3,3:4,4:5,5:6", "more than 4"},
+        {"0:99999999999", "expected"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        assert_int_equal(mw_layer_ranges_parse(bad[i].text, 6, 0, r, 4, &n, err, sizeof(err)),
+                         MW_EINVAL);
+        if (strstr(err, bad[i].msg) == NULL)
+            fail_msg("'%s': message '%s' lacks '%s'", bad[i].text, err, bad[i].msg);
+    }
+}
+
+/* A model file from explicit tensors (values 0.5) and metadata pairs. */
+static int open_custom(const mw_st_entry_t *e, size_t n, const char *const *meta, size_t n_meta,
+                       char *err, size_t err_size)
+{
+    static float data[4096];
+    for (size_t i = 0; i < 4096; i++)
+        data[i] = 0.5f;
+    mw_st_entry_t copy[16];
+    for (size_t i = 0; i < n; i++) {
+        copy[i] = e[i];
+        copy[i].data = data;
+    }
+    const char *path = tmp_path("custom.safetensors");
+    assert_int_equal(mw_safetensors_write(path, copy, n, meta, n_meta, err, err_size), MW_OK);
+    mw_model_t *m = NULL;
+    int rc = mw_model_open(path, &m, err, err_size);
+    mw_model_destroy(m);
+    return rc;
+}
+
+#define F32(name, ...)                                                                             \
+    {                                                                                              \
+        name, {MW_DTYPE_F32, sizeof((int64_t[]){__VA_ARGS__}) / 8, {__VA_ARGS__}}, NULL            \
+    }
+
+static void malformed_models_are_rejected_with_the_tensor_named(void **state)
+{
+    (void)state;
+    char err[512];
+    const mw_st_entry_t good[] = {F32("layers.0.weight", 4, 3), F32("layers.0.bias", 4),
+                                  F32("layers.1.weight", 2, 4), F32("layers.1.bias", 2)};
+    assert_int_equal(open_custom(good, 4, NULL, 0, err, sizeof(err)), MW_OK);
+    static const struct {
+        mw_st_entry_t e[4];
+        const char *meta[4];
+        const char *want1, *want2;
+    } cases[] = {
+        {{F32("layers.0.weight", 4, 3), F32("layers.0.bias", 4), F32("layers.1.weight", 2, 5),
+          F32("layers.1.bias", 2)},
+         {NULL},
+         "'layers.1.weight' has 5 inputs",
+         "layer 0 has 4 outputs"},
+        {{F32("layers.0.weight", 4, 3), F32("layers.0.bias", 3), F32("x", 1), F32("y", 1)},
+         {NULL},
+         "'layers.0.bias' has shape [3]",
+         "expected [4]"},
+        {{F32("layers.0.weight", 12), F32("layers.0.bias", 4), F32("x", 1), F32("y", 1)},
+         {NULL},
+         "'layers.0.weight' has shape [12]",
+         "[out, in]"},
+        {{F32("layers.0.weight", 4, 3), F32("x", 1), F32("y", 1), F32("z", 1)},
+         {NULL},
+         "'layers.0.bias' is missing",
+         NULL},
+        {{F32("weight", 4, 3), F32("x", 1), F32("y", 1), F32("z", 1)},
+         {NULL},
+         "no tensor 'layers.0.weight'",
+         NULL},
+        {{F32("layers.0.weight", 4, 3), F32("layers.0.bias", 4), F32("layers.0.ln.gamma", 3),
+          F32("y", 1)},
+         {NULL},
+         "'layers.0.ln.gamma' needs 'layers.0.ln.beta'",
+         NULL},
+        {{F32("layers.0.weight", 4, 3), F32("layers.0.bias", 4), F32("layers.0.ln.gamma", 4),
+          F32("layers.0.ln.beta", 4)},
+         {NULL},
+         "'layers.0.ln.gamma' has shape [4]",
+         "expected [3]"},
+        {{F32("layers.0.weight", 4, 3), F32("layers.0.bias", 4), F32("x", 1), F32("y", 1)},
+         {"layers.0.activation", "swish"},
+         "'layers.0.activation' is 'swish'",
+         "none, relu or gelu"},
+        {{F32("layers.0.weight", 4, 3), F32("layers.0.bias", 4), F32("x", 1), F32("y", 1)},
+         {"layers.0.residual", "true"},
+         "maps 3 to 4 features",
+         "in == out"},
+        {{F32("layers.0.weight", 4, 3), F32("layers.0.bias", 4), F32("x", 1), F32("y", 1)},
+         {"layers.0.residual", "maybe"},
+         "'layers.0.residual' is 'maybe'",
+         NULL},
+        {{F32("layers.0.weight", 4, 3), F32("layers.0.bias", 4), F32("x", 1), F32("y", 1)},
+         {"layers", "2"},
+         "metadata 'layers' is '2'",
+         "'layers.1.weight' is missing"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        err[0] = '\0';
+        size_t n_meta = cases[i].meta[0] ? 1 : 0;
+        assert_int_equal(open_custom(cases[i].e, 4, cases[i].meta, n_meta, err, sizeof(err)),
+                         MW_EINVAL);
+        if (strstr(err, cases[i].want1) == NULL ||
+            (cases[i].want2 && strstr(err, cases[i].want2) == NULL))
+            fail_msg("case %zu: message '%s' lacks '%s' / '%s'", i, err, cases[i].want1,
+                     cases[i].want2 ? cases[i].want2 : "");
+    }
+
+    /* Wrong dtype, and F32 data that is not 4-byte aligned. */
+    static const char f16[] =
+        "{\"layers.0.weight\":{\"dtype\":\"F16\",\"shape\":[1,1],\"data_offsets\":[0,2]},"
+        "\"layers.0.bias\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}";
+    static const char misaligned[] =
+        "{\"layers.0.weight\":{\"dtype\":\"F32\",\"shape\":[1,1],\"data_offsets\":[2,6]},"
+        "\"layers.0.bias\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}";
+    const char *const hdrs[] = {f16, misaligned};
+    const char *const wants[] = {"'layers.0.weight' is F16", "not 4-byte aligned"};
+    for (int i = 0; i < 2; i++) {
+        size_t hlen = strlen(hdrs[i]), padded = (hlen + 7) / 8 * 8;
+        _Alignas(8) unsigned char buf[512];
+        memset(buf, ' ', sizeof(buf));
+        for (int b = 0; b < 8; b++)
+            buf[b] = (unsigned char)(padded >> (8 * b));
+        memcpy(buf + 8, hdrs[i], hlen);
+        mw_safetensors_t *st;
+        assert_int_equal(mw_safetensors_parse(buf, 8 + padded + 12, &st, err, sizeof(err)), MW_OK);
+        mw_model_t *m = NULL;
+        assert_int_equal(mw_model_from_safetensors(st, &m, err, sizeof(err)), MW_EINVAL);
+        assert_null(m);
+        if (strstr(err, wants[i]) == NULL)
+            fail_msg("message '%s' lacks '%s'", err, wants[i]);
+    }
+}
+
+static void stage_rejects_bad_ranges_batches_and_shapes(void **state)
+{
+    (void)state;
+    char err[256];
+    mw_model_t *m = make_model(&small_spec, "shapes.safetensors");
+    mw_stage_t *st = NULL;
+    assert_int_equal(mw_stage_new(m, 2, 2, 4, -1, &st, err, sizeof(err)), MW_EINVAL);
+    assert_non_null(strstr(err, "2:2"));
+    assert_int_equal(mw_stage_new(m, 0, 7, 4, -1, &st, err, sizeof(err)), MW_EINVAL);
+    assert_int_equal(mw_stage_new(m, 0, 6, 0, -1, &st, err, sizeof(err)), MW_EINVAL);
+#ifndef MW_HAVE_CUBLAS
+    assert_int_equal(mw_stage_new(m, 0, 6, 4, 0, &st, err, sizeof(err)), MW_EUNAVAIL);
+    assert_non_null(strstr(err, "without CUDA"));
+#endif
+    assert_null(st);
+    assert_int_equal(mw_stage_new(m, 1, 4, 6, -1, &st, err, sizeof(err)), MW_OK);
+    assert_string_equal(mw_stage_kind(st), "cpu");
+    mw_stage_info_t info;
+    mw_stage_get_info(st, &info);
+    assert_int_equal(info.first_layer, 1);
+    assert_int_equal(info.last_layer, 4);
+    assert_int_equal(info.in_features, 64);
+    assert_int_equal(info.out_features, 64);
+
+    float *x = random_rows(7, 64, 9), *y = malloc(7 * 64 * sizeof(float));
+    assert_int_equal(mw_stage_forward(st, x, 7, y), MW_EINVAL);
+    assert_int_equal(mw_stage_forward(st, x, 0, y), MW_EINVAL);
+    assert_int_equal(mw_stage_forward(st, x, 6, y), MW_OK);
+
+    /* mw_stage_run: [2, 3, 64] is 6 rows, the same numbers as forward. */
+    mw_tensor_desc_t in = {MW_DTYPE_F32, 3, {2, 3, 64}}, out;
+    const void *res;
+    assert_int_equal(mw_stage_run(st, &in, x, &out, &res, err, sizeof(err)), MW_OK);
+    assert_int_equal(out.ndim, 3);
+    assert_int_equal(out.shape[0], 2);
+    assert_int_equal(out.shape[2], 64);
+    assert_memory_equal(res, y, 6 * 64 * sizeof(float));
+    in.shape[0] = 3; /* 9 rows */
+    assert_int_equal(mw_stage_run(st, &in, x, &out, &res, err, sizeof(err)), MW_ETOOBIG);
+    assert_non_null(strstr(err, "9 rows"));
+    in.shape[2] = 16;
+    in.shape[0] = 1;
+    assert_int_equal(mw_stage_run(st, &in, x, &out, &res, err, sizeof(err)), MW_EINVAL);
+    assert_non_null(strstr(err, "[1,3,16]"));
+    in.dtype = MW_DTYPE_F16;
+    assert_int_equal(mw_stage_run(st, &in, x, &out, &res, err, sizeof(err)), MW_EINVAL);
+    assert_non_null(strstr(err, "f16"));
+    free(x);
+    free(y);
+    mw_stage_destroy(st);
+    mw_stage_destroy(NULL);
+    mw_model_destroy(m);
+}
+
+static int mwctl(const mw_config_t *cfg, const char *line)
+{
+    char buf[2048], *argv[32];
+    int argc = 0;
+    snprintf(buf, sizeof(buf), "%s", line);
+    for (char *t = strtok(buf, " "); t != NULL && argc < 31; t = strtok(NULL, " "))
+        argv[argc++] = t;
+    argv[argc] = NULL;
+    return mwctl_model(argc, argv, cfg);
+}
+
+static void mwctl_model_run_is_the_oracle_at_any_cut(void **state)
+{
+    (void)state;
+    mw_config_t cfg;
+    mw_config_init(&cfg);
+    char cmd[2048];
+    char model[512];
+    snprintf(model, sizeof(model), "%s", tmp_path("cli.safetensors"));
+    snprintf(cmd, sizeof(cmd),
+             "model init --layers 6 --hidden 64 --inputs 16 --outputs 10 --seed 7 "
+             "--activation=gelu --layernorm --residual -o %s",
+             model);
+    assert_int_equal(mwctl(&cfg, cmd), 0);
+    /* The same file as the library writes for the same spec. */
+    char err[256];
+    assert_int_equal(mw_model_generate(&small_spec, tmp_path("lib.safetensors"), err, sizeof(err)),
+                     MW_OK);
+    size_t la, lb;
+    unsigned char *a = slurp(model, &la), *b = slurp(tmp_path("lib.safetensors"), &lb);
+    assert_int_equal(la, lb);
+    assert_memory_equal(a, b, la);
+    free(a);
+    free(b);
+
+    const size_t rows = 10;
+    float *x = random_rows(rows, 16, 5);
+    FILE *f = fopen(tmp_path("x.bin"), "wb");
+    assert_int_equal(fwrite(x, sizeof(float), rows * 16, f), rows * 16);
+    fclose(f);
+
+    const char *variants[] = {"", "--stages 3", "--layers 0:1,1:5,5:6", "--stages=6"};
+    unsigned char *first = NULL;
+    for (int v = 0; v < 4; v++) {
+        snprintf(cmd, sizeof(cmd), "model run --model %s --input %s --output %s --batch 4 %s",
+                 model, tmp_path("x.bin"), tmp_path("y.bin"), variants[v]);
+        assert_int_equal(mwctl(&cfg, cmd), 0);
+        size_t len;
+        unsigned char *y = slurp(tmp_path("y.bin"), &len);
+        assert_int_equal(len, rows * 10 * sizeof(float));
+        if (first == NULL)
+            first = y;
+        else {
+            assert_memory_equal(first, y, len);
+            free(y);
+        }
+    }
+    /* And the library at the same batch size. */
+    mw_model_t *m = make_model(&small_spec, "lib2.safetensors");
+    float *want = malloc(rows * 10 * sizeof(float));
+    mw_layer_range_t all = {0, 6};
+    run_staged(m, &all, 1, x, rows, 4, want);
+    assert_memory_equal(first, want, rows * 10 * sizeof(float));
+    /* Default batch: all rows at once. */
+    snprintf(cmd, sizeof(cmd), "model run --model %s --input %s --output %s", model,
+             tmp_path("x.bin"), tmp_path("y.bin"));
+    assert_int_equal(mwctl(&cfg, cmd), 0);
+    run_staged(m, &all, 1, x, rows, (int)rows, want);
+    size_t len;
+    unsigned char *y = slurp(tmp_path("y.bin"), &len);
+    assert_memory_equal(y, want, len);
+    free(y);
+
+    /* Part of the model: layers 2:4 take and give 64 features. */
+    float *h = random_rows(3, 64, 8);
+    f = fopen(tmp_path("h.bin"), "wb");
+    assert_int_equal(fwrite(h, sizeof(float), 3 * 64, f), 3 * 64);
+    fclose(f);
+    snprintf(cmd, sizeof(cmd), "model run --model %s --input %s --output %s --layers 2:4", model,
+             tmp_path("h.bin"), tmp_path("hy.bin"));
+    assert_int_equal(mwctl(&cfg, cmd), 0);
+    y = slurp(tmp_path("hy.bin"), &len);
+    assert_int_equal(len, 3 * 64 * sizeof(float));
+    free(y);
+    free(h);
+
+    /* Mistakes: exit status 2 for usage, 1 for bad files. */
+    snprintf(cmd, sizeof(cmd), "model run --model %s --input %s --output %s --layers 2:4", model,
+             tmp_path("x.bin"), tmp_path("y.bin"));
+    assert_int_equal(mwctl(&cfg, cmd), 1); /* 16-float rows, 640 bytes: not 64-float rows */
+    snprintf(cmd, sizeof(cmd), "model run --model %s --input %s --output %s --stages 7", model,
+             tmp_path("x.bin"), tmp_path("y.bin"));
+    assert_int_equal(mwctl(&cfg, cmd), 2);
+    snprintf(cmd, sizeof(cmd),
+             "model run --model %s --input %s --output %s --stages 2 "
+             "--layers 0:6",
+             model, tmp_path("x.bin"), tmp_path("y.bin"));
+    assert_int_equal(mwctl(&cfg, cmd), 2);
+    snprintf(cmd, sizeof(cmd), "model run --model %s --input %s", tmp_path("x.bin"),
+             tmp_path("x.bin"));
+    assert_int_equal(mwctl(&cfg, cmd), 2);
+    snprintf(cmd, sizeof(cmd), "model run --model %s --input %s --output %s", tmp_path("x.bin"),
+             tmp_path("x.bin"), tmp_path("y.bin"));
+    assert_int_equal(mwctl(&cfg, cmd), 1);
+    assert_int_equal(mwctl(&cfg, "model init --layers 0 -o /dev/null"), 2);
+    assert_int_equal(mwctl(&cfg, "model init --bogus -o x"), 2);
+    assert_int_equal(mwctl(&cfg, "model init --activation swish -o x"), 2);
+    assert_int_equal(mwctl(&cfg, "model frobnicate"), 2);
+    snprintf(cmd, sizeof(cmd), "model info --model %s --stages 3", model);
+    assert_int_equal(mwctl(&cfg, cmd), 0);
+
+    free(first);
+    free(want);
+    free(x);
+    mw_model_destroy(m);
+    mw_config_fini(&cfg);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(generated_model_is_deterministic_for_a_seed),
+        cmocka_unit_test(forward_matches_a_naive_double_precision_reference),
+        cmocka_unit_test(every_cut_into_stages_is_bit_identical_to_the_whole_model),
+        cmocka_unit_test(outputs_are_bit_identical_run_to_run_for_a_thread_count),
+        cmocka_unit_test(auto_split_balances_flops_within_one_layer),
+        cmocka_unit_test(layer_ranges_parse_accepts_contiguous_lists_and_names_mistakes),
+        cmocka_unit_test(malformed_models_are_rejected_with_the_tensor_named),
+        cmocka_unit_test(stage_rejects_bad_ranges_batches_and_shapes),
+        cmocka_unit_test(mwctl_model_run_is_the_oracle_at_any_cut),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
