@@ -95,7 +95,7 @@ run_integration() {
 
 run_fuzz() {
     local f name files
-    for f in $(ls "$MW_BUILD"/fuzz/fuzz_* 2>/dev/null | grep -v '\.d$' | grep -- "${filter}"); do
+    for f in $(ls "$MW_BUILD"/fuzz/fuzz_* 2>/dev/null | grep -vE '\.(d|log)$' | grep -- "${filter}"); do
         name=$(basename "$f")
         files=$(ls -d tests/fuzz/corpus/"$name"/* 2>/dev/null)
         [ -n "$files" ] || { echo "--- $name: empty corpus"; failed=$((failed + 1)); failures+=("fuzz/$name"); continue; }

@@ -15,6 +15,9 @@ static const struct {
 } commands[] = {
     {"config", mwctl_config, "print the effective configuration (--markdown: the key table)"},
     {"ping", mwctl_ping, "check that Redis and Kafka answer"},
+    {"topics", mwctl_topics, "create or list a pipeline's topics (P.requests, P.results, P.dlq)"},
+    {"submit", mwctl_submit, "produce requests to P.requests (--wait: and await their results)"},
+    {"results", mwctl_results, "read results from P.results (read_committed)"},
     {"model", mwctl_model, "reference model: init, run (the test oracle), info"},
 };
 

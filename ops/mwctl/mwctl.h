@@ -8,6 +8,9 @@
 
 int mwctl_config(int argc, char **argv, const mw_config_t *cfg);
 int mwctl_ping(int argc, char **argv, const mw_config_t *cfg);
+int mwctl_topics(int argc, char **argv, const mw_config_t *cfg);
+int mwctl_submit(int argc, char **argv, const mw_config_t *cfg);
+int mwctl_results(int argc, char **argv, const mw_config_t *cfg);
 int mwctl_model(int argc, char **argv, const mw_config_t *cfg);
 
 #endif
