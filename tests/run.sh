@@ -74,10 +74,12 @@ start_services() {
     export MWTEST_REDIS_DIR=$services_dir/redis
     export MWTEST_KAFKA_DIR=$services_dir/kafka
     local t0 t1 addr
-    addr=$("$root/ops/mwlocal" redis start --dir "$MWTEST_REDIS_DIR") || exit 1
+    addr=$("$root/ops/mwlocal" redis start --dir "$MWTEST_REDIS_DIR") ||
+        { echo "could not start Redis"; echo "$passed passed, $((failed + 1)) failed"; exit 1; }
     export MWTEST_REDIS_PORT=${addr##*:}
     t0=$(date +%s%N)
-    addr=$("$root/ops/mwlocal" kafka start --dir "$MWTEST_KAFKA_DIR") || exit 1
+    addr=$("$root/ops/mwlocal" kafka start --dir "$MWTEST_KAFKA_DIR") ||
+        { echo "could not start Kafka"; echo "$passed passed, $((failed + 1)) failed"; exit 1; }
     t1=$(date +%s%N)
     export MWTEST_KAFKA_BOOTSTRAP=$addr
     echo "services: redis 127.0.0.1:$MWTEST_REDIS_PORT, kafka $addr" \
