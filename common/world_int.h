@@ -1,0 +1,301 @@
+/* Worlds, internal: context, world, link, operation and request structures
+ * shared by world.c (API, state machine, threads, watchdog), world_tcp.c
+ * (sockets and frames) and the backend ops table (world_nccl.c).
+ *
+ * Locking. ctx->lock guards the command queue, the event queue and the
+ * rendezvous jobs; w->lock guards a world's state/error and its requests'
+ * completion fields. Everything else about links and queued operations is
+ * touched by the progress thread only: API threads hand operations over as
+ * commands, so sockets never need a lock. */
+#ifndef MW_WORLD_INT_H
+#define MW_WORLD_INT_H
+
+#include "frame.h"
+#include "rendezvous.h"
+#include "world.h"
+
+#include <pthread.h>
+#include <stdint.h>
+
+typedef struct mw_op mw_op_t;
+typedef struct mw_link mw_link_t;
+typedef struct mw_cmd mw_cmd_t;
+
+/* What an epoll_event's data.ptr points at: the first member of each. */
+enum { EV_WAKE = 1, EV_LISTEN, EV_CONN, EV_LINK };
+
+enum op_kind { OP_SEND = 1, OP_RECV };
+
+/* One frame to send or receive on one link. */
+struct mw_op {
+    mw_op_t *next;
+    mw_world_req_t *req; /* NULL for keepalives and control frames */
+    int peer;
+    uint8_t kind;  /* OP_SEND / OP_RECV */
+    uint8_t ftype; /* frame type */
+    uint8_t owned; /* freed by the engine when done (control frames) */
+    uint8_t queued;
+    /* send: encoded header + metadata, then the payload */
+    uint8_t hdr_inline[MW_FRAME_HDR_SIZE + 8 + MW_FRAME_TENSOR_META];
+    uint8_t *hdr;
+    size_t hdr_len;
+    const uint8_t *payload;
+    uint64_t payload_len;
+    uint64_t off; /* bytes of hdr + payload written, or payload bytes received */
+    /* recv */
+    uint8_t *buf;
+    uint64_t cap;
+    uint32_t coll_seq;    /* COLL: the collective this receive belongs to */
+    uint8_t coll_kind;    /* COLL: expected kind */
+    uint64_t coll_expect; /* COLL: expected payload bytes */
+};
+
+/* Commands from API threads to the progress thread. */
+enum cmd_type { CMD_JOIN = 1, CMD_POST, CMD_ABORT, CMD_CLOSE, CMD_RDV_RESULT };
+
+struct mw_cmd {
+    mw_cmd_t *next;
+    int type;
+    mw_world_t *w;
+    mw_world_req_t *req;
+    int heap; /* freed by the progress thread */
+    int sync; /* the poster waits for done */
+    int done;
+    char *text; /* heap: abort reason, rendezvous record */
+};
+
+enum req_kind {
+    REQ_SEND = 1,
+    REQ_RECV,
+    REQ_SEND_HEADER,
+    REQ_RECV_HEADER,
+    REQ_BROADCAST,
+    REQ_ALL_REDUCE,
+    REQ_BARRIER
+};
+
+struct mw_world_req {
+    mw_world_t *w; /* holds a reference */
+    int kind;
+    /* under w->lock */
+    int status;      /* MW_EAGAIN while pending */
+    int pending_ops; /* ops the engine still holds */
+    int finalizing;  /* the all-reduce reduction is running in some caller */
+    char errstr[512];
+    uint64_t bytes;
+    mw_tensor_desc_t desc;
+    /* all-reduce */
+    mw_reduce_op_t redop;
+    int root;         /* broadcast */
+    float *result;    /* the caller's buffer */
+    uint8_t *scratch; /* (size-1) slots of nbytes, by peer order */
+    uint64_t nbytes;
+    mw_cmd_t cmd; /* how it is posted */
+    /* backend data (NCCL: a CUDA event) */
+    void *be;
+    int be_pending; /* the backend still owns the request */
+    int nops;
+    mw_op_t *ops;
+    uint8_t data[]; /* send_header's copy */
+};
+
+/* A link to one peer of a world: a non-blocking TCP connection. */
+enum link_state { LINK_NONE = 0, LINK_CONNECTING, LINK_HELLO_SENT, LINK_UP, LINK_CLOSED };
+enum rx_phase { RX_HDR = 0, RX_META, RX_WAIT, RX_PAYLOAD };
+
+struct mw_link {
+    int ev_kind; /* EV_LINK */
+    mw_world_t *w;
+    int peer;
+    int fd;
+    int state;
+    uint32_t events; /* registered epoll events */
+    char addr[MW_FRAME_ADDR_MAX + 1];
+    /* tx */
+    mw_op_t *txq, *txq_tail;
+    uint32_t tx_seq;
+    int64_t last_tx_ms;     /* any byte written */
+    int64_t tx_progress_ms; /* last progress of the queue (or when it became non-empty) */
+    int64_t ping_ms;        /* keepalive interval: ours, or shorter when the peer asks */
+    mw_op_t ping;
+    /* rx */
+    int phase;
+    int peer_closed; /* EOF seen behind a complete frame nobody has received yet */
+    uint8_t rx_hdr_buf[MW_FRAME_HDR_SIZE];
+    size_t rx_got;
+    mw_frame_hdr_t rx_hdr;
+    uint8_t *rx_meta;
+    mw_tensor_desc_t rx_desc;
+    mw_frame_coll_t rx_coll;
+    uint64_t rx_nbytes;
+    mw_op_t *rx_op;    /* receive being filled */
+    uint8_t *rx_unexp; /* header frame being buffered (no receive posted) */
+    uint32_t rx_seq;
+    int64_t last_rx_ms;
+    mw_op_t *recv_hdr_q, *recv_hdr_tail;
+    mw_op_t *recv_tensor_q, *recv_tensor_tail;
+    mw_op_t *recv_coll_q, *recv_coll_tail;
+    /* buffered header frames: [u32 len][bytes], in arrival order */
+    struct unexp {
+        struct unexp *next;
+        uint32_t len;
+        uint8_t data[];
+    } * unexp, *unexp_tail;
+    int unexp_count;
+};
+
+/* Backend operations: the generic machinery runs links, rendezvous and
+ * header frames for every backend; a backend may take over tensors and
+ * collectives. Hooks run on the progress thread unless noted. */
+typedef struct mw_world_backend_ops {
+    const char *name;
+    /* API thread, at join: allocate w->be. */
+    int (*create)(mw_world_t *w, char *errstr, size_t errstr_size);
+    /* rank 0, before publishing: backend data for the rendezvous record. */
+    int (*rendezvous_data)(mw_world_t *w, uint8_t *out, size_t cap, size_t *len, char *errstr,
+                           size_t errstr_size);
+    /* every rank, once all links are up: start the backend's communicator;
+     * data is rank 0's rendezvous data. */
+    int (*start)(mw_world_t *w, const uint8_t *data, size_t len, char *errstr, size_t errstr_size);
+    /* every tick while joining after start, and while ready: 0 ready/fine,
+     * MW_EAGAIN still starting, else an error that breaks the world. */
+    int (*poll)(mw_world_t *w, int64_t now_ms, char *errstr, size_t errstr_size);
+    /* takes a tensor or collective request (NULL: frames over the links). */
+    int (*post)(mw_world_t *w, mw_world_req_t *req, char *errstr, size_t errstr_size);
+    /* the world broke or closed: abort the communicator, fail its requests. */
+    void (*abort)(mw_world_t *w);
+    /* API thread, last reference gone: free w->be. */
+    void (*destroy)(mw_world_t *w);
+} mw_world_backend_ops_t;
+
+extern const mw_world_backend_ops_t mw_world_tcp_ops;
+#ifdef MW_HAVE_NCCL
+extern const mw_world_backend_ops_t mw_world_nccl_ops;
+#endif
+
+enum join_phase { JOIN_PUBLISH = 1, JOIN_FETCH, JOIN_CONNECT, JOIN_MESH, JOIN_BACKEND, JOIN_DONE };
+
+struct mw_world {
+    mw_worlds_t *ctx;
+    int refs; /* atomic */
+    char name[MW_WORLD_NAME_MAX + 1];
+    int64_t epoch;
+    int size, rank;
+    mw_world_backend_t backend;
+    const mw_world_backend_ops_t *ops;
+    void *be;
+    mw_world_event_fn on_event;
+    void *user;
+    int device;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    /* under lock */
+    mw_world_state_t state;
+    int err;
+    char errstr[512];
+    uint32_t coll_seq;
+    mw_world_stats_t stats;
+
+    /* progress thread only */
+    int in_engine; /* in ctx->worlds */
+    int join_phase;
+    int64_t join_start_ms, join_deadline_ms;
+    int64_t next_fetch_ms;
+    int fetch_failures;
+    int rdv_last_rc;     /* atomic: the rendezvous thread's last result for this world */
+    char join_note[160]; /* why the join is waiting, for the deadline error */
+    mw_rdv_record_t rdv;
+    int rdv_published, rdv_removed;
+    mw_link_t **links;                 /* [size], NULL for self */
+    mw_op_t *preready, *preready_tail; /* posted before READY */
+    char (*peer_addrs)[MW_FRAME_ADDR_MAX + 1];
+    mw_world_t *next_in_engine;
+    mw_world_t *next_reap;
+};
+
+/* Rendezvous jobs, run by the rendezvous thread. */
+enum rdv_job_type { RDV_PUBLISH = 1, RDV_FETCH, RDV_REMOVE };
+
+typedef struct mw_rdv_job {
+    struct mw_rdv_job *next;
+    int type;
+    mw_world_t *w; /* holds a reference */
+    char name[MW_WORLD_NAME_MAX + 1];
+    int64_t epoch;
+    int64_t ttl_ms;
+    int64_t not_before_ms;
+    char record[MW_RDV_RECORD_MAX];
+} mw_rdv_job_t;
+
+struct mw_worlds {
+    mw_config_t cfg;
+    int64_t timeout_ms, keepalive_ms, tick_ms;
+    uint64_t max_tensor_bytes;
+    int sockbuf;
+    char address[MW_FRAME_ADDR_MAX + 1];
+
+    int epfd;
+    int wakefd;
+    int wake_kind;   /* EV_WAKE: epoll data for wakefd */
+    int listen_kind; /* EV_LISTEN */
+    int listenfd;
+    int wake_pending; /* atomic: a wakeup is already in flight */
+    pthread_t thread;
+    pthread_t rdv_thread;
+    int threads_started;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond; /* sync commands done; events queued; rendezvous jobs */
+    pthread_cond_t rdv_cond;
+    int stop;
+    mw_cmd_t *cmds, *cmds_tail;
+    mw_rdv_job_t *jobs, *jobs_tail;
+    mw_world_event_t *events; /* ring of MW_EVENTS_MAX */
+    unsigned ev_head, ev_count;
+    int64_t events_dropped;
+
+    /* progress thread only */
+    int backend_busy; /* backend operations in flight: poll them every millisecond */
+    mw_world_t *worlds;
+    struct mw_conn *conns;
+    int64_t next_tick_ms;
+    mw_world_t *reap;           /* worlds whose engine reference goes at the end of an iteration */
+    struct cb_event *callbacks; /* owner callbacks to run at the end of an iteration */
+    struct cb_event *callbacks_tail;
+};
+
+#define MW_EVENTS_MAX 1024
+
+/* world.c, for world_tcp.c and backends (progress thread). */
+int64_t mw_world_now_ms(void);
+void mw_world_break(mw_world_t *w, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void mw_world_op_done(mw_world_t *w, mw_op_t *op, int rc);
+void mw_world_req_done(mw_world_t *w, mw_world_req_t *req, int rc, const char *errstr);
+void mw_world_link_up(mw_world_t *w, mw_link_t *l);
+void mw_world_peers_received(mw_world_t *w, char (*addrs)[MW_FRAME_ADDR_MAX + 1], int count);
+void mw_world_connect_failed(mw_world_t *w, mw_link_t *l, const char *why);
+void mw_world_peer_left(mw_world_t *w, mw_link_t *l);
+
+/* world_tcp.c (progress thread). */
+int mw_tcp_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size);
+void mw_tcp_accept(mw_worlds_t *ctx);
+void mw_tcp_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events);
+void mw_tcp_conns_tick(mw_worlds_t *ctx, int64_t now);
+void mw_tcp_conns_free(mw_worlds_t *ctx, int all);
+mw_link_t *mw_tcp_link_connect(mw_world_t *w, int peer, const char *addr, char *errstr,
+                               size_t errstr_size);
+void mw_tcp_link_event(mw_link_t *l, uint32_t events);
+void mw_tcp_link_post(mw_link_t *l, mw_op_t *op);
+void mw_tcp_link_tick(mw_link_t *l, int64_t now);
+void mw_tcp_link_close(mw_link_t *l, int rc);
+void mw_tcp_link_left(mw_link_t *l);
+void mw_tcp_link_bye(mw_link_t *l);
+void mw_tcp_link_free(mw_link_t *l);
+void mw_tcp_send_control(mw_link_t *l, uint8_t type, const uint8_t *meta, size_t meta_len);
+/* The open world (name, epoch) that accepts rank below_rank: one of rank <
+ * below_rank (a process may hold several ranks of one world). */
+mw_world_t *mw_world_find(mw_worlds_t *ctx, const char *name, int64_t epoch, int below_rank);
+
+#endif
