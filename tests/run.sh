@@ -20,11 +20,13 @@ mode=${1:-all}
 filter=${2:-}
 # Sanitizer builds run slower: stretch every timeout.
 scale=${MW_TEST_TIMEOUT_SCALE:-$([[ $MW_BUILD == *san* ]] && echo 3 || echo 1)}
+export MW_TEST_TIMEOUT_SCALE=$scale
 unit_timeout_s=$((120 * scale))
 integ_timeout_s=$((${MWTEST_TIMEOUT_S:-300} * scale))
 
 passed=0
 failed=0
+skipped=0
 failures=()
 services_dir=""
 
@@ -48,8 +50,10 @@ run_one() {
     MWTEST_PREFIX="t$$.$RANDOM.$name" timeout --kill-after=10 "$timeout_s" "$bin" >"$log" 2>&1
     rc=$?
     cat "$log"
-    local ok bad
+    local ok bad skip
     ok=$(grep -oE '^\[  PASSED  \] [0-9]+' "$log" | awk '{s+=$4} END {print s+0}')
+    skip=$(grep -oE '^\[  SKIPPED \] [0-9]+ test' "$log" | awk '{s+=$4} END {print s+0}')
+    skipped=$((skipped + skip))
     bad=$(grep -oE '^\[  FAILED  \] [0-9]+ test' "$log" | awk '{s+=$4} END {print s+0}')
     rm -f "$log"
     if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then
@@ -141,5 +145,5 @@ all) run_unit; run_fuzz; run_integration ;;
 esac
 
 [ ${#failures[@]} -eq 0 ] || echo "failed: ${failures[*]}"
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
