@@ -111,7 +111,7 @@ static const struct cfg_key keys[] = {
           "requests an origin holds at once; when full it pauses its Kafka partitions"),
     CFG_I("worker.queue_depth", worker_queue_depth, "64", 1, 1000000,
           "unfinished sends per world; a full world makes the router pick another"),
-    CFG_E("delivery", delivery, "exactly-once", "exactly-once|at-least-once",
+    CFG_E("results.delivery", results_delivery, "exactly-once", "exactly-once|at-least-once",
           "exactly-once: results and input offsets in one Kafka transaction; at-least-once: "
           "produce, then commit offsets"),
     CFG_I("results.commit_interval_ms", results_commit_interval_ms, "100", 1, 600000,

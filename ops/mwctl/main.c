@@ -19,6 +19,8 @@ static const struct {
     {"submit", mwctl_submit, "produce requests to P.requests (--wait: and await their results)"},
     {"results", mwctl_results, "read results from P.results (read_committed)"},
     {"model", mwctl_model, "reference model: init, run (the test oracle), info"},
+    {"status", mwctl_status, "leader, epoch, pipelines, workers, worlds, recent events (--json)"},
+    {"events", mwctl_events, "the cluster's event stream (--follow: keep printing)"},
 };
 
 static void usage(FILE *out)

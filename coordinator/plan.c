@@ -1,0 +1,1158 @@
+/* The world planner (pure: no I/O, no clock) and the plan's JSON codec. */
+#include "plan.h"
+
+#include "err.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ helpers */
+
+int mw_plan_id_valid(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n >= MW_PLAN_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)id[i]) && id[i] != '_' && id[i] != '-' && id[i] != '.' &&
+            id[i] != ':')
+            return 0;
+    return 1;
+}
+
+static uint64_t fnv1a(uint64_t h, const char *s)
+{
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    h ^= 0xff; /* separator, so that ("ab","c") and ("a","bc") differ */
+    h *= 1099511628211ULL;
+    return h;
+}
+
+static uint64_t pair_hash(const char *a, const char *b)
+{
+    return fnv1a(fnv1a(14695981039346656037ULL, a), b);
+}
+
+void mw_plan_world_name(char *buf, size_t size, const char *p, int sa, const char *a, int sb,
+                        const char *b)
+{
+    int n = snprintf(buf, size, "%s.s%d-%s--s%d-%s", p, sa, a, sb, b);
+    if (n < 0 || (size_t)n >= size) {
+        char stages[32];
+        snprintf(stages, sizeof(stages), "%d/%d", sa, sb);
+        uint64_t h = fnv1a(fnv1a(fnv1a(14695981039346656037ULL, p), stages), a);
+        h = fnv1a(h, b);
+        snprintf(buf, size, "%.*s.s%d-s%d-%016llx", MW_PIPELINE_NAME_MAX - 1, p, sa, sb,
+                 (unsigned long long)h);
+    }
+}
+
+static int is_gpu(const char *device)
+{
+    return strncmp(device, "cuda", 4) == 0;
+}
+
+const mw_plan_worker_t *mw_plan_find_worker(const mw_plan_t *plan, const char *id)
+{
+    size_t lo = 0, hi = plan ? plan->nworkers : 0;
+    while (lo < hi) { /* workers are sorted by id */
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(plan->workers[mid].id, id);
+        if (c == 0)
+            return &plan->workers[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+const mw_plan_world_t *mw_plan_find_world(const mw_plan_t *plan, const char *name)
+{
+    size_t lo = 0, hi = plan ? plan->nworlds : 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(plan->worlds[mid].name, name);
+        if (c == 0)
+            return &plan->worlds[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+int mw_plan_world_has(const mw_plan_world_t *w, const char *id, int *rank)
+{
+    for (int i = 0; i < w->nmembers; i++) {
+        if (strcmp(w->members[i], id) == 0) {
+            if (rank != NULL)
+                *rank = i;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void mw_plan_destroy(mw_plan_t *plan)
+{
+    if (plan == NULL)
+        return;
+    free(plan->pipelines);
+    free(plan->workers);
+    free(plan->worlds);
+    free(plan->rejected);
+    free(plan);
+}
+
+static int cmp_worker(const void *a, const void *b)
+{
+    return strcmp(((const mw_plan_worker_t *)a)->id, ((const mw_plan_worker_t *)b)->id);
+}
+
+static int cmp_world(const void *a, const void *b)
+{
+    return strcmp(((const mw_plan_world_t *)a)->name, ((const mw_plan_world_t *)b)->name);
+}
+
+static int cmp_pipeline(const void *a, const void *b)
+{
+    return strcmp(((const mw_plan_pipeline_t *)a)->spec.name,
+                  ((const mw_plan_pipeline_t *)b)->spec.name);
+}
+
+int mw_plan_same(const mw_plan_t *a, const mw_plan_t *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    if (a->npipelines != b->npipelines || a->nworkers != b->nworkers || a->nworlds != b->nworlds)
+        return 0;
+    for (size_t i = 0; i < a->npipelines; i++) {
+        const mw_plan_pipeline_t *x = &a->pipelines[i], *y = &b->pipelines[i];
+        if (strcmp(x->spec.name, y->spec.name) != 0 || x->spec.nstages != y->spec.nstages ||
+            strcmp(x->spec.model, y->spec.model) != 0 || x->complete != y->complete)
+            return 0;
+        for (int s = 0; s < x->spec.nstages; s++)
+            if (x->spec.stages[s].need != y->spec.stages[s].need ||
+                x->spec.stages[s].layer_begin != y->spec.stages[s].layer_begin ||
+                x->spec.stages[s].layer_end != y->spec.stages[s].layer_end)
+                return 0;
+    }
+    for (size_t i = 0; i < a->nworkers; i++) {
+        const mw_plan_worker_t *x = &a->workers[i], *y = &b->workers[i];
+        if (strcmp(x->id, y->id) != 0 || strcmp(x->pipeline, y->pipeline) != 0 ||
+            x->stage != y->stage || x->auto_stage != y->auto_stage ||
+            strcmp(x->device, y->device) != 0 || x->draining != y->draining)
+            return 0;
+    }
+    for (size_t i = 0; i < a->nworlds; i++) {
+        const mw_plan_world_t *x = &a->worlds[i], *y = &b->worlds[i];
+        if (strcmp(x->name, y->name) != 0 || strcmp(x->pipeline, y->pipeline) != 0 ||
+            strcmp(x->backend, y->backend) != 0 || x->nmembers != y->nmembers)
+            return 0;
+        for (int m = 0; m < x->nmembers; m++)
+            if (strcmp(x->members[m], y->members[m]) != 0)
+                return 0;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------ planner */
+
+/* One pipeline's graph while planning: nodes are indices into plan->workers. */
+typedef struct node {
+    int w; /* index into plan->workers */
+    int stage;
+    int isnew;  /* joined, or changed pipeline/stage/device since prev */
+    int active; /* not draining */
+    int *adj;   /* neighbour node indices */
+    int nadj, capadj;
+    int origin; /* bit index among active origins, or -1 */
+} node_t;
+
+typedef struct graph {
+    const mw_plan_t *plan;
+    const mw_pipeline_spec_t *spec;
+    node_t *nodes;
+    int n;
+    int fanout;
+    int words;       /* uint64 words per origin bitset */
+    uint64_t *back;  /* n * words: origins that reach the node going forward */
+    uint64_t *fwd;   /* n * words: origins the node reaches (through the return) */
+    int (*edges)[2]; /* new edges: node indices, [0] = rank 0 */
+    int nedges, capedges;
+} graph_t;
+
+static const char *node_id(const graph_t *g, int i)
+{
+    return g->plan->workers[g->nodes[i].w].id;
+}
+
+static int adjacent(const graph_t *g, int a, int b)
+{
+    const node_t *x = &g->nodes[a];
+    for (int i = 0; i < x->nadj; i++)
+        if (x->adj[i] == b)
+            return 1;
+    return 0;
+}
+
+static int push_adj(node_t *x, int b)
+{
+    if (x->nadj == x->capadj) {
+        int cap = x->capadj ? x->capadj * 2 : 8;
+        int *adj = realloc(x->adj, (size_t)cap * sizeof(*adj));
+        if (adj == NULL)
+            return MW_ENOMEM;
+        x->adj = adj;
+        x->capadj = cap;
+    }
+    x->adj[x->nadj++] = b;
+    return MW_OK;
+}
+
+/* Links a and b (adjacency only). */
+static int link_nodes(graph_t *g, int a, int b)
+{
+    int rc = push_adj(&g->nodes[a], b);
+    return rc != MW_OK ? rc : push_adj(&g->nodes[b], a);
+}
+
+/* Stage that sends over the pair (sa, sb) in ring order: rank 0 of the world. */
+static int ring_first(int sa, int sb, int nstages)
+{
+    if (nstages == 2)
+        return sa < sb ? 0 : 1; /* the one world carries both directions; stage 0 first */
+    return (sa + 1) % nstages == sb ? 0 : 1;
+}
+
+static int ring_adjacent(int sa, int sb, int nstages)
+{
+    return nstages >= 2 && sa != sb && ((sa + 1) % nstages == sb || (sb + 1) % nstages == sa);
+}
+
+/* Adds a new world between a and b (not yet adjacent, adjacent stages). */
+static int add_edge(graph_t *g, int a, int b)
+{
+    if (g->nedges == g->capedges) {
+        int cap = g->capedges ? g->capedges * 2 : 16;
+        int(*e)[2] = realloc(g->edges, (size_t)cap * sizeof(*e));
+        if (e == NULL)
+            return MW_ENOMEM;
+        g->edges = e;
+        g->capedges = cap;
+    }
+    if (ring_first(g->nodes[a].stage, g->nodes[b].stage, g->spec->nstages) != 0) {
+        int t = a;
+        a = b;
+        b = t;
+    }
+    g->edges[g->nedges][0] = a;
+    g->edges[g->nedges][1] = b;
+    g->nedges++;
+    return link_nodes(g, a, b);
+}
+
+/* Worlds of node a toward stage s. */
+static int degree_to(const graph_t *g, int a, int s)
+{
+    int d = 0;
+    for (int i = 0; i < g->nodes[a].nadj; i++)
+        d += g->nodes[g->nodes[a].adj[i]].stage == s;
+    return d;
+}
+
+/* Candidate order: under the fanout first, then fewer worlds, then a hash of the
+ * pair so that equal candidates spread evenly and deterministically. */
+typedef struct cand {
+    int node;
+    int over;
+    int deg;
+    uint64_t h;
+} cand_t;
+
+static int cmp_cand(const void *a, const void *b)
+{
+    const cand_t *x = a, *y = b;
+    if (x->over != y->over)
+        return x->over - y->over;
+    if (x->deg != y->deg)
+        return x->deg - y->deg;
+    return x->h < y->h ? -1 : x->h > y->h;
+}
+
+static cand_t make_cand(const graph_t *g, int self, int c)
+{
+    int deg = degree_to(g, c, g->nodes[self].stage);
+    cand_t k = {c, deg >= g->fanout, deg, pair_hash(node_id(g, self), node_id(g, c))};
+    return k;
+}
+
+static int better(const cand_t *a, const cand_t *best)
+{
+    return best->node < 0 || cmp_cand(a, best) < 0;
+}
+
+/* A new worker opens worlds to up to limit active workers of stage t, preferring
+ * those under the fanout; at least one when t has any. */
+static int fill(graph_t *g, int self, int t, int limit, cand_t *buf)
+{
+    int nc = 0, total = 0;
+    for (int c = 0; c < g->n; c++) {
+        if (g->nodes[c].stage != t || !g->nodes[c].active)
+            continue;
+        total++;
+        if (!adjacent(g, self, c))
+            buf[nc++] = make_cand(g, self, c);
+    }
+    int want = (total < limit ? total : limit) - degree_to(g, self, t);
+    qsort(buf, (size_t)nc, sizeof(*buf), cmp_cand);
+    for (int i = 0; i < nc && want > 0; i++) {
+        if (buf[i].over && degree_to(g, self, t) > 0)
+            break;
+        int rc = add_edge(g, self, buf[i].node);
+        if (rc != MW_OK)
+            return rc;
+        want--;
+    }
+    return MW_OK;
+}
+
+static uint64_t *bits(uint64_t *set, const graph_t *g, int node)
+{
+    return set + (size_t)node * g->words;
+}
+
+static int intersects(const graph_t *g, const uint64_t *a, const uint64_t *b)
+{
+    for (int i = 0; i < g->words; i++)
+        if (a[i] & b[i])
+            return 1;
+    return 0;
+}
+
+static int has_bit(const uint64_t *a, int bit)
+{
+    return (a[bit / 64] >> (bit % 64)) & 1;
+}
+
+/* back: origins that reach the node going forward; fwd: origins the node reaches
+ * through the later stages and the return world. Draining workers carry nothing. */
+static void reach(graph_t *g)
+{
+    int S = g->spec->nstages;
+    memset(g->back, 0, (size_t)g->n * g->words * sizeof(uint64_t));
+    memset(g->fwd, 0, (size_t)g->n * g->words * sizeof(uint64_t));
+    for (int k = 0; k < S; k++) {
+        for (int i = 0; i < g->n; i++) {
+            node_t *x = &g->nodes[i];
+            if (x->stage != k || !x->active)
+                continue;
+            uint64_t *b = bits(g->back, g, i);
+            if (k == 0) {
+                b[x->origin / 64] |= 1ULL << (x->origin % 64);
+                continue;
+            }
+            for (int j = 0; j < x->nadj; j++) {
+                const node_t *y = &g->nodes[x->adj[j]];
+                if (y->active && y->stage == k - 1)
+                    for (int w = 0; w < g->words; w++)
+                        b[w] |= bits(g->back, g, x->adj[j])[w];
+            }
+        }
+    }
+    for (int k = S - 1; k >= 0; k--) {
+        for (int i = 0; i < g->n; i++) {
+            node_t *x = &g->nodes[i];
+            if (x->stage != k || !x->active)
+                continue;
+            uint64_t *f = bits(g->fwd, g, i);
+            for (int j = 0; j < x->nadj; j++) {
+                const node_t *y = &g->nodes[x->adj[j]];
+                if (!y->active || y->stage != (k + 1) % S)
+                    continue;
+                if (k == S - 1)
+                    f[y->origin / 64] |= 1ULL << (y->origin % 64);
+                else
+                    for (int w = 0; w < g->words; w++)
+                        f[w] |= bits(g->fwd, g, x->adj[j])[w];
+            }
+        }
+    }
+}
+
+static int on_cycle(graph_t *g, int i)
+{
+    return intersects(g, bits(g->back, g, i), bits(g->fwd, g, i));
+}
+
+/* Walks a cycle through origin o (on a cycle): c[k] for every stage. */
+static void walk_cycle(graph_t *g, int o, int *c)
+{
+    int S = g->spec->nstages, bit = g->nodes[o].origin;
+    c[0] = o;
+    for (int k = 1; k < S; k++) {
+        cand_t best = {-1, 0, 0, 0};
+        const node_t *x = &g->nodes[c[k - 1]];
+        for (int j = 0; j < x->nadj; j++) {
+            int y = x->adj[j];
+            if (!g->nodes[y].active || g->nodes[y].stage != k || !has_bit(bits(g->fwd, g, y), bit))
+                continue;
+            cand_t cd = make_cand(g, c[k - 1], y);
+            if (better(&cd, &best))
+                best = cd;
+        }
+        c[k] = best.node; /* exists: o reaches itself through c[k-1] */
+    }
+}
+
+/* Puts active node i, which lies on no cycle, on one by adding worlds that include it. */
+static int repair(graph_t *g, int i, int *cyc)
+{
+    int S = g->spec->nstages, k = g->nodes[i].stage;
+    int up = (k + S - 1) % S, down = (k + 1) % S;
+    cand_t best = {-1, 0, 0, 0};
+    for (int c = 0; c < g->n; c++) {
+        const node_t *y = &g->nodes[c];
+        if (!y->active || (y->stage != up && y->stage != down) || adjacent(g, i, c))
+            continue;
+        int ok;
+        if (S == 2)
+            ok = 1; /* any partner makes a two-stage cycle */
+        else if (y->stage == down)
+            ok = down == 0 ? has_bit(bits(g->back, g, i), y->origin)
+                           : intersects(g, bits(g->fwd, g, c), bits(g->back, g, i));
+        else
+            ok = k == 0 ? has_bit(bits(g->back, g, c), g->nodes[i].origin)
+                        : intersects(g, bits(g->back, g, c), bits(g->fwd, g, i));
+        if (!ok)
+            continue;
+        cand_t cd = make_cand(g, i, c);
+        if (better(&cd, &best))
+            best = cd;
+    }
+    if (best.node >= 0)
+        return add_edge(g, i, best.node);
+
+    /* Splice into an existing cycle: c[up] -> i -> c[down]. */
+    cand_t orig = {-1, 0, 0, 0};
+    for (int c = 0; c < g->n; c++) {
+        if (g->nodes[c].active && g->nodes[c].stage == 0 && on_cycle(g, c)) {
+            cand_t cd = make_cand(g, i, c);
+            cd.over = 0; /* the origin's own fanout does not matter here */
+            cd.deg = g->nodes[c].nadj;
+            if (better(&cd, &orig))
+                orig = cd;
+        }
+    }
+    if (orig.node < 0)
+        return MW_ENOTFOUND;
+    walk_cycle(g, orig.node, cyc);
+    int rc = MW_OK;
+    if (!adjacent(g, i, cyc[up]))
+        rc = add_edge(g, cyc[up], i);
+    if (rc == MW_OK && !adjacent(g, i, cyc[down]))
+        rc = add_edge(g, i, cyc[down]);
+    return rc;
+}
+
+/* No cycle at all: builds one per greedy walk from the origin needing the fewest new worlds. */
+static int seed_cycle(graph_t *g, int *cyc, int *best_cyc)
+{
+    int S = g->spec->nstages, best_cost = -1;
+    for (int o = 0; o < g->n; o++) {
+        if (!g->nodes[o].active || g->nodes[o].stage != 0)
+            continue;
+        int cost = 0;
+        cyc[0] = o;
+        for (int k = 1; k < S; k++) {
+            cand_t best = {-1, 0, 0, 0};
+            const node_t *x = &g->nodes[cyc[k - 1]];
+            for (int j = 0; j < x->nadj; j++) { /* an existing world first */
+                int y = x->adj[j];
+                if (g->nodes[y].active && g->nodes[y].stage == k) {
+                    cand_t cd = make_cand(g, cyc[k - 1], y);
+                    if (better(&cd, &best))
+                        best = cd;
+                }
+            }
+            if (best.node < 0) {
+                cost++;
+                for (int y = 0; y < g->n; y++) {
+                    if (g->nodes[y].active && g->nodes[y].stage == k) {
+                        cand_t cd = make_cand(g, cyc[k - 1], y);
+                        if (better(&cd, &best))
+                            best = cd;
+                    }
+                }
+            }
+            cyc[k] = best.node;
+        }
+        cost += !adjacent(g, cyc[S - 1], o);
+        if (best_cost < 0 || cost < best_cost) {
+            best_cost = cost;
+            memcpy(best_cyc, cyc, (size_t)S * sizeof(*cyc));
+        }
+    }
+    if (best_cost < 0)
+        return MW_ENOTFOUND;
+    for (int k = 0; k < S; k++) {
+        int a = best_cyc[k], b = best_cyc[(k + 1) % S];
+        if (a != b && !adjacent(g, a, b)) {
+            int rc = add_edge(g, a, b);
+            if (rc != MW_OK)
+                return rc;
+        }
+    }
+    return MW_OK;
+}
+
+static int ensure_cycles(graph_t *g)
+{
+    int S = g->spec->nstages, norigins = 0;
+    for (int i = 0; i < g->n; i++)
+        g->nodes[i].origin = g->nodes[i].active && g->nodes[i].stage == 0 ? norigins++ : -1;
+    g->words = (norigins + 63) / 64;
+    g->back = calloc((size_t)g->n * g->words, sizeof(uint64_t));
+    g->fwd = calloc((size_t)g->n * g->words, sizeof(uint64_t));
+    int *cyc = malloc(2 * (size_t)S * sizeof(int));
+    int rc = MW_ENOMEM;
+    if (g->back == NULL || g->fwd == NULL || cyc == NULL)
+        goto out_free;
+    rc = MW_OK;
+    for (int guard = 0; guard < 4 * g->n + 8; guard++) {
+        reach(g);
+        int bad = -1;
+        for (int i = 0; i < g->n && bad < 0; i++)
+            if (g->nodes[i].active && !on_cycle(g, i))
+                bad = i;
+        if (bad < 0)
+            break;
+        rc = repair(g, bad, cyc);
+        if (rc == MW_ENOTFOUND)
+            rc = seed_cycle(g, cyc, cyc + S);
+        if (rc != MW_OK)
+            break;
+    }
+out_free:
+    free(cyc);
+    free(g->back);
+    free(g->fwd);
+    g->back = g->fwd = NULL;
+    return rc;
+}
+
+static int push_world(mw_plan_t *plan, size_t *cap, const mw_plan_world_t *w)
+{
+    if (plan->nworlds == *cap) {
+        size_t c = *cap ? *cap * 2 : 64;
+        mw_plan_world_t *ws = realloc(plan->worlds, c * sizeof(*ws));
+        if (ws == NULL)
+            return MW_ENOMEM;
+        plan->worlds = ws;
+        *cap = c;
+    }
+    plan->worlds[plan->nworlds++] = *w;
+    return MW_OK;
+}
+
+static int reject(mw_plan_t *plan, const char *id, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int reject(mw_plan_t *plan, const char *id, const char *fmt, ...)
+{
+    mw_plan_reject_t *r = realloc(plan->rejected, (plan->nrejected + 1) * sizeof(*r));
+    if (r == NULL)
+        return MW_ENOMEM;
+    plan->rejected = r;
+    r = &r[plan->nrejected++];
+    snprintf(r->id, sizeof(r->id), "%s", id);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->reason, sizeof(r->reason), fmt, ap);
+    va_end(ap);
+    return MW_OK;
+}
+
+/* Plans one pipeline: keeps prev's worlds between unchanged workers, fills new
+ * workers up to the fanout, then makes sure every active worker is on a cycle. */
+static int plan_pipeline(mw_plan_t *plan, size_t *wcap, const mw_plan_pipeline_t *pp,
+                         const mw_plan_t *prev, const char *isnew, int fanout)
+{
+    graph_t g = {.plan = plan, .spec = &pp->spec, .fanout = fanout};
+    int rc = MW_ENOMEM;
+    int *index = malloc((plan->nworkers + 1) * sizeof(int)); /* worker -> node */
+    g.nodes = calloc(plan->nworkers + 1, sizeof(node_t));
+    cand_t *buf = malloc((plan->nworkers + 1) * sizeof(cand_t));
+    if (index == NULL || g.nodes == NULL || buf == NULL)
+        goto out_free;
+    for (size_t w = 0; w < plan->nworkers; w++) {
+        index[w] = -1;
+        const mw_plan_worker_t *pw = &plan->workers[w];
+        if (strcmp(pw->pipeline, pp->spec.name) != 0)
+            continue;
+        index[w] = g.n;
+        node_t *x = &g.nodes[g.n++];
+        x->w = (int)w;
+        x->stage = pw->stage;
+        x->isnew = isnew[w];
+        x->active = !pw->draining;
+    }
+    rc = MW_OK;
+
+    /* Worlds of prev between unchanged workers keep their names. */
+    for (size_t i = 0; prev != NULL && i < prev->nworlds && rc == MW_OK; i++) {
+        const mw_plan_world_t *pw = &prev->worlds[i];
+        if (strcmp(pw->pipeline, pp->spec.name) != 0 || pw->nmembers != 2)
+            continue;
+        const mw_plan_worker_t *a = mw_plan_find_worker(plan, pw->members[0]);
+        const mw_plan_worker_t *b = mw_plan_find_worker(plan, pw->members[1]);
+        if (a == NULL || b == NULL)
+            continue;
+        int na = index[a - plan->workers], nb = index[b - plan->workers];
+        if (na < 0 || nb < 0 || g.nodes[na].isnew || g.nodes[nb].isnew ||
+            !ring_adjacent(a->stage, b->stage, pp->spec.nstages) ||
+            ring_first(a->stage, b->stage, pp->spec.nstages) != 0 || adjacent(&g, na, nb))
+            continue;
+        rc = push_world(plan, wcap, pw); /* prev's names are unique (decode checks) */
+        if (rc == MW_OK)
+            rc = link_nodes(&g, na, nb);
+    }
+
+    /* One world each first, so that early joiners do not use up the fanout of a
+     * small stage that later joiners need too; then up to the fanout. */
+    int S = pp->spec.nstages;
+    for (int limit = 1; limit <= fanout && limit <= 2; limit++) {
+        for (int i = 0; i < g.n && rc == MW_OK && S >= 2; i++) {
+            if (!g.nodes[i].isnew || !g.nodes[i].active)
+                continue;
+            int k = g.nodes[i].stage, lim = limit == 1 ? 1 : fanout;
+            rc = fill(&g, i, (k + 1) % S, lim, buf);
+            if (rc == MW_OK && S >= 3)
+                rc = fill(&g, i, (k + S - 1) % S, lim, buf);
+        }
+    }
+    if (rc == MW_OK && S >= 2 && pp->complete)
+        rc = ensure_cycles(&g);
+
+    for (int e = 0; e < g.nedges && rc == MW_OK; e++) {
+        const mw_plan_worker_t *a = &plan->workers[g.nodes[g.edges[e][0]].w];
+        const mw_plan_worker_t *b = &plan->workers[g.nodes[g.edges[e][1]].w];
+        mw_plan_world_t w;
+        memset(&w, 0, sizeof(w));
+        mw_plan_world_name(w.name, sizeof(w.name), pp->spec.name, a->stage, a->id, b->stage, b->id);
+        snprintf(w.pipeline, sizeof(w.pipeline), "%s", pp->spec.name);
+        snprintf(w.backend, sizeof(w.backend), "%s",
+                 is_gpu(a->device) && is_gpu(b->device) ? "nccl" : "tcp");
+        w.nmembers = 2;
+        snprintf(w.members[0], sizeof(w.members[0]), "%s", a->id);
+        snprintf(w.members[1], sizeof(w.members[1]), "%s", b->id);
+        rc = push_world(plan, wcap, &w);
+    }
+out_free:
+    for (int i = 0; g.nodes != NULL && i < g.n; i++)
+        free(g.nodes[i].adj);
+    free(g.nodes);
+    free(g.edges);
+    free(index);
+    free(buf);
+    return rc;
+}
+
+static int cmp_member_ptr(const void *a, const void *b)
+{
+    return strcmp((*(const mw_plan_member_t *const *)a)->id,
+                  (*(const mw_plan_member_t *const *)b)->id);
+}
+
+/* Stage for new --stage auto workers: least capacity relative to need. */
+static int pick_stage(const mw_pipeline_spec_t *spec, const double *load)
+{
+    int best = 0;
+    for (int s = 1; s < spec->nstages; s++)
+        if (load[s] / spec->stages[s].need < load[best] / spec->stages[best].need)
+            best = s;
+    return best;
+}
+
+static int resolve_stages(mw_plan_t *plan, const mw_plan_t *prev, const int64_t *capacity,
+                          char *isnew)
+{
+    double *load = calloc(MW_PIPELINE_MAX_STAGES, sizeof(double));
+    int *count = calloc(MW_PIPELINE_MAX_STAGES, sizeof(int));
+    if (load == NULL || count == NULL) {
+        free(load);
+        free(count);
+        return MW_ENOMEM;
+    }
+    for (size_t p = 0; p < plan->npipelines; p++) {
+        const mw_plan_pipeline_t *pp = &plan->pipelines[p];
+        memset(load, 0, MW_PIPELINE_MAX_STAGES * sizeof(double));
+        memset(count, 0, MW_PIPELINE_MAX_STAGES * sizeof(int));
+        /* Fixed stages and auto workers that keep the stage prev gave them. */
+        for (size_t w = 0; w < plan->nworkers; w++) {
+            mw_plan_worker_t *pw = &plan->workers[w];
+            if (strcmp(pw->pipeline, pp->spec.name) != 0)
+                continue;
+            if (pw->auto_stage) {
+                const mw_plan_worker_t *old = mw_plan_find_worker(prev, pw->id);
+                pw->stage = old != NULL && old->auto_stage &&
+                                    strcmp(old->pipeline, pw->pipeline) == 0 &&
+                                    old->stage < pp->spec.nstages
+                                ? old->stage
+                                : MW_PLAN_STAGE_AUTO;
+            }
+            if (pw->stage >= 0 && !pw->draining) {
+                load[pw->stage] += (double)capacity[w];
+                count[pw->stage]++;
+            }
+        }
+        for (size_t w = 0; w < plan->nworkers; w++) {
+            mw_plan_worker_t *pw = &plan->workers[w];
+            if (strcmp(pw->pipeline, pp->spec.name) != 0 || pw->stage != MW_PLAN_STAGE_AUTO)
+                continue;
+            pw->stage = pick_stage(&pp->spec, load);
+            if (!pw->draining) {
+                load[pw->stage] += (double)capacity[w];
+                count[pw->stage]++;
+            }
+        }
+        /* An empty stage takes an auto worker from a stage that has several. */
+        for (int s = 0; s < pp->spec.nstages; s++) {
+            if (count[s] > 0)
+                continue;
+            size_t take = plan->nworkers;
+            double most = -1;
+            for (size_t w = 0; w < plan->nworkers; w++) {
+                const mw_plan_worker_t *pw = &plan->workers[w];
+                if (strcmp(pw->pipeline, pp->spec.name) != 0 || !pw->auto_stage || pw->draining ||
+                    count[pw->stage] < 2)
+                    continue;
+                double surplus = load[pw->stage] / pp->spec.stages[pw->stage].need;
+                if (surplus > most) {
+                    most = surplus;
+                    take = w;
+                }
+            }
+            if (take == plan->nworkers)
+                continue;
+            mw_plan_worker_t *pw = &plan->workers[take];
+            load[pw->stage] -= (double)capacity[take];
+            count[pw->stage]--;
+            pw->stage = s;
+            load[s] += (double)capacity[take];
+            count[s]++;
+        }
+        int complete = 1;
+        for (int s = 0; s < pp->spec.nstages; s++)
+            complete &= count[s] > 0;
+        plan->pipelines[p].complete = complete;
+    }
+    for (size_t w = 0; w < plan->nworkers; w++) {
+        const mw_plan_worker_t *pw = &plan->workers[w];
+        const mw_plan_worker_t *old = mw_plan_find_worker(prev, pw->id);
+        isnew[w] = old == NULL || strcmp(old->pipeline, pw->pipeline) != 0 ||
+                   old->stage != pw->stage || strcmp(old->device, pw->device) != 0;
+    }
+    free(load);
+    free(count);
+    return MW_OK;
+}
+
+int mw_plan_compute(const mw_pipelines_t *spec, const mw_plan_member_t *members, size_t nmembers,
+                    const mw_plan_t *prev, const mw_plan_options_t *opt, mw_plan_t **out,
+                    char *errstr, size_t errstr_size)
+{
+    *out = NULL;
+    if (opt == NULL || opt->max_fanout < 1)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "plan.max_fanout must be >= 1");
+    mw_plan_t *plan = calloc(1, sizeof(*plan));
+    const mw_plan_member_t **sorted = malloc((nmembers + 1) * sizeof(*sorted));
+    int64_t *capacity = malloc((nmembers + 1) * sizeof(*capacity));
+    char *isnew = malloc(nmembers + 1);
+    int rc = MW_ENOMEM;
+    size_t wcap = 0;
+    if (plan == NULL || sorted == NULL || capacity == NULL || isnew == NULL)
+        goto out_fail;
+    plan->epoch = prev ? prev->epoch : 0;
+    plan->version = prev ? prev->version : 0;
+
+    plan->pipelines = calloc(spec->count + 1, sizeof(*plan->pipelines));
+    plan->workers = calloc(nmembers + 1, sizeof(*plan->workers));
+    if (plan->pipelines == NULL || plan->workers == NULL)
+        goto out_fail;
+    for (size_t p = 0; p < spec->count; p++)
+        plan->pipelines[p].spec = spec->items[p];
+    plan->npipelines = spec->count;
+    qsort(plan->pipelines, plan->npipelines, sizeof(*plan->pipelines), cmp_pipeline);
+
+    for (size_t i = 0; i < nmembers; i++)
+        sorted[i] = &members[i];
+    qsort(sorted, nmembers, sizeof(*sorted), cmp_member_ptr);
+    for (size_t i = 0; i < nmembers; i++) {
+        const mw_plan_member_t *m = sorted[i];
+        const mw_pipeline_spec_t *ps = mw_pipelines_find(spec, m->pipeline);
+        if (memchr(m->id, '\0', sizeof(m->id)) == NULL || !mw_plan_id_valid(m->id))
+            rc = reject(plan, "?", "invalid worker id (1-63 characters of [A-Za-z0-9_.:-])");
+        else if (i > 0 && strcmp(sorted[i - 1]->id, m->id) == 0)
+            rc = reject(plan, m->id, "duplicate worker id");
+        else if (memchr(m->pipeline, '\0', sizeof(m->pipeline)) == NULL || ps == NULL)
+            rc = reject(plan, m->id, "unknown pipeline '%.47s'",
+                        memchr(m->pipeline, '\0', sizeof(m->pipeline)) ? m->pipeline : "?");
+        else if (m->stage != MW_PLAN_STAGE_AUTO && (m->stage < 0 || m->stage >= ps->nstages))
+            rc = reject(plan, m->id, "stage %d out of range: pipeline '%s' has stages 0..%d",
+                        m->stage, ps->name, ps->nstages - 1);
+        else if (memchr(m->device, '\0', sizeof(m->device)) == NULL || m->device[0] == '\0')
+            rc = reject(plan, m->id, "invalid device");
+        else {
+            mw_plan_worker_t *pw = &plan->workers[plan->nworkers];
+            snprintf(pw->id, sizeof(pw->id), "%s", m->id);
+            snprintf(pw->pipeline, sizeof(pw->pipeline), "%s", m->pipeline);
+            snprintf(pw->device, sizeof(pw->device), "%s", m->device);
+            pw->stage = m->stage;
+            pw->auto_stage = m->stage == MW_PLAN_STAGE_AUTO;
+            pw->draining = m->draining != 0;
+            capacity[plan->nworkers] = m->capacity > 0 ? m->capacity : 1;
+            plan->nworkers++;
+            rc = MW_OK;
+        }
+        if (rc != MW_OK)
+            goto out_fail;
+    }
+
+    rc = resolve_stages(plan, prev, capacity, isnew);
+    for (size_t p = 0; p < plan->npipelines && rc == MW_OK; p++)
+        rc = plan_pipeline(plan, &wcap, &plan->pipelines[p], prev, isnew, opt->max_fanout);
+    if (rc != MW_OK)
+        goto out_fail;
+    if (plan->nworlds > 0)
+        qsort(plan->worlds, plan->nworlds, sizeof(*plan->worlds), cmp_world);
+    /* Names are unique unless two id pairs spell the same text ("a--s1-b"); hash those. */
+    for (size_t i = 1; i < plan->nworlds; i++) {
+        if (strcmp(plan->worlds[i - 1].name, plan->worlds[i].name) != 0)
+            continue;
+        mw_plan_world_t *w = &plan->worlds[i];
+        const mw_plan_worker_t *a = mw_plan_find_worker(plan, w->members[0]);
+        const mw_plan_worker_t *b = mw_plan_find_worker(plan, w->members[1]);
+        char longname[MW_PLAN_WORLD_NAME_MAX * 2];
+        snprintf(longname, sizeof(longname), "%s", w->name);
+        mw_plan_world_name(w->name, sizeof(w->name), w->pipeline, a->stage, longname, b->stage,
+                           longname);
+        qsort(plan->worlds, plan->nworlds, sizeof(*plan->worlds), cmp_world);
+        i = 0;
+    }
+    free(sorted);
+    free(capacity);
+    free(isnew);
+    *out = plan;
+    return MW_OK;
+
+out_fail:
+    free(sorted);
+    free(capacity);
+    free(isnew);
+    mw_plan_destroy(plan);
+    return mw_errf(rc, errstr, errstr_size, "planning failed: %s", mw_strerror(rc));
+}
+
+/* ------------------------------------------------------------------ JSON */
+
+char *mw_plan_encode(const mw_plan_t *plan)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *pipes = cJSON_AddArrayToObject(root, "pipelines");
+    cJSON *workers = cJSON_AddArrayToObject(root, "workers");
+    cJSON *worlds = cJSON_AddArrayToObject(root, "worlds");
+    char *out = NULL;
+    if (root == NULL || pipes == NULL || workers == NULL || worlds == NULL)
+        goto out_free;
+    cJSON_AddNumberToObject(root, "epoch", (double)plan->epoch);
+    cJSON_AddNumberToObject(root, "version", (double)plan->version);
+    for (size_t i = 0; i < plan->npipelines; i++) {
+        const mw_plan_pipeline_t *pp = &plan->pipelines[i];
+        cJSON *jp = cJSON_CreateObject();
+        cJSON_AddItemToArray(pipes, jp);
+        cJSON_AddStringToObject(jp, "name", pp->spec.name);
+        cJSON_AddStringToObject(jp, "model", pp->spec.model);
+        cJSON_AddBoolToObject(jp, "complete", pp->complete);
+        cJSON *stages = cJSON_AddArrayToObject(jp, "stages");
+        for (int s = 0; s < pp->spec.nstages; s++) {
+            cJSON *js = cJSON_CreateObject();
+            cJSON_AddItemToArray(stages, js);
+            cJSON_AddNumberToObject(js, "need", pp->spec.stages[s].need);
+            if (pp->spec.stages[s].layer_begin >= 0) {
+                cJSON *l = cJSON_AddArrayToObject(js, "layers");
+                cJSON_AddItemToArray(l, cJSON_CreateNumber((double)pp->spec.stages[s].layer_begin));
+                cJSON_AddItemToArray(l, cJSON_CreateNumber((double)pp->spec.stages[s].layer_end));
+            }
+        }
+    }
+    for (size_t i = 0; i < plan->nworkers; i++) {
+        const mw_plan_worker_t *pw = &plan->workers[i];
+        cJSON *jw = cJSON_CreateObject();
+        cJSON_AddItemToArray(workers, jw);
+        cJSON_AddStringToObject(jw, "id", pw->id);
+        cJSON_AddStringToObject(jw, "pipeline", pw->pipeline);
+        cJSON_AddNumberToObject(jw, "stage", pw->stage);
+        cJSON_AddBoolToObject(jw, "auto", pw->auto_stage);
+        cJSON_AddStringToObject(jw, "device", pw->device);
+        cJSON_AddStringToObject(jw, "state", pw->draining ? "draining" : "active");
+    }
+    for (size_t i = 0; i < plan->nworlds; i++) {
+        const mw_plan_world_t *w = &plan->worlds[i];
+        cJSON *jw = cJSON_CreateObject();
+        cJSON_AddItemToArray(worlds, jw);
+        cJSON_AddStringToObject(jw, "name", w->name);
+        cJSON_AddStringToObject(jw, "pipeline", w->pipeline);
+        cJSON_AddStringToObject(jw, "backend", w->backend);
+        cJSON *m = cJSON_AddArrayToObject(jw, "members");
+        for (int r = 0; r < w->nmembers; r++)
+            cJSON_AddItemToArray(m, cJSON_CreateString(w->members[r]));
+    }
+    out = cJSON_PrintUnformatted(root);
+out_free:
+    cJSON_Delete(root);
+    return out;
+}
+
+static const cJSON *field(const cJSON *obj, const char *name)
+{
+    return cJSON_GetObjectItemCaseSensitive(obj, name);
+}
+
+static int get_int(const cJSON *obj, const char *name, int64_t lo, int64_t hi, int64_t *v)
+{
+    const cJSON *j = field(obj, name);
+    if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) ||
+        j->valuedouble < (double)lo || j->valuedouble > (double)hi)
+        return MW_EINVAL;
+    *v = (int64_t)j->valuedouble;
+    return MW_OK;
+}
+
+static int get_str(const cJSON *obj, const char *name, char *buf, size_t size)
+{
+    const cJSON *j = field(obj, name);
+    if (!cJSON_IsString(j) || strlen(j->valuestring) >= size)
+        return MW_EINVAL;
+    snprintf(buf, size, "%s", j->valuestring);
+    return MW_OK;
+}
+
+static int decode_pipeline(const cJSON *jp, mw_plan_pipeline_t *pp, char *errstr,
+                           size_t errstr_size)
+{
+    if (!cJSON_IsObject(jp) || get_str(jp, "name", pp->spec.name, sizeof(pp->spec.name)) != 0 ||
+        !mw_pipeline_name_valid(pp->spec.name))
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "a pipeline has no valid \"name\"");
+    const cJSON *model = field(jp, "model"), *complete = field(jp, "complete");
+    const cJSON *stages = field(jp, "stages");
+    if (model != NULL && get_str(jp, "model", pp->spec.model, sizeof(pp->spec.model)) != 0)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "pipeline '%s': bad \"model\"",
+                       pp->spec.name);
+    if (!cJSON_IsBool(complete))
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "pipeline '%s': \"complete\" must be a boolean", pp->spec.name);
+    pp->complete = cJSON_IsTrue(complete);
+    int n = cJSON_GetArraySize(stages);
+    if (!cJSON_IsArray(stages) || n < 1 || n > MW_PIPELINE_MAX_STAGES)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "pipeline '%s': \"stages\" must list 1..%d stages", pp->spec.name,
+                       MW_PIPELINE_MAX_STAGES);
+    pp->spec.nstages = n;
+    int s = 0;
+    for (const cJSON *js = stages->child; js != NULL; js = js->next, s++) {
+        mw_stage_spec_t *st = &pp->spec.stages[s];
+        const cJSON *need = field(js, "need"), *layers = field(js, "layers");
+        if (!cJSON_IsNumber(need) || !(need->valuedouble > 0) || !isfinite(need->valuedouble))
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "pipeline '%s' stage %d: \"need\" must be a number > 0", pp->spec.name,
+                           s);
+        st->need = need->valuedouble;
+        st->layer_begin = st->layer_end = -1;
+        if (layers != NULL) {
+            const cJSON *b = cJSON_GetArrayItem(layers, 0), *e = cJSON_GetArrayItem(layers, 1);
+            if (cJSON_GetArraySize(layers) != 2 || !cJSON_IsNumber(b) || !cJSON_IsNumber(e) ||
+                b->valuedouble < 0 || e->valuedouble <= b->valuedouble || e->valuedouble > 9e15)
+                return mw_errf(MW_EINVAL, errstr, errstr_size,
+                               "pipeline '%s' stage %d: bad \"layers\"", pp->spec.name, s);
+            st->layer_begin = (int64_t)b->valuedouble;
+            st->layer_end = (int64_t)e->valuedouble;
+        }
+    }
+    return MW_OK;
+}
+
+static int find_pipeline(const mw_plan_t *plan, const char *name)
+{
+    for (size_t i = 0; i < plan->npipelines; i++)
+        if (strcmp(plan->pipelines[i].spec.name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+static int decode_worker(const cJSON *jw, const mw_plan_t *plan, mw_plan_worker_t *pw, char *errstr,
+                         size_t errstr_size)
+{
+    int64_t stage;
+    if (!cJSON_IsObject(jw) || get_str(jw, "id", pw->id, sizeof(pw->id)) != 0 ||
+        !mw_plan_id_valid(pw->id))
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "a worker has no valid \"id\"");
+    if (get_str(jw, "pipeline", pw->pipeline, sizeof(pw->pipeline)) != 0)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "worker '%s': bad \"pipeline\"", pw->id);
+    int p = find_pipeline(plan, pw->pipeline);
+    if (p < 0)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "worker '%s': pipeline '%s' is not in the plan", pw->id, pw->pipeline);
+    if (get_int(jw, "stage", 0, plan->pipelines[p].spec.nstages - 1, &stage) != 0)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "worker '%s': \"stage\" must be an integer 0..%d", pw->id,
+                       plan->pipelines[p].spec.nstages - 1);
+    pw->stage = (int)stage;
+    const cJSON *au = field(jw, "auto");
+    pw->auto_stage = cJSON_IsTrue(au);
+    if (au != NULL && !cJSON_IsBool(au))
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "worker '%s': \"auto\" must be a boolean",
+                       pw->id);
+    if (get_str(jw, "device", pw->device, sizeof(pw->device)) != 0 || pw->device[0] == '\0')
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "worker '%s': bad \"device\"", pw->id);
+    char state[16];
+    if (get_str(jw, "state", state, sizeof(state)) != 0 ||
+        (strcmp(state, "active") != 0 && strcmp(state, "draining") != 0))
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "worker '%s': \"state\" must be \"active\" or \"draining\"", pw->id);
+    pw->draining = strcmp(state, "draining") == 0;
+    return MW_OK;
+}
+
+static int decode_world(const cJSON *jw, const mw_plan_t *plan, mw_plan_world_t *w, char *errstr,
+                        size_t errstr_size)
+{
+    if (!cJSON_IsObject(jw) || get_str(jw, "name", w->name, sizeof(w->name)) != 0 ||
+        w->name[0] == '\0')
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "a world has no valid \"name\" (1..%d characters)",
+                       MW_PLAN_WORLD_NAME_MAX - 1);
+    for (const char *c = w->name; *c; c++)
+        if (!isgraph((unsigned char)*c))
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "world name '%s' has a space or control character", w->name);
+    if (get_str(jw, "pipeline", w->pipeline, sizeof(w->pipeline)) != 0 ||
+        find_pipeline(plan, w->pipeline) < 0)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "world '%s': \"pipeline\" is not a pipeline of the plan", w->name);
+    if (get_str(jw, "backend", w->backend, sizeof(w->backend)) != 0 ||
+        (strcmp(w->backend, "tcp") != 0 && strcmp(w->backend, "nccl") != 0))
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "world '%s': \"backend\" must be \"tcp\" or \"nccl\"", w->name);
+    const cJSON *m = field(jw, "members");
+    int n = cJSON_GetArraySize(m);
+    if (!cJSON_IsArray(m) || n < 2 || n > MW_PLAN_WORLD_MAX_MEMBERS)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "world '%s': \"members\" must list 2..%d worker ids (rank order)", w->name,
+                       MW_PLAN_WORLD_MAX_MEMBERS);
+    w->nmembers = 0;
+    for (const cJSON *jm = m->child; jm != NULL; jm = jm->next) {
+        const mw_plan_worker_t *pw =
+            cJSON_IsString(jm) ? mw_plan_find_worker(plan, jm->valuestring) : NULL;
+        if (pw == NULL || strcmp(pw->pipeline, w->pipeline) != 0)
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "world '%s': rank %d is not a worker of pipeline '%s'", w->name,
+                           w->nmembers, w->pipeline);
+        if (mw_plan_world_has(w, pw->id, NULL))
+            return mw_errf(MW_EINVAL, errstr, errstr_size, "world '%s': '%s' is listed twice",
+                           w->name, pw->id);
+        snprintf(w->members[w->nmembers++], MW_PLAN_ID_MAX, "%s", pw->id);
+    }
+    return MW_OK;
+}
+
+int mw_plan_decode(const char *json, size_t len, mw_plan_t **out, char *errstr, size_t errstr_size)
+{
+    *out = NULL;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    if (root == NULL)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "plan is not valid JSON");
+    mw_plan_t *plan = calloc(1, sizeof(*plan));
+    int rc = MW_ENOMEM;
+    if (plan == NULL) {
+        mw_errf(rc, errstr, errstr_size, "out of memory");
+        goto out_fail;
+    }
+    rc = MW_EINVAL;
+    const cJSON *pipes = field(root, "pipelines"), *workers = field(root, "workers");
+    const cJSON *worlds = field(root, "worlds");
+    if (!cJSON_IsObject(root) || get_int(root, "epoch", 0, INT64_C(1) << 53, &plan->epoch) != 0 ||
+        get_int(root, "version", 0, INT64_C(1) << 53, &plan->version) != 0) {
+        mw_errf(rc, errstr, errstr_size, "plan: \"epoch\" and \"version\" must be integers >= 0");
+        goto out_fail;
+    }
+    if (!cJSON_IsArray(pipes) || !cJSON_IsArray(workers) || !cJSON_IsArray(worlds)) {
+        mw_errf(rc, errstr, errstr_size,
+                "plan: \"pipelines\", \"workers\" and \"worlds\" must be arrays");
+        goto out_fail;
+    }
+    size_t np = (size_t)cJSON_GetArraySize(pipes), nw = (size_t)cJSON_GetArraySize(workers);
+    size_t nv = (size_t)cJSON_GetArraySize(worlds);
+    plan->pipelines = calloc(np + 1, sizeof(*plan->pipelines));
+    plan->workers = calloc(nw + 1, sizeof(*plan->workers));
+    plan->worlds = calloc(nv + 1, sizeof(*plan->worlds));
+    if (plan->pipelines == NULL || plan->workers == NULL || plan->worlds == NULL) {
+        rc = mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+        goto out_fail;
+    }
+    for (const cJSON *j = pipes->child; j != NULL; j = j->next) {
+        mw_plan_pipeline_t *pp = &plan->pipelines[plan->npipelines];
+        if ((rc = decode_pipeline(j, pp, errstr, errstr_size)) != MW_OK)
+            goto out_fail;
+        if (find_pipeline(plan, pp->spec.name) >= 0) {
+            rc = mw_errf(MW_EINVAL, errstr, errstr_size, "plan: pipeline '%s' listed twice",
+                         pp->spec.name);
+            goto out_fail;
+        }
+        plan->npipelines++;
+    }
+    qsort(plan->pipelines, plan->npipelines, sizeof(*plan->pipelines), cmp_pipeline);
+    for (const cJSON *j = workers->child; j != NULL; j = j->next)
+        if ((rc = decode_worker(j, plan, &plan->workers[plan->nworkers++], errstr, errstr_size)) !=
+            MW_OK)
+            goto out_fail;
+    qsort(plan->workers, plan->nworkers, sizeof(*plan->workers), cmp_worker);
+    for (size_t i = 1; i < plan->nworkers; i++) {
+        if (strcmp(plan->workers[i - 1].id, plan->workers[i].id) == 0) {
+            rc = mw_errf(MW_EINVAL, errstr, errstr_size, "plan: worker '%s' listed twice",
+                         plan->workers[i].id);
+            goto out_fail;
+        }
+    }
+    for (const cJSON *j = worlds->child; j != NULL; j = j->next)
+        if ((rc = decode_world(j, plan, &plan->worlds[plan->nworlds++], errstr, errstr_size)) !=
+            MW_OK)
+            goto out_fail;
+    qsort(plan->worlds, plan->nworlds, sizeof(*plan->worlds), cmp_world);
+    for (size_t i = 1; i < plan->nworlds; i++) {
+        if (strcmp(plan->worlds[i - 1].name, plan->worlds[i].name) == 0) {
+            rc = mw_errf(MW_EINVAL, errstr, errstr_size, "plan: world '%s' listed twice",
+                         plan->worlds[i].name);
+            goto out_fail;
+        }
+    }
+    cJSON_Delete(root);
+    *out = plan;
+    return MW_OK;
+
+out_fail:
+    cJSON_Delete(root);
+    mw_plan_destroy(plan);
+    return rc;
+}
