@@ -1,0 +1,144 @@
+/* Serving end to end with real processes: a coordinator and workers of a
+ * 3-stage pipeline, requests on Kafka, results compared bit for bit with the
+ * unsplit reference model; malformed requests answered with an error and a
+ * DLQ copy. */
+#include "harness.h"
+#include "mwt_pipeline.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cmocka.h>
+
+/* Starts 2 workers per stage. */
+static void start_workers(mwt_pipeline_t *p, int per_stage)
+{
+    char id[64];
+    for (int s = 0; s < p->nstages; s++) {
+        for (int k = 0; k < per_stage; k++) {
+            snprintf(id, sizeof(id), "w%d-%d", s, k);
+            mwt_pipeline_worker(p, s, id);
+        }
+    }
+}
+
+/* Every request has exactly one committed result and it equals the reference. */
+static void check_exactly_once(mwt_tally_t *t, int n, int (*bad)(int i))
+{
+    int missing = 0, dup = 0, mismatch = 0, wrong_status = 0;
+    for (int i = 0; i < n; i++) {
+        missing += t->count[i] == 0;
+        dup += t->count[i] > 1;
+        mismatch += t->mismatch[i] > 0;
+        wrong_status += (bad != NULL && bad(i)) ? t->errors[i] != t->count[i] : t->errors[i] > 0;
+    }
+    if (missing || dup || mismatch || wrong_status || t->foreign)
+        fail_msg("results: %d missing, %d duplicated, %d differ from the reference, %d with the "
+                 "wrong status, %d foreign (of %d requests, %d records)",
+                 missing, dup, mismatch, wrong_status, t->foreign, n, t->total);
+}
+
+static void pipeline_3x2_answers_each_request_exactly_once_bit_exact(void **state)
+{
+    const int n = 5000;
+    mwt_pipeline_t *p = mwt_pipeline_new("p1", 3, 6, 4, NULL);
+    *state = p; /* killed by stop_pipeline() even when the test fails */
+    start_workers(p, 2);
+    float *expected = mwt_pipeline_reference(p, n);
+    /* Both origins serve: each holds some of the 4 partitions. */
+    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(30000)));
+    int64_t t0 = mwt_now_ms();
+    mwt_pipeline_submit(p, 0, n, NULL);
+
+    mwt_tally_t t = {0};
+    int got = mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(90000));
+    int64_t t1 = mwt_now_ms();
+    print_message("%d/%d results in %lld ms\n", got, n, (long long)(t1 - t0));
+    assert_int_equal(got, n);
+    /* Stop serving (drain: commit what is done), then read every committed record. */
+    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
+    mwt_pipeline_read(p, "results", &t, n, expected, -1, mwt_scaled(20000));
+    check_exactly_once(&t, n, NULL);
+
+    mwt_tally_fini(&t);
+    free(expected);
+}
+
+static int one_in_ten(int i)
+{
+    return i % 10 == 3;
+}
+
+static void malformed_requests_get_one_error_result_and_one_dlq_copy(void **state)
+{
+    const int n = 1000;
+    mwt_pipeline_t *p = mwt_pipeline_new("p8", 3, 6, 2, NULL);
+    *state = p; /* killed by stop_pipeline() even when the test fails */
+    start_workers(p, 1);
+    float *expected = mwt_pipeline_reference(p, n);
+    mwt_pipeline_submit(p, 0, n, one_in_ten);
+
+    mwt_tally_t t = {0}, dlq = {0};
+    assert_int_equal(mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(60000)), n);
+    int nbad = 0;
+    for (int i = 0; i < n; i++)
+        nbad += one_in_ten(i);
+    assert_int_equal(mwt_pipeline_read(p, "dlq", &dlq, n, NULL, nbad, mwt_scaled(30000)), nbad);
+    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
+    mwt_pipeline_read(p, "results", &t, n, expected, -1, mwt_scaled(20000));
+    mwt_pipeline_read(p, "dlq", &dlq, n, NULL, -1, mwt_scaled(20000));
+    check_exactly_once(&t, n, one_in_ten);
+    for (int i = 0; i < n; i++)
+        if (dlq.count[i] != one_in_ten(i))
+            fail_msg("request %d: %d DLQ copies, want %d", i, dlq.count[i], one_in_ten(i));
+    assert_int_equal(dlq.foreign, 0);
+
+    mwt_tally_fini(&t);
+    mwt_tally_fini(&dlq);
+    free(expected);
+}
+
+static void at_least_once_delivery_answers_every_request(void **state)
+{
+    const int n = 500;
+    static const char *const flags[] = {"--results.delivery=at-least-once", NULL};
+    mwt_pipeline_t *p = mwt_pipeline_new("alo", 3, 6, 2, flags);
+    *state = p; /* killed by stop_pipeline() even when the test fails */
+    start_workers(p, 1);
+    float *expected = mwt_pipeline_reference(p, n);
+    mwt_pipeline_submit(p, 0, n, NULL);
+
+    mwt_tally_t t = {0};
+    assert_int_equal(mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(60000)), n);
+    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
+    mwt_pipeline_read(p, "results", &t, n, expected, -1, mwt_scaled(20000));
+    /* Without failures nothing is produced twice, even without transactions. */
+    check_exactly_once(&t, n, NULL);
+
+    mwt_tally_fini(&t);
+    free(expected);
+}
+
+/* Kills the test's processes and frees its pipeline, passed or failed. */
+static int stop_pipeline(void **state)
+{
+    mwt_pipeline_destroy(*state);
+    *state = NULL;
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(pipeline_3x2_answers_each_request_exactly_once_bit_exact,
+                                  stop_pipeline),
+        cmocka_unit_test_teardown(malformed_requests_get_one_error_result_and_one_dlq_copy,
+                                  stop_pipeline),
+        cmocka_unit_test_teardown(at_least_once_delivery_answers_every_request, stop_pipeline),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,140 @@
+/* Serving under failures with real processes: an origin killed mid-run, and a
+ * chaos run that kill -9s a random worker every 2 s and starts a replacement.
+ * Every request must still get exactly one committed result, equal to the
+ * unsplit reference model's output. */
+#include "harness.h"
+#include "mwt_pipeline.h"
+
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cmocka.h>
+
+static const char *const fault_flags[] = {"--request.max_attempts=20", NULL};
+
+static void start_workers(mwt_pipeline_t *p, int per_stage)
+{
+    char id[64];
+    for (int s = 0; s < p->nstages; s++) {
+        for (int k = 0; k < per_stage; k++) {
+            snprintf(id, sizeof(id), "w%d-%d", s, k);
+            mwt_pipeline_worker(p, s, id);
+        }
+    }
+}
+
+/* Reads every committed result after the workers stopped; returns requests
+ * answered more than once by a later attempt (the replays). */
+static int check_exactly_once(mwt_pipeline_t *p, mwt_tally_t *t, int n, const float *expected)
+{
+    mwt_pipeline_read(p, "results", t, n, expected, -1, mwt_scaled(30000));
+    int missing = 0, dup = 0, mismatch = 0, errors = 0, replayed = 0;
+    for (int i = 0; i < n; i++) {
+        missing += t->count[i] == 0;
+        dup += t->count[i] > 1;
+        mismatch += t->mismatch[i] > 0;
+        errors += t->errors[i] > 0;
+        replayed += t->attempts_max[i] > 1;
+    }
+    if (missing || dup || mismatch || errors || t->foreign)
+        fail_msg("results: %d missing, %d duplicated, %d differ from the reference, %d errors, "
+                 "%d foreign (of %d requests, %d records)",
+                 missing, dup, mismatch, errors, t->foreign, n, t->total);
+    return replayed;
+}
+
+static void killed_origin_loses_and_duplicates_nothing(void **state)
+{
+    const int n = 3000;
+    mwt_pipeline_t *p = mwt_pipeline_new("p3", 3, 6, 4, fault_flags);
+    *state = p; /* killed by stop_pipeline() even when the test fails */
+    start_workers(p, 2);
+    float *expected = mwt_pipeline_reference(p, n);
+    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(30000)));
+    mwt_pipeline_submit(p, 0, n, NULL);
+
+    mwt_tally_t t = {0};
+    /* Mid-run: some results are committed, many requests are still in flight. */
+    assert_true(mwt_pipeline_read(p, "results", &t, n, expected, n / 5, mwt_scaled(60000)) >=
+                n / 5);
+    mwt_pipeline_signal(p, 0, SIGKILL); /* w0-0, an origin */
+    int64_t t0 = mwt_now_ms();
+    int got = mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(100000));
+    print_message("origin killed at %d/%d; all answered %lld ms later\n", n / 5, n,
+                  (long long)(mwt_now_ms() - t0));
+    assert_int_equal(got, n);
+    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
+    int replayed = check_exactly_once(p, &t, n, expected);
+    print_message("%d requests answered by a later attempt\n", replayed);
+
+    mwt_tally_fini(&t);
+    free(expected);
+}
+
+static void chaos_kill_every_2s_keeps_exactly_once(void **state)
+{
+    const int n = 6000, per_tick = 100;
+    mwt_pipeline_t *p = mwt_pipeline_new("p2", 3, 6, 4, fault_flags);
+    *state = p; /* killed by stop_pipeline() even when the test fails */
+    start_workers(p, 2);
+    float *expected = mwt_pipeline_reference(p, n);
+    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(30000)));
+    srand(2); /* the same victims every run */
+
+    /* Bursts of requests (about 400/s) while a random worker, origins included,
+     * is killed every 2 s, 10 ms after a burst (requests in flight, results
+     * not yet committed), and a replacement started at its stage. */
+    mwt_tally_t t = {0};
+    int kills = 0;
+    int64_t next_kill = mwt_now_ms() + 2000;
+    for (int sent = 0; sent < n; sent += per_tick) {
+        mwt_pipeline_submit(p, sent, per_tick, NULL);
+        mwt_pipeline_read(p, "results", &t, n, expected, n, 10);
+        if (mwt_now_ms() < next_kill) {
+            mwt_pipeline_read(p, "results", &t, n, expected, n, 200);
+            continue;
+        }
+        next_kill += 2000;
+        int live[MWT_MAX_WORKERS], nlive = 0;
+        for (int i = 0; i < p->nworkers; i++)
+            if (p->pids[i] > 0)
+                live[nlive++] = i;
+        int victim = live[rand() % nlive];
+        int stage = p->stages[victim];
+        mwt_pipeline_signal(p, victim, SIGKILL);
+        char id[64];
+        snprintf(id, sizeof(id), "r%d-%d", stage, kills++);
+        mwt_pipeline_worker(p, stage, id);
+    }
+    int got = mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(100000));
+    print_message("%d kills; %d/%d answered\n", kills, got, n);
+    assert_int_equal(got, n);
+    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
+    int replayed = check_exactly_once(p, &t, n, expected);
+    print_message("replays: %d of %d requests answered by attempt > 1\n", replayed, n);
+
+    mwt_tally_fini(&t);
+    free(expected);
+}
+
+/* Kills the test's processes and frees its pipeline, passed or failed. */
+static int stop_pipeline(void **state)
+{
+    mwt_pipeline_destroy(*state);
+    *state = NULL;
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(killed_origin_loses_and_duplicates_nothing, stop_pipeline),
+        cmocka_unit_test_teardown(chaos_kill_every_2s_keeps_exactly_once, stop_pipeline),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,411 @@
+/* Integration-test support for serving (see mwt_pipeline.h). */
+#include "mwt_pipeline.h"
+
+#include "err.h"
+#include "harness.h"
+#include "kafka.h"
+#include "model.h"
+#include "record.h"
+#include "topics.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define IN_FEATURES  16
+#define HIDDEN       32
+#define OUT_FEATURES 8
+
+static void die(const char *what, const char *err)
+{
+    fprintf(stderr, "mwt_pipeline: %s: %s\n", what, err);
+    abort();
+}
+
+int64_t mwt_scaled(int64_t ms)
+{
+    const char *s = getenv("MW_TEST_TIMEOUT_SCALE");
+    const char *b = getenv("MW_BUILD");
+    int64_t k = s != NULL ? atoll(s) : (b != NULL && strstr(b, "san") != NULL ? 3 : 1);
+    return ms * (k > 0 ? k : 1);
+}
+
+static pid_t spawn(mwt_pipeline_t *p, const char *prog, const char *const *extra1,
+                   const char *const *extra2)
+{
+    char args[48][600];
+    char *argv[50];
+    int n = 0;
+#define ARG(...) (snprintf(args[n], sizeof(args[0]), __VA_ARGS__), argv[n] = args[n], n++)
+    ARG("%s", mwt_bin(prog));
+    ARG("--redis.port=%lld", (long long)p->cfg.redis_port);
+    ARG("--cluster.name=%s", p->cfg.cluster);
+    ARG("--kafka.bootstrap.servers=%s", mw_config_kafka_get(&p->cfg, "bootstrap.servers"));
+    ARG("--heartbeat.interval_ms=100");
+    ARG("--heartbeat.ttl_ms=%lld", (long long)mwt_scaled(1500));
+    ARG("--log.level=%s", getenv("MWT_LOG_LEVEL") ? getenv("MWT_LOG_LEVEL") : "warn");
+    for (int i = 0; extra1 != NULL && extra1[i] != NULL && n < 46; i++)
+        ARG("%s", extra1[i]);
+    for (int i = 0; extra2 != NULL && extra2[i] != NULL && n < 46; i++)
+        ARG("%s", extra2[i]);
+#undef ARG
+    argv[n] = NULL;
+    pid_t pid = mwt_spawn(argv);
+    if (pid <= 0)
+        die("spawn", prog);
+    return pid;
+}
+
+mwt_pipeline_t *mwt_pipeline_new(const char *suffix, int nstages, int layers, int partitions,
+                                 const char *const *worker_flags)
+{
+    char err[512];
+    mwt_pipeline_t *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        die("calloc", "out of memory");
+    mwt_config(&p->cfg);
+    /* Pipeline names are topic names: the prefix is unique per run. */
+    snprintf(p->name, sizeof(p->name), "%s", mwt_name(suffix));
+    p->nstages = nstages;
+    p->partitions = partitions;
+    p->in_features = IN_FEATURES;
+    p->out_features = OUT_FEATURES;
+    p->worker_flags = worker_flags;
+    const char *dir = getenv("MWTEST_DIR") ? getenv("MWTEST_DIR") : "/tmp";
+    snprintf(p->model_path, sizeof(p->model_path), "%s/%s.safetensors", dir, p->name);
+    mw_model_spec_t spec = {.layers = layers,
+                            .inputs = IN_FEATURES,
+                            .hidden = HIDDEN,
+                            .outputs = OUT_FEATURES,
+                            .seed = 7,
+                            .activation = MW_ACT_GELU,
+                            .layernorm = 1,
+                            .residual = 1};
+    if (mw_model_generate(&spec, p->model_path, err, sizeof(err)) != MW_OK)
+        die("model", err);
+
+    rd_kafka_t *admin = mw_topics_admin_new(&p->cfg, err, sizeof(err));
+    mw_topic_info_t info[MW_TOPIC_COUNT];
+    if (admin == NULL || mw_topics_create(admin, p->name, partitions, partitions, 1, 30000, info,
+                                          err, sizeof(err)) != MW_OK)
+        die("topics", err);
+    mw_kafka_destroy(admin);
+    p->producer = mw_kafka_producer_new(&p->cfg, NULL, err, sizeof(err));
+    if (p->producer == NULL)
+        die("producer", err);
+
+    char spec_flag[900];
+    snprintf(spec_flag, sizeof(spec_flag),
+             "--pipeline.spec={\"name\":\"%s\",\"stages\":%d,\"model\":\"%s\"}", p->name, nstages,
+             p->model_path);
+    const char *extra[] = {spec_flag, "--coordinator.interval_ms=50", "--coordinator.lease_ms=1000",
+                           NULL};
+    p->coordinator = spawn(p, "mw-coordinator", extra, NULL);
+    return p;
+}
+
+int mwt_pipeline_worker(mwt_pipeline_t *p, int stage, const char *id)
+{
+    char a[128], b[128], c[160], d[64], e[64];
+    if (p->nworkers >= MWT_MAX_WORKERS)
+        die("worker", "too many workers");
+    snprintf(a, sizeof(a), "--id=%s", id);
+    snprintf(b, sizeof(b), "--stage=%d", stage);
+    snprintf(c, sizeof(c), "--pipeline=%s", p->name);
+    snprintf(d, sizeof(d), "--world.timeout_ms=%lld", (long long)mwt_scaled(2000));
+    snprintf(e, sizeof(e), "--request.attempt_timeout_ms=%lld", (long long)mwt_scaled(3000));
+    const char *extra[] = {a,
+                           b,
+                           c,
+                           d,
+                           e,
+                           "--model.threads=1",
+                           "--worker.drain_timeout_ms=10000",
+                           "--request.timeout_ms=120000",
+                           "--kafka.transaction.timeout.ms=10000",
+                           "--kafka.session.timeout.ms=6000",
+                           "--kafka.heartbeat.interval.ms=500",
+                           NULL};
+    int i = p->nworkers++;
+    p->stages[i] = stage;
+    p->pids[i] = spawn(p, "mw-worker", extra, p->worker_flags);
+    return i;
+}
+
+void mwt_pipeline_signal(mwt_pipeline_t *p, int i, int sig)
+{
+    if (p->pids[i] <= 0)
+        return;
+    kill(-p->pids[i], sig);
+    if (sig == SIGKILL) {
+        mwt_wait_exit(p->pids[i], 10000);
+        p->pids[i] = 0;
+    }
+}
+
+int mwt_pipeline_stop_workers(mwt_pipeline_t *p, int64_t timeout_ms)
+{
+    int bad = 0;
+    for (int i = 0; i < p->nworkers; i++)
+        if (p->pids[i] > 0)
+            kill(-p->pids[i], SIGTERM);
+    for (int i = 0; i < p->nworkers; i++) {
+        if (p->pids[i] <= 0)
+            continue;
+        int status = mwt_wait_exit(p->pids[i], timeout_ms);
+        if (status < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "worker %d: status %d\n", i, status);
+            bad = 1;
+            kill(-p->pids[i], SIGKILL);
+            mwt_wait_exit(p->pids[i], 5000);
+        }
+        p->pids[i] = 0;
+    }
+    return bad;
+}
+
+int mwt_pipeline_origins_assigned(mwt_pipeline_t *p)
+{
+    char group[200];
+    int n = 0;
+    snprintf(group, sizeof(group), "mw.%s", p->name);
+    const char *groups[] = {group};
+    rd_kafka_queue_t *q = rd_kafka_queue_new(p->producer);
+    rd_kafka_DescribeConsumerGroups(p->producer, groups, 1, NULL, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 10000);
+    const rd_kafka_DescribeConsumerGroups_result_t *res =
+        ev != NULL ? rd_kafka_event_DescribeConsumerGroups_result(ev) : NULL;
+    size_t cnt = 0;
+    const rd_kafka_ConsumerGroupDescription_t **descs =
+        res != NULL ? rd_kafka_DescribeConsumerGroups_result_groups(res, &cnt) : NULL;
+    if (cnt == 1 && rd_kafka_ConsumerGroupDescription_error(descs[0]) == NULL) {
+        size_t members = rd_kafka_ConsumerGroupDescription_member_count(descs[0]);
+        for (size_t i = 0; i < members; i++) {
+            const rd_kafka_MemberDescription_t *m =
+                rd_kafka_ConsumerGroupDescription_member(descs[0], i);
+            const rd_kafka_topic_partition_list_t *parts =
+                rd_kafka_MemberAssignment_partitions(rd_kafka_MemberDescription_assignment(m));
+            n += parts != NULL && parts->cnt > 0;
+        }
+    }
+    if (ev != NULL)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    return n;
+}
+
+void mwt_pipeline_destroy(mwt_pipeline_t *p)
+{
+    if (p == NULL)
+        return;
+    for (int i = 0; i < p->nworkers; i++)
+        mwt_pipeline_signal(p, i, SIGKILL);
+    if (p->coordinator > 0) {
+        kill(-p->coordinator, SIGKILL);
+        mwt_wait_exit(p->coordinator, 5000);
+    }
+    mw_kafka_destroy(p->producer);
+    unlink(p->model_path);
+    mw_config_fini(&p->cfg);
+    free(p);
+}
+
+void mwt_request_key(int i, char *buf, size_t size)
+{
+    snprintf(buf, size, "r%06d", i);
+}
+
+void mwt_request_input(int i, float *x)
+{
+    for (int j = 0; j < IN_FEATURES; j++) {
+        uint64_t h = (uint64_t)i * 0x9e3779b97f4a7c15u + (uint64_t)j * 0xbf58476d1ce4e5b9u;
+        h ^= h >> 29;
+        h *= 0x94d049bb133111ebu;
+        h ^= h >> 32;
+        x[j] = (float)((double)(h >> 40) / (double)(1 << 24) * 2.0 - 1.0);
+    }
+}
+
+static void produce(mwt_pipeline_t *p, const char *topic, const mw_record_t *rec)
+{
+    char err[256];
+    for (;;) {
+        int rc = mw_record_produce(p->producer, topic, RD_KAFKA_PARTITION_UA, rec, NULL, err,
+                                   sizeof(err));
+        if (rc == MW_OK)
+            return;
+        if (rc != MW_EAGAIN)
+            die("produce", err);
+        rd_kafka_poll(p->producer, 100);
+    }
+}
+
+void mwt_pipeline_submit(mwt_pipeline_t *p, int first, int n, int (*bad)(int i))
+{
+    char topic[160], key[32], err[256];
+    float x[IN_FEATURES];
+    snprintf(topic, sizeof(topic), "%s.requests", p->name);
+    for (int i = first; i < first + n; i++) {
+        mw_record_t rec;
+        mw_record_init(&rec);
+        mwt_request_key(i, key, sizeof(key));
+        mwt_request_input(i, x);
+        if (bad != NULL && bad(i)) {
+            static const char *const dtypes[] = {NULL, "f99", "f32", "f32"};
+            static const char *const shapes[] = {"1,16", "1,16", "1,16", "1,15"};
+            static const size_t sizes[] = {64, 64, 60, 60};
+            int kind = i % 4;
+            rec.key = key;
+            rec.key_len = strlen(key);
+            rec.value = x;
+            rec.value_len = sizes[kind];
+            if (dtypes[kind] != NULL)
+                mw_record_add_header(&rec, "mw-dtype", dtypes[kind], strlen(dtypes[kind]));
+            mw_record_add_header(&rec, "mw-shape", shapes[kind], strlen(shapes[kind]));
+        } else {
+            mw_tensor_desc_t desc = {.dtype = MW_DTYPE_F32, .ndim = 2, .shape = {1, IN_FEATURES}};
+            if (mw_request_encode(&rec, key, strlen(key), &desc, x, sizeof(x), 0, 0, err,
+                                  sizeof(err)) != MW_OK)
+                die("encode", err);
+        }
+        produce(p, topic, &rec);
+        mw_record_fini(&rec);
+        rd_kafka_poll(p->producer, 0);
+    }
+    if (rd_kafka_flush(p->producer, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        die("flush", "requests not delivered");
+}
+
+float *mwt_pipeline_reference(mwt_pipeline_t *p, int n)
+{
+    char err[512];
+    mw_model_t *m = NULL;
+    mw_stage_t *st = NULL;
+    float x[IN_FEATURES];
+    float *y = calloc((size_t)n * OUT_FEATURES, sizeof(float));
+    mw_model_set_threads(1);
+    if (y == NULL || mw_model_open(p->model_path, &m, err, sizeof(err)) != MW_OK ||
+        mw_stage_new(m, 0, mw_model_num_layers(m), 1, -1, &st, err, sizeof(err)) != MW_OK)
+        die("reference", err);
+    for (int i = 0; i < n; i++) {
+        mwt_request_input(i, x);
+        if (mw_stage_forward(st, x, 1, y + (size_t)i * OUT_FEATURES) != MW_OK)
+            die("reference", "forward failed");
+    }
+    mw_stage_destroy(st);
+    mw_model_destroy(m);
+    return y;
+}
+
+static void tally_open(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int n)
+{
+    char err[512], topic[160], group[200];
+    t->n = n;
+    t->count = calloc((size_t)n, sizeof(int));
+    t->errors = calloc((size_t)n, sizeof(int));
+    t->mismatch = calloc((size_t)n, sizeof(int));
+    t->attempts_max = calloc((size_t)n, sizeof(int64_t));
+    t->first_offset = calloc((size_t)n, sizeof(int64_t));
+    snprintf(topic, sizeof(topic), "%s.%s", p->name, suffix);
+    snprintf(group, sizeof(group), "%s.reader.%d", topic, rand());
+    mw_config_t cfg;
+    mwt_config(&cfg);
+    mw_config_set(&cfg, "kafka.enable.partition.eof", "true", "test", NULL, 0);
+    t->consumer = mw_kafka_consumer_new(&cfg, group, err, sizeof(err));
+    mw_config_fini(&cfg);
+    if (t->consumer == NULL)
+        die("reader", err);
+    t->partitions = strcmp(suffix, "dlq") == 0 ? 1 : p->partitions;
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(t->partitions);
+    for (int i = 0; i < t->partitions; i++)
+        rd_kafka_topic_partition_list_add(list, topic, i)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(t->consumer, list);
+    rd_kafka_topic_partition_list_destroy(list);
+}
+
+int mwt_pipeline_read(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int n,
+                      const float *expected, int want_distinct, int64_t timeout_ms)
+{
+    char err[256];
+    if (t->consumer == NULL)
+        tally_open(p, suffix, t, n);
+    int64_t deadline = mwt_now_ms() + timeout_ms;
+    int is_results = strcmp(suffix, "results") == 0;
+    while (mwt_now_ms() < deadline) {
+        if (want_distinct >= 0 && t->distinct >= want_distinct)
+            break;
+        if (want_distinct < 0 && t->eof == (1 << t->partitions) - 1)
+            break;
+        int64_t left = deadline - mwt_now_ms();
+        rd_kafka_message_t *msg =
+            rd_kafka_consumer_poll(t->consumer, (int)(left < 100 ? (left > 0 ? left : 0) : 100));
+        if (msg == NULL)
+            continue;
+        if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            t->eof |= 1 << msg->partition;
+            rd_kafka_message_destroy(msg);
+            continue;
+        }
+        if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            rd_kafka_message_destroy(msg);
+            continue;
+        }
+        t->eof &= ~(1 << msg->partition);
+        t->total++;
+        int i = -1;
+        char key[16];
+        if (msg->key_len > 0 && msg->key_len < sizeof(key)) {
+            memcpy(key, msg->key, msg->key_len);
+            key[msg->key_len] = '\0';
+            if (sscanf(key, "r%d", &i) != 1 || i < 0 || i >= t->n)
+                i = -1;
+        }
+        if (i < 0) {
+            t->foreign++;
+            rd_kafka_message_destroy(msg);
+            continue;
+        }
+        int64_t where = (int64_t)msg->partition << 48 | msg->offset;
+        if (t->count[i]++ == 0) {
+            t->distinct++;
+            t->first_offset[i] = where;
+        } else if (t->total - t->distinct <= 10) {
+            /* The first duplicates, to find them in the workers' logs. */
+            fprintf(stderr, "duplicate %s: %s [%d] offset %lld, first at [%d] offset %lld\n", key,
+                    rd_kafka_topic_name(msg->rkt), (int)msg->partition, (long long)msg->offset,
+                    (int)(t->first_offset[i] >> 48),
+                    (long long)(t->first_offset[i] & ((INT64_C(1) << 48) - 1)));
+        }
+        if (is_results) {
+            mw_result_t res = {0};
+            if (mw_result_from_message(&res, msg, err, sizeof(err)) != MW_OK) {
+                t->mismatch[i]++;
+            } else if (!res.ok) {
+                t->errors[i]++;
+            } else if (expected != NULL && (res.nbytes != (size_t)p->out_features * sizeof(float) ||
+                                            memcmp(res.data, expected + (size_t)i * p->out_features,
+                                                   res.nbytes) != 0)) {
+                t->mismatch[i]++;
+            }
+            if (res.attempts > t->attempts_max[i])
+                t->attempts_max[i] = res.attempts;
+        }
+        rd_kafka_message_destroy(msg);
+    }
+    return t->distinct;
+}
+
+void mwt_tally_fini(mwt_tally_t *t)
+{
+    if (t->consumer != NULL)
+        mw_kafka_destroy(t->consumer);
+    free(t->count);
+    free(t->errors);
+    free(t->mismatch);
+    free(t->attempts_max);
+    free(t->first_offset);
+    memset(t, 0, sizeof(*t));
+}

@@ -1,0 +1,86 @@
+/* Integration-test support for serving: a pipeline with its model, topics,
+ * coordinator and workers as real processes, requests with a reference answer
+ * computed in-process, and a tally of what P.results and P.dlq hold. */
+#ifndef MWT_PIPELINE_H
+#define MWT_PIPELINE_H
+
+#include "config.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define MWT_MAX_WORKERS 64
+
+typedef struct mwt_pipeline {
+    mw_config_t cfg;
+    char name[96];
+    char model_path[512];
+    int nstages, partitions;
+    int in_features, out_features;
+    pid_t coordinator;
+    pid_t pids[MWT_MAX_WORKERS];
+    int stages[MWT_MAX_WORKERS];
+    int nworkers;
+    const char *const *worker_flags; /* extra flags for every worker (NULL-terminated) */
+    rd_kafka_t *producer;
+} mwt_pipeline_t;
+
+/* A model of `layers` layers (16 inputs, 32 hidden, 8 outputs), the topics
+ * <name>.requests/results/dlq with `partitions` partitions each, and a
+ * coordinator planning the pipeline (nstages stages). Fails the test on error. */
+mwt_pipeline_t *mwt_pipeline_new(const char *suffix, int nstages, int layers, int partitions,
+                                 const char *const *worker_flags);
+
+/* Kills every process (SIGKILL) and frees p. */
+void mwt_pipeline_destroy(mwt_pipeline_t *p);
+
+/* Starts a worker at stage with the given id; returns its index. */
+int mwt_pipeline_worker(mwt_pipeline_t *p, int stage, const char *id);
+
+/* Sends sig to worker i (its process group); with SIGKILL also reaps it. */
+void mwt_pipeline_signal(mwt_pipeline_t *p, int i, int sig);
+
+/* Members of the consumer group mw.<name> that have partitions assigned. */
+int mwt_pipeline_origins_assigned(mwt_pipeline_t *p);
+
+/* SIGTERM to every worker, then waits for each to exit (0 when all exited 0). */
+int mwt_pipeline_stop_workers(mwt_pipeline_t *p, int64_t timeout_ms);
+
+/* Request i: key "r%06d", input [1, 16] f32, deterministic. */
+void mwt_request_key(int i, char *buf, size_t size);
+void mwt_request_input(int i, float *x);
+
+/* Produces requests [first, first+n); request i is malformed when bad(i)
+ * (a missing header, a bad dtype, a size mismatch or a shape the model
+ * rejects, by i % 4). Flushes. */
+void mwt_pipeline_submit(mwt_pipeline_t *p, int first, int n, int (*bad)(int i));
+
+/* Expected output rows [n][out_features] of the unsplit model at batch 1. */
+float *mwt_pipeline_reference(mwt_pipeline_t *p, int n);
+
+/* What a topic holds, per request index. */
+typedef struct mwt_tally {
+    int n;
+    int *count;    /* records with this key */
+    int *errors;   /* of them, error results (results) */
+    int *mismatch; /* of them, ok results whose tensor differs from the reference */
+    int64_t *attempts_max;
+    int64_t *first_offset; /* where the first record of each key is (partition << 48 | offset) */
+    int distinct, total, foreign;
+    rd_kafka_t *consumer;
+    int partitions, eof;
+} mwt_tally_t;
+
+/* Reads <name>.<suffix> (read_committed, from the beginning) into t until
+ * want_distinct keys were seen, or, with want_distinct < 0, until the end of
+ * every partition; gives up after timeout_ms. Returns t->distinct.
+ * expected may be NULL (no comparison). */
+int mwt_pipeline_read(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int n,
+                      const float *expected, int want_distinct, int64_t timeout_ms);
+void mwt_tally_fini(mwt_tally_t *t);
+
+/* Timeouts stretched for sanitizer builds (MW_TEST_TIMEOUT_SCALE, or 3 for *san* builds). */
+int64_t mwt_scaled(int64_t ms);
+
+#endif

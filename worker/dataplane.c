@@ -1,0 +1,1019 @@
+/* The data plane engine: worlds handed over by the control plane, stage
+ * compute, forwarding to the next stage, abort propagation (DESIGN §2, §3). */
+#include "dataplane_int.h"
+
+#include "err.h"
+#include "log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FAC "dataplane"
+
+int64_t dp_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t dp_unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void dp_fatal(mw_dataplane_t *dp, int err, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    mw_log(MW_LOG_ERROR, FAC, "fatal: %s", msg);
+    pthread_mutex_lock(&dp->lock);
+    if (dp->fatal == 0) {
+        dp->fatal = err;
+        snprintf(dp->fatal_errstr, sizeof(dp->fatal_errstr), "%s", msg);
+    }
+    pthread_mutex_unlock(&dp->lock);
+}
+
+static uint64_t random_u64(void)
+{
+    uint64_t v = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f != NULL) {
+        if (fread(&v, sizeof(v), 1, f) != 1)
+            v = 0;
+        fclose(f);
+    }
+    if (v == 0)
+        v = (uint64_t)dp_unix_ms() * 2654435761u ^ (uint64_t)getpid();
+    return v;
+}
+
+/* ------------------------------------------------------------- compute */
+
+int dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *data,
+               mw_tensor_desc_t *out_desc, const void **out, char *errstr, size_t errstr_size)
+{
+    uint64_t nbytes;
+    if (mw_tensor_nbytes(desc, &nbytes) != MW_OK)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "tensor too large");
+    /* Kafka values and receive buffers carry no alignment guarantee for f32. */
+    if (((uintptr_t)data % sizeof(float)) != 0) {
+        if (dp->in_aligned_cap < nbytes) {
+            float *p = realloc(dp->in_aligned, nbytes);
+            if (p == NULL)
+                return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+            dp->in_aligned = p;
+            dp->in_aligned_cap = nbytes;
+        }
+        memcpy(dp->in_aligned, data, nbytes);
+        data = dp->in_aligned;
+    }
+    int rc = mw_stage_run(dp->st, desc, data, out_desc, out, errstr, errstr_size);
+    if (rc == MW_OK)
+        dp->counters.processed++;
+    return rc;
+}
+
+/* --------------------------------------------------------------- links */
+
+static void xfer_free(dp_xfer_t *x)
+{
+    if (x == NULL)
+        return;
+    mw_world_req_free(x->hreq);
+    mw_world_req_free(x->treq);
+    free(x->buf);
+    free(x);
+}
+
+int dp_link_better(const dp_link_t *a, int load_a, const dp_link_t *b, int load_b)
+{
+    return b == NULL || load_a < load_b || (load_a == load_b && a->picked < b->picked);
+}
+
+int dp_link_usable(const mw_dataplane_t *dp, dp_link_t *l)
+{
+    return !l->dead && l->nsends < dp->cfg.worker_queue_depth &&
+           mw_world_state(l->w) == MW_WORLD_READY;
+}
+
+int dp_link_send(mw_dataplane_t *dp, dp_link_t *l, const mw_hop_t *hop, void *buf)
+{
+    (void)dp;
+    uint8_t frame[MW_WORLD_HEADER_MAX];
+    dp_xfer_t *x = NULL;
+    int len = mw_hop_encode(hop, frame, sizeof(frame));
+    if (len < 0 || l->dead) {
+        free(buf);
+        return len < 0 ? len : MW_EBROKEN;
+    }
+    x = calloc(1, sizeof(*x));
+    if (x == NULL) {
+        free(buf);
+        return MW_ENOMEM;
+    }
+    x->buf = buf;
+    x->hop = *hop;
+    int rc = mw_world_isend_header(l->w, l->peer_rank, frame, (size_t)len, &x->hreq);
+    if (rc == MW_OK && hop->type == MW_HOP_TENSOR)
+        rc = mw_world_isend(l->w, l->peer_rank, &hop->desc, buf, &x->treq);
+    if (rc != MW_OK) {
+        /* A half-posted pair would desynchronise the peer: the world must go. */
+        if (x->hreq != NULL)
+            mw_world_abort(l->w, "data plane: could not post a tensor after its header");
+        xfer_free(x);
+        return MW_EBROKEN;
+    }
+    x->next = l->tx;
+    l->tx = x;
+    l->nsends++;
+    return MW_OK;
+}
+
+static int post_header_recv(dp_link_t *l)
+{
+    return mw_world_irecv_header(l->w, l->peer_rank, l->hdr_buf, sizeof(l->hdr_buf), &l->hdr_req);
+}
+
+static void link_down(mw_dataplane_t *dp, dp_link_t *l, const char *why);
+
+/* ------------------------------------------------------------- routes */
+
+static size_t route_bucket(const char *origin, uint64_t inc, uint64_t seq)
+{
+    uint64_t h = 1469598103934665603u ^ inc ^ (seq * 0x9e3779b97f4a7c15u);
+    for (const char *p = origin; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211u;
+    return (size_t)(h % DP_ROUTE_BUCKETS);
+}
+
+static void route_add(mw_dataplane_t *dp, const mw_hop_t *hop, dp_link_t *up, dp_link_t *down)
+{
+    dp_route_t *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return; /* the origin's attempt timeout still covers this request */
+    snprintf(r->origin, sizeof(r->origin), "%s", hop->origin);
+    r->incarnation = hop->incarnation;
+    r->seq = hop->seq;
+    r->attempt = hop->attempt;
+    r->up = up;
+    r->down = down;
+    r->expires_ms = dp_now_ms() + 2 * dp->cfg.request_attempt_timeout_ms;
+    size_t b = route_bucket(r->origin, r->incarnation, r->seq);
+    r->next = dp->routes[b];
+    dp->routes[b] = r;
+    dp->nroutes++;
+}
+
+static void send_abort(mw_dataplane_t *dp, dp_link_t *up, const mw_hop_t *about, const char *why)
+{
+    if (up == NULL || up->dead)
+        return;
+    mw_hop_t a = *about;
+    a.type = MW_HOP_ABORT;
+    a.stage = dp->stage;
+    memset(&a.desc, 0, sizeof(a.desc));
+    a.nbytes = 0;
+    mw_log(MW_LOG_DEBUG, FAC, "abort of %s#%llu attempt %u upstream to %s: %s", a.origin,
+           (unsigned long long)a.seq, a.attempt, up->peer, why);
+    if (dp_link_send(dp, up, &a, NULL) == MW_OK)
+        dp->counters.aborts++;
+}
+
+/* An abort arriving from downstream: pass it to where the attempt came from. */
+static void route_abort(mw_dataplane_t *dp, const mw_hop_t *hop)
+{
+    size_t b = route_bucket(hop->origin, hop->incarnation, hop->seq);
+    for (dp_route_t **pp = &dp->routes[b]; *pp != NULL; pp = &(*pp)->next) {
+        dp_route_t *r = *pp;
+        if (r->seq == hop->seq && r->incarnation == hop->incarnation &&
+            r->attempt == hop->attempt && strcmp(r->origin, hop->origin) == 0) {
+            send_abort(dp, r->up, hop, "aborted downstream");
+            *pp = r->next;
+            free(r);
+            dp->nroutes--;
+            return;
+        }
+    }
+}
+
+/* Every attempt routed through l (as its downstream) is aborted upstream;
+ * attempts that came from l forget it. Expired entries are dropped too. */
+static void routes_sweep(mw_dataplane_t *dp, dp_link_t *down_gone, int64_t now)
+{
+    for (size_t b = 0; b < DP_ROUTE_BUCKETS; b++) {
+        for (dp_route_t **pp = &dp->routes[b]; *pp != NULL;) {
+            dp_route_t *r = *pp;
+            int drop = r->expires_ms <= now;
+            if (down_gone != NULL && r->down == down_gone) {
+                mw_hop_t h = {.type = MW_HOP_ABORT,
+                              .incarnation = r->incarnation,
+                              .seq = r->seq,
+                              .attempt = r->attempt};
+                snprintf(h.origin, sizeof(h.origin), "%s", r->origin);
+                send_abort(dp, r->up, &h, "downstream world lost");
+                drop = 1;
+            }
+            if (down_gone != NULL && r->up == down_gone)
+                r->up = NULL;
+            if (drop) {
+                *pp = r->next;
+                free(r);
+                dp->nroutes--;
+            } else {
+                pp = &r->next;
+            }
+        }
+    }
+}
+
+static void held_free(dp_held_t *h)
+{
+    if (h != NULL) {
+        free(h->buf);
+        free(h);
+    }
+}
+
+/* ------------------------------------------------------------ reach */
+
+static void reach_free(dp_reach_t *r)
+{
+    if (r == NULL)
+        return;
+    free(r->workers);
+    free(r->origins);
+    free(r->bits);
+    free(r);
+}
+
+static long reach_index(char (*names)[MW_HOP_ORIGIN_MAX], size_t n, const char *id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(names[i], id) == 0)
+            return (long)i;
+    return -1;
+}
+
+int dp_reaches(const mw_dataplane_t *dp, const dp_link_t *l, const char *origin)
+{
+    const dp_reach_t *r = dp->reach;
+    if (r == NULL)
+        return 1;
+    long wi = reach_index(r->workers, r->nworkers, l->peer);
+    long oi = reach_index(r->origins, r->norigins, origin);
+    if (wi < 0 || oi < 0)
+        return 1; /* newer than the plan we know: let the attempt try */
+    return r->bits[(size_t)wi * r->norigins + (size_t)oi];
+}
+
+/* Stage of worker id in plan, or -1. */
+static int plan_stage(const mw_plan_t *plan, const char *pipeline, const char *id)
+{
+    const mw_plan_worker_t *w = mw_plan_find_worker(plan, id);
+    return w != NULL && strcmp(w->pipeline, pipeline) == 0 ? w->stage : -1;
+}
+
+static dp_reach_t *reach_compute(const mw_plan_t *plan, const char *pipeline, int nstages)
+{
+    dp_reach_t *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->workers = calloc(plan->nworkers + 1, sizeof(*r->workers));
+    r->origins = calloc(plan->nworkers + 1, sizeof(*r->origins));
+    if (r->workers == NULL || r->origins == NULL)
+        goto out_free;
+    for (size_t i = 0; i < plan->nworkers; i++) {
+        const mw_plan_worker_t *w = &plan->workers[i];
+        if (strcmp(w->pipeline, pipeline) != 0)
+            continue;
+        snprintf(r->workers[r->nworkers++], MW_HOP_ORIGIN_MAX, "%s", w->id);
+        if (w->stage == 0)
+            snprintf(r->origins[r->norigins++], MW_HOP_ORIGIN_MAX, "%s", w->id);
+    }
+    r->bits = calloc(r->nworkers * r->norigins + 1, 1);
+    if (r->bits == NULL)
+        goto out_free;
+    /* From the last stage back to stage 1: the last stage reaches the origins it
+     * has a world with; stage k reaches what its stage k+1 peers reach. */
+    for (int k = nstages - 1; k >= 1; k--) {
+        for (size_t wi = 0; wi < r->nworkers; wi++) {
+            if (plan_stage(plan, pipeline, r->workers[wi]) != k)
+                continue;
+            for (size_t j = 0; j < plan->nworlds; j++) {
+                const mw_plan_world_t *pw = &plan->worlds[j];
+                int me;
+                if (pw->nmembers != 2 || !mw_plan_world_has(pw, r->workers[wi], &me))
+                    continue;
+                const char *peer = pw->members[1 - me];
+                int ps = plan_stage(plan, pipeline, peer);
+                if (ps != (k + 1) % nstages)
+                    continue;
+                if (k == nstages - 1) {
+                    long oi = reach_index(r->origins, r->norigins, peer);
+                    if (oi >= 0)
+                        r->bits[wi * r->norigins + (size_t)oi] = 1;
+                } else {
+                    long pi = reach_index(r->workers, r->nworkers, peer);
+                    for (size_t o = 0; pi >= 0 && o < r->norigins; o++)
+                        r->bits[wi * r->norigins + o] |= r->bits[(size_t)pi * r->norigins + o];
+                }
+            }
+        }
+    }
+    return r;
+out_free:
+    reach_free(r);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ forward */
+
+/* Picks the downstream world for an activation of stage dp->stage: the origin
+ * itself after the last stage, else the least loaded usable world to stage+1
+ * that can reach the origin. *full is set when some route exists but every
+ * such world's queue is full. */
+static dp_link_t *pick_downstream(mw_dataplane_t *dp, const char *origin, int *full)
+{
+    dp_link_t *best = NULL;
+    int next = (dp->stage + 1) % dp->nstages;
+    *full = 0;
+    for (dp_link_t *l = dp->links; l != NULL; l = l->next) {
+        if (l->dead || l->peer_stage != next)
+            continue;
+        if (next == 0 ? strcmp(l->peer, origin) != 0 : !dp_reaches(dp, l, origin))
+            continue;
+        if (mw_world_state(l->w) != MW_WORLD_READY)
+            continue;
+        if (l->nsends >= dp->cfg.worker_queue_depth) {
+            *full = 1;
+            continue;
+        }
+        if (dp_link_better(l, l->nsends, best, best != NULL ? best->nsends : 0))
+            best = l;
+    }
+    if (best != NULL)
+        best->picked = ++dp->picks;
+    return best;
+}
+
+/* Sends or holds one computed activation (buf taken over). */
+static void forward(mw_dataplane_t *dp, const mw_hop_t *hop, void *buf, dp_link_t *up,
+                    int64_t expires_ms)
+{
+    int full;
+    dp_link_t *down = pick_downstream(dp, hop->origin, &full);
+    if (down != NULL && dp_link_send(dp, down, hop, buf) == MW_OK) {
+        route_add(dp, hop, up, down);
+        return;
+    }
+    if (down != NULL) {
+        send_abort(dp, up, hop, "send failed");
+        return;
+    }
+    if (full || dp->held_head != NULL) {
+        dp_held_t *h = calloc(1, sizeof(*h));
+        if (h != NULL) {
+            h->hop = *hop;
+            h->buf = buf;
+            h->up = up;
+            h->expires_ms = expires_ms;
+            if (dp->held_tail != NULL)
+                dp->held_tail->next = h;
+            else
+                dp->held_head = h;
+            dp->held_tail = h;
+            return;
+        }
+    }
+    free(buf);
+    send_abort(dp, up, hop, "no route to the origin");
+}
+
+/* Retries held activations in order; returns how many left the queue. */
+static int flush_held(mw_dataplane_t *dp, int64_t now)
+{
+    int n = 0;
+    while (dp->held_head != NULL) {
+        dp_held_t *h = dp->held_head;
+        int full;
+        dp_link_t *down = NULL;
+        if (h->expires_ms > now && (h->up == NULL || !h->up->dead)) {
+            down = pick_downstream(dp, h->hop.origin, &full);
+            if (down == NULL && full)
+                break;
+        }
+        dp->held_head = h->next;
+        if (dp->held_head == NULL)
+            dp->held_tail = NULL;
+        if (down != NULL) {
+            void *buf = h->buf;
+            h->buf = NULL;
+            if (dp_link_send(dp, down, &h->hop, buf) == MW_OK)
+                route_add(dp, &h->hop, h->up, down);
+            else
+                send_abort(dp, h->up, &h->hop, "send failed");
+        } else {
+            send_abort(dp, h->up, &h->hop, "no route to the origin");
+        }
+        held_free(h);
+        n++;
+    }
+    return n;
+}
+
+/* A tensor arrived on l. */
+static void on_tensor(mw_dataplane_t *dp, dp_link_t *l, dp_xfer_t *x)
+{
+    char err[256];
+    mw_hop_t *hop = &x->hop;
+    if (dp->stage == 0 && hop->stage == dp->nstages - 1) {
+        dp_origin_on_result(dp, hop, x->buf);
+        return;
+    }
+    if (hop->stage != dp->stage - 1) {
+        mw_log(MW_LOG_WARN, FAC, "tensor from %s at stage %d, not for stage %d: dropped", l->peer,
+               hop->stage, dp->stage);
+        send_abort(dp, l, hop, "wrong stage");
+        return;
+    }
+    mw_tensor_desc_t out_desc;
+    const void *out;
+    if (dp_compute(dp, &hop->desc, x->buf, &out_desc, &out, err, sizeof(err)) != MW_OK) {
+        mw_log(MW_LOG_WARN, FAC, "stage %d failed on %s#%llu: %s", dp->stage, hop->origin,
+               (unsigned long long)hop->seq, err);
+        send_abort(dp, l, hop, err);
+        return;
+    }
+    mw_hop_t next = *hop;
+    next.stage = dp->stage;
+    next.desc = out_desc;
+    if (mw_tensor_nbytes(&out_desc, &next.nbytes) != MW_OK)
+        return;
+    void *buf = malloc(next.nbytes ? next.nbytes : 1);
+    if (buf == NULL) {
+        send_abort(dp, l, hop, "out of memory");
+        return;
+    }
+    memcpy(buf, out, next.nbytes);
+    forward(dp, &next, buf, l, dp_now_ms() + dp->cfg.request_attempt_timeout_ms);
+}
+
+/* A header arrived on l: an abort is handled at once, a tensor's receive posted. */
+static void on_header(mw_dataplane_t *dp, dp_link_t *l, size_t len)
+{
+    char err[256];
+    mw_hop_t hop;
+    if (mw_hop_decode(&hop, l->hdr_buf, len, err, sizeof(err)) != MW_OK) {
+        mw_world_abort(l->w, err); /* the tensor stream cannot be resynchronised */
+        link_down(dp, l, err);
+        return;
+    }
+    if (hop.type == MW_HOP_ABORT) {
+        if (dp->stage == 0)
+            dp_origin_on_abort(dp, &hop, "aborted downstream");
+        else
+            route_abort(dp, &hop);
+        return;
+    }
+    if (hop.nbytes > (uint64_t)dp->cfg.world_max_tensor_bytes) {
+        mw_world_abort(l->w, "data plane: announced tensor too large");
+        link_down(dp, l, "announced tensor too large");
+        return;
+    }
+    dp_xfer_t *x = calloc(1, sizeof(*x));
+    if (x != NULL) {
+        x->hop = hop;
+        x->buf = malloc(hop.nbytes ? hop.nbytes : 1);
+    }
+    if (x == NULL || x->buf == NULL ||
+        mw_world_irecv(l->w, l->peer_rank, x->buf, hop.nbytes, &x->treq) != MW_OK) {
+        xfer_free(x);
+        mw_world_abort(l->w, "data plane: could not post a tensor receive");
+        link_down(dp, l, "could not post a tensor receive");
+        return;
+    }
+    if (l->rx_tail != NULL)
+        l->rx_tail->next = x;
+    else
+        l->rx_head = x;
+    l->rx_tail = x;
+}
+
+/* Stops using l: frees its operations (a pending one aborts the world, which
+ * is broken or going anyway) and aborts every attempt routed through it. */
+static void link_down(mw_dataplane_t *dp, dp_link_t *l, const char *why)
+{
+    if (l->dead)
+        return;
+    l->dead = 1;
+    mw_log(MW_LOG_INFO, FAC, "world %s to %s (stage %d) is down: %s", mw_world_name(l->w), l->peer,
+           l->peer_stage, why);
+    mw_world_req_free(l->hdr_req);
+    l->hdr_req = NULL;
+    while (l->rx_head != NULL) {
+        dp_xfer_t *x = l->rx_head;
+        l->rx_head = x->next;
+        xfer_free(x);
+    }
+    l->rx_tail = NULL;
+    while (l->tx != NULL) {
+        dp_xfer_t *x = l->tx;
+        l->tx = x->next;
+        xfer_free(x);
+    }
+    l->nsends = 0;
+    if (dp->stage == 0)
+        dp_origin_link_down(dp, l);
+    routes_sweep(dp, l, dp_now_ms());
+    for (dp_held_t *h = dp->held_head; h != NULL; h = h->next)
+        if (h->up == l)
+            h->up = NULL;
+}
+
+/* Progress on one link; returns the amount of work done. */
+static int link_step(mw_dataplane_t *dp, dp_link_t *l)
+{
+    char err[256];
+    int n = 0;
+    if (l->dead)
+        return 0;
+    if (mw_world_state(l->w) == MW_WORLD_BROKEN) {
+        mw_world_error(l->w, err, sizeof(err));
+        link_down(dp, l, err);
+        return 1;
+    }
+    for (dp_xfer_t **pp = &l->tx; *pp != NULL;) {
+        dp_xfer_t *x = *pp;
+        int hr = mw_world_test(x->hreq);
+        int tr = x->treq != NULL ? mw_world_test(x->treq) : MW_OK;
+        if ((hr != MW_OK && hr != MW_EAGAIN) || (tr != MW_OK && tr != MW_EAGAIN)) {
+            mw_world_error(l->w, err, sizeof(err));
+            link_down(dp, l, err);
+            return n + 1;
+        }
+        if (hr == MW_OK && tr == MW_OK) {
+            *pp = x->next;
+            xfer_free(x);
+            l->nsends--;
+            n++;
+        } else {
+            pp = &x->next;
+        }
+    }
+    /* Headers first: each TENSOR header posts its tensor's receive in order. */
+    for (int i = 0; i < 64 && l->hdr_req != NULL; i++) {
+        int rc = mw_world_test(l->hdr_req);
+        if (rc == MW_EAGAIN)
+            break;
+        size_t len = (size_t)mw_world_req_bytes(l->hdr_req);
+        mw_world_req_free(l->hdr_req);
+        l->hdr_req = NULL;
+        if (rc != MW_OK) {
+            mw_world_error(l->w, err, sizeof(err));
+            link_down(dp, l, err);
+            return n + 1;
+        }
+        on_header(dp, l, len);
+        n++;
+        if (l->dead)
+            return n;
+        if (post_header_recv(l) != MW_OK) {
+            link_down(dp, l, "could not post a header receive");
+            return n;
+        }
+    }
+    while (l->rx_head != NULL) {
+        dp_xfer_t *x = l->rx_head;
+        int rc = mw_world_test(x->treq);
+        if (rc == MW_EAGAIN)
+            break;
+        if (rc != MW_OK) {
+            mw_world_error(l->w, err, sizeof(err));
+            link_down(dp, l, err);
+            return n + 1;
+        }
+        l->rx_head = x->next;
+        if (l->rx_head == NULL)
+            l->rx_tail = NULL;
+        on_tensor(dp, l, x);
+        xfer_free(x);
+        n++;
+        if (l->dead)
+            return n;
+    }
+    return n;
+}
+
+static void link_free(dp_link_t *l)
+{
+    if (l == NULL)
+        return;
+    mw_world_req_free(l->hdr_req);
+    while (l->rx_head != NULL) {
+        dp_xfer_t *x = l->rx_head;
+        l->rx_head = x->next;
+        xfer_free(x);
+    }
+    while (l->tx != NULL) {
+        dp_xfer_t *x = l->tx;
+        l->tx = x->next;
+        xfer_free(x);
+    }
+    free(l);
+}
+
+/* ------------------------------------------------------------ commands */
+
+static void apply_cmd(mw_dataplane_t *dp, dp_cmd_t *c)
+{
+    if (c->kind == CMD_ADD) {
+        dp_link_t *l = calloc(1, sizeof(*l));
+        if (l == NULL) {
+            mw_log(MW_LOG_ERROR, FAC, "out of memory adding world %s", mw_world_name(c->w));
+            return;
+        }
+        l->w = c->w;
+        snprintf(l->peer, sizeof(l->peer), "%s", c->peer);
+        l->peer_stage = c->peer_stage;
+        l->peer_rank = 1 - c->my_rank;
+        if (mw_world_size(c->w) != 2 || c->my_rank < 0 || c->my_rank > 1) {
+            mw_log(MW_LOG_WARN, FAC, "world %s: the data plane uses pair worlds only",
+                   mw_world_name(c->w));
+            l->dead = 1;
+        } else if (post_header_recv(l) != MW_OK) {
+            l->dead = 1;
+        }
+        l->next = dp->links;
+        dp->links = l;
+        mw_log(MW_LOG_INFO, FAC, "world %s to %s (stage %d) added", mw_world_name(c->w), c->peer,
+               c->peer_stage);
+    } else if (c->kind == CMD_REMOVE) {
+        for (dp_link_t **pp = &dp->links; *pp != NULL; pp = &(*pp)->next) {
+            if ((*pp)->w == c->w) {
+                dp_link_t *l = *pp;
+                link_down(dp, l, "removed from the plan");
+                *pp = l->next;
+                link_free(l);
+                break;
+            }
+        }
+        mw_world_destroy(c->w);
+    } else if (c->kind == CMD_ROUTES) {
+        reach_free(dp->reach);
+        dp->reach = c->reach;
+        c->reach = NULL;
+    }
+}
+
+/* Takes queued commands; a REMOVE caller that waits is woken. Returns the number applied. */
+static int drain_cmds(mw_dataplane_t *dp)
+{
+    pthread_mutex_lock(&dp->lock);
+    dp_cmd_t *list = dp->cmds;
+    dp->cmds = NULL;
+    pthread_mutex_unlock(&dp->lock);
+    /* The queue is LIFO; apply in arrival order. */
+    dp_cmd_t *rev = NULL;
+    while (list != NULL) {
+        dp_cmd_t *c = list;
+        list = c->next;
+        c->next = rev;
+        rev = c;
+    }
+    int n = 0;
+    while (rev != NULL) {
+        dp_cmd_t *c = rev;
+        rev = c->next;
+        apply_cmd(dp, c);
+        n++;
+        if (c->kind == CMD_REMOVE && c->waited) {
+            pthread_mutex_lock(&dp->lock);
+            c->done = 1; /* the caller owns c */
+            pthread_cond_broadcast(&dp->cond);
+            pthread_mutex_unlock(&dp->lock);
+        } else {
+            reach_free(c->reach);
+            free(c);
+        }
+    }
+    return n;
+}
+
+static void push_cmd(mw_dataplane_t *dp, dp_cmd_t *c)
+{
+    pthread_mutex_lock(&dp->lock);
+    c->next = dp->cmds;
+    dp->cmds = c;
+    pthread_mutex_unlock(&dp->lock);
+}
+
+void mw_dataplane_world_added(mw_dataplane_t *dp, mw_world_t *w, const char *peer_id,
+                              int peer_stage, int my_rank)
+{
+    dp_cmd_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        mw_log(MW_LOG_ERROR, FAC, "out of memory adding world %s", mw_world_name(w));
+        return;
+    }
+    c->kind = CMD_ADD;
+    c->w = w;
+    snprintf(c->peer, sizeof(c->peer), "%s", peer_id);
+    c->peer_stage = peer_stage;
+    c->my_rank = my_rank;
+    push_cmd(dp, c);
+}
+
+void mw_dataplane_world_removed(mw_dataplane_t *dp, mw_world_t *w)
+{
+    /* Not waiting for the engine keeps the caller (the heartbeat loop) going
+     * while the engine is in a long Kafka call; out of memory, it waits. */
+    dp_cmd_t local = {0};
+    dp_cmd_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        c = &local;
+        c->waited = 1;
+    }
+    c->kind = CMD_REMOVE;
+    c->w = w;
+    push_cmd(dp, c);
+    pthread_mutex_lock(&dp->lock);
+    while (c == &local && !local.done)
+        pthread_cond_wait(&dp->cond, &dp->lock);
+    pthread_mutex_unlock(&dp->lock);
+}
+
+void mw_dataplane_set_routes(mw_dataplane_t *dp, const mw_plan_t *plan)
+{
+    dp_reach_t *r = reach_compute(plan, dp->pipeline, dp->nstages);
+    dp_cmd_t *c = calloc(1, sizeof(*c));
+    if (r == NULL || c == NULL) {
+        reach_free(r);
+        free(c);
+        return;
+    }
+    c->kind = CMD_ROUTES;
+    c->reach = r;
+    push_cmd(dp, c);
+}
+
+/* -------------------------------------------------------------- engine */
+
+static void publish_stats(mw_dataplane_t *dp)
+{
+    int64_t worlds = 0, busy = 0;
+    for (dp_link_t *l = dp->links; l != NULL; l = l->next) {
+        worlds += !l->dead;
+        busy += l->nsends;
+        for (dp_xfer_t *x = l->rx_head; x != NULL; x = x->next)
+            busy++;
+    }
+    for (dp_held_t *h = dp->held_head; h != NULL; h = h->next)
+        busy++;
+    dp->counters.worlds = worlds;
+    /* Mid stages: activations received, held or being sent (routes are metadata). */
+    if (dp->stage != 0)
+        dp->counters.inflight = busy;
+    pthread_mutex_lock(&dp->lock);
+    dp->stats = dp->counters;
+    pthread_mutex_unlock(&dp->lock);
+}
+
+/* World progress only: sends, receives, compute, forwarding, aborts. */
+static int pump_links(mw_dataplane_t *dp)
+{
+    int n = 0;
+    for (dp_link_t *l = dp->links; l != NULL; l = l->next)
+        n += link_step(dp, l);
+    return n + flush_held(dp, dp_now_ms());
+}
+
+int dp_pump(mw_dataplane_t *dp)
+{
+    int n = drain_cmds(dp) + pump_links(dp);
+    publish_stats(dp);
+    return n;
+}
+
+static void *engine_main(void *arg)
+{
+    mw_dataplane_t *dp = arg;
+    char err[512];
+    int idle = 0, drained = 0;
+    if (dp->origin != NULL && dp_origin_connect(dp, err, sizeof(err)) != MW_OK)
+        dp_fatal(dp, MW_EKAFKA, "%s", err);
+    for (;;) {
+        pthread_mutex_lock(&dp->lock);
+        int stop = dp->stop, fatal = dp->fatal != 0, draining = dp->draining;
+        pthread_mutex_unlock(&dp->lock);
+        if (draining && !drained && dp->origin != NULL && !fatal) {
+            dp_origin_drain(dp);
+            drained = 1;
+        }
+        int n = drain_cmds(dp);
+        if (stop)
+            break;
+        if (!fatal) {
+            n += pump_links(dp);
+            int64_t now = dp_now_ms();
+            if (now >= dp->next_sweep_ms) {
+                routes_sweep(dp, NULL, now);
+                dp->next_sweep_ms = now + 500;
+            }
+            if (dp->origin != NULL)
+                n += dp_origin_step(dp);
+        }
+        publish_stats(dp);
+        /* No descriptor to wait on across worlds and Kafka: back off while idle. */
+        if (n > 0) {
+            idle = 0;
+        } else {
+            idle = idle < 20 ? idle + 1 : idle;
+            usleep((useconds_t)(50 * idle));
+        }
+    }
+    if (dp->origin != NULL)
+        dp_origin_close(dp);
+    publish_stats(dp);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+int mw_dataplane_opts_from_plan(const mw_plan_t *plan, const char *worker_id,
+                                const char *model_default, mw_dataplane_opts_t *opts, char *errstr,
+                                size_t errstr_size)
+{
+    const mw_plan_worker_t *w = mw_plan_find_worker(plan, worker_id);
+    if (w == NULL)
+        return mw_errf(MW_ENOTFOUND, errstr, errstr_size, "worker %s is not in the plan",
+                       worker_id);
+    const mw_plan_pipeline_t *p = NULL;
+    for (size_t i = 0; i < plan->npipelines; i++)
+        if (strcmp(plan->pipelines[i].spec.name, w->pipeline) == 0)
+            p = &plan->pipelines[i];
+    if (p == NULL || w->stage < 0 || w->stage >= p->spec.nstages)
+        return mw_errf(MW_ENOTFOUND, errstr, errstr_size,
+                       "pipeline %s of worker %s not in the plan", w->pipeline, worker_id);
+    memset(opts, 0, sizeof(*opts));
+    opts->worker_id = worker_id;
+    opts->pipeline = p->spec.name;
+    opts->stage = w->stage;
+    opts->nstages = p->spec.nstages;
+    opts->model_path = p->spec.model[0] != '\0' ? p->spec.model : model_default;
+    const mw_stage_spec_t *s = &p->spec.stages[w->stage];
+    opts->first_layer = s->layer_begin >= 0 ? (int)s->layer_begin : -1;
+    opts->last_layer = s->layer_end >= 0 ? (int)s->layer_end : -1;
+    opts->device = strncmp(w->device, "cuda:", 5) == 0 ? atoi(w->device + 5) : -1;
+    return MW_OK;
+}
+
+static int open_stage(mw_dataplane_t *dp, const mw_dataplane_opts_t *o, char *errstr,
+                      size_t errstr_size)
+{
+    if (o->model_path == NULL || *o->model_path == '\0')
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "pipeline %s names no model and model.path is not set", o->pipeline);
+    int rc = mw_model_open(o->model_path, &dp->model, errstr, errstr_size);
+    if (rc != MW_OK)
+        return rc;
+    int first = o->first_layer, last = o->last_layer;
+    if (first < 0 || last < 0) {
+        mw_layer_range_t *ranges = calloc((size_t)o->nstages, sizeof(*ranges));
+        if (ranges == NULL)
+            return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+        rc = mw_model_split(dp->model, o->nstages, ranges, errstr, errstr_size);
+        first = ranges[o->stage].first;
+        last = ranges[o->stage].last;
+        free(ranges);
+        if (rc != MW_OK)
+            return rc;
+    }
+    mw_model_set_threads((int)dp->cfg.model_threads);
+    /* Batch 1 per request: one row per activation, as the reference runner. */
+    rc = mw_stage_new(dp->model, first, last, 1, o->device, &dp->st, errstr, errstr_size);
+    if (rc == MW_OK)
+        mw_log(MW_LOG_INFO, FAC, "%s stage %d/%d: layers %d..%d of %s (%s)", o->pipeline, o->stage,
+               o->nstages, first, last, o->model_path, mw_stage_kind(dp->st));
+    return rc;
+}
+
+int mw_dataplane_new(const mw_config_t *cfg, const mw_dataplane_opts_t *opts, mw_dataplane_t **out,
+                     char *errstr, size_t errstr_size)
+{
+    int rc;
+    *out = NULL;
+    if (opts->worker_id == NULL || opts->pipeline == NULL || opts->nstages < 1 || opts->stage < 0 ||
+        opts->stage >= opts->nstages || strlen(opts->worker_id) >= MW_HOP_ORIGIN_MAX ||
+        strlen(opts->pipeline) >= 64)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "data plane: bad worker/pipeline/stage");
+    mw_dataplane_t *dp = calloc(1, sizeof(*dp));
+    if (dp == NULL)
+        return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+    pthread_mutex_init(&dp->lock, NULL);
+    pthread_cond_init(&dp->cond, NULL);
+    /* A deep copy: the kafka pairs are copied one by one. */
+    dp->cfg = *cfg;
+    dp->cfg.kafka = NULL;
+    dp->cfg.kafka_count = 0;
+    for (size_t i = 0; i < cfg->kafka_count; i++) {
+        char key[300];
+        snprintf(key, sizeof(key), "kafka.%s", cfg->kafka[i].key);
+        if ((rc = mw_config_set(&dp->cfg, key, cfg->kafka[i].value, "copy", errstr, errstr_size)) !=
+            MW_OK)
+            goto out_free;
+    }
+    snprintf(dp->worker_id, sizeof(dp->worker_id), "%s", opts->worker_id);
+    snprintf(dp->pipeline, sizeof(dp->pipeline), "%s", opts->pipeline);
+    dp->stage = opts->stage;
+    dp->nstages = opts->nstages;
+    dp->incarnation = random_u64();
+    if ((rc = open_stage(dp, opts, errstr, errstr_size)) != MW_OK)
+        goto out_free;
+    if (dp->stage == 0 && (rc = dp_origin_new(dp, errstr, errstr_size)) != MW_OK)
+        goto out_free;
+    if (pthread_create(&dp->thread, NULL, engine_main, dp) != 0) {
+        rc = mw_errf(MW_ENOMEM, errstr, errstr_size, "data plane: cannot start its thread");
+        goto out_free;
+    }
+    dp->started = 1;
+    *out = dp;
+    return MW_OK;
+out_free:
+    mw_dataplane_destroy(dp);
+    return rc;
+}
+
+void mw_dataplane_destroy(mw_dataplane_t *dp)
+{
+    if (dp == NULL)
+        return;
+    if (dp->started) {
+        pthread_mutex_lock(&dp->lock);
+        dp->stop = 1;
+        pthread_mutex_unlock(&dp->lock);
+        pthread_join(dp->thread, NULL);
+    }
+    drain_cmds(dp);
+    dp_origin_destroy(dp);
+    while (dp->links != NULL) {
+        dp_link_t *l = dp->links;
+        dp->links = l->next;
+        link_free(l);
+    }
+    for (size_t b = 0; b < DP_ROUTE_BUCKETS; b++) {
+        while (dp->routes[b] != NULL) {
+            dp_route_t *r = dp->routes[b];
+            dp->routes[b] = r->next;
+            free(r);
+        }
+    }
+    while (dp->held_head != NULL) {
+        dp_held_t *h = dp->held_head;
+        dp->held_head = h->next;
+        held_free(h);
+    }
+    reach_free(dp->reach);
+    mw_stage_destroy(dp->st);
+    mw_model_destroy(dp->model);
+    free(dp->in_aligned);
+    mw_config_fini(&dp->cfg);
+    pthread_mutex_destroy(&dp->lock);
+    pthread_cond_destroy(&dp->cond);
+    free(dp);
+}
+
+void mw_dataplane_drain(mw_dataplane_t *dp)
+{
+    pthread_mutex_lock(&dp->lock);
+    dp->draining = 1;
+    pthread_mutex_unlock(&dp->lock);
+}
+
+void mw_dataplane_stats(mw_dataplane_t *dp, mw_dataplane_stats_t *stats)
+{
+    pthread_mutex_lock(&dp->lock);
+    *stats = dp->stats;
+    pthread_mutex_unlock(&dp->lock);
+}
+
+int mw_dataplane_error(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
+{
+    pthread_mutex_lock(&dp->lock);
+    int rc = dp->fatal;
+    if (rc != 0)
+        mw_errf(rc, errstr, errstr_size, "%s", dp->fatal_errstr);
+    pthread_mutex_unlock(&dp->lock);
+    return rc;
+}

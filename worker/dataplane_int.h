@@ -1,0 +1,168 @@
+/* Data plane, internal: the engine's structures shared by dataplane.c (worlds,
+ * stage compute, forwarding, aborts) and origin.c (Kafka in and out). Every
+ * field is touched by the engine thread only, except those marked "lock". */
+#ifndef MW_DATAPLANE_INT_H
+#define MW_DATAPLANE_INT_H
+
+#include "dataplane.h"
+#include "hop.h"
+#include "model.h"
+
+#include <librdkafka/rdkafka.h>
+#include <pthread.h>
+#include <stdint.h>
+
+typedef struct dp_link dp_link_t;
+typedef struct dp_xfer dp_xfer_t;
+typedef struct dp_route dp_route_t;
+typedef struct dp_held dp_held_t;
+typedef struct dp_origin dp_origin_t;
+
+/* One operation pair in flight on a link: a header, and a tensor after it. */
+struct dp_xfer {
+    dp_xfer_t *next;
+    mw_world_req_t *hreq;
+    mw_world_req_t *treq;
+    mw_hop_t hop; /* receives: the announced tensor */
+    void *buf;    /* tensor bytes: sent from / received into; owned */
+};
+
+/* A world handed over by the control plane. */
+struct dp_link {
+    dp_link_t *next;
+    mw_world_t *w; /* borrowed */
+    char peer[MW_HOP_ORIGIN_MAX];
+    int peer_stage;
+    int peer_rank;
+    int dead;                /* broken or removed: nothing new is posted */
+    int outstanding;         /* origin: requests whose current attempt went here */
+    int nsends;              /* sends not yet complete */
+    uint64_t picked;         /* when the router last chose it (ties go to the least recent) */
+    mw_world_req_t *hdr_req; /* the posted header receive */
+    uint8_t hdr_buf[MW_WORLD_HEADER_MAX];
+    dp_xfer_t *rx_head, *rx_tail; /* tensor receives, in the order of their headers */
+    dp_xfer_t *tx;                /* sends in flight */
+};
+
+/* Mid and last stages: where an attempt came from and went to (metadata). */
+struct dp_route {
+    dp_route_t *next;
+    char origin[MW_HOP_ORIGIN_MAX];
+    uint64_t incarnation, seq;
+    uint32_t attempt;
+    dp_link_t *up, *down;
+    int64_t expires_ms;
+};
+
+/* A computed activation waiting for a downstream world with room. */
+struct dp_held {
+    dp_held_t *next;
+    mw_hop_t hop; /* as it will be sent */
+    void *buf;
+    dp_link_t *up;
+    int64_t expires_ms;
+};
+
+/* Reachability from the plan: for each worker, which origins it can reach. */
+typedef struct dp_reach {
+    size_t nworkers, norigins;
+    char (*workers)[MW_HOP_ORIGIN_MAX];
+    char (*origins)[MW_HOP_ORIGIN_MAX];
+    uint8_t *bits; /* nworkers x norigins */
+} dp_reach_t;
+
+enum dp_cmd_kind { CMD_ADD = 1, CMD_REMOVE, CMD_ROUTES };
+
+typedef struct dp_cmd {
+    struct dp_cmd *next;
+    int kind;
+    mw_world_t *w;
+    char peer[MW_HOP_ORIGIN_MAX];
+    int peer_stage, my_rank;
+    dp_reach_t *reach;
+    int waited; /* CMD_REMOVE on the caller's stack: the caller waits for done */
+    int done;
+} dp_cmd_t;
+
+#define DP_ROUTE_BUCKETS 1024
+
+struct mw_dataplane {
+    mw_config_t cfg;
+    char worker_id[MW_HOP_ORIGIN_MAX];
+    char pipeline[64];
+    int stage, nstages;
+    uint64_t incarnation;
+    mw_model_t *model;
+    mw_stage_t *st;
+    float *in_aligned; /* stage input copy (records carry unaligned data) */
+    size_t in_aligned_cap;
+
+    pthread_t thread;
+    int started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stop;                   /* lock */
+    int draining;               /* lock */
+    dp_cmd_t *cmds;             /* lock */
+    int fatal;                  /* lock */
+    char fatal_errstr[256];     /* lock */
+    mw_dataplane_stats_t stats; /* lock (snapshot of the engine's counters) */
+
+    mw_dataplane_stats_t counters; /* engine */
+    dp_link_t *links;
+    dp_reach_t *reach;
+    dp_route_t *routes[DP_ROUTE_BUCKETS];
+    int64_t nroutes;
+    dp_held_t *held_head, *held_tail;
+    int64_t next_sweep_ms;
+    uint64_t picks;      /* router choices so far */
+    dp_origin_t *origin; /* stage 0 only */
+};
+
+int64_t dp_now_ms(void);
+int64_t dp_unix_ms(void);
+
+/* Records a fatal error: the engine stops serving and mw_dataplane_error reports it. */
+void dp_fatal(mw_dataplane_t *dp, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Runs the stage on a tensor; on success *out (stage-owned, valid until the
+ * next run) holds the result. */
+int dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *data,
+               mw_tensor_desc_t *out_desc, const void **out, char *errstr, size_t errstr_size);
+
+/* Posts a header and, for TENSOR hops, the tensor buf (taken over, freed when
+ * sent). MW_EBROKEN when the link cannot take it (buf is freed then too). */
+int dp_link_send(mw_dataplane_t *dp, dp_link_t *l, const mw_hop_t *hop, void *buf);
+
+/* 1 when a downstream world to the peer of l can still reach origin. */
+int dp_reaches(const mw_dataplane_t *dp, const dp_link_t *l, const char *origin);
+
+/* 1 when a is a better choice than b (NULL) for a router: less loaded, or as
+ * loaded and chosen less recently. */
+int dp_link_better(const dp_link_t *a, int load_a, const dp_link_t *b, int load_b);
+
+/* 1 when l is READY, alive and has room in its send queue. */
+int dp_link_usable(const mw_dataplane_t *dp, dp_link_t *l);
+
+/* Serves commands and world traffic (not Kafka) once; for long waits inside
+ * the origin's Kafka code, so that the worlds keep moving. Returns the work done. */
+int dp_pump(mw_dataplane_t *dp);
+
+/* origin.c: the stage-0 side. */
+int dp_origin_new(mw_dataplane_t *dp, char *errstr, size_t errstr_size);
+/* Engine thread, first thing: creates the Kafka clients and subscribes. */
+int dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size);
+/* Pauses consumption for good (draining). */
+void dp_origin_drain(mw_dataplane_t *dp);
+void dp_origin_destroy(mw_dataplane_t *dp);
+/* One engine pass: consume, dispatch, timeouts, release and commit; returns
+ * the amount of work done (0: idle). */
+int dp_origin_step(mw_dataplane_t *dp);
+void dp_origin_on_result(mw_dataplane_t *dp, const mw_hop_t *hop, const void *buf);
+void dp_origin_on_abort(mw_dataplane_t *dp, const mw_hop_t *hop, const char *why);
+void dp_origin_link_down(mw_dataplane_t *dp, dp_link_t *l);
+/* Final commit and consumer close, before the links go. */
+void dp_origin_close(mw_dataplane_t *dp);
+
+#endif

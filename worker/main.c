@@ -1,0 +1,438 @@
+/* mw-worker: registers in Redis, heartbeats, follows the plan (notices + polling)
+ * and reconciles its worlds; SIGTERM drains, leaves and exits 0. */
+#include "config.h"
+#include "err.h"
+#include "events.h"
+#include "log.h"
+#include "membership.h"
+#include "pipeline.h"
+#include "plan.h"
+#include "planstore.h"
+#include "reconcile.h"
+#include "redis.h"
+#include "serving.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+typedef struct worker {
+    mw_config_t *cfg;
+    mw_redis_t *r;
+    redisContext *sub; /* SUBSCRIBE connection for plan notices (NULL while down) */
+    char channel[192];
+    mw_member_info_t info;
+    int registered; /* a heartbeat went through at least once */
+    int redis_down;
+    int64_t seen_epoch, seen_version; /* the plan applied last */
+    int64_t bad_epoch, bad_version;   /* a malformed plan reported already */
+    mw_plan_world_t *worlds;          /* current worlds (the reconciliation's "current") */
+    size_t nworlds;
+    int in_plan;
+    mw_serving_t *serving; /* worlds and data plane */
+} worker_t;
+
+/* ---------------------------------------------------------------- notices */
+
+static void sub_close(worker_t *w)
+{
+    if (w->sub != NULL) {
+        redisFree(w->sub);
+        w->sub = NULL;
+    }
+}
+
+static void sub_open(worker_t *w)
+{
+    struct timeval tv = {.tv_sec = w->cfg->redis_connect_timeout_ms / 1000,
+                         .tv_usec = (w->cfg->redis_connect_timeout_ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(w->cfg->redis_host, (int)w->cfg->redis_port, tv);
+    redisReply *reply = NULL;
+    if (c == NULL || c->err)
+        goto out_fail;
+    redisSetTimeout(c, tv);
+    if (w->cfg->redis_password[0] != '\0') {
+        reply = redisCommand(c, "AUTH %s", w->cfg->redis_password);
+        if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
+            goto out_fail;
+        freeReplyObject(reply);
+    }
+    reply = redisCommand(c, "SUBSCRIBE %s", w->channel);
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY)
+        goto out_fail;
+    freeReplyObject(reply);
+    w->sub = c;
+    return;
+out_fail:
+    if (reply != NULL)
+        freeReplyObject(reply);
+    if (c != NULL)
+        redisFree(c);
+}
+
+/* Waits up to ms for a plan notice; 1 when one (or more) arrived. */
+static int sub_wait(worker_t *w, int64_t ms)
+{
+    if (ms < 0)
+        ms = 0;
+    if (w->sub == NULL) {
+        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+        return 0;
+    }
+    struct pollfd pfd = {.fd = w->sub->fd, .events = POLLIN};
+    int n = poll(&pfd, 1, (int)ms);
+    if (n <= 0)
+        return 0;
+    if (redisBufferRead(w->sub) != REDIS_OK) {
+        sub_close(w); /* Redis went away: polling continues, reconnect later */
+        return 1;
+    }
+    int got = 0;
+    void *reply = NULL;
+    while (redisGetReplyFromReader(w->sub, &reply) == REDIS_OK && reply != NULL) {
+        got = 1;
+        freeReplyObject(reply);
+        reply = NULL;
+    }
+    return got;
+}
+
+/* ----------------------------------------------------------- reconciliation */
+
+/* The seam with the world layer: planned worlds are recorded as current, and
+ * mw_serving_apply joins them and hands them to the data plane (serving.h). */
+static void apply_plan(worker_t *w, const mw_plan_t *plan)
+{
+    const mw_plan_worker_t *me = mw_plan_find_worker(plan, w->info.id);
+    mw_reconcile_t d;
+    if (mw_reconcile_diff(me ? plan : NULL, w->info.id, w->worlds, w->nworlds, &d) != MW_OK)
+        return;
+    for (size_t i = 0; i < d.ndestroy; i++)
+        mw_log(MW_LOG_INFO, "worker", "world %s removed by plan %lld:%lld", d.destroy[i].name,
+               (long long)plan->epoch, (long long)plan->version);
+    for (size_t i = 0; i < d.ncreate; i++) {
+        const mw_plan_world_t *pw = &d.create[i];
+        int rank = 0;
+        mw_plan_world_has(pw, w->info.id, &rank);
+        mw_log(MW_LOG_INFO, "worker", "world %s assigned: rank %d of %d, backend %s, peer %s",
+               pw->name, rank, pw->nmembers, pw->backend, pw->members[rank == 0 ? 1 : 0]);
+    }
+    mw_plan_world_t *next = calloc(d.nkeep + d.ncreate + 1, sizeof(*next));
+    if (next != NULL) {
+        memcpy(next, d.keep, d.nkeep * sizeof(*next));
+        memcpy(next + d.nkeep, d.create, d.ncreate * sizeof(*next));
+        free(w->worlds);
+        w->worlds = next;
+        w->nworlds = d.nkeep + d.ncreate;
+    }
+    if (d.ncreate + d.ndestroy > 0 || (me != NULL) != w->in_plan)
+        mw_log(MW_LOG_INFO, "worker",
+               "applied plan %lld:%lld: %s, %zu worlds (%zu new, %zu removed, %zu kept)",
+               (long long)plan->epoch, (long long)plan->version, me ? "placed" : "not placed",
+               w->nworlds, d.ncreate, d.ndestroy, d.nkeep);
+    mw_serving_apply(w->serving, plan, &d);
+    mw_reconcile_fini(&d);
+    w->in_plan = me != NULL;
+    w->info.assigned_stage = me ? me->stage : -1;
+    w->info.worlds_total = (int64_t)w->nworlds;
+    w->info.plan_epoch = plan->epoch;
+    w->info.plan_version = plan->version;
+    if (me != NULL && w->info.state == MW_MEMBER_JOINING) {
+        w->info.state = MW_MEMBER_READY;
+        mw_log(MW_LOG_INFO, "worker", "ready: stage %d of pipeline %s", me->stage, me->pipeline);
+    } else if (me == NULL && w->info.state == MW_MEMBER_READY) {
+        w->info.state = MW_MEMBER_JOINING;
+    }
+}
+
+static void check_plan(worker_t *w)
+{
+    int64_t e, v;
+    if (mw_planstore_version(w->r, &e, &v) != MW_OK)
+        return;
+    if (e == 0 || !mw_reconcile_should_apply(w->seen_epoch, w->seen_version, e, v)) {
+        if (e != 0 && (e != w->seen_epoch || v != w->seen_version) && e < w->seen_epoch)
+            mw_log(MW_LOG_DEBUG, "worker", "ignoring plan %lld:%lld older than %lld:%lld",
+                   (long long)e, (long long)v, (long long)w->seen_epoch,
+                   (long long)w->seen_version);
+        return;
+    }
+    char err[512];
+    mw_plan_t *plan = NULL;
+    int rc = mw_planstore_read(w->r, &plan, err, sizeof(err));
+    if (rc == MW_EINVAL) {
+        if (e != w->bad_epoch || v != w->bad_version) {
+            mw_log(MW_LOG_ERROR, "worker", "ignoring malformed plan %lld:%lld: %s", (long long)e,
+                   (long long)v, err);
+            mw_events_add(w->r, w->cfg->events_maxlen, "bad_plan", "worker", w->info.id, "msg", err,
+                          (const char *)NULL);
+            w->bad_epoch = e;
+            w->bad_version = v;
+        }
+        return;
+    }
+    if (rc != MW_OK || plan == NULL)
+        return;
+    if (mw_reconcile_should_apply(w->seen_epoch, w->seen_version, plan->epoch, plan->version)) {
+        apply_plan(w, plan);
+        w->seen_epoch = plan->epoch;
+        w->seen_version = plan->version;
+    }
+    mw_plan_destroy(plan);
+}
+
+/* ---------------------------------------------------------------- liveness */
+
+static void heartbeat(worker_t *w)
+{
+    int created = 0;
+    int rc = mw_member_heartbeat(w->r, &w->info, w->cfg->events_maxlen, NULL, &created);
+    if (rc != MW_OK) {
+        if (!w->redis_down)
+            mw_log(MW_LOG_WARN, "worker",
+                   "heartbeat failed (%s): retrying with backoff, serving on current worlds",
+                   mw_redis_errstr(w->r));
+        w->redis_down = 1;
+        sub_close(w);
+        return;
+    }
+    if (w->redis_down)
+        mw_log(MW_LOG_INFO, "worker", "Redis reachable again");
+    w->redis_down = 0;
+    if (created && w->registered) {
+        /* Our keys were swept or Redis lost its data: we are a new member again, and
+         * a fresh Redis starts its epochs over, so accept any plan from now on. */
+        mw_log(MW_LOG_WARN, "worker", "re-registered %s: its keys had been removed", w->info.id);
+        w->seen_epoch = w->seen_version = 0;
+    } else if (created) {
+        mw_log(MW_LOG_INFO, "worker", "registered %s: pipeline %s, stage %s, device %s", w->info.id,
+               w->info.pipeline, w->cfg->worker_stage, w->info.device);
+    }
+    w->registered = 1;
+    if (w->sub == NULL)
+        sub_open(w);
+}
+
+/* The data plane's counters into the heartbeat's fields. */
+static void refresh_stats(worker_t *w)
+{
+    mw_serving_stats_t st;
+    mw_serving_stats(w->serving, &st);
+    w->info.worlds_up = st.worlds_up;
+    w->info.inflight = st.inflight;
+    w->info.processed = st.processed;
+    w->info.errors = st.errors;
+}
+
+/* SIGTERM: draining (no new work; the plan stops routing to us), wait for in-flight
+ * requests, then leave: keys removed, `leave` event. */
+static void drain_and_leave(worker_t *w)
+{
+    mw_serving_drain(w->serving);
+    refresh_stats(w);
+    mw_log(MW_LOG_INFO, "worker", "draining: no new work, finishing %lld in-flight request(s)",
+           (long long)w->info.inflight);
+    w->info.state = MW_MEMBER_DRAINING;
+    heartbeat(w);
+    mw_events_add(w->r, w->cfg->events_maxlen, "drain", "worker", w->info.id, (const char *)NULL);
+    int64_t deadline = mono_ms() + w->cfg->worker_drain_timeout_ms;
+    while (w->info.inflight > 0 && mono_ms() < deadline) {
+        sub_wait(w, 50);
+        refresh_stats(w);
+    }
+    mw_serving_destroy(w->serving); /* commits what is done, leaves the consumer group */
+    w->serving = NULL;
+    int rc = mw_member_leave(w->r, w->info.id, "drained (SIGTERM)", w->cfg->events_maxlen);
+    if (rc != MW_OK)
+        mw_log(MW_LOG_WARN, "worker", "could not remove my keys (%s): the sweep will",
+               mw_redis_errstr(w->r));
+    w->info.state = MW_MEMBER_GONE;
+    mw_log(MW_LOG_INFO, "worker", "left the cluster (%zu worlds closed)", w->nworlds);
+}
+
+/* ------------------------------------------------------------------- main */
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: mw-worker [--config=FILE] [--key=value ...] [--pipeline=P] [--stage=K|auto]\n"
+            "                 [--id=ID] [--device=cpu|cuda:N] [--capacity=N]\n\n"
+            "Runs one stage of one pipeline: registers in Redis, heartbeats, follows the\n"
+            "coordinator's plan. SIGTERM drains and leaves. The short flags are aliases of\n"
+            "worker.pipeline, worker.stage, worker.id, worker.device, worker.capacity.\n\n"
+            "configuration keys:\n\n");
+    mw_config_print_help(out, 0);
+}
+
+/* --stage K, --stage=K and friends: aliases of worker.* keys. */
+static int apply_aliases(mw_config_t *cfg, int *argc, char **argv, char *err, size_t errsize)
+{
+    static const char *const names[][2] = {{"pipeline", "worker.pipeline"},
+                                           {"stage", "worker.stage"},
+                                           {"id", "worker.id"},
+                                           {"device", "worker.device"},
+                                           {"capacity", "worker.capacity"}};
+    int out = 1;
+    for (int i = 1; i < *argc; i++) {
+        const char *a = argv[i];
+        int matched = 0;
+        for (size_t k = 0; k < sizeof(names) / sizeof(names[0]) && !matched; k++) {
+            size_t n = strlen(names[k][0]);
+            if (strncmp(a, "--", 2) != 0 || strncmp(a + 2, names[k][0], n) != 0)
+                continue;
+            const char *v = NULL;
+            if (a[2 + n] == '=')
+                v = a + 3 + n;
+            else if (a[2 + n] == '\0' && i + 1 < *argc)
+                v = argv[++i];
+            else
+                continue;
+            matched = 1;
+            int rc = mw_config_set(cfg, names[k][1], v, "flag", err, errsize);
+            if (rc != MW_OK)
+                return rc;
+        }
+        if (!matched)
+            argv[out++] = argv[i];
+    }
+    *argc = out;
+    return MW_OK;
+}
+
+int main(int argc, char **argv)
+{
+    char err[512];
+    mw_config_t cfg;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+    }
+    if (mw_config_load(&cfg, &argc, argv, err, sizeof(err)) != MW_OK) {
+        fprintf(stderr, "mw-worker: %s\n", err);
+        return 2;
+    }
+    int rc = 2;
+    worker_t w;
+    memset(&w, 0, sizeof(w));
+    w.cfg = &cfg;
+    if (apply_aliases(&cfg, &argc, argv, err, sizeof(err)) != MW_OK) {
+        fprintf(stderr, "mw-worker: %s\n", err);
+        goto out_config;
+    }
+    if (argc > 1) {
+        fprintf(stderr, "mw-worker: unexpected argument '%s' (--help for usage)\n", argv[1]);
+        goto out_config;
+    }
+    mw_log_level_t level = MW_LOG_INFO;
+    mw_log_level_parse(cfg.log_level, &level);
+    mw_log_init("mw-worker", level);
+
+    mw_member_info_t *in = &w.info;
+    if (cfg.worker_id[0] != '\0')
+        snprintf(in->id, sizeof(in->id), "%s", cfg.worker_id);
+    else
+        mw_member_default_id(in->id, sizeof(in->id));
+    if (!mw_plan_id_valid(in->id)) {
+        fprintf(stderr, "mw-worker: invalid worker.id '%s': 1-63 characters of [A-Za-z0-9_.:-]\n",
+                in->id);
+        goto out_config;
+    }
+    if (!mw_pipeline_name_valid(cfg.worker_pipeline)) {
+        fprintf(stderr,
+                "mw-worker: worker.pipeline %s'%s': set --pipeline=NAME "
+                "(1-47 characters of [A-Za-z0-9_.-])\n",
+                cfg.worker_pipeline[0] ? "is invalid: " : "is missing", cfg.worker_pipeline);
+        goto out_config;
+    }
+    if (mw_member_parse_stage(cfg.worker_stage, &in->stage) != MW_OK) {
+        fprintf(stderr, "mw-worker: worker.stage '%s' must be auto or a stage number\n",
+                cfg.worker_stage);
+        goto out_config;
+    }
+    if (cfg.worker_device[0] == '\0' ||
+        (strcmp(cfg.worker_device, "cpu") != 0 && strncmp(cfg.worker_device, "cuda", 4) != 0)) {
+        fprintf(stderr, "mw-worker: worker.device '%s' must be cpu or cuda:N\n", cfg.worker_device);
+        goto out_config;
+    }
+    snprintf(in->pipeline, sizeof(in->pipeline), "%s", cfg.worker_pipeline);
+    snprintf(in->device, sizeof(in->device), "%s", cfg.worker_device);
+    gethostname(in->host, sizeof(in->host) - 1);
+    in->pid = (int64_t)getpid();
+    in->capacity = cfg.worker_capacity;
+    in->state = MW_MEMBER_JOINING;
+    in->assigned_stage = -1;
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    w.r = mw_redis_new(&cfg, 1, err, sizeof(err));
+    if (w.r == NULL) {
+        fprintf(stderr, "mw-worker: %s\n", err);
+        goto out_config;
+    }
+    if (mw_serving_new(&cfg, in->id, &w.serving, err, sizeof(err)) != MW_OK) {
+        fprintf(stderr, "mw-worker: %s\n", err);
+        mw_redis_destroy(w.r);
+        goto out_config;
+    }
+    mw_planstore_channel(w.r, w.channel, sizeof(w.channel));
+    mw_log(MW_LOG_INFO, "worker",
+           "%s starting: pipeline %s, stage %s, device %s, heartbeat %lld ms", in->id, in->pipeline,
+           cfg.worker_stage, in->device, (long long)cfg.heartbeat_interval_ms);
+
+    int64_t next_beat = 0;
+    while (!stop_requested) {
+        int notice = 0;
+        if (mono_ms() >= next_beat) {
+            next_beat = mono_ms() + cfg.heartbeat_interval_ms;
+            if (mw_serving_error(w.serving, err, sizeof(err)) != MW_OK) {
+                mw_log(MW_LOG_ERROR, "worker", "data plane failed: %s; exiting", err);
+                break;
+            }
+            refresh_stats(&w);
+            heartbeat(&w);
+            notice = 1; /* poll the plan at every heartbeat too, in case a notice was missed */
+        }
+        if (notice && !w.redis_down)
+            check_plan(&w);
+        if (sub_wait(&w, next_beat - mono_ms()) && !w.redis_down)
+            check_plan(&w);
+    }
+    rc = stop_requested ? 0 : 1;
+    drain_and_leave(&w);
+
+    sub_close(&w);
+    free(w.worlds);
+    mw_redis_destroy(w.r);
+out_config:
+    mw_config_fini(&cfg);
+    return rc;
+}

@@ -1,0 +1,47 @@
+/* A worker's serving side: its worlds (joined and destroyed as the plan's
+ * reconciliation says) and its data plane (created once the plan places the
+ * worker). The one place where the control plane meets the data path. */
+#ifndef MW_SERVING_H
+#define MW_SERVING_H
+
+#include "config.h"
+#include "plan.h"
+#include "reconcile.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mw_serving mw_serving_t;
+
+/* Creates the worlds context (listener, progress and rendezvous threads) for
+ * worker_id. cfg is borrowed and must outlive the handle. *out is the caller's
+ * (mw_serving_destroy). */
+int mw_serving_new(const mw_config_t *cfg, const char *worker_id, mw_serving_t **out, char *errstr,
+                   size_t errstr_size);
+
+/* Stops the data plane (an origin commits what it can and leaves its group),
+ * then destroys every world. Accepts NULL. */
+void mw_serving_destroy(mw_serving_t *s);
+
+/* Applies one reconciliation of plan (d from mw_reconcile_diff): worlds in
+ * d->destroy are taken from the data plane and destroyed, worlds in d->create
+ * joined (epoch = the plan's epoch) and handed to it. The data plane is
+ * created when the plan first places the worker, re-created when its stage
+ * changes, and stopped when the plan drops it. Main thread. */
+void mw_serving_apply(mw_serving_t *s, const mw_plan_t *plan, const mw_reconcile_t *d);
+
+/* Origins stop taking new requests (their partitions stay paused) and finish
+ * the ones they hold. */
+void mw_serving_drain(mw_serving_t *s);
+
+typedef struct mw_serving_stats {
+    int64_t worlds_up; /* READY worlds */
+    int64_t inflight, processed, errors, replays;
+} mw_serving_stats_t;
+
+void mw_serving_stats(mw_serving_t *s, mw_serving_stats_t *stats);
+
+/* 0, or the data plane's fatal error (see mw_dataplane_error): the worker should exit. */
+int mw_serving_error(mw_serving_t *s, char *errstr, size_t errstr_size);
+
+#endif
