@@ -56,19 +56,49 @@ static int conf_default(rd_kafka_conf_t *conf, const mw_config_t *cfg, const cha
     return conf_set(conf, key, value, errstr, errstr_size);
 }
 
-rd_kafka_t *mw_kafka_producer_new(const mw_config_t *cfg, const char *transactional_id,
-                                  char *errstr, size_t errstr_size)
+/* Applies the hooks to conf (the opaque goes with them). */
+static void set_hooks(rd_kafka_conf_t *conf, const mw_kafka_hooks_t *hooks)
 {
+    if (hooks == NULL)
+        return;
+    if (hooks->dr_msg_cb != NULL)
+        rd_kafka_conf_set_dr_msg_cb(conf, hooks->dr_msg_cb);
+    if (hooks->rebalance_cb != NULL)
+        rd_kafka_conf_set_rebalance_cb(conf, hooks->rebalance_cb);
+    rd_kafka_conf_set_opaque(conf, hooks->opaque);
+}
+
+/* Applies each {key, value} default that the config does not set. */
+static int conf_defaults(rd_kafka_conf_t *conf, const mw_config_t *cfg,
+                         const char *const (*defaults)[2], size_t n, char *errstr,
+                         size_t errstr_size)
+{
+    for (size_t i = 0; i < n; i++) {
+        int rc = conf_default(conf, cfg, defaults[i][0], defaults[i][1], errstr, errstr_size);
+        if (rc != MW_OK)
+            return rc;
+    }
+    return MW_OK;
+}
+
+rd_kafka_t *mw_kafka_producer_new(const mw_config_t *cfg, const char *transactional_id,
+                                  const mw_kafka_hooks_t *hooks, char *errstr, size_t errstr_size)
+{
+    static const char *const defaults[][2] = {
+        {"enable.idempotence", "true"},
+        {"linger.ms", "5"},
+    };
     rd_kafka_conf_t *conf = mw_kafka_conf_new(cfg, errstr, errstr_size);
     if (conf == NULL)
         return NULL;
-    if (conf_default(conf, cfg, "enable.idempotence", "true", errstr, errstr_size) != MW_OK ||
-        conf_default(conf, cfg, "linger.ms", "5", errstr, errstr_size) != MW_OK ||
+    if (conf_defaults(conf, cfg, defaults, sizeof(defaults) / sizeof(defaults[0]), errstr,
+                      errstr_size) != MW_OK ||
         (transactional_id != NULL &&
          conf_set(conf, "transactional.id", transactional_id, errstr, errstr_size) != MW_OK)) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
+    set_hooks(conf, hooks);
     char kerr[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
     if (rk == NULL) {
@@ -89,20 +119,26 @@ rd_kafka_t *mw_kafka_producer_new(const mw_config_t *cfg, const char *transactio
     return rk;
 }
 
-rd_kafka_t *mw_kafka_consumer_new(const mw_config_t *cfg, const char *group_id, char *errstr,
-                                  size_t errstr_size)
+rd_kafka_t *mw_kafka_consumer_new(const mw_config_t *cfg, const char *group_id,
+                                  const mw_kafka_hooks_t *hooks, char *errstr, size_t errstr_size)
 {
+    static const char *const defaults[][2] = {
+        {"enable.auto.commit", "false"},
+        {"enable.auto.offset.store", "false"},
+        {"isolation.level", "read_committed"},
+        {"auto.offset.reset", "earliest"}, /* a new group starts at the beginning */
+        {"partition.assignment.strategy", "cooperative-sticky"},
+    };
     rd_kafka_conf_t *conf = mw_kafka_conf_new(cfg, errstr, errstr_size);
     if (conf == NULL)
         return NULL;
     if (conf_set(conf, "group.id", group_id, errstr, errstr_size) != MW_OK ||
-        conf_default(conf, cfg, "enable.auto.commit", "false", errstr, errstr_size) != MW_OK ||
-        conf_default(conf, cfg, "isolation.level", "read_committed", errstr, errstr_size) !=
-            MW_OK ||
-        conf_default(conf, cfg, "auto.offset.reset", "earliest", errstr, errstr_size) != MW_OK) {
+        conf_defaults(conf, cfg, defaults, sizeof(defaults) / sizeof(defaults[0]), errstr,
+                      errstr_size) != MW_OK) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
+    set_hooks(conf, hooks);
     char kerr[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
     if (rk == NULL) {

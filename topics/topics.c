@@ -60,36 +60,6 @@ rd_kafka_t *mw_topics_admin_new(const mw_config_t *cfg, char *errstr, size_t err
     return rk;
 }
 
-rd_kafka_t *mw_topics_producer_new(const mw_config_t *cfg,
-                                   void (*dr_msg_cb)(rd_kafka_t *rk, const rd_kafka_message_t *msg,
-                                                     void *opaque),
-                                   void *opaque, char *errstr, size_t errstr_size)
-{
-    /* The same defaults as mw_kafka_producer_new, which takes no callback. */
-    static const char *const defaults[][2] = {{"enable.idempotence", "true"}, {"linger.ms", "5"}};
-    char kerr[512];
-    rd_kafka_conf_t *conf = mw_kafka_conf_new(cfg, errstr, errstr_size);
-    if (conf == NULL)
-        return NULL;
-    for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++) {
-        if (mw_config_kafka_get(cfg, defaults[i][0]) == NULL &&
-            rd_kafka_conf_set(conf, defaults[i][0], defaults[i][1], kerr, sizeof(kerr)) !=
-                RD_KAFKA_CONF_OK) {
-            rd_kafka_conf_destroy(conf);
-            mw_errf(MW_EINVAL, errstr, errstr_size, "kafka.%s: %s", defaults[i][0], kerr);
-            return NULL;
-        }
-    }
-    rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
-    rd_kafka_conf_set_opaque(conf, opaque);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
-    if (rk == NULL) {
-        rd_kafka_conf_destroy(conf);
-        mw_errf(MW_EKAFKA, errstr, errstr_size, "creating Kafka producer: %s", kerr);
-    }
-    return rk;
-}
-
 static void fill_info(const struct rd_kafka_metadata *md, const char *topic, mw_topic_info_t *info)
 {
     info->exists = 0;

@@ -38,14 +38,6 @@ int mw_topic_name(char *buf, size_t size, const char *pipeline, mw_topic_kind_t 
  * calls, built from the kafka.* config. Caller frees with mw_kafka_destroy. */
 rd_kafka_t *mw_topics_admin_new(const mw_config_t *cfg, char *errstr, size_t errstr_size);
 
-/* An idempotent producer (as mw_kafka_producer_new) with a delivery-report
- * callback, which runs from rd_kafka_poll/flush on the calling thread.
- * Caller frees with mw_kafka_destroy. */
-rd_kafka_t *mw_topics_producer_new(const mw_config_t *cfg,
-                                   void (*dr_msg_cb)(rd_kafka_t *rk, const rd_kafka_message_t *msg,
-                                                     void *opaque),
-                                   void *opaque, char *errstr, size_t errstr_size);
-
 /* Describes one topic from cluster metadata: info->exists and partitions.
  * MW_EKAFKA/MW_ETIMEDOUT with errstr when the cluster does not answer. */
 int mw_topic_describe(rd_kafka_t *rk, const char *topic, int timeout_ms, mw_topic_info_t *info,

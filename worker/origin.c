@@ -796,80 +796,6 @@ int dp_origin_step(mw_dataplane_t *dp)
 
 /* ------------------------------------------------------------- lifecycle */
 
-static rd_kafka_t *producer_new(mw_dataplane_t *dp, const char *txn_id, char *errstr,
-                                size_t errstr_size)
-{
-    char kerr[512];
-    rd_kafka_conf_t *conf = mw_kafka_conf_new(&dp->cfg, errstr, errstr_size);
-    if (conf == NULL)
-        return NULL;
-    if ((mw_config_kafka_get(&dp->cfg, "enable.idempotence") == NULL &&
-         rd_kafka_conf_set(conf, "enable.idempotence", "true", kerr, sizeof(kerr)) != 0) ||
-        (mw_config_kafka_get(&dp->cfg, "linger.ms") == NULL &&
-         rd_kafka_conf_set(conf, "linger.ms", "5", kerr, sizeof(kerr)) != 0) ||
-        (txn_id != NULL &&
-         rd_kafka_conf_set(conf, "transactional.id", txn_id, kerr, sizeof(kerr)) != 0)) {
-        rd_kafka_conf_destroy(conf);
-        mw_errf(MW_EINVAL, errstr, errstr_size, "results producer: %s", kerr);
-        return NULL;
-    }
-    rd_kafka_conf_set_opaque(conf, dp);
-    rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
-    if (rk == NULL) {
-        rd_kafka_conf_destroy(conf);
-        mw_errf(MW_EKAFKA, errstr, errstr_size, "results producer: %s", kerr);
-        return NULL;
-    }
-    if (txn_id != NULL) {
-        /* Fences an earlier incarnation of this worker and aborts its open transaction. */
-        rd_kafka_error_t *e = rd_kafka_init_transactions(rk, (int)dp->cfg.kafka_timeout_ms);
-        if (e != NULL) {
-            mw_errf(MW_EKAFKA, errstr, errstr_size, "init transactions for %s: %s", txn_id,
-                    rd_kafka_error_string(e));
-            rd_kafka_error_destroy(e);
-            rd_kafka_destroy(rk);
-            return NULL;
-        }
-    }
-    return rk;
-}
-
-static rd_kafka_t *consumer_new(mw_dataplane_t *dp, const char *group, char *errstr,
-                                size_t errstr_size)
-{
-    static const char *const defaults[][2] = {
-        {"enable.auto.commit", "false"},
-        {"enable.auto.offset.store", "false"},
-        {"isolation.level", "read_committed"},
-        {"auto.offset.reset", "earliest"}, /* a new group starts at the beginning */
-        {"partition.assignment.strategy", "cooperative-sticky"},
-    };
-    char kerr[512];
-    rd_kafka_conf_t *conf = mw_kafka_conf_new(&dp->cfg, errstr, errstr_size);
-    if (conf == NULL)
-        return NULL;
-    int bad = rd_kafka_conf_set(conf, "group.id", group, kerr, sizeof(kerr)) != 0;
-    for (size_t i = 0; !bad && i < sizeof(defaults) / sizeof(defaults[0]); i++)
-        if (mw_config_kafka_get(&dp->cfg, defaults[i][0]) == NULL)
-            bad = rd_kafka_conf_set(conf, defaults[i][0], defaults[i][1], kerr, sizeof(kerr)) != 0;
-    if (bad) {
-        rd_kafka_conf_destroy(conf);
-        mw_errf(MW_EINVAL, errstr, errstr_size, "requests consumer: %s", kerr);
-        return NULL;
-    }
-    rd_kafka_conf_set_opaque(conf, dp);
-    rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
-    if (rk == NULL) {
-        rd_kafka_conf_destroy(conf);
-        mw_errf(MW_EKAFKA, errstr, errstr_size, "requests consumer: %s", kerr);
-        return NULL;
-    }
-    rd_kafka_poll_set_consumer(rk);
-    return rk;
-}
-
 int dp_origin_new(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
 {
     dp_origin_t *o = calloc(1, sizeof(*o));
@@ -889,10 +815,15 @@ int dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
     char txn_id[512], group[128];
     snprintf(txn_id, sizeof(txn_id), "mw.%s.%s.%s", dp->cfg.cluster, dp->pipeline, dp->worker_id);
     snprintf(group, sizeof(group), "mw.%s", dp->pipeline);
-    o->producer = producer_new(dp, o->transactional ? txn_id : NULL, errstr, errstr_size);
+    const mw_kafka_hooks_t hooks = {
+        .dr_msg_cb = dr_msg_cb, .rebalance_cb = rebalance_cb, .opaque = dp};
+    /* A transactional producer fences an earlier incarnation of this worker
+     * and aborts its open transaction. */
+    o->producer = mw_kafka_producer_new(&dp->cfg, o->transactional ? txn_id : NULL, &hooks, errstr,
+                                        errstr_size);
     if (o->producer == NULL)
         return MW_EKAFKA;
-    o->consumer = consumer_new(dp, group, errstr, errstr_size);
+    o->consumer = mw_kafka_consumer_new(&dp->cfg, group, &hooks, errstr, errstr_size);
     if (o->consumer == NULL)
         return MW_EKAFKA;
     o->subscription = rd_kafka_topic_partition_list_new(1);

@@ -216,7 +216,7 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
 
     char group[128];
     snprintf(group, sizeof(group), "mwctl-results-%ld-%ld", (long)getpid(), (long)time(NULL));
-    rd_kafka_t *rk = mw_kafka_consumer_new(cfg, group, err, sizeof(err));
+    rd_kafka_t *rk = mw_kafka_consumer_new(cfg, group, NULL, err, sizeof(err));
     if (rk == NULL) {
         fprintf(stderr, "mwctl results: %s\n", err);
         return 1;

@@ -406,7 +406,7 @@ static rd_kafka_t *results_consumer(const mw_config_t *cfg, const char *topic, c
 {
     char group[128];
     snprintf(group, sizeof(group), "mwctl-submit-%ld-%" PRId64, (long)getpid(), wall_ms());
-    rd_kafka_t *rk = mw_kafka_consumer_new(cfg, group, errstr, errstr_size);
+    rd_kafka_t *rk = mw_kafka_consumer_new(cfg, group, NULL, errstr, errstr_size);
     if (rk == NULL)
         return NULL;
     mw_topic_info_t info;
@@ -688,7 +688,8 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
             goto out_source;
         }
     }
-    rd_kafka_t *rk = mw_topics_producer_new(cfg, dr_cb, &st, err, sizeof(err));
+    const mw_kafka_hooks_t hooks = {.dr_msg_cb = dr_cb, .opaque = &st};
+    rd_kafka_t *rk = mw_kafka_producer_new(cfg, NULL, &hooks, err, sizeof(err));
     if (rk == NULL) {
         fprintf(stderr, "mwctl submit: %s\n", err);
         goto out_consumer;

@@ -35,7 +35,7 @@ static int teardown(void **state)
 
 static void create_topic(const char *topic, int partitions)
 {
-    rd_kafka_t *admin = mw_kafka_producer_new(&cfg, NULL, err, sizeof(err));
+    rd_kafka_t *admin = mw_kafka_producer_new(&cfg, NULL, NULL, err, sizeof(err));
     assert_non_null(admin);
     if (mw_kafka_create_topic(admin, topic, partitions, 30000, err, sizeof(err)) != MW_OK)
         fail_msg("%s", err);
@@ -44,7 +44,7 @@ static void create_topic(const char *topic, int partitions)
 
 static rd_kafka_t *subscribe(const char *topic, const char *group)
 {
-    rd_kafka_t *c = mw_kafka_consumer_new(&cfg, group, err, sizeof(err));
+    rd_kafka_t *c = mw_kafka_consumer_new(&cfg, group, NULL, err, sizeof(err));
     if (c == NULL)
         fail_msg("%s", err);
     rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
@@ -106,7 +106,7 @@ static void thousand_records_come_back_through_a_consumer_group(void **state)
     (void)state;
     const char *topic = mwt_name("roundtrip");
     create_topic(topic, 3);
-    rd_kafka_t *p = mw_kafka_producer_new(&cfg, NULL, err, sizeof(err));
+    rd_kafka_t *p = mw_kafka_producer_new(&cfg, NULL, NULL, err, sizeof(err));
     assert_non_null(p);
     for (int i = 0; i < 1000; i++) {
         char v[32];
@@ -121,7 +121,20 @@ static void thousand_records_come_back_through_a_consumer_group(void **state)
     assert_int_equal(consume_counts(c, "r", counts, 1000, 1000, NULL, 60000), 1000);
     for (int i = 0; i < 1000; i++)
         assert_int_equal(counts[i], 1);
-    assert_int_equal(rd_kafka_commit(c, NULL, 0), RD_KAFKA_RESP_ERR_NO_ERROR);
+    /* Offsets are managed by hand (enable.auto.offset.store=false): commit
+     * the consumed positions and read them back from the group. */
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    assert_int_equal(rd_kafka_assignment(c, &parts), RD_KAFKA_RESP_ERR_NO_ERROR);
+    assert_int_equal(rd_kafka_position(c, parts), RD_KAFKA_RESP_ERR_NO_ERROR);
+    assert_int_equal(rd_kafka_commit(c, parts, 0), RD_KAFKA_RESP_ERR_NO_ERROR);
+    for (int i = 0; i < parts->cnt; i++)
+        parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+    assert_int_equal(rd_kafka_committed(c, parts, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    int64_t committed = 0;
+    for (int i = 0; i < parts->cnt; i++)
+        committed += parts->elems[i].offset;
+    assert_int_equal(committed, 1000);
+    rd_kafka_topic_partition_list_destroy(parts);
     mw_kafka_destroy(c);
 }
 
@@ -130,7 +143,7 @@ static void committed_transaction_is_visible_and_aborted_one_is_not(void **state
     (void)state;
     const char *topic = mwt_name("txn");
     create_topic(topic, 1);
-    rd_kafka_t *p = mw_kafka_producer_new(&cfg, mwt_name("txn-producer"), err, sizeof(err));
+    rd_kafka_t *p = mw_kafka_producer_new(&cfg, mwt_name("txn-producer"), NULL, err, sizeof(err));
     if (p == NULL)
         fail_msg("%s", err);
 
@@ -217,13 +230,10 @@ static void idempotent_producer_loses_and_duplicates_nothing_across_broker_resta
     assert_int_equal(
         mw_config_set(&pcfg, "kafka.message.timeout.ms", "180000", "test", err, sizeof(err)),
         MW_OK);
-    rd_kafka_conf_t *conf = mw_kafka_conf_new(&pcfg, err, sizeof(err));
-    assert_non_null(conf);
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    assert_int_equal(rd_kafka_conf_set(conf, "enable.idempotence", "true", err, sizeof(err)),
-                     RD_KAFKA_CONF_OK);
-    rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
-    assert_non_null(p);
+    const mw_kafka_hooks_t hooks = {.dr_msg_cb = on_delivery};
+    rd_kafka_t *p = mw_kafka_producer_new(&pcfg, NULL, &hooks, err, sizeof(err));
+    if (p == NULL)
+        fail_msg("%s", err);
     int outcome[2] = {0, 0}; /* failed, delivered */
 
     /* Produce steadily before, during and after the restart: some records are

@@ -89,7 +89,7 @@ static rd_kafka_t *consumer_from_beginning(const char *topic, int partitions)
     mw_config_t cfg;
     char err[512];
     mwt_config(&cfg);
-    rd_kafka_t *rk = mw_kafka_consumer_new(&cfg, mwt_name("group"), err, sizeof(err));
+    rd_kafka_t *rk = mw_kafka_consumer_new(&cfg, mwt_name("group"), NULL, err, sizeof(err));
     if (rk == NULL)
         fail_msg("consumer: %s", err);
     rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(partitions);
@@ -258,7 +258,7 @@ static void kcat_malformed_requests_are_rejected_and_copied_to_the_dlq(void **st
     mw_config_t cfg;
     char err[512];
     mwt_config(&cfg);
-    rd_kafka_t *producer = mw_kafka_producer_new(&cfg, NULL, err, sizeof(err));
+    rd_kafka_t *producer = mw_kafka_producer_new(&cfg, NULL, NULL, err, sizeof(err));
     assert_non_null(producer);
     rd_kafka_t *rk = consumer_from_beginning(topic, 1);
     rd_kafka_message_t *msgs[NBAD];
@@ -428,7 +428,7 @@ static void mwctl_submit_wait_reports_latency_percentiles(void **state)
     mw_config_t cfg;
     char err[512];
     mwt_config(&cfg);
-    rd_kafka_t *producer = mw_kafka_producer_new(&cfg, NULL, err, sizeof(err));
+    rd_kafka_t *producer = mw_kafka_producer_new(&cfg, NULL, NULL, err, sizeof(err));
     assert_non_null(producer);
     rd_kafka_t *rk = consumer_from_beginning(requests, 2);
     rd_kafka_message_t *msgs[5];

@@ -93,7 +93,7 @@ mwt_pipeline_t *mwt_pipeline_new(const char *suffix, int nstages, int layers, in
                                           err, sizeof(err)) != MW_OK)
         die("topics", err);
     mw_kafka_destroy(admin);
-    p->producer = mw_kafka_producer_new(&p->cfg, NULL, err, sizeof(err));
+    p->producer = mw_kafka_producer_new(&p->cfg, NULL, NULL, err, sizeof(err));
     if (p->producer == NULL)
         die("producer", err);
 
@@ -314,7 +314,7 @@ static void tally_open(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, in
     mw_config_t cfg;
     mwt_config(&cfg);
     mw_config_set(&cfg, "kafka.enable.partition.eof", "true", "test", NULL, 0);
-    t->consumer = mw_kafka_consumer_new(&cfg, group, err, sizeof(err));
+    t->consumer = mw_kafka_consumer_new(&cfg, group, NULL, err, sizeof(err));
     mw_config_fini(&cfg);
     if (t->consumer == NULL)
         die("reader", err);
