@@ -34,37 +34,37 @@ typedef struct mw_config {
 
     int64_t model_threads; /* model.threads: OpenBLAS threads of CPU stages */
 
-    int64_t world_timeout_ms;          /* world.timeout_ms: failure-detection bound */
-    int64_t world_keepalive_ms;        /* world.keepalive_ms: ping interval on idle links */
-    int64_t world_max_tensor_bytes;    /* world.max_tensor_bytes: largest tensor frame */
+    int64_t world_timeout_ms;                  /* world.timeout_ms: failure-detection bound */
+    int64_t world_keepalive_ms;                /* world.keepalive_ms: ping interval on idle links */
+    int64_t world_max_tensor_bytes;            /* world.max_tensor_bytes: largest tensor frame */
     char world_listen_host[MW_CFG_STR_MAX];    /* world.listen_host */
     int64_t world_listen_port;                 /* world.listen_port (0: any) */
     char world_advertise_host[MW_CFG_STR_MAX]; /* world.advertise_host ("": listen host) */
     int64_t world_socket_buffer_bytes;         /* world.socket_buffer_bytes (0: kernel) */
 
     /* control plane (coordinator/, worker/membership.c) */
-    char pipeline_spec[4096];         /* pipeline.spec: "name:N", JSON, or a JSON file */
-    int64_t heartbeat_interval_ms;    /* heartbeat.interval_ms */
-    int64_t heartbeat_ttl_ms;         /* heartbeat.ttl_ms: sweep removes older workers */
-    int64_t coordinator_lease_ms;     /* coordinator.lease_ms */
-    int64_t coordinator_interval_ms;  /* coordinator.interval_ms: loop period */
-    int64_t plan_max_fanout;          /* plan.max_fanout */
-    int64_t events_maxlen;            /* events.maxlen: cap of the events stream */
-    char worker_id[64];               /* worker.id ("": host.pid.random) */
-    char worker_pipeline[48];         /* worker.pipeline */
-    char worker_stage[16];            /* worker.stage: "auto" or a number */
-    char worker_device[32];           /* worker.device: cpu, cuda:N */
-    int64_t worker_capacity;          /* worker.capacity */
-    int64_t worker_drain_timeout_ms;  /* worker.drain_timeout_ms */
+    char pipeline_spec[4096];        /* pipeline.spec: "name:N", JSON, or a JSON file */
+    int64_t heartbeat_interval_ms;   /* heartbeat.interval_ms */
+    int64_t heartbeat_ttl_ms;        /* heartbeat.ttl_ms: sweep removes older workers */
+    int64_t coordinator_lease_ms;    /* coordinator.lease_ms */
+    int64_t coordinator_interval_ms; /* coordinator.interval_ms: loop period */
+    int64_t plan_max_fanout;         /* plan.max_fanout */
+    int64_t events_maxlen;           /* events.maxlen: cap of the events stream */
+    char worker_id[64];              /* worker.id ("": host.pid.random) */
+    char worker_pipeline[48];        /* worker.pipeline */
+    char worker_stage[16];           /* worker.stage: "auto" or a number */
+    char worker_device[32];          /* worker.device: cpu, cuda:N */
+    int64_t worker_capacity;         /* worker.capacity */
+    int64_t worker_drain_timeout_ms; /* worker.drain_timeout_ms */
 
     /* data plane (worker/dataplane.c, worker/origin.c) */
-    char model_path[MW_CFG_STR_MAX];   /* model.path: used when the pipeline names no model */
-    int64_t worker_max_inflight;       /* worker.max_inflight: origin window (pauses input) */
-    int64_t worker_queue_depth;        /* worker.queue_depth: unfinished sends per world */
-    char results_delivery[16];         /* results.delivery: exactly-once | at-least-once */
+    char model_path[MW_CFG_STR_MAX];    /* model.path: used when the pipeline names no model */
+    int64_t worker_max_inflight;        /* worker.max_inflight: origin window (pauses input) */
+    int64_t worker_queue_depth;         /* worker.queue_depth: unfinished sends per world */
+    char results_delivery[16];          /* results.delivery: exactly-once | at-least-once */
     int64_t results_commit_interval_ms; /* results.commit_interval_ms: one transaction each */
-    int64_t request_max_attempts;      /* request.max_attempts */
-    int64_t request_timeout_ms;        /* request.timeout_ms: default deadline */
+    int64_t request_max_attempts;       /* request.max_attempts */
+    int64_t request_timeout_ms;         /* request.timeout_ms: default deadline */
     int64_t request_attempt_timeout_ms; /* request.attempt_timeout_ms: retry unanswered */
 
     /* kafka.<property>=value, in the order they were set (later ones win). */

@@ -1474,9 +1474,11 @@ static void all_reduce_finish(mw_world_req_t *req)
     mw_world_t *w = req->w;
     size_t n = (size_t)(req->nbytes / sizeof(float));
     float *out = req->result;
-    const float *src[MW_WORLD_SIZE_MAX];
+    const float *src[MW_WORLD_SIZE_MAX] = {NULL};
     for (int p = 0; p < w->size; p++) {
         int slot = p < w->rank ? p : p - 1;
+        /* scratch is malloc'd (aligned for float) and holds peers' f32 tensors. */
+        /* cppcheck-suppress invalidPointerCast */
         src[p] = p == w->rank ? NULL : (const float *)(req->scratch + (size_t)slot * req->nbytes);
     }
     for (size_t i = 0; i < n; i++) {
@@ -1527,6 +1529,8 @@ int mw_world_test(mw_world_req_t *req)
 
 int mw_world_wait(mw_world_req_t *req, int64_t timeout_ms, char *errstr, size_t errstr_size)
 {
+    if (req == NULL)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "waiting on no request");
     mw_world_t *w = req->w;
     int64_t deadline = timeout_ms < 0 ? -1 : mw_world_now_ms() + timeout_ms;
     int rc;
@@ -1583,13 +1587,20 @@ void mw_world_req_free(mw_world_req_t *req)
 /* --- blocking forms ----------------------------------------------------------------------------
  */
 
-static int finish(mw_world_t *w, int rc, mw_world_req_t *req, int64_t timeout_ms, char *errstr,
-                  size_t errstr_size)
+/* Waits for a posted request (rc is the post's result), copies out what the
+ * caller asked for (desc of a received tensor, length of a received header),
+ * aborts the world when the caller's deadline passes first, frees req. */
+static int finish(mw_world_t *w, int rc, mw_world_req_t *req, mw_tensor_desc_t *desc, size_t *len,
+                  int64_t timeout_ms, char *errstr, size_t errstr_size)
 {
     if (rc != MW_OK)
         return mw_errf(rc, errstr, errstr_size, "world %s epoch %lld: %s", w->name,
                        (long long)w->epoch, mw_strerror(rc));
     rc = mw_world_wait(req, timeout_ms, errstr, errstr_size);
+    if (rc == MW_OK && desc != NULL)
+        *desc = req->desc;
+    if (rc == MW_OK && len != NULL)
+        *len = (size_t)req->bytes;
     if (rc == MW_ETIMEDOUT)
         mw_world_abort(w, "a blocking operation passed its caller's deadline");
     mw_world_req_free(req);
@@ -1599,72 +1610,54 @@ static int finish(mw_world_t *w, int rc, mw_world_req_t *req, int64_t timeout_ms
 int mw_world_send(mw_world_t *w, int peer, const mw_tensor_desc_t *desc, const void *buf,
                   int64_t timeout_ms, char *errstr, size_t errstr_size)
 {
-    mw_world_req_t *req;
+    mw_world_req_t *req = NULL;
     int rc = mw_world_isend(w, peer, desc, buf, &req);
-    return finish(w, rc, req, timeout_ms, errstr, errstr_size);
+    return finish(w, rc, req, NULL, NULL, timeout_ms, errstr, errstr_size);
 }
 
 int mw_world_recv(mw_world_t *w, int peer, void *buf, size_t capacity, mw_tensor_desc_t *desc,
                   int64_t timeout_ms, char *errstr, size_t errstr_size)
 {
-    mw_world_req_t *req;
+    mw_world_req_t *req = NULL;
     int rc = mw_world_irecv(w, peer, buf, capacity, &req);
-    if (rc == MW_OK) {
-        rc = mw_world_wait(req, timeout_ms, errstr, errstr_size);
-        if (rc == MW_OK && desc != NULL)
-            *desc = req->desc;
-        if (rc == MW_ETIMEDOUT)
-            mw_world_abort(w, "a blocking operation passed its caller's deadline");
-        mw_world_req_free(req);
-        return rc;
-    }
-    return finish(w, rc, NULL, timeout_ms, errstr, errstr_size);
+    return finish(w, rc, req, desc, NULL, timeout_ms, errstr, errstr_size);
 }
 
 int mw_world_send_header(mw_world_t *w, int peer, const void *data, size_t len, int64_t timeout_ms,
                          char *errstr, size_t errstr_size)
 {
-    mw_world_req_t *req;
+    mw_world_req_t *req = NULL;
     int rc = mw_world_isend_header(w, peer, data, len, &req);
-    return finish(w, rc, req, timeout_ms, errstr, errstr_size);
+    return finish(w, rc, req, NULL, NULL, timeout_ms, errstr, errstr_size);
 }
 
 int mw_world_recv_header(mw_world_t *w, int peer, void *buf, size_t capacity, size_t *len,
                          int64_t timeout_ms, char *errstr, size_t errstr_size)
 {
-    mw_world_req_t *req;
+    mw_world_req_t *req = NULL;
     int rc = mw_world_irecv_header(w, peer, buf, capacity, &req);
-    if (rc == MW_OK) {
-        rc = mw_world_wait(req, timeout_ms, errstr, errstr_size);
-        if (rc == MW_OK && len != NULL)
-            *len = (size_t)req->bytes;
-        if (rc == MW_ETIMEDOUT)
-            mw_world_abort(w, "a blocking operation passed its caller's deadline");
-        mw_world_req_free(req);
-        return rc;
-    }
-    return finish(w, rc, NULL, timeout_ms, errstr, errstr_size);
+    return finish(w, rc, req, NULL, len, timeout_ms, errstr, errstr_size);
 }
 
 int mw_world_broadcast(mw_world_t *w, int root, const mw_tensor_desc_t *desc, void *buf,
                        int64_t timeout_ms, char *errstr, size_t errstr_size)
 {
-    mw_world_req_t *req;
+    mw_world_req_t *req = NULL;
     int rc = mw_world_ibroadcast(w, root, desc, buf, &req);
-    return finish(w, rc, req, timeout_ms, errstr, errstr_size);
+    return finish(w, rc, req, NULL, NULL, timeout_ms, errstr, errstr_size);
 }
 
 int mw_world_all_reduce(mw_world_t *w, mw_reduce_op_t op, const mw_tensor_desc_t *desc, void *buf,
                         int64_t timeout_ms, char *errstr, size_t errstr_size)
 {
-    mw_world_req_t *req;
+    mw_world_req_t *req = NULL;
     int rc = mw_world_iall_reduce(w, op, desc, buf, &req);
-    return finish(w, rc, req, timeout_ms, errstr, errstr_size);
+    return finish(w, rc, req, NULL, NULL, timeout_ms, errstr, errstr_size);
 }
 
 int mw_world_barrier(mw_world_t *w, int64_t timeout_ms, char *errstr, size_t errstr_size)
 {
-    mw_world_req_t *req;
+    mw_world_req_t *req = NULL;
     int rc = mw_world_ibarrier(w, &req);
-    return finish(w, rc, req, timeout_ms, errstr, errstr_size);
+    return finish(w, rc, req, NULL, NULL, timeout_ms, errstr, errstr_size);
 }
