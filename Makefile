@@ -159,7 +159,7 @@ bench: deps all $(BENCH_BINS) $(PLUGINS)
 	$(TEST_ENV) tests/run.sh bench
 
 run: deps all
-	$(TEST_ENV) ops/run-local.sh
+	$(TEST_ENV) ops/run-local.sh $(RUN_ARGS)
 
 deps:
 	@ops/deps.sh

@@ -6,6 +6,7 @@
 #include "log.h"
 #include "record.h"
 #include "topics.h"
+#include "verify.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -23,7 +24,7 @@ static void usage(FILE *out)
     fprintf(
         out,
         "usage: mwctl results --pipeline P [--from-beginning] [--count N] [--idle-s S]\n"
-        "                     [--follow] [--output DIR | --print]\n"
+        "                     [--follow] [--output DIR | --print] [--verify --model FILE]\n"
         "\n"
         "Reads P.results with isolation.level=read_committed (only results of committed\n"
         "transactions) and prints one line per result: id, status, dtype, shape,\n"
@@ -35,7 +36,12 @@ static void usage(FILE *out)
         "  --follow          never stop on idleness (Ctrl-C stops)\n"
         "  --print           also print each output tensor's values\n"
         "  --output DIR      also write DIR/<id>.bin (raw output tensor, little-endian)\n"
-        "                    or DIR/<id>.error; ids are escaped as %%XX outside [A-Za-z0-9._-]\n");
+        "                    or DIR/<id>.error; ids are escaped as %%XX outside [A-Za-z0-9._-]\n"
+        "  --verify          check each ok result against the reference runner: its request's\n"
+        "                    input, read from P.requests by id, through the unsplit model at\n"
+        "                    batch 1, compared bit for bit (lines end in 'verified' or\n"
+        "                    'NOT VERIFIED: why'); exit 1 unless every ok result is verified\n"
+        "  --model FILE      the model the pipeline serves (safetensors), for --verify\n");
 }
 
 static volatile sig_atomic_t interrupted;
@@ -102,7 +108,144 @@ static void print_values(const mw_result_t *res)
     printf("]\n");
 }
 
-static int show_result(const rd_kafka_message_t *msg, int print, const char *outdir)
+/* --verify: P.requests read from the beginning into the verifier, on demand. */
+struct requests_reader {
+    rd_kafka_t *rk;
+    char topic[MW_TOPIC_NAME_MAX + 1];
+    rd_kafka_topic_partition_list_t *parts; /* every partition; offsets = read positions */
+    int64_t *end;                           /* per partition: the end last caught up to */
+    uint64_t max_tensor_bytes;
+    int timeout_ms;
+    int64_t kept, malformed;
+};
+
+static int reader_open(struct requests_reader *r, const mw_config_t *cfg, const char *pipeline,
+                       char *errstr, size_t errstr_size)
+{
+    int rc =
+        mw_topic_name(r->topic, sizeof(r->topic), pipeline, MW_TOPIC_REQUESTS, errstr, errstr_size);
+    if (rc != MW_OK)
+        return rc;
+    r->max_tensor_bytes = (uint64_t)cfg->records_max_tensor_bytes;
+    r->timeout_ms = (int)cfg->kafka_timeout_ms;
+    char group[128];
+    snprintf(group, sizeof(group), "mwctl-verify-%ld-%ld", (long)getpid(), (long)time(NULL));
+    r->rk = mw_kafka_consumer_new(cfg, group, NULL, errstr, errstr_size);
+    if (r->rk == NULL)
+        return MW_EKAFKA;
+    mw_topic_info_t info;
+    rc = mw_topic_describe(r->rk, r->topic, r->timeout_ms, &info, errstr, errstr_size);
+    if (rc == MW_OK && !info.exists)
+        rc = mw_errf(MW_ENOTFOUND, errstr, errstr_size, "topic %s does not exist", r->topic);
+    if (rc != MW_OK)
+        return rc;
+    r->parts = rd_kafka_topic_partition_list_new(info.partitions);
+    r->end = calloc((size_t)info.partitions, sizeof(*r->end));
+    if (r->end == NULL)
+        return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+    for (int p = 0; p < info.partitions; p++)
+        rd_kafka_topic_partition_list_add(r->parts, r->topic, p)->offset =
+            RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_resp_err_t kerr = rd_kafka_assign(r->rk, r->parts);
+    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return mw_errf(MW_EKAFKA, errstr, errstr_size, "assigning %s: %s", r->topic,
+                       rd_kafka_err2str(kerr));
+    for (int p = 0; p < info.partitions; p++)
+        r->parts->elems[p].offset = 0;
+    return MW_OK;
+}
+
+static void reader_close(struct requests_reader *r)
+{
+    mw_kafka_destroy(r->rk);
+    if (r->parts != NULL)
+        rd_kafka_topic_partition_list_destroy(r->parts);
+    free(r->end);
+}
+
+static int reader_caught_up(const struct requests_reader *r)
+{
+    for (int p = 0; p < r->parts->cnt; p++)
+        if (r->parts->elems[p].offset < r->end[p])
+            return 0;
+    return 1;
+}
+
+/* Reads P.requests up to its current end (every request produced so far),
+ * keeping each well-formed request's input in v. A result's request was
+ * produced before the result, so after this its input is known unless the
+ * topic no longer holds it (retention) or it was malformed. */
+static int reader_catch_up(struct requests_reader *r, mwctl_verifier_t *v, char *errstr,
+                           size_t errstr_size)
+{
+    int moved = 0;
+    for (int p = 0; p < r->parts->cnt; p++) {
+        int64_t lo, hi;
+        rd_kafka_resp_err_t kerr =
+            rd_kafka_query_watermark_offsets(r->rk, r->topic, p, &lo, &hi, r->timeout_ms);
+        if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR)
+            return mw_errf(MW_EKAFKA, errstr, errstr_size, "%s [%d]: querying offsets: %s",
+                           r->topic, p, rd_kafka_err2str(kerr));
+        moved |= hi != r->end[p];
+        r->end[p] = hi;
+        if (r->parts->elems[p].offset < lo)
+            r->parts->elems[p].offset = lo; /* older requests were deleted (retention) */
+    }
+    if (!moved && reader_caught_up(r))
+        return MW_OK;
+    double deadline = now_s() + r->timeout_ms / 1000.0;
+    while (!reader_caught_up(r)) {
+        if (now_s() > deadline || interrupted)
+            return mw_errf(MW_ETIMEDOUT, errstr, errstr_size,
+                           "reading %s did not reach its end within %d ms", r->topic,
+                           r->timeout_ms);
+        rd_kafka_message_t *msg = rd_kafka_consumer_poll(r->rk, 100);
+        if (msg == NULL) {
+            /* Positions also move past transaction markers, which are not delivered. */
+            rd_kafka_topic_partition_list_t *pos = rd_kafka_topic_partition_list_copy(r->parts);
+            if (rd_kafka_position(r->rk, pos) == RD_KAFKA_RESP_ERR_NO_ERROR)
+                for (int p = 0; p < pos->cnt; p++)
+                    if (pos->elems[p].offset > r->parts->elems[p].offset)
+                        r->parts->elems[p].offset = pos->elems[p].offset;
+            rd_kafka_topic_partition_list_destroy(pos);
+            continue;
+        }
+        if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR && msg->partition >= 0 &&
+            msg->partition < r->parts->cnt) {
+            if (msg->offset + 1 > r->parts->elems[msg->partition].offset)
+                r->parts->elems[msg->partition].offset = msg->offset + 1;
+            mw_request_t req;
+            char e[256];
+            if (mw_request_from_message(&req, msg, r->max_tensor_bytes, e, sizeof(e)) == MW_OK) {
+                int rc = mwctl_verifier_put(v, req.id, req.id_len, &req.desc, req.data, req.nbytes);
+                mw_request_fini(&req);
+                if (rc != MW_OK) {
+                    rd_kafka_message_destroy(msg);
+                    return mw_errf(rc, errstr, errstr_size, "keeping request inputs: %s",
+                                   mw_strerror(rc));
+                }
+                r->kept++;
+            } else {
+                r->malformed++; /* answered with an error result: nothing to verify */
+            }
+        } else if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR &&
+                   msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            mw_log(MW_LOG_WARN, "results", "consuming %s: %s", r->topic,
+                   rd_kafka_message_errstr(msg));
+        }
+        rd_kafka_message_destroy(msg);
+    }
+    return MW_OK;
+}
+
+struct verify_ctx {
+    mwctl_verifier_t *v;
+    struct requests_reader reader;
+    int64_t failed; /* ok results not verified */
+};
+
+static int show_result(const rd_kafka_message_t *msg, int print, const char *outdir,
+                       struct verify_ctx *vc)
 {
     char err[512], id[MW_REQUEST_ID_MAX * 3 + 8];
     mw_result_t res;
@@ -118,8 +261,22 @@ static int show_result(const rd_kafka_message_t *msg, int print, const char *out
     if (res.ok) {
         char shape[MW_TENSOR_MAX_DIMS * 21];
         mw_shape_format(&res.desc, shape, sizeof(shape));
-        printf("%s ok %s %s attempts=%" PRId64 " latency=%s\n", id, mw_dtype_name(res.desc.dtype),
-               shape, res.attempts, lat);
+        char verdict[700] = "";
+        if (vc != NULL) {
+            char e[600];
+            int rc = MW_OK;
+            if (!mwctl_verifier_has(vc->v, res.id, res.id_len))
+                rc = reader_catch_up(&vc->reader, vc->v, e, sizeof(e));
+            if (rc == MW_OK)
+                rc = mwctl_verifier_check(vc->v, &res, e, sizeof(e));
+            if (rc == MW_OK)
+                snprintf(verdict, sizeof(verdict), " verified");
+            else
+                snprintf(verdict, sizeof(verdict), " NOT VERIFIED: %s", e);
+            vc->failed += rc != MW_OK;
+        }
+        printf("%s ok %s %s attempts=%" PRId64 " latency=%s%s\n", id, mw_dtype_name(res.desc.dtype),
+               shape, res.attempts, lat, verdict);
         if (print)
             print_values(&res);
     } else {
@@ -145,11 +302,13 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
         {"follow", no_argument, NULL, 'f'},
         {"print", no_argument, NULL, 'P'},
         {"output", required_argument, NULL, 'o'},
+        {"verify", no_argument, NULL, 'V'},
+        {"model", required_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *pipeline = NULL, *outdir = NULL;
-    int from_beginning = 0, follow = 0, print = 0, c;
+    const char *pipeline = NULL, *outdir = NULL, *model = NULL;
+    int from_beginning = 0, follow = 0, print = 0, verify = 0, c;
     int64_t count = -1, idle_s = -1;
     char err[512];
     optind = 1;
@@ -185,6 +344,12 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
         case 'o':
             outdir = optarg;
             break;
+        case 'V':
+            verify = 1;
+            break;
+        case 'm':
+            model = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -199,6 +364,11 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
     }
     if (pipeline == NULL) {
         fprintf(stderr, "mwctl results: --pipeline is required\n");
+        return 2;
+    }
+    if (verify && model == NULL) {
+        fprintf(stderr, "mwctl results: --verify needs --model FILE (the model the pipeline "
+                        "serves)\n");
         return 2;
     }
     if (outdir != NULL && mkdir(outdir, 0777) != 0 && errno != EEXIST) {
@@ -216,12 +386,24 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
 
     char group[128];
     snprintf(group, sizeof(group), "mwctl-results-%ld-%ld", (long)getpid(), (long)time(NULL));
+    struct verify_ctx vctx = {0}, *vc = NULL;
+    if (verify) {
+        vc = &vctx;
+        if (mwctl_verifier_new(model, (int)cfg->model_threads, &vctx.v, err, sizeof(err)) !=
+                MW_OK ||
+            reader_open(&vctx.reader, cfg, pipeline, err, sizeof(err)) != MW_OK) {
+            fprintf(stderr, "mwctl results: --verify: %s\n", err);
+            reader_close(&vctx.reader);
+            mwctl_verifier_destroy(vctx.v);
+            return 1;
+        }
+    }
+    int status = 1;
     rd_kafka_t *rk = mw_kafka_consumer_new(cfg, group, NULL, err, sizeof(err));
     if (rk == NULL) {
         fprintf(stderr, "mwctl results: %s\n", err);
-        return 1;
+        goto out_verify;
     }
-    int status = 1;
     mw_topic_info_t info;
     if (mw_topic_describe(rk, topic, (int)cfg->kafka_timeout_ms, &info, err, sizeof(err)) !=
         MW_OK) {
@@ -256,7 +438,8 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
             continue;
         if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
             last = now_s();
-            int rc = show_result(msg, print, outdir);
+            int rc = show_result(msg, print, outdir, vc);
+            last = now_s(); /* reading P.requests for --verify is not idleness */
             seen += rc != MW_EINVAL && rc != MW_EIO;
             errors += rc == MW_EABORTED;
             bad += rc == MW_EINVAL;
@@ -274,7 +457,26 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
         fprintf(stderr, ", %" PRId64 " malformed records skipped", bad);
     fprintf(stderr, "\n");
     status = count > 0 && seen < count ? 1 : 0;
+    if (vc != NULL) {
+        mwctl_verify_stats_t vs;
+        mwctl_verifier_stats(vc->v, &vs);
+        fprintf(stderr,
+                "verify: %" PRId64 "/%" PRId64
+                " ok results bit-identical to the reference runner (%s)",
+                vs.verified, seen - errors, model);
+        if (vs.differ > 0 || vs.no_input > 0 || vc->failed > vs.differ + vs.no_input)
+            fprintf(stderr, "; %" PRId64 " DIFFER, %" PRId64 " without their request in %s",
+                    vs.differ, vc->failed - vs.differ, vc->reader.topic);
+        fprintf(stderr, "\n");
+        if (vc->failed > 0 || vs.verified != seen - errors)
+            status = 1;
+    }
 out_consumer:
     mw_kafka_destroy(rk);
+out_verify:
+    if (vc != NULL) {
+        reader_close(&vctx.reader);
+        mwctl_verifier_destroy(vctx.v);
+    }
     return status;
 }

@@ -7,6 +7,7 @@
 #include "log.h"
 #include "record.h"
 #include "topics.h"
+#include "verify.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -43,10 +44,14 @@ static void usage(FILE *out)
         "  --deadline-ms MS    set mw-deadline-ms to now + MS on each request\n"
         "  --wait              then read P.results (read_committed) until every request has a\n"
         "                      result; print latency percentiles and the error count\n"
+        "  --verify            with --wait: check every ok result against the reference runner\n"
+        "                      (the unsplit model of --model at batch 1, bit for bit); the\n"
+        "                      inputs are kept in memory until their result arrives\n"
+        "  --model FILE        the model the pipeline serves (safetensors), for --verify\n"
         "  --timeout-s S       give up waiting for acknowledgements/results after S s (300)\n"
         "  --no-progress       no progress output\n"
-        "exit status: 0 all produced and acknowledged (with --wait: all results ok), 1 not,\n"
-        "2 usage errors\n");
+        "exit status: 0 all produced and acknowledged (with --wait: all results ok; with\n"
+        "--verify: and all outputs equal to the reference), 1 not, 2 usage errors\n");
 }
 
 /* ---- request sources ------------------------------------------------------ */
@@ -297,6 +302,9 @@ struct submit {
     unsigned char *seen;
     int64_t *latencies;
     int64_t nlat;
+    double last_result_s;       /* when the last expected result arrived */
+    mwctl_verifier_t *verifier; /* --verify */
+    int64_t verify_shown;
 };
 
 static volatile sig_atomic_t interrupted;
@@ -468,6 +476,14 @@ static void take_result(struct submit *st, const rd_kafka_message_t *msg)
     }
     if (res.latency_us >= 0)
         st->latencies[st->nlat++] = res.latency_us;
+    st->last_result_s = now_s();
+    if (st->verifier != NULL && res.ok) {
+        char e[600];
+        if (mwctl_verifier_check(st->verifier, &res, e, sizeof(e)) != MW_OK &&
+            st->verify_shown++ < 5)
+            fprintf(stderr, "mwctl submit: %.*s: NOT VERIFIED: %s\n", (int)res.id_len,
+                    (const char *)res.id, e);
+    }
 }
 
 static int cmp_i64(const void *a, const void *b)
@@ -501,15 +517,17 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
         {"deadline-ms", required_argument, NULL, 'd'},
         {"wait", no_argument, NULL, 'w'},
         {"timeout-s", required_argument, NULL, 'T'},
+        {"verify", no_argument, NULL, 'V'},
+        {"model", required_argument, NULL, 'm'},
         {"no-progress", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *pipeline = NULL, *file = NULL, *dir = NULL, *shape = NULL, *dtype = "f32";
-    const char *prefix = NULL;
+    const char *prefix = NULL, *model = NULL;
     int64_t generate_n = -1, deadline_rel = 0, timeout_s = 300;
     uint64_t seed = 1;
-    int json = 0, wait = 0, no_progress = 0, c;
+    int json = 0, wait = 0, verify = 0, no_progress = 0, c;
     char err[1024];
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -572,6 +590,12 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
         case 'q':
             no_progress = 1;
             break;
+        case 'V':
+            verify = 1;
+            break;
+        case 'm':
+            model = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -590,6 +614,10 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
     }
     if ((generate_n >= 0) + (file != NULL) + (dir != NULL) > 1) {
         fprintf(stderr, "mwctl submit: give one of --generate, --file and --dir\n");
+        return 2;
+    }
+    if (verify && (!wait || model == NULL)) {
+        fprintf(stderr, "mwctl submit: --verify needs --wait and --model\n");
         return 2;
     }
     char topic[MW_TOPIC_NAME_MAX + 1], results_topic[MW_TOPIC_NAME_MAX + 1];
@@ -611,6 +639,7 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
         return 2;
     }
 
+    struct submit st = {.prefix = prefix, .prefix_len = strlen(prefix)};
     /* The input. */
     struct source src = {
         .total = -1, .seed = seed, .max_tensor_bytes = (uint64_t)cfg->records_max_tensor_bytes};
@@ -678,8 +707,12 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
         }
     }
 
-    struct submit st = {.prefix = prefix, .prefix_len = strlen(prefix)};
     rd_kafka_t *consumer = NULL;
+    if (verify && mwctl_verifier_new(model, (int)cfg->model_threads, &st.verifier, err,
+                                     sizeof(err)) != MW_OK) {
+        fprintf(stderr, "mwctl submit: --verify: %s\n", err);
+        goto out_source;
+    }
     if (wait) {
         /* Assigned at the current end before producing, so no result is missed. */
         consumer = results_consumer(cfg, results_topic, err, sizeof(err));
@@ -731,6 +764,9 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
             rd_kafka_poll(rk, 50); /* queue full: let deliveries drain */
         }
         mw_record_fini(&rec);
+        if (rc == MW_OK && st.verifier != NULL &&
+            mwctl_verifier_put(st.verifier, id, (size_t)idlen, &desc, src.buf, nbytes) != MW_OK)
+            rc = mw_errf(MW_ENOMEM, err, sizeof(err), "out of memory keeping inputs for --verify");
         if (rc != MW_OK) {
             progress_end(&prog);
             fprintf(stderr, "mwctl submit: request %s: %s\n", id, err);
@@ -795,9 +831,28 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
                    percentile_ms(st.latencies, st.nlat, 0.90),
                    percentile_ms(st.latencies, st.nlat, 0.99),
                    (double)st.latencies[st.nlat - 1] / 1000.0);
+        double span = st.last_result_s - prog.start;
+        if (st.results > 0 && span > 0)
+            printf("; throughput %.0f results/s (%.2f s from the first request to the last "
+                   "result)",
+                   (double)st.results / span, span);
         printf("\n");
         if (st.results < st.acked || st.errors > 0 || st.duplicates > 0)
             status = 1;
+        if (st.verifier != NULL) {
+            mwctl_verify_stats_t vs;
+            mwctl_verifier_stats(st.verifier, &vs);
+            int64_t ok = st.results - st.errors;
+            printf("verify: %" PRId64 "/%" PRId64
+                   " ok outputs bit-identical to the reference runner (%s)",
+                   vs.verified, ok, model);
+            if (vs.differ > 0 || vs.no_input > 0)
+                printf("; %" PRId64 " DIFFER, %" PRId64 " without a known input", vs.differ,
+                       vs.no_input);
+            printf("\n");
+            if (vs.verified != ok || ok == 0)
+                status = 1;
+        }
     }
 out_wait:
     free(st.seen);
@@ -808,6 +863,7 @@ out_wait:
 out_consumer:
     mw_kafka_destroy(consumer);
 out_source:
+    mwctl_verifier_destroy(st.verifier);
     source_fini(&src);
     return status;
 }

@@ -1,0 +1,53 @@
+/* mwctl's check of pipeline outputs against the reference runner: request
+ * inputs kept by request id, the unsplit model run on them at batch 1 (as a
+ * worker runs each request), and a bit-exact comparison with the result. */
+#ifndef MW_MWCTL_VERIFY_H
+#define MW_MWCTL_VERIFY_H
+
+#include "record.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mwctl_verifier mwctl_verifier_t;
+
+/* What a verifier has seen so far. */
+typedef struct mwctl_verify_stats {
+    int64_t verified; /* ok results bit-identical to the reference */
+    int64_t differ;   /* ok results that differ (or that the reference rejects) */
+    int64_t no_input; /* ok results whose request input is not known */
+    int64_t pending;  /* inputs kept, not matched by a result yet */
+} mwctl_verify_stats_t;
+
+/* Opens the model (the whole of it as one CPU stage, batch 1, threads OpenBLAS
+ * threads as config model.threads: the workers' setting). *out is the
+ * caller's to destroy. Errors name the file. Not thread-safe: one thread uses
+ * a verifier. */
+int mwctl_verifier_new(const char *model_path, int threads, mwctl_verifier_t **out, char *errstr,
+                       size_t errstr_size);
+
+/* Accepts NULL. */
+void mwctl_verifier_destroy(mwctl_verifier_t *v);
+
+/* Keeps a copy of a request's input under its id, until a result of that id
+ * is checked. The same id may be kept more than once (ids reused with other
+ * data): a result then matches any of them. An identical copy is not added
+ * twice. Returns MW_OK or MW_ENOMEM. */
+int mwctl_verifier_put(mwctl_verifier_t *v, const void *id, size_t id_len,
+                       const mw_tensor_desc_t *desc, const void *data, size_t nbytes);
+
+/* 1 when an input is kept for this id. */
+int mwctl_verifier_has(const mwctl_verifier_t *v, const void *id, size_t id_len);
+
+/* Checks one ok result: runs the model on the kept input of res->id and
+ * compares dtype, shape and bytes. MW_OK when identical; MW_EINVAL when they
+ * differ (errstr says where: "element 3 is 0.125 (0x3e000000), the reference
+ * 0.126 (0x3e010625)"); MW_ENOTFOUND when no input of that id is kept. A
+ * matched input is forgotten. Counts into the stats. Error results are not
+ * checked (MW_OK, nothing counted). */
+int mwctl_verifier_check(mwctl_verifier_t *v, const mw_result_t *res, char *errstr,
+                         size_t errstr_size);
+
+void mwctl_verifier_stats(const mwctl_verifier_t *v, mwctl_verify_stats_t *stats);
+
+#endif
