@@ -111,6 +111,8 @@ static const struct cfg_key keys[] = {
           "requests an origin holds at once; when full it pauses its Kafka partitions"),
     CFG_I("worker.queue_depth", worker_queue_depth, "64", 1, 1000000,
           "unfinished sends per world; a full world makes the router pick another"),
+    CFG_I("worker.compute_delay_us", worker_compute_delay_us, "0", 0, 1000000,
+          "testing: extra time each stage computation takes (simulates a slower device)"),
     CFG_E("results.delivery", results_delivery, "exactly-once", "exactly-once|at-least-once",
           "exactly-once: results and input offsets in one Kafka transaction; at-least-once: "
           "produce, then commit offsets"),

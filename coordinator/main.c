@@ -202,6 +202,15 @@ static void lead_once(coord_t *c)
     }
     plan->epoch = mw_lease_epoch(c->lease);
     plan->version = c->version + 1;
+    /* New and re-issued worlds: their members join under this version (README, Worlds). */
+    for (size_t i = 0; i < plan->nworlds; i++) {
+        if (plan->worlds[i].gen != 0)
+            continue;
+        plan->worlds[i].gen = plan->version;
+        if (mw_plan_find_world(c->prev, plan->worlds[i].name) != NULL)
+            mw_log(MW_LOG_INFO, "coordinator", "world %s reported broken: issued again as gen %lld",
+                   plan->worlds[i].name, (long long)plan->version);
+    }
     char *json = mw_plan_encode(plan);
     size_t added, removed;
     count_changes(c->prev, plan, &added, &removed);

@@ -158,7 +158,7 @@ int mw_plan_same(const mw_plan_t *a, const mw_plan_t *b)
     for (size_t i = 0; i < a->nworlds; i++) {
         const mw_plan_world_t *x = &a->worlds[i], *y = &b->worlds[i];
         if (strcmp(x->name, y->name) != 0 || strcmp(x->pipeline, y->pipeline) != 0 ||
-            strcmp(x->backend, y->backend) != 0 || x->nmembers != y->nmembers)
+            strcmp(x->backend, y->backend) != 0 || x->nmembers != y->nmembers || x->gen != y->gen)
             return 0;
         for (int m = 0; m < x->nmembers; m++)
             if (strcmp(x->members[m], y->members[m]) != 0)
@@ -584,6 +584,21 @@ static int reject(mw_plan_t *plan, const char *id, const char *fmt, ...)
     return MW_OK;
 }
 
+/* 1 when the report ("name@gen name@gen ...") names this incarnation of w. */
+static int reports_broken(const char *report, const mw_plan_world_t *w)
+{
+    size_t len = strlen(w->name);
+    for (const char *t = report; (t = strstr(t, w->name)) != NULL; t += len) {
+        if ((t != report && t[-1] != ' ') || t[len] != '@')
+            continue;
+        char *end = NULL;
+        long long gen = strtoll(t + len + 1, &end, 10);
+        if (gen == w->gen && (*end == ' ' || *end == '\0'))
+            return 1;
+    }
+    return 0;
+}
+
 /* Plans one pipeline: keeps prev's worlds between unchanged workers, fills new
  * workers up to the fanout, then makes sure every active worker is on a cycle. */
 static int plan_pipeline(mw_plan_t *plan, size_t *wcap, const mw_plan_pipeline_t *pp,
@@ -835,6 +850,14 @@ int mw_plan_compute(const mw_pipelines_t *spec, const mw_plan_member_t *members,
         rc = plan_pipeline(plan, &wcap, &plan->pipelines[p], prev, isnew, opt->max_fanout);
     if (rc != MW_OK)
         goto out_fail;
+    /* A kept world that one of its members reports broken is issued again (gen 0:
+     * the publisher stamps a new one), so that both ends join a new incarnation. */
+    for (size_t i = 0; i < plan->nworlds; i++)
+        for (int m = 0; m < plan->worlds[i].nmembers && plan->worlds[i].gen != 0; m++)
+            for (size_t k = 0; k < nmembers; k++)
+                if (strcmp(members[k].id, plan->worlds[i].members[m]) == 0 &&
+                    reports_broken(members[k].broken, &plan->worlds[i]))
+                    plan->worlds[i].gen = 0;
     if (plan->nworlds > 0)
         qsort(plan->worlds, plan->nworlds, sizeof(*plan->worlds), cmp_world);
     /* Names are unique unless two id pairs spell the same text ("a--s1-b"); hash those. */
@@ -915,6 +938,8 @@ char *mw_plan_encode(const mw_plan_t *plan)
         cJSON_AddStringToObject(jw, "name", w->name);
         cJSON_AddStringToObject(jw, "pipeline", w->pipeline);
         cJSON_AddStringToObject(jw, "backend", w->backend);
+        if (w->gen != 0)
+            cJSON_AddNumberToObject(jw, "gen", (double)w->gen);
         cJSON *m = cJSON_AddArrayToObject(jw, "members");
         for (int r = 0; r < w->nmembers; r++)
             cJSON_AddItemToArray(m, cJSON_CreateString(w->members[r]));
@@ -1055,6 +1080,10 @@ static int decode_world(const cJSON *jw, const mw_plan_t *plan, mw_plan_world_t 
         (strcmp(w->backend, "tcp") != 0 && strcmp(w->backend, "nccl") != 0))
         return mw_errf(MW_EINVAL, errstr, errstr_size,
                        "world '%s': \"backend\" must be \"tcp\" or \"nccl\"", w->name);
+    w->gen = 0;
+    if (field(jw, "gen") != NULL && get_int(jw, "gen", 0, INT64_C(1) << 53, &w->gen) != 0)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "world '%s': \"gen\" must be an integer >= 0", w->name);
     const cJSON *m = field(jw, "members");
     int n = cJSON_GetArraySize(m);
     if (!cJSON_IsArray(m) || n < 2 || n > MW_PLAN_WORLD_MAX_MEMBERS)

@@ -13,6 +13,7 @@
 #define MW_PLAN_WORLD_NAME_MAX    160 /* world name, with the NUL */
 #define MW_PLAN_WORLD_MAX_MEMBERS 8
 #define MW_PLAN_STAGE_AUTO        (-1)
+#define MW_PLAN_BROKEN_MAX        1024 /* a member's broken-world report, with the NUL */
 
 /* One live worker as registered in Redis: the planner's input. */
 typedef struct mw_plan_member {
@@ -22,6 +23,7 @@ typedef struct mw_plan_member {
     char device[MW_PLAN_DEVICE_MAX];
     int64_t capacity; /* relative capacity (>= 1) */
     int draining;     /* keeps its worlds, gets no new ones, is not relied on for routes */
+    char broken[MW_PLAN_BROKEN_MAX]; /* worlds it reports broken: "name@gen name@gen ..." */
 } mw_plan_member_t;
 
 /* A worker in the plan: its resolved stage. */
@@ -39,6 +41,8 @@ typedef struct mw_plan_world {
     char name[MW_PLAN_WORLD_NAME_MAX];
     char pipeline[MW_PIPELINE_NAME_MAX];
     char backend[8]; /* "tcp" or "nccl" */
+    int64_t gen;     /* join epoch of this incarnation (the plan version that issued it);
+                        0 in a plan without one: the members join under the plan's epoch */
     int nmembers;
     char members[MW_PLAN_WORLD_MAX_MEMBERS][MW_PLAN_ID_MAX];
 } mw_plan_world_t;

@@ -80,6 +80,11 @@ int dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *dat
         data = dp->in_aligned;
     }
     int rc = mw_stage_run(dp->st, desc, data, out_desc, out, errstr, errstr_size);
+    if (dp->cfg.worker_compute_delay_us > 0) { /* a slower device, for tests */
+        struct timespec ts = {.tv_sec = dp->cfg.worker_compute_delay_us / 1000000,
+                              .tv_nsec = (dp->cfg.worker_compute_delay_us % 1000000) * 1000};
+        nanosleep(&ts, NULL);
+    }
     if (rc == MW_OK)
         dp->counters.processed++;
     return rc;
@@ -306,10 +311,13 @@ static dp_reach_t *reach_compute(const mw_plan_t *plan, const char *pipeline, in
     if (r->bits == NULL)
         goto out_free;
     /* From the last stage back to stage 1: the last stage reaches the origins it
-     * has a world with; stage k reaches what its stage k+1 peers reach. */
+     * has a world with; stage k reaches what its stage k+1 peers reach. A
+     * draining worker reaches nothing, so that no one routes new work to it (it
+     * still forwards what it holds, and a draining origin still gets its results). */
     for (int k = nstages - 1; k >= 1; k--) {
         for (size_t wi = 0; wi < r->nworkers; wi++) {
-            if (plan_stage(plan, pipeline, r->workers[wi]) != k)
+            const mw_plan_worker_t *self = mw_plan_find_worker(plan, r->workers[wi]);
+            if (plan_stage(plan, pipeline, r->workers[wi]) != k || self == NULL || self->draining)
                 continue;
             for (size_t j = 0; j < plan->nworlds; j++) {
                 const mw_plan_world_t *pw = &plan->worlds[j];
@@ -343,7 +351,8 @@ out_free:
 /* Picks the downstream world for an activation of stage dp->stage: the origin
  * itself after the last stage, else the least loaded usable world to stage+1
  * that can reach the origin. *full is set when some route exists but every
- * such world's queue is full. */
+ * such world's queue is full or still joining (the caller holds the activation
+ * rather than aborting it: an immediate abort would only come back here). */
 static dp_link_t *pick_downstream(mw_dataplane_t *dp, const char *origin, int *full)
 {
     dp_link_t *best = NULL;
@@ -354,7 +363,12 @@ static dp_link_t *pick_downstream(mw_dataplane_t *dp, const char *origin, int *f
             continue;
         if (next == 0 ? strcmp(l->peer, origin) != 0 : !dp_reaches(dp, l, origin))
             continue;
-        if (mw_world_state(l->w) != MW_WORLD_READY)
+        mw_world_state_t st = mw_world_state(l->w);
+        if (st == MW_WORLD_JOINING) {
+            *full = 1; /* a route is coming (a new worker, a world issued again): hold */
+            continue;
+        }
+        if (st != MW_WORLD_READY)
             continue;
         if (l->nsends >= dp->cfg.worker_queue_depth) {
             *full = 1;

@@ -49,7 +49,9 @@ typedef struct worker {
     mw_plan_world_t *worlds;          /* current worlds (the reconciliation's "current") */
     size_t nworlds;
     int in_plan;
-    mw_serving_t *serving; /* worlds and data plane */
+    int64_t drain_epoch, drain_version; /* first plan applied that shows us draining */
+    mw_serving_stats_t reported;        /* counters as of the last activity report */
+    mw_serving_t *serving;              /* worlds and data plane */
 } worker_t;
 
 /* ---------------------------------------------------------------- notices */
@@ -154,6 +156,10 @@ static void apply_plan(worker_t *w, const mw_plan_t *plan)
     mw_serving_apply(w->serving, plan, &d);
     mw_reconcile_fini(&d);
     w->in_plan = me != NULL;
+    if (me != NULL && me->draining && w->drain_version == 0) {
+        w->drain_epoch = plan->epoch;
+        w->drain_version = plan->version;
+    }
     w->info.assigned_stage = me ? me->stage : -1;
     w->info.worlds_total = (int64_t)w->nworlds;
     w->info.plan_epoch = plan->epoch;
@@ -243,10 +249,105 @@ static void refresh_stats(worker_t *w)
     w->info.inflight = st.inflight;
     w->info.processed = st.processed;
     w->info.errors = st.errors;
+    mw_serving_broken(w->serving, w->info.broken, sizeof(w->info.broken));
 }
 
-/* SIGTERM: draining (no new work; the plan stops routing to us), wait for in-flight
- * requests, then leave: keys removed, `leave` event. */
+/* 1 once no peer routes new work to us: we are not planned, or every peer of our
+ * worlds has applied a plan that shows us draining (or is gone). */
+static int peers_stopped_routing(worker_t *w)
+{
+    if (!w->in_plan)
+        return 1;
+    if (w->drain_version == 0)
+        return 0;
+    for (size_t i = 0; i < w->nworlds; i++) {
+        for (int m = 0; m < w->worlds[i].nmembers; m++) {
+            const char *peer = w->worlds[i].members[m];
+            if (strcmp(peer, w->info.id) == 0)
+                continue;
+            redisReply *reply = NULL;
+            if (mw_redis_cmd(w->r, &reply, "HMGET %sworker:%s plan_epoch plan_version",
+                             mw_redis_prefix(w->r), peer) != MW_OK)
+                return 0;
+            int done = 1; /* no hash: the peer is gone */
+            if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+                reply->element[0]->type == REDIS_REPLY_STRING &&
+                reply->element[1]->type == REDIS_REPLY_STRING) {
+                long long e = atoll(reply->element[0]->str), v = atoll(reply->element[1]->str);
+                done = e > w->drain_epoch || (e == w->drain_epoch && v >= w->drain_version);
+            }
+            freeReplyObject(reply);
+            if (!done)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* Growth of a counter since the last report; a data plane that was re-created
+ * starts its counters over. */
+static int64_t delta(int64_t now, int64_t before)
+{
+    return now >= before ? now - before : now;
+}
+
+/* Data-plane activity into Redis (DESIGN §5), from the main thread so that the
+ * engine never waits on Redis: the counters into `worker:{id}:stats` (expires
+ * unless refreshed), their growth into `stats:{pipeline}`, and one coalesced
+ * `replay`, `abort` and `dlq` event per kind and heartbeat when there was any. */
+static void report_activity(worker_t *w)
+{
+    mw_serving_stats_t st;
+    if (w->serving == NULL || w->redis_down)
+        return;
+    mw_serving_stats(w->serving, &st);
+    const mw_serving_stats_t *b = &w->reported;
+    const char *pfx = mw_redis_prefix(w->r);
+    redisReply *reply = NULL;
+    if (mw_redis_cmd(w->r, &reply,
+                     "HSET %sworker:%s:stats processed %lld results %lld errors %lld replays %lld "
+                     "aborts %lld inflight %lld",
+                     pfx, w->info.id, (long long)st.processed, (long long)st.results,
+                     (long long)st.errors, (long long)st.replays, (long long)st.aborts,
+                     (long long)st.inflight) != MW_OK)
+        return;
+    freeReplyObject(reply);
+    int64_t ttl = 10 * w->cfg->heartbeat_ttl_ms;
+    if (mw_redis_cmd(w->r, &reply, "PEXPIRE %sworker:%s:stats %lld", pfx, w->info.id,
+                     (long long)ttl) == MW_OK)
+        freeReplyObject(reply);
+    const struct {
+        const char *field, *event, *what;
+        int64_t n;
+    } grew[] = {
+        {"processed", NULL, NULL, delta(st.processed, b->processed)},
+        {"results", NULL, NULL, delta(st.results, b->results)},
+        {"errors", "dlq", "request(s) answered with an error and copied to the DLQ",
+         delta(st.errors, b->errors)},
+        {"replays", "replay", "request(s) dispatched again after a failed attempt",
+         delta(st.replays, b->replays)},
+        {"aborts", "abort", "abort(s) sent upstream for requests on broken worlds",
+         delta(st.aborts, b->aborts)},
+    };
+    for (size_t i = 0; i < sizeof(grew) / sizeof(grew[0]); i++) {
+        if (grew[i].n <= 0)
+            continue;
+        if (mw_redis_cmd(w->r, &reply, "HINCRBY %sstats:%s %s %lld", pfx, w->info.pipeline,
+                         grew[i].field, (long long)grew[i].n) == MW_OK)
+            freeReplyObject(reply);
+        if (grew[i].event != NULL) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "%lld %s", (long long)grew[i].n, grew[i].what);
+            mw_events_add(w->r, w->cfg->events_maxlen, grew[i].event, "worker", w->info.id, "msg",
+                          msg, (const char *)NULL);
+        }
+    }
+    w->reported = st;
+}
+
+/* SIGTERM: draining (no new work; the plan stops routing to us), wait until every
+ * peer applied that plan and no request is in flight here, then leave: keys
+ * removed, `leave` event. Heartbeats and plans go on meanwhile. */
 static void drain_and_leave(worker_t *w)
 {
     mw_serving_drain(w->serving);
@@ -257,12 +358,38 @@ static void drain_and_leave(worker_t *w)
     heartbeat(w);
     mw_events_add(w->r, w->cfg->events_maxlen, "drain", "worker", w->info.id, (const char *)NULL);
     int64_t deadline = mono_ms() + w->cfg->worker_drain_timeout_ms;
-    while (w->info.inflight > 0 && mono_ms() < deadline) {
-        sub_wait(w, 50);
+    int64_t next_beat = mono_ms() + w->cfg->heartbeat_interval_ms, quiet_since = -1;
+    for (;;) {
+        int64_t now = mono_ms();
+        if (now >= deadline) {
+            mw_log(MW_LOG_WARN, "worker",
+                   "drain timed out after %lld ms: leaving with %lld request(s) in flight",
+                   (long long)w->cfg->worker_drain_timeout_ms, (long long)w->info.inflight);
+            break;
+        }
+        if (now >= next_beat) {
+            heartbeat(w);
+            report_activity(w);
+            next_beat = now + w->cfg->heartbeat_interval_ms;
+        }
+        check_plan(w);
         refresh_stats(w);
+        /* A request sent just before a peer applied the plan may still be on its
+         * way: leave only after a short quiet period. */
+        if (w->info.inflight > 0 || !peers_stopped_routing(w))
+            quiet_since = -1;
+        else if (quiet_since < 0)
+            quiet_since = now;
+        else if (now - quiet_since >= 100)
+            break;
+        sub_wait(w, 20);
     }
     mw_serving_destroy(w->serving); /* commits what is done, leaves the consumer group */
     w->serving = NULL;
+    redisReply *reply = NULL;
+    if (mw_redis_cmd(w->r, &reply, "DEL %sworker:%s:stats", mw_redis_prefix(w->r), w->info.id) ==
+        MW_OK)
+        freeReplyObject(reply);
     int rc = mw_member_leave(w->r, w->info.id, "drained (SIGTERM)", w->cfg->events_maxlen);
     if (rc != MW_OK)
         mw_log(MW_LOG_WARN, "worker", "could not remove my keys (%s): the sweep will",
@@ -419,6 +546,7 @@ int main(int argc, char **argv)
             }
             refresh_stats(&w);
             heartbeat(&w);
+            report_activity(&w);
             notice = 1; /* poll the plan at every heartbeat too, in case a notice was missed */
         }
         if (notice && !w.redis_down)

@@ -160,7 +160,9 @@ int mw_member_heartbeat(mw_redis_t *r, const mw_member_info_t *in, int64_t event
                           "errors",
                           errs,
                           "last_error",
-                          in->last_error};
+                          in->last_error,
+                          "broken",
+                          in->broken};
     redisReply *reply = NULL;
     int rc = mw_redis_eval(r, &heartbeat_script, &reply, 3, keys,
                            (int)(sizeof(args) / sizeof(args[0])), args, NULL);
@@ -249,6 +251,8 @@ static void parse_hash(const redisReply *h, mw_member_record_t *rec)
             rec->started_ms = to_i64(v, &ok);
         else if (strcmp(k, "last_error") == 0)
             snprintf(in->last_error, sizeof(in->last_error), "%s", v);
+        else if (strcmp(k, "broken") == 0)
+            snprintf(in->broken, sizeof(in->broken), "%s", v);
         if (!ok && !bad_number) {
             bad_number = 1;
             snprintf(rec->invalid, sizeof(rec->invalid),
@@ -323,4 +327,5 @@ void mw_member_to_plan(const mw_member_record_t *rec, mw_plan_member_t *m)
     m->stage = rec->info.stage;
     m->capacity = rec->info.capacity;
     m->draining = rec->info.state == MW_MEMBER_DRAINING;
+    snprintf(m->broken, sizeof(m->broken), "%s", rec->info.broken);
 }

@@ -34,6 +34,7 @@ typedef struct mw_member_info {
     int64_t worlds_up, worlds_total;
     int64_t inflight, processed, errors;
     char last_error[160];
+    char broken[MW_PLAN_BROKEN_MAX]; /* worlds broken while planned: "name@gen ..." */
 } mw_member_info_t;
 
 /* A worker as read from Redis. */

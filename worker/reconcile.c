@@ -15,7 +15,7 @@ int mw_reconcile_should_apply(int64_t seen_epoch, int64_t seen_version, int64_t 
 static int same_world(const mw_plan_world_t *a, const mw_plan_world_t *b)
 {
     if (strcmp(a->name, b->name) != 0 || strcmp(a->backend, b->backend) != 0 ||
-        a->nmembers != b->nmembers)
+        a->nmembers != b->nmembers || a->gen != b->gen)
         return 0;
     for (int i = 0; i < a->nmembers; i++)
         if (strcmp(a->members[i], b->members[i]) != 0)

@@ -25,8 +25,8 @@ int mw_reconcile_should_apply(int64_t seen_epoch, int64_t seen_version, int64_t 
 
 /* The worlds of plan that have self as a member versus current (n worlds). A world
  * whose name is in both but whose members or backend differ is destroyed and
- * created again. plan may be NULL (everything is destroyed). out owns three arrays
- * freed by mw_reconcile_fini. Pure. */
+ * created again, and so is one whose gen (incarnation) changed. plan may be NULL (everything is
+ * destroyed). out owns three arrays freed by mw_reconcile_fini. Pure. */
 int mw_reconcile_diff(const mw_plan_t *plan, const char *self, const mw_plan_world_t *current,
                       size_t ncurrent, mw_reconcile_t *out);
 

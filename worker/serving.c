@@ -15,7 +15,8 @@
 typedef struct sv_world {
     struct sv_world *next;
     char name[MW_PLAN_WORLD_NAME_MAX];
-    mw_world_t *w;
+    mw_world_t *w; /* NULL when the join failed at once */
+    int64_t gen;   /* incarnation, as the plan issued it */
     char peer[MW_PLAN_ID_MAX];
     int rank;
     int host; /* a TCP world: the data plane moves host buffers only */
@@ -52,7 +53,9 @@ int mw_serving_new(const mw_config_t *cfg, const char *worker_id, mw_serving_t *
 
 static void world_drop(mw_serving_t *s, sv_world_t *sw)
 {
-    if (s->dp != NULL && sw->host)
+    if (sw->w == NULL)
+        ; /* its join failed: nothing to leave */
+    else if (s->dp != NULL && sw->host)
         mw_dataplane_world_removed(s->dp, sw->w); /* destroys it */
     else
         mw_world_destroy(sw->w);
@@ -97,7 +100,7 @@ static void dataplane_start(mw_serving_t *s, const mw_plan_t *plan)
     if (s->draining)
         mw_dataplane_drain(s->dp);
     for (sv_world_t *sw = s->worlds; sw != NULL; sw = sw->next)
-        if (sw->host)
+        if (sw->host && sw->w != NULL)
             mw_dataplane_world_added(s->dp, sw->w, sw->peer, peer_stage(plan, sw->peer), sw->rank);
 }
 
@@ -132,24 +135,27 @@ void mw_serving_apply(mw_serving_t *s, const mw_plan_t *plan, const mw_reconcile
         snprintf(sw->name, sizeof(sw->name), "%s", pw->name);
         snprintf(sw->peer, sizeof(sw->peer), "%s", pw->members[1 - rank]);
         sw->rank = rank;
+        sw->gen = pw->gen;
         sw->host = strcmp(pw->backend, "nccl") != 0;
         if (!sw->host)
             mw_log(MW_LOG_WARN, FAC,
                    "world %s is NCCL: joined, but the data plane only uses TCP worlds", pw->name);
+        /* Both ends take the epoch from the plan's world, so a re-issued world
+         * (new gen) is a new incarnation with its own rendezvous. */
         mw_world_opts_t o = {.name = pw->name,
-                             .epoch = plan->epoch,
+                             .epoch = pw->gen != 0 ? pw->gen : plan->epoch,
                              .size = pw->nmembers,
                              .rank = rank,
                              .backend = strcmp(pw->backend, "nccl") == 0 ? MW_BACKEND_NCCL
                                                                          : MW_BACKEND_TCP,
                              .device = 0};
+        sw->next = s->worlds;
+        s->worlds = sw; /* kept even when the join fails: reported broken, issued again */
         if (mw_world_join(s->ctx, &o, &sw->w, err, sizeof(err)) != MW_OK) {
             mw_log(MW_LOG_WARN, FAC, "cannot join world %s: %s", pw->name, err);
-            free(sw);
+            sw->w = NULL;
             continue;
         }
-        sw->next = s->worlds;
-        s->worlds = sw;
         if (s->dp != NULL && sw->host)
             mw_dataplane_world_added(s->dp, sw->w, sw->peer, peer_stage(plan, sw->peer), rank);
     }
@@ -170,7 +176,7 @@ void mw_serving_stats(mw_serving_t *s, mw_serving_stats_t *stats)
 {
     memset(stats, 0, sizeof(*stats));
     for (sv_world_t *sw = s->worlds; sw != NULL; sw = sw->next)
-        stats->worlds_up += mw_world_state(sw->w) == MW_WORLD_READY;
+        stats->worlds_up += sw->w != NULL && mw_world_state(sw->w) == MW_WORLD_READY;
     if (s->dp != NULL) {
         mw_dataplane_stats_t d;
         mw_dataplane_stats(s->dp, &d);
@@ -178,6 +184,26 @@ void mw_serving_stats(mw_serving_t *s, mw_serving_stats_t *stats)
         stats->processed = d.processed;
         stats->errors = d.errors;
         stats->replays = d.replays;
+        stats->results = d.results;
+        stats->aborts = d.aborts;
+    }
+}
+
+void mw_serving_broken(mw_serving_t *s, char *buf, size_t size)
+{
+    size_t len = 0;
+    buf[0] = '\0';
+    for (sv_world_t *sw = s->worlds; sw != NULL; sw = sw->next) {
+        mw_world_state_t st = sw->w != NULL ? mw_world_state(sw->w) : MW_WORLD_BROKEN;
+        if (st != MW_WORLD_BROKEN && st != MW_WORLD_CLOSED)
+            continue;
+        int n = snprintf(buf + len, size - len, "%s%s@%lld", len > 0 ? " " : "", sw->name,
+                         (long long)sw->gen);
+        if (n < 0 || (size_t)n >= size - len) {
+            buf[len] = '\0'; /* the rest is reported once these are issued again */
+            break;
+        }
+        len += (size_t)n;
     }
 }
 

@@ -37,9 +37,15 @@ void mw_serving_drain(mw_serving_t *s);
 typedef struct mw_serving_stats {
     int64_t worlds_up; /* READY worlds */
     int64_t inflight, processed, errors, replays;
+    int64_t results, aborts; /* see mw_dataplane_stats_t */
 } mw_serving_stats_t;
 
 void mw_serving_stats(mw_serving_t *s, mw_serving_stats_t *stats);
+
+/* The planned worlds that broke, closed or failed to join, as "name@gen name@gen"
+ * (what the heartbeat reports, so that the coordinator issues them again under a
+ * new gen; README, Worlds). Truncated to whole entries. Main thread. */
+void mw_serving_broken(mw_serving_t *s, char *buf, size_t size);
 
 /* 0, or the data plane's fatal error (see mw_dataplane_error): the worker should exit. */
 int mw_serving_error(mw_serving_t *s, char *errstr, size_t errstr_size);

@@ -62,6 +62,20 @@ static pid_t spawn(mwt_pipeline_t *p, const char *prog, const char *const *extra
 mwt_pipeline_t *mwt_pipeline_new(const char *suffix, int nstages, int layers, int partitions,
                                  const char *const *worker_flags)
 {
+    mw_model_spec_t spec = {.layers = layers,
+                            .inputs = IN_FEATURES,
+                            .hidden = HIDDEN,
+                            .outputs = OUT_FEATURES,
+                            .seed = 7,
+                            .activation = MW_ACT_GELU,
+                            .layernorm = 1,
+                            .residual = 1};
+    return mwt_pipeline_new_model(suffix, nstages, &spec, partitions, worker_flags);
+}
+
+mwt_pipeline_t *mwt_pipeline_new_model(const char *suffix, int nstages, const mw_model_spec_t *spec,
+                                       int partitions, const char *const *worker_flags)
+{
     char err[512];
     mwt_pipeline_t *p = calloc(1, sizeof(*p));
     if (p == NULL)
@@ -71,20 +85,12 @@ mwt_pipeline_t *mwt_pipeline_new(const char *suffix, int nstages, int layers, in
     snprintf(p->name, sizeof(p->name), "%s", mwt_name(suffix));
     p->nstages = nstages;
     p->partitions = partitions;
-    p->in_features = IN_FEATURES;
-    p->out_features = OUT_FEATURES;
+    p->in_features = spec->inputs;
+    p->out_features = spec->outputs;
     p->worker_flags = worker_flags;
     const char *dir = getenv("MWTEST_DIR") ? getenv("MWTEST_DIR") : "/tmp";
     snprintf(p->model_path, sizeof(p->model_path), "%s/%s.safetensors", dir, p->name);
-    mw_model_spec_t spec = {.layers = layers,
-                            .inputs = IN_FEATURES,
-                            .hidden = HIDDEN,
-                            .outputs = OUT_FEATURES,
-                            .seed = 7,
-                            .activation = MW_ACT_GELU,
-                            .layernorm = 1,
-                            .residual = 1};
-    if (mw_model_generate(&spec, p->model_path, err, sizeof(err)) != MW_OK)
+    if (mw_model_generate(spec, p->model_path, err, sizeof(err)) != MW_OK)
         die("model", err);
 
     rd_kafka_t *admin = mw_topics_admin_new(&p->cfg, err, sizeof(err));
@@ -97,14 +103,22 @@ mwt_pipeline_t *mwt_pipeline_new(const char *suffix, int nstages, int layers, in
     if (p->producer == NULL)
         die("producer", err);
 
+    p->coordinator = mwt_pipeline_coordinator(p);
+    return p;
+}
+
+pid_t mwt_pipeline_coordinator(mwt_pipeline_t *p)
+{
     char spec_flag[900];
     snprintf(spec_flag, sizeof(spec_flag),
-             "--pipeline.spec={\"name\":\"%s\",\"stages\":%d,\"model\":\"%s\"}", p->name, nstages,
-             p->model_path);
+             "--pipeline.spec={\"name\":\"%s\",\"stages\":%d,\"model\":\"%s\"}", p->name,
+             p->nstages, p->model_path);
     const char *extra[] = {spec_flag, "--coordinator.interval_ms=50", "--coordinator.lease_ms=1000",
                            NULL};
-    p->coordinator = spawn(p, "mw-coordinator", extra, NULL);
-    return p;
+    pid_t pid = spawn(p, "mw-coordinator", extra, NULL);
+    if (p->coordinator > 0 && p->nstandbys < (int)(sizeof(p->standbys) / sizeof(p->standbys[0])))
+        p->standbys[p->nstandbys++] = pid;
+    return pid;
 }
 
 int mwt_pipeline_worker(mwt_pipeline_t *p, int stage, const char *id)
@@ -206,6 +220,10 @@ void mwt_pipeline_destroy(mwt_pipeline_t *p)
     if (p->coordinator > 0) {
         kill(-p->coordinator, SIGKILL);
         mwt_wait_exit(p->coordinator, 5000);
+    }
+    for (int i = 0; i < p->nstandbys; i++) {
+        kill(-p->standbys[i], SIGKILL);
+        mwt_wait_exit(p->standbys[i], 5000);
     }
     mw_kafka_destroy(p->producer);
     unlink(p->model_path);
@@ -309,6 +327,7 @@ static void tally_open(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, in
     t->mismatch = calloc((size_t)n, sizeof(int));
     t->attempts_max = calloc((size_t)n, sizeof(int64_t));
     t->first_offset = calloc((size_t)n, sizeof(int64_t));
+    t->latency_us = calloc((size_t)n, sizeof(int64_t));
     snprintf(topic, sizeof(topic), "%s.%s", p->name, suffix);
     snprintf(group, sizeof(group), "%s.reader.%d", topic, rand());
     mw_config_t cfg;
@@ -392,6 +411,8 @@ int mwt_pipeline_read(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int
             }
             if (res.attempts > t->attempts_max[i])
                 t->attempts_max[i] = res.attempts;
+            if (res.latency_us > t->latency_us[i])
+                t->latency_us[i] = res.latency_us;
         }
         rd_kafka_message_destroy(msg);
     }
@@ -407,5 +428,6 @@ void mwt_tally_fini(mwt_tally_t *t)
     free(t->mismatch);
     free(t->attempts_max);
     free(t->first_offset);
+    free(t->latency_us);
     memset(t, 0, sizeof(*t));
 }

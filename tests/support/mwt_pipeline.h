@@ -5,6 +5,7 @@
 #define MWT_PIPELINE_H
 
 #include "config.h"
+#include "model.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdint.h>
@@ -18,7 +19,9 @@ typedef struct mwt_pipeline {
     char model_path[512];
     int nstages, partitions;
     int in_features, out_features;
-    pid_t coordinator;
+    pid_t coordinator; /* the first coordinator */
+    pid_t standbys[4]; /* more coordinators (mwt_pipeline_coordinator) */
+    int nstandbys;
     pid_t pids[MWT_MAX_WORKERS];
     int stages[MWT_MAX_WORKERS];
     int nworkers;
@@ -31,6 +34,16 @@ typedef struct mwt_pipeline {
  * coordinator planning the pipeline (nstages stages). Fails the test on error. */
 mwt_pipeline_t *mwt_pipeline_new(const char *suffix, int nstages, int layers, int partitions,
                                  const char *const *worker_flags);
+
+/* The same with a model of the caller's choice (in_features/out_features follow
+ * spec; mwt_pipeline_submit and mwt_pipeline_reference assume 16 inputs and 8
+ * outputs, so use them only with such a spec). */
+mwt_pipeline_t *mwt_pipeline_new_model(const char *suffix, int nstages, const mw_model_spec_t *spec,
+                                       int partitions, const char *const *worker_flags);
+
+/* Starts one more coordinator of the pipeline (a standby while another leads);
+ * killed by mwt_pipeline_destroy. Returns its pid. */
+pid_t mwt_pipeline_coordinator(mwt_pipeline_t *p);
 
 /* Kills every process (SIGKILL) and frees p. */
 void mwt_pipeline_destroy(mwt_pipeline_t *p);
@@ -67,6 +80,7 @@ typedef struct mwt_tally {
     int *mismatch; /* of them, ok results whose tensor differs from the reference */
     int64_t *attempts_max;
     int64_t *first_offset; /* where the first record of each key is (partition << 48 | offset) */
+    int64_t *latency_us;   /* largest mw-latency-us of its results (0: none) */
     int distinct, total, foreign;
     rd_kafka_t *consumer;
     int partitions, eof;

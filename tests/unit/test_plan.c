@@ -378,6 +378,44 @@ static void kill_of_a_worker_removes_only_its_worlds(void **state)
     mw_pipelines_fini(&spec);
 }
 
+static void world_reported_broken_is_issued_again_and_others_untouched(void **state)
+{
+    (void)state;
+    mw_pipelines_t spec = spec_of("P:2");
+    mw_plan_member_t m[3] = {member("o1", "P", 0, "cpu"), member("l1", "P", 1, "cpu"),
+                             member("l2", "P", 1, "cpu")};
+    mw_plan_t *p1 = compute(&spec, m, 3, NULL, 4);
+    assert_int_equal(p1->nworlds, 2);
+    for (size_t i = 0; i < p1->nworlds; i++) {
+        assert_int_equal(p1->worlds[i].gen, 0); /* new: the publisher stamps them */
+        p1->worlds[i].gen = 7;
+    }
+    /* A report of another incarnation, or of an unknown world, changes nothing. */
+    snprintf(m[1].broken, sizeof(m[1].broken), "P.s0-o1--s1-l1@6 nope@7 P.s0-o1--s1-l1x@7");
+    mw_plan_t *p2 = compute(&spec, m, 3, p1, 4);
+    assert_true(mw_plan_same(p1, p2));
+    /* The current incarnation: that world gets gen 0 (issued again), the other stays. */
+    snprintf(m[1].broken, sizeof(m[1].broken), "x@1 P.s0-o1--s1-l1@7");
+    mw_plan_t *p3 = compute(&spec, m, 3, p1, 4);
+    assert_false(mw_plan_same(p1, p3));
+    assert_int_equal(p3->nworlds, 2);
+    assert_int_equal(mw_plan_find_world(p3, "P.s0-o1--s1-l1")->gen, 0);
+    assert_int_equal(mw_plan_find_world(p3, "P.s0-o1--s1-l2")->gen, 7);
+    /* gen survives the JSON form. */
+    p3->worlds[0].gen = 12;
+    char *json = mw_plan_encode(p3);
+    mw_plan_t *back = NULL;
+    assert_int_equal(mw_plan_decode(json, strlen(json), &back, err, sizeof(err)), MW_OK);
+    assert_true(mw_plan_same(p3, back));
+    assert_int_equal(back->worlds[0].gen, 12);
+    free(json);
+    mw_plan_destroy(back);
+    mw_plan_destroy(p1);
+    mw_plan_destroy(p2);
+    mw_plan_destroy(p3);
+    mw_pipelines_fini(&spec);
+}
+
 static void three_stage_ring_returns_to_origins(void **state)
 {
     (void)state;
@@ -680,6 +718,7 @@ int main(void)
         cmocka_unit_test(full_fanout_changes_only_worlds_of_joiners_and_leavers),
         cmocka_unit_test(fresh_plan_respects_fanout_where_stage_sizes_allow),
         cmocka_unit_test(kill_of_a_worker_removes_only_its_worlds),
+        cmocka_unit_test(world_reported_broken_is_issued_again_and_others_untouched),
         cmocka_unit_test(three_stage_ring_returns_to_origins),
         cmocka_unit_test(single_stage_pipeline_has_no_worlds),
         cmocka_unit_test(gpu_pairs_use_nccl_and_others_tcp),

@@ -87,6 +87,28 @@ static void same_name_with_other_backend_is_recreated(void **state)
     mw_plan_destroy(p);
 }
 
+static void a_world_issued_again_is_recreated(void **state)
+{
+    (void)state;
+    mw_plan_t *p = plan_of(HEAD "\"worlds\": ["
+                                "{\"name\": \"w-ab\", \"pipeline\": \"P\", \"backend\": \"tcp\", "
+                                "\"gen\": 9, \"members\": [\"a\", \"b\"]}]}");
+    mw_plan_world_t cur = *mw_plan_find_world(p, "w-ab");
+    assert_int_equal(cur.gen, 9);
+    mw_reconcile_t d;
+    assert_int_equal(mw_reconcile_diff(p, "a", &cur, 1, &d), MW_OK);
+    assert_int_equal(d.nkeep, 1);
+    mw_reconcile_fini(&d);
+    cur.gen = 4; /* the incarnation we hold is older */
+    assert_int_equal(mw_reconcile_diff(p, "a", &cur, 1, &d), MW_OK);
+    assert_int_equal(d.nkeep, 0);
+    assert_int_equal(d.ndestroy, 1);
+    assert_int_equal(d.ncreate, 1);
+    assert_int_equal(d.create[0].gen, 9);
+    mw_reconcile_fini(&d);
+    mw_plan_destroy(p);
+}
+
 static void plans_of_an_older_epoch_are_never_applied(void **state)
 {
     (void)state;
@@ -103,6 +125,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(diff_creates_new_destroys_removed_and_keeps_the_rest),
         cmocka_unit_test(same_name_with_other_backend_is_recreated),
+        cmocka_unit_test(a_world_issued_again_is_recreated),
         cmocka_unit_test(plans_of_an_older_epoch_are_never_applied),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
