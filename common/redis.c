@@ -1,4 +1,5 @@
 /* Redis client helper: timeouts, reconnection with backoff, scripts by SHA. */
+#include "clock.h"
 #include "redis.h"
 
 #include "err.h"
@@ -30,13 +31,6 @@ struct mw_redis {
     char errstr[512];
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static struct timeval tv_ms(int64_t ms)
 {
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
@@ -56,7 +50,7 @@ static void schedule_retry(mw_redis_t *r)
     r->backoff_ms = r->backoff_ms == 0 ? BACKOFF_START_MS : r->backoff_ms * 2;
     if (r->backoff_ms > r->retry_max_ms)
         r->backoff_ms = r->retry_max_ms;
-    r->next_attempt_ms = now_ms() + r->backoff_ms;
+    r->next_attempt_ms = mw_now_ms() + r->backoff_ms;
 }
 
 /* Sends one preformatted command on the current connection; NULL reply means
@@ -104,10 +98,10 @@ static int setup_session(mw_redis_t *r)
 
 static int try_connect(mw_redis_t *r)
 {
-    if (now_ms() < r->next_attempt_ms) {
+    if (mw_now_ms() < r->next_attempt_ms) {
         snprintf(r->errstr, sizeof(r->errstr),
                  "Redis %.200s:%d unreachable; next reconnection attempt in %lld ms", r->host,
-                 r->port, (long long)(r->next_attempt_ms - now_ms()));
+                 r->port, (long long)(r->next_attempt_ms - mw_now_ms()));
         return MW_EUNAVAIL;
     }
     r->ctx = redisConnectWithTimeout(r->host, r->port, tv_ms(r->connect_timeout_ms));

@@ -1,5 +1,6 @@
 /* Worlds: the context and its progress and rendezvous threads, the join state
  * machine, requests, collectives and the watchdog (see world.h, world_int.h). */
+#include "clock.h"
 #include "world_int.h"
 
 #include "err.h"
@@ -21,13 +22,6 @@ struct cb_event {
     mw_world_event_t ev;
     mw_world_t *w; /* reference held until delivered */
 };
-
-int64_t mw_world_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void timespec_at(int64_t deadline_ms, struct timespec *ts)
 {
@@ -155,8 +149,8 @@ static void rdv_push(mw_worlds_t *ctx, int type, mw_world_t *w, int64_t delay_ms
     world_ref(w);
     snprintf(job->name, sizeof(job->name), "%s", w->name);
     job->epoch = w->epoch;
-    job->not_before_ms = mw_world_now_ms() + delay_ms;
-    job->ttl_ms = (w->join_deadline_ms - mw_world_now_ms()) + 60000;
+    job->not_before_ms = mw_now_ms() + delay_ms;
+    job->ttl_ms = (w->join_deadline_ms - mw_now_ms()) + 60000;
     if (type == RDV_PUBLISH &&
         mw_rdv_record_format(&w->rdv, job->record, sizeof(job->record)) < 0) {
         free(job);
@@ -242,7 +236,7 @@ static void *rdv_main(void *arg)
     mw_redis_t *r = NULL;
     pthread_mutex_lock(&ctx->lock);
     for (;;) {
-        int64_t now = mw_world_now_ms(), next = -1;
+        int64_t now = mw_now_ms(), next = -1;
         mw_rdv_job_t **pp = &ctx->jobs, *job = NULL, *prev = NULL;
         for (mw_rdv_job_t *j = ctx->jobs; j != NULL; prev = j, j = j->next) {
             /* at shutdown only removals run, at once */
@@ -267,7 +261,7 @@ static void *rdv_main(void *arg)
         int64_t again = rdv_run(ctx, &r, job);
         pthread_mutex_lock(&ctx->lock);
         if (again >= 0 && !ctx->stop) {
-            job->not_before_ms = mw_world_now_ms() + again;
+            job->not_before_ms = mw_now_ms() + again;
             job->next = NULL;
             if (ctx->jobs == NULL)
                 ctx->jobs = job;
@@ -524,7 +518,7 @@ static int all_links_up(mw_world_t *w)
 
 static void world_ready(mw_world_t *w)
 {
-    int64_t ms = mw_world_now_ms() - w->join_start_ms;
+    int64_t ms = mw_now_ms() - w->join_start_ms;
     w->join_phase = JOIN_DONE;
     queue_event(w, MW_WORLD_READY, 0, "");
     set_state(w, MW_WORLD_READY, 0, "");
@@ -599,7 +593,7 @@ static void connect_peer(mw_world_t *w, int peer, const char *addr)
 
 void mw_world_link_up(mw_world_t *w, mw_link_t *l)
 {
-    l->last_rx_ms = l->last_tx_ms = mw_world_now_ms();
+    l->last_rx_ms = l->last_tx_ms = mw_now_ms();
     if (w->state != MW_WORLD_JOINING)
         return;
     if (w->rank != 0 && l->peer == 0) {
@@ -844,9 +838,9 @@ static void *progress_main(void *arg)
 {
     mw_worlds_t *ctx = arg;
     struct epoll_event evs[64];
-    ctx->next_tick_ms = mw_world_now_ms() + ctx->tick_ms;
+    ctx->next_tick_ms = mw_now_ms() + ctx->tick_ms;
     for (;;) {
-        int64_t now = mw_world_now_ms();
+        int64_t now = mw_now_ms();
         int timeout = ctx->next_tick_ms > now ? (int)(ctx->next_tick_ms - now) : 0;
         if (ctx->backend_busy > 0 && timeout > 1)
             timeout = 1;
@@ -867,7 +861,7 @@ static void *progress_main(void *arg)
             }
         }
         drain_cmds(ctx);
-        now = mw_world_now_ms();
+        now = mw_now_ms();
         if (ctx->backend_busy > 0 && now < ctx->next_tick_ms)
             poll_backends(ctx, now);
         if (now >= ctx->next_tick_ms) {
@@ -993,7 +987,7 @@ const char *mw_worlds_address(const mw_worlds_t *ctx)
 
 int mw_worlds_next_event(mw_worlds_t *ctx, mw_world_event_t *ev, int64_t timeout_ms)
 {
-    int64_t deadline = timeout_ms < 0 ? -1 : mw_world_now_ms() + timeout_ms;
+    int64_t deadline = timeout_ms < 0 ? -1 : mw_now_ms() + timeout_ms;
     int rc = MW_EAGAIN;
     pthread_mutex_lock(&ctx->lock);
     for (;;) {
@@ -1004,7 +998,7 @@ int mw_worlds_next_event(mw_worlds_t *ctx, mw_world_event_t *ev, int64_t timeout
             rc = MW_OK;
             break;
         }
-        if (deadline >= 0 && mw_world_now_ms() >= deadline)
+        if (deadline >= 0 && mw_now_ms() >= deadline)
             break;
         cond_wait_until(&ctx->cond, &ctx->lock, deadline);
     }
@@ -1076,7 +1070,7 @@ int mw_world_join(mw_worlds_t *ctx, const mw_world_opts_t *opts, mw_world_t **ou
     pthread_mutex_init(&w->lock, NULL);
     cond_init_monotonic(&w->cond);
     w->state = MW_WORLD_JOINING;
-    w->join_start_ms = mw_world_now_ms();
+    w->join_start_ms = mw_now_ms();
     w->join_deadline_ms =
         w->join_start_ms + (opts->timeout_ms > 0 ? opts->timeout_ms : ctx->timeout_ms);
     if (w->rank == 0 && w->size > 1 &&
@@ -1105,7 +1099,7 @@ int mw_world_join(mw_worlds_t *ctx, const mw_world_opts_t *opts, mw_world_t **ou
 
 int mw_world_wait_ready(mw_world_t *w, int64_t timeout_ms, char *errstr, size_t errstr_size)
 {
-    int64_t deadline = timeout_ms < 0 ? -1 : mw_world_now_ms() + timeout_ms;
+    int64_t deadline = timeout_ms < 0 ? -1 : mw_now_ms() + timeout_ms;
     int rc;
     pthread_mutex_lock(&w->lock);
     for (;;) {
@@ -1117,7 +1111,7 @@ int mw_world_wait_ready(mw_world_t *w, int64_t timeout_ms, char *errstr, size_t 
             rc = mw_errf(w->err ? w->err : MW_EBROKEN, errstr, errstr_size, "%s", w->errstr);
             break;
         }
-        if (deadline >= 0 && mw_world_now_ms() >= deadline) {
+        if (deadline >= 0 && mw_now_ms() >= deadline) {
             rc = mw_errf(MW_ETIMEDOUT, errstr, errstr_size, "world %s epoch %lld: still joining",
                          w->name, (long long)w->epoch);
             break;
@@ -1532,11 +1526,11 @@ int mw_world_wait(mw_world_req_t *req, int64_t timeout_ms, char *errstr, size_t 
     if (req == NULL)
         return mw_errf(MW_EINVAL, errstr, errstr_size, "waiting on no request");
     mw_world_t *w = req->w;
-    int64_t deadline = timeout_ms < 0 ? -1 : mw_world_now_ms() + timeout_ms;
+    int64_t deadline = timeout_ms < 0 ? -1 : mw_now_ms() + timeout_ms;
     int rc;
     pthread_mutex_lock(&w->lock);
     while ((rc = req_poll_locked(req)) == MW_EAGAIN) {
-        if (deadline >= 0 && mw_world_now_ms() >= deadline) {
+        if (deadline >= 0 && mw_now_ms() >= deadline) {
             rc = MW_ETIMEDOUT;
             break;
         }

@@ -268,7 +268,6 @@ struct mw_worlds {
 #define MW_EVENTS_MAX 1024
 
 /* world.c, for world_tcp.c and backends (progress thread). */
-int64_t mw_world_now_ms(void);
 void mw_world_break(mw_world_t *w, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void mw_world_op_done(mw_world_t *w, mw_op_t *op, int rc);

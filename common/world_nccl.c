@@ -5,6 +5,7 @@
  * Nothing here blocks the progress thread: communicator init and enqueues are
  * polled with ncclCommGetAsyncError, completions with cudaEventQuery, and a
  * failure or a stuck operation ends in ncclCommAbort. */
+#include "clock.h"
 #include "world_int.h"
 
 #include "err.h"
@@ -169,7 +170,7 @@ static int nccl_post(mw_world_t *w, mw_world_req_t *req, char *errstr, size_t er
         return cuda_err(e, "cudaEventCreate", errstr, errstr_size);
     }
     n->req = req;
-    n->posted_ms = mw_world_now_ms();
+    n->posted_ms = mw_now_ms();
     w->ctx->backend_busy++;
     if (nw->issuing != NULL || nw->waiting != NULL) {
         if (nw->waiting == NULL)

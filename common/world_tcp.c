@@ -2,6 +2,7 @@
  * per-link non-blocking frame transmission and reception on the progress
  * thread. Payloads go from and into the callers' buffers directly (one
  * sendmsg for header + payload; recv straight into the posted buffer). */
+#include "clock.h"
 #include "world_int.h"
 
 #include "err.h"
@@ -168,7 +169,7 @@ void mw_tcp_accept(mw_worlds_t *ctx)
         }
         c->ev_kind = EV_CONN;
         c->fd = fd;
-        c->accepted_ms = mw_world_now_ms();
+        c->accepted_ms = mw_now_ms();
         char host[INET6_ADDRSTRLEN] = "?";
         int port = 0;
         if (ss.ss_family == AF_INET) {
@@ -213,7 +214,7 @@ static mw_link_t *link_new(mw_world_t *w, int peer)
     l->rx_meta = malloc(MW_FRAME_META_MAX);
     if (l->rx_meta == NULL)
         return NULL;
-    int64_t now = mw_world_now_ms();
+    int64_t now = mw_now_ms();
     l->last_rx_ms = l->last_tx_ms = l->tx_progress_ms = now;
     l->ping_ms = w->ctx->keepalive_ms;
     return l;
@@ -418,7 +419,7 @@ static void txq_push(mw_link_t *l, mw_op_t *op)
     op->queued = 1;
     if (l->txq == NULL) {
         l->txq = op;
-        l->tx_progress_ms = mw_world_now_ms();
+        l->tx_progress_ms = mw_now_ms();
     } else {
         l->txq_tail->next = op;
     }
@@ -510,7 +511,7 @@ static void link_tx(mw_link_t *l)
             link_fail(l, MW_EBROKEN, "sending to", errno);
             return;
         }
-        int64_t now = mw_world_now_ms();
+        int64_t now = mw_now_ms();
         l->last_tx_ms = l->tx_progress_ms = now;
         __atomic_fetch_add(&w->stats.bytes_sent, (uint64_t)r, __ATOMIC_RELAXED);
         budget -= (size_t)r < budget ? (size_t)r : budget;
@@ -791,7 +792,7 @@ static void link_rx(mw_link_t *l)
             link_fail(l, MW_EBROKEN, "receiving from", 0);
             break;
         }
-        l->last_rx_ms = mw_world_now_ms();
+        l->last_rx_ms = mw_now_ms();
         __atomic_fetch_add(&w->stats.bytes_received, (uint64_t)n, __ATOMIC_RELAXED);
         budget -= (size_t)n < budget ? (size_t)n : budget;
         l->rx_got += (size_t)n;
@@ -918,7 +919,7 @@ void mw_tcp_link_event(mw_link_t *l, uint32_t events)
             return;
         }
         l->state = LINK_HELLO_SENT;
-        l->last_rx_ms = mw_world_now_ms();
+        l->last_rx_ms = mw_now_ms();
         link_tx(l); /* the HELLO queued by the world */
         return;
     }

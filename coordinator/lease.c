@@ -1,4 +1,5 @@
 /* Lease, fencing epoch and fenced writes, each one Lua script (atomic in Redis). */
+#include "clock.h"
 #include "lease.h"
 
 #include "err.h"
@@ -22,13 +23,6 @@ struct mw_lease {
     char k_coord[160], k_epoch[160], k_events[160], k_coords[160], k_plan[160], k_version[160],
         k_workers[160], channel[160];
 };
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* KEYS: coordinator, epoch, events, coordinators. ARGV: id, lease_ms, my epoch, maxlen. */
 static mw_redis_script_t lease_script = {
@@ -171,14 +165,14 @@ int mw_lease_tick(mw_lease_t *l)
     snprintf(maxlen, sizeof(maxlen), "%lld", (long long)l->maxlen);
     const char *keys[4] = {l->k_coord, l->k_epoch, l->k_events, l->k_coords};
     const char *args[4] = {l->id, lease, epoch, maxlen};
-    int64_t sent = mono_ms();
+    int64_t sent = mw_now_ms();
     redisReply *reply = NULL;
     int rc = mw_redis_eval(l->r, &lease_script, &reply, 4, keys, 4, args, NULL);
     if (rc != MW_OK) {
-        if (l->leader && mono_ms() - l->renew_sent_ms >= l->lease_ms) {
+        if (l->leader && mw_now_ms() - l->renew_sent_ms >= l->lease_ms) {
             char why[256];
             snprintf(why, sizeof(why), "could not renew the lease for %lld ms: %s",
-                     (long long)(mono_ms() - l->renew_sent_ms), mw_redis_errstr(l->r));
+                     (long long)(mw_now_ms() - l->renew_sent_ms), mw_redis_errstr(l->r));
             mw_log(MW_LOG_WARN, "lease", "stepping down as leader of epoch %lld: %s",
                    (long long)l->epoch, why);
             l->leader = 0;

@@ -1,4 +1,5 @@
 /* mw-coordinator: lease, sweep, read workers, plan, publish; standbys wait their turn. */
+#include "clock.h"
 #include "config.h"
 #include "err.h"
 #include "events.h"
@@ -23,13 +24,6 @@ static void on_signal(int sig)
 {
     (void)sig;
     stop_requested = 1;
-}
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void sleep_ms(int64_t ms)
@@ -150,7 +144,7 @@ static void lead_once(coord_t *c)
     char(*expired)[64] = NULL;
     size_t nexp = 0;
     int rc = MW_OK;
-    if (mono_ms() >= c->sweep_after_ms)
+    if (mw_now_ms() >= c->sweep_after_ms)
         rc = mw_lease_sweep(c->lease, c->cfg->heartbeat_ttl_ms, &expired, &nexp);
     if (rc == MW_EFENCED) {
         mw_lease_step_down(c->lease, "fenced during the sweep");
@@ -307,7 +301,7 @@ int main(int argc, char **argv)
     int was_leader = 0;
     char last_holder[64] = "";
     while (!stop_requested) {
-        int64_t t0 = mono_ms();
+        int64_t t0 = mw_now_ms();
         int lead = mw_lease_tick(c.lease);
         if (lead < 0) {
             if (!c.redis_down)
@@ -319,7 +313,7 @@ int main(int argc, char **argv)
             if (c.redis_down) {
                 /* Workers could not heartbeat either: give them one ttl before sweeping,
                  * or a Redis restart would expire every worker and rebuild every world. */
-                c.sweep_after_ms = mono_ms() + cfg.heartbeat_ttl_ms + cfg.heartbeat_interval_ms;
+                c.sweep_after_ms = mw_now_ms() + cfg.heartbeat_ttl_ms + cfg.heartbeat_interval_ms;
                 mw_log(MW_LOG_INFO, "coordinator",
                        "Redis reachable again; resuming (sweep paused for %lld ms)",
                        (long long)(cfg.heartbeat_ttl_ms + cfg.heartbeat_interval_ms));
@@ -341,7 +335,7 @@ int main(int argc, char **argv)
         was_leader = mw_lease_is_leader(c.lease);
         if (was_leader)
             last_holder[0] = '\0'; /* log the next leader when this one steps down */
-        sleep_ms(t0 + cfg.coordinator_interval_ms - mono_ms());
+        sleep_ms(t0 + cfg.coordinator_interval_ms - mw_now_ms());
     }
     mw_log(MW_LOG_INFO, "coordinator", "stopping%s",
            mw_lease_is_leader(c.lease) ? ": releasing the lease" : "");

@@ -1,4 +1,5 @@
 /* Topic admin: names, metadata, creation of a pipeline's topics (see topics.h). */
+#include "clock.h"
 #include "topics.h"
 
 #include "err.h"
@@ -121,13 +122,6 @@ int mw_topics_describe(rd_kafka_t *rk, const char *pipeline, int timeout_ms,
     return MW_OK;
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int mw_topics_create(rd_kafka_t *rk, const char *pipeline, int partitions, int results_partitions,
                      int dlq_partitions, int timeout_ms, mw_topic_info_t info[MW_TOPIC_COUNT],
                      char *errstr, size_t errstr_size)
@@ -150,7 +144,7 @@ int mw_topics_create(rd_kafka_t *rk, const char *pipeline, int partitions, int r
         info[k].created = 1;
     }
     /* Metadata lags creation a little: wait until every topic shows up. */
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = mw_now_ms() + timeout_ms;
     for (;;) {
         mw_topic_info_t now[MW_TOPIC_COUNT];
         rc = mw_topics_describe(rk, pipeline, timeout_ms, now, errstr, errstr_size);
@@ -164,7 +158,7 @@ int mw_topics_create(rd_kafka_t *rk, const char *pipeline, int partitions, int r
         }
         if (all)
             return MW_OK;
-        if (now_ms() >= deadline)
+        if (mw_now_ms() >= deadline)
             return mw_errf(MW_ETIMEDOUT, errstr, errstr_size,
                            "topics of pipeline %s created but not visible in metadata after %d "
                            "ms",

@@ -1,5 +1,6 @@
 /* The data plane engine: worlds handed over by the control plane, stage
  * compute, forwarding to the next stage, abort propagation (DESIGN §2, §3). */
+#include "clock.h"
 #include "dataplane_int.h"
 
 #include "err.h"
@@ -14,20 +15,6 @@
 #include <unistd.h>
 
 #define FAC "dataplane"
-
-int64_t dp_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t dp_unix_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void dp_fatal(mw_dataplane_t *dp, int err, const char *fmt, ...)
 {
@@ -55,7 +42,7 @@ static uint64_t random_u64(void)
         fclose(f);
     }
     if (v == 0)
-        v = (uint64_t)dp_unix_ms() * 2654435761u ^ (uint64_t)getpid();
+        v = (uint64_t)mw_unix_ms() * 2654435761u ^ (uint64_t)getpid();
     return v;
 }
 
@@ -174,7 +161,7 @@ static void route_add(mw_dataplane_t *dp, const mw_hop_t *hop, dp_link_t *up, dp
     r->attempt = hop->attempt;
     r->up = up;
     r->down = down;
-    r->expires_ms = dp_now_ms() + 2 * dp->cfg.request_attempt_timeout_ms;
+    r->expires_ms = mw_now_ms() + 2 * dp->cfg.request_attempt_timeout_ms;
     size_t b = route_bucket(r->origin, r->incarnation, r->seq);
     r->next = dp->routes[b];
     dp->routes[b] = r;
@@ -481,7 +468,7 @@ static void on_tensor(mw_dataplane_t *dp, dp_link_t *l, dp_xfer_t *x)
         return;
     }
     memcpy(buf, out, next.nbytes);
-    forward(dp, &next, buf, l, dp_now_ms() + dp->cfg.request_attempt_timeout_ms);
+    forward(dp, &next, buf, l, mw_now_ms() + dp->cfg.request_attempt_timeout_ms);
 }
 
 /* A header arrived on l: an abort is handled at once, a tensor's receive posted. */
@@ -550,7 +537,7 @@ static void link_down(mw_dataplane_t *dp, dp_link_t *l, const char *why)
     l->nsends = 0;
     if (dp->stage == 0)
         dp_origin_link_down(dp, l);
-    routes_sweep(dp, l, dp_now_ms());
+    routes_sweep(dp, l, mw_now_ms());
     for (dp_held_t *h = dp->held_head; h != NULL; h = h->next)
         if (h->up == l)
             h->up = NULL;
@@ -810,7 +797,7 @@ static int pump_links(mw_dataplane_t *dp)
     int n = 0;
     for (dp_link_t *l = dp->links; l != NULL; l = l->next)
         n += link_step(dp, l);
-    return n + flush_held(dp, dp_now_ms());
+    return n + flush_held(dp, mw_now_ms());
 }
 
 int dp_pump(mw_dataplane_t *dp)
@@ -840,7 +827,7 @@ static void *engine_main(void *arg)
             break;
         if (!fatal) {
             n += pump_links(dp);
-            int64_t now = dp_now_ms();
+            int64_t now = mw_now_ms();
             if (now >= dp->next_sweep_ms) {
                 routes_sweep(dp, NULL, now);
                 dp->next_sweep_ms = now + 500;

@@ -119,9 +119,6 @@ struct mw_dataplane {
     dp_origin_t *origin; /* stage 0 only */
 };
 
-int64_t dp_now_ms(void);
-int64_t dp_unix_ms(void);
-
 /* Records a fatal error: the engine stops serving and mw_dataplane_error reports it. */
 void dp_fatal(mw_dataplane_t *dp, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -1,5 +1,6 @@
 /* mw-worker: registers in Redis, heartbeats, follows the plan (notices + polling)
  * and reconciles its worlds; SIGTERM drains, leaves and exits 0. */
+#include "clock.h"
 #include "config.h"
 #include "err.h"
 #include "events.h"
@@ -27,13 +28,6 @@ static void on_signal(int sig)
 {
     (void)sig;
     stop_requested = 1;
-}
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 typedef struct worker {
@@ -357,10 +351,10 @@ static void drain_and_leave(worker_t *w)
     w->info.state = MW_MEMBER_DRAINING;
     heartbeat(w);
     mw_events_add(w->r, w->cfg->events_maxlen, "drain", "worker", w->info.id, (const char *)NULL);
-    int64_t deadline = mono_ms() + w->cfg->worker_drain_timeout_ms;
-    int64_t next_beat = mono_ms() + w->cfg->heartbeat_interval_ms, quiet_since = -1;
+    int64_t deadline = mw_now_ms() + w->cfg->worker_drain_timeout_ms;
+    int64_t next_beat = mw_now_ms() + w->cfg->heartbeat_interval_ms, quiet_since = -1;
     for (;;) {
-        int64_t now = mono_ms();
+        int64_t now = mw_now_ms();
         if (now >= deadline) {
             mw_log(MW_LOG_WARN, "worker",
                    "drain timed out after %lld ms: leaving with %lld request(s) in flight",
@@ -538,8 +532,8 @@ int main(int argc, char **argv)
     int64_t next_beat = 0;
     while (!stop_requested) {
         int notice = 0;
-        if (mono_ms() >= next_beat) {
-            next_beat = mono_ms() + cfg.heartbeat_interval_ms;
+        if (mw_now_ms() >= next_beat) {
+            next_beat = mw_now_ms() + cfg.heartbeat_interval_ms;
             if (mw_serving_error(w.serving, err, sizeof(err)) != MW_OK) {
                 mw_log(MW_LOG_ERROR, "worker", "data plane failed: %s; exiting", err);
                 break;
@@ -551,7 +545,7 @@ int main(int argc, char **argv)
         }
         if (notice && !w.redis_down)
             check_plan(&w);
-        if (sub_wait(&w, next_beat - mono_ms()) && !w.redis_down)
+        if (sub_wait(&w, next_beat - mw_now_ms()) && !w.redis_down)
             check_plan(&w);
     }
     rc = stop_requested ? 0 : 1;

@@ -3,6 +3,7 @@
  * unanswered attempts, and releases results per partition in input-offset order
  * in one Kafka transaction per commit interval with the input offsets
  * (DESIGN §2, §3, §6). */
+#include "clock.h"
 #include "dataplane_int.h"
 
 #include "err.h"
@@ -78,13 +79,6 @@ struct dp_origin {
     int64_t next_commit_ms, next_check_ms, next_full_poll_ms;
 };
 
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* ------------------------------------------------------------- requests */
 
 static dp_req_t *req_find(dp_origin_t *o, uint64_t seq)
@@ -143,7 +137,7 @@ static void finish_err(mw_dataplane_t *dp, dp_req_t *r, const char *fmt, ...)
     r->state = RQ_DONE;
     r->ok = 0;
     r->error = strdup(msg);
-    r->latency_us = now_us() - r->consumed_us;
+    r->latency_us = mw_now_us() - r->consumed_us;
     free(r->act);
     r->act = NULL;
     mw_log(MW_LOG_INFO, FAC, "request %.*s (%s [%d] offset %lld) failed: %s",
@@ -165,7 +159,7 @@ static void finish_ok(mw_dataplane_t *dp, dp_req_t *r, const mw_tensor_desc_t *d
     r->ok = 1;
     r->out_desc = *desc;
     r->out_bytes = n;
-    r->latency_us = now_us() - r->consumed_us;
+    r->latency_us = mw_now_us() - r->consumed_us;
     free(r->act);
     r->act = NULL;
 }
@@ -213,7 +207,7 @@ static int dispatch(mw_dataplane_t *dp, dp_req_t *r)
     r->state = RQ_SENT;
     r->link = best;
     best->outstanding++;
-    r->attempt_deadline_ms = dp_now_ms() + dp->cfg.request_attempt_timeout_ms;
+    r->attempt_deadline_ms = mw_now_ms() + dp->cfg.request_attempt_timeout_ms;
     return 1;
 }
 
@@ -479,10 +473,10 @@ static void fetch_offsets(mw_dataplane_t *dp, rd_kafka_topic_partition_list_t *p
     dp_origin_t *o = dp->origin;
     char group[160], kerr[256];
     snprintf(group, sizeof(group), "mw.%s", dp->pipeline);
-    int64_t deadline = dp_now_ms() + 2 * dp->cfg.kafka_timeout_ms;
+    int64_t deadline = mw_now_ms() + 2 * dp->cfg.kafka_timeout_ms;
     rd_kafka_queue_t *q = rd_kafka_queue_new(o->consumer);
     for (int tries = 0;; tries++) {
-        int stable = dp_now_ms() < deadline;
+        int stable = mw_now_ms() < deadline;
         rd_kafka_ListConsumerGroupOffsets_t *req =
             rd_kafka_ListConsumerGroupOffsets_new(group, parts);
         rd_kafka_AdminOptions_t *opt =
@@ -537,7 +531,7 @@ static void fetch_offsets(mw_dataplane_t *dp, rd_kafka_topic_partition_list_t *p
             mw_log(MW_LOG_INFO, FAC, "waiting for the committed offsets of %d partition(s): %s",
                    parts->cnt, why);
         /* Meanwhile the worlds keep moving: results come back, aborts go on. */
-        for (int64_t until = dp_now_ms() + 250; dp_now_ms() < until;)
+        for (int64_t until = mw_now_ms() + 250; mw_now_ms() < until;)
             if (dp_pump(dp) == 0) {
                 struct timespec ts = {.tv_sec = 0, .tv_nsec = 500 * 1000};
                 nanosleep(&ts, NULL);
@@ -665,7 +659,7 @@ static void on_message(mw_dataplane_t *dp, rd_kafka_message_t *msg)
     r->offset = msg->offset;
     r->seq = ++o->next_seq;
     r->attempt = 1;
-    r->consumed_us = now_us();
+    r->consumed_us = mw_now_us();
     if (p->tail != NULL)
         p->tail->next = r;
     else
@@ -675,7 +669,7 @@ static void on_message(mw_dataplane_t *dp, rd_kafka_message_t *msg)
     o->hash[r->seq % REQ_BUCKETS] = r;
     o->ninflight++;
 
-    int64_t now = dp_now_ms();
+    int64_t now = mw_now_ms();
     mw_request_t req;
     if (mw_request_from_message(&req, msg, (uint64_t)dp->cfg.records_max_tensor_bytes, err,
                                 sizeof(err)) != MW_OK) {
@@ -685,7 +679,7 @@ static void on_message(mw_dataplane_t *dp, rd_kafka_message_t *msg)
     }
     r->deadline_ms = now + dp->cfg.request_timeout_ms;
     if (req.deadline_ms > 0)
-        r->deadline_ms = now + (req.deadline_ms - dp_unix_ms());
+        r->deadline_ms = now + (req.deadline_ms - mw_unix_ms());
     mw_tensor_desc_t od;
     const void *out;
     if (r->deadline_ms <= now) {
@@ -761,7 +755,7 @@ int dp_origin_step(mw_dataplane_t *dp)
 {
     dp_origin_t *o = dp->origin;
     int n = 0;
-    int64_t now = dp_now_ms();
+    int64_t now = mw_now_ms();
     /* Polled even when the window is full or draining (rebalances are served
      * from here), but then at most one message per FULL_POLL_MS. */
     int full = o->draining || o->ninflight >= dp->cfg.worker_max_inflight;
@@ -788,7 +782,7 @@ int dp_origin_step(mw_dataplane_t *dp)
     rd_kafka_poll(o->producer, 0);
     if (now >= o->next_commit_ms) {
         commit(dp);
-        o->next_commit_ms = dp_now_ms() + dp->cfg.results_commit_interval_ms;
+        o->next_commit_ms = mw_now_ms() + dp->cfg.results_commit_interval_ms;
     }
     dp->counters.inflight = o->ninflight;
     return n;

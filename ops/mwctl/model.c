@@ -1,5 +1,6 @@
 /* mwctl model: write a deterministic reference model, run it in one process
  * (the oracle of the pipeline tests), describe it and its stage split. */
+#include "clock.h"
 #include "mwctl.h"
 
 #include "err.h"
@@ -99,9 +100,7 @@ static int opt_int(const struct opt *o, long long def, long long lo, long long h
 
 static double now_ms(void)
 {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+    return (double)mw_now_us() / 1e3;
 }
 
 static int model_init(int argc, char **argv)

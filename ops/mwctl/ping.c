@@ -1,26 +1,24 @@
 /* mwctl ping: checks that the configured Redis and Kafka answer, and how fast. */
 #include "mwctl.h"
 
+#include "clock.h"
 #include "err.h"
 #include "kafka.h"
 #include "redis.h"
 
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
-static double elapsed_ms(const struct timespec *t0)
+/* Milliseconds since t0_us (from mw_now_us). */
+static double elapsed_ms(int64_t t0_us)
 {
-    struct timespec t1;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+    return (double)(mw_now_us() - t0_us) / 1e3;
 }
 
 static int ping_redis(const mw_config_t *cfg)
 {
     char err[512];
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t t0 = mw_now_us();
     mw_redis_t *r = mw_redis_new(cfg, 0, err, sizeof(err));
     if (r == NULL) {
         printf("redis  %s:%lld  DOWN  %s\n", cfg->redis_host, (long long)cfg->redis_port, err);
@@ -34,7 +32,7 @@ static int ping_redis(const mw_config_t *cfg)
     } else {
         const char *v = strstr(reply->str, "redis_version:");
         printf("redis  %s:%lld  up    %.1f ms, version %.*s\n", cfg->redis_host,
-               (long long)cfg->redis_port, elapsed_ms(&t0), v ? (int)strcspn(v + 14, "\r\n") : 1,
+               (long long)cfg->redis_port, elapsed_ms(t0), v ? (int)strcspn(v + 14, "\r\n") : 1,
                v ? v + 14 : "?");
         freeReplyObject(reply);
     }
@@ -48,8 +46,7 @@ static int ping_kafka(const mw_config_t *cfg)
     const char *servers = mw_config_kafka_get(cfg, "bootstrap.servers");
     if (servers == NULL)
         servers = MW_KAFKA_DEFAULT_BOOTSTRAP;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t t0 = mw_now_us();
     rd_kafka_conf_t *conf = mw_kafka_conf_new(cfg, err, sizeof(err));
     rd_kafka_t *rk = conf ? rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err)) : NULL;
     if (rk == NULL) {
@@ -65,7 +62,7 @@ static int ping_kafka(const mw_config_t *cfg)
         printf("kafka  %s  DOWN  %s\n", servers, rd_kafka_err2str(kerr));
         rc = 1;
     } else {
-        printf("kafka  %s  up    %.1f ms, %d broker(s), %d topic(s)\n", servers, elapsed_ms(&t0),
+        printf("kafka  %s  up    %.1f ms, %d broker(s), %d topic(s)\n", servers, elapsed_ms(t0),
                md->broker_cnt, md->topic_cnt);
         rd_kafka_metadata_destroy(md);
     }

@@ -1,4 +1,5 @@
 /* mwctl results: reads P.results (read_committed) and prints or saves each result. */
+#include "clock.h"
 #include "mwctl.h"
 
 #include "err.h"
@@ -54,9 +55,7 @@ static void on_signal(int sig)
 
 static double now_s(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return (double)mw_now_us() / 1e6;
 }
 
 /* Escapes an id for a file name or a terminal: [A-Za-z0-9._-] kept, others %XX. */

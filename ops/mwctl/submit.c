@@ -1,5 +1,6 @@
 /* mwctl submit: produces requests to P.requests from generated data, a raw
  * tensor file, JSON lines, a directory or stdin; optionally waits for results. */
+#include "clock.h"
 #include "mwctl.h"
 
 #include "err.h"
@@ -329,9 +330,7 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 
 static double now_s(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return (double)mw_now_us() / 1e6;
 }
 
 static int64_t wall_ms(void)

@@ -2,6 +2,7 @@
  * simulated workers; kill -9 of a heartbeating process -> plan without it published;
  * registration -> plan latency; with real mw-worker processes, start -> all worlds
  * ready and kill -9 -> plan without it. JSON lines on stdout. */
+#include "clock.h"
 #include "err.h"
 #include "harness.h"
 #include "membership.h"
@@ -24,9 +25,7 @@
 
 static double now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+    return (double)mw_now_us();
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -202,20 +201,20 @@ static void bench_coordinator_cpu(const mw_config_t *base, int n)
     int64_t last = -1;
     char last_id[64];
     snprintf(last_id, sizeof(last_id), "%s", in[n - 1].id);
-    int64_t deadline = mwt_now_ms() + 10000;
-    while (!in_plan(r, last_id, 1, &last) && mwt_now_ms() < deadline)
+    int64_t deadline = mw_now_ms() + 10000;
+    while (!in_plan(r, last_id, 1, &last) && mw_now_ms() < deadline)
         mwt_sleep_ms(5);
     long hz = sysconf(_SC_CLK_TCK);
     double c0 = cpu_ticks(coord);
-    int64_t t0 = mwt_now_ms(), window = 4000;
-    while (mwt_now_ms() - t0 < window) { /* steady state: heartbeats, no membership change */
-        int64_t beat = mwt_now_ms();
+    int64_t t0 = mw_now_ms(), window = 4000;
+    while (mw_now_ms() - t0 < window) { /* steady state: heartbeats, no membership change */
+        int64_t beat = mw_now_ms();
         for (int i = 0; i < n; i++)
             mw_member_heartbeat(r, &in[i], 1000, NULL, NULL);
-        mwt_sleep_ms(HB_MS - (mwt_now_ms() - beat));
+        mwt_sleep_ms(HB_MS - (mw_now_ms() - beat));
     }
     double c1 = cpu_ticks(coord);
-    double pct = (c1 - c0) / (double)hz / ((double)(mwt_now_ms() - t0) / 1000.0) * 100.0;
+    double pct = (c1 - c0) / (double)hz / ((double)(mw_now_ms() - t0) / 1000.0) * 100.0;
     emit("coordinator_cpu_percent", n, pct, "%", ", \"interval_ms\": 200, \"heartbeat_ms\": 500");
     kill(coord, SIGTERM);
     mwt_wait_exit(coord, 5000);

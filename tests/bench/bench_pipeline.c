@@ -4,6 +4,7 @@
  * hand-off between the stages (1 MiB activations), end to end and the hand-off
  * alone. JSON lines on stdout.
  * Recovery and scale-out are in bench_recovery.c. */
+#include "clock.h"
 #include "err.h"
 #include "harness.h"
 #include "kafka.h"
@@ -191,7 +192,7 @@ static void *chain_run(void *arg)
     float *y = malloc((size_t)info.out_features * sizeof(float));
     rd_kafka_t *prod = mwt_load_producer();
     rd_kafka_t *cons = mwt_load_reader(cs->in, cs->group);
-    int64_t last_commit = mwt_now_ms();
+    int64_t last_commit = mw_now_ms();
     rd_kafka_message_t *pending = NULL;
     while (!atomic_load(cs->stop)) {
         rd_kafka_message_t *msg = rd_kafka_consumer_poll(cons, 20);
@@ -215,11 +216,11 @@ static void *chain_run(void *arg)
         }
         if (msg != NULL)
             rd_kafka_message_destroy(msg);
-        if (pending != NULL && mwt_now_ms() - last_commit >= 100) {
+        if (pending != NULL && mw_now_ms() - last_commit >= 100) {
             rd_kafka_commit_message(cons, pending, 1);
             rd_kafka_message_destroy(pending);
             pending = NULL;
-            last_commit = mwt_now_ms();
+            last_commit = mw_now_ms();
         }
     }
     if (pending != NULL)
@@ -286,8 +287,8 @@ static double hop_kafka(rd_kafka_t *prod, rd_kafka_t *cons, const char *topic, c
                                  RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
             rd_kafka_poll(prod, 5);
     int got = 0;
-    int64_t deadline = mwt_now_ms() + 120000;
-    while (got < n && mwt_now_ms() < deadline) {
+    int64_t deadline = mw_now_ms() + 120000;
+    while (got < n && mw_now_ms() < deadline) {
         rd_kafka_poll(prod, 0);
         rd_kafka_message_t *m = rd_kafka_consumer_poll(cons, 20);
         if (m != NULL) {

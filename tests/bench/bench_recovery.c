@@ -2,6 +2,7 @@
  * tests/run.sh: recovery of the committed-result rate after kill -9 of a
  * mid-stage worker under load, and scale-out from a new worker's start to its
  * first served request. JSON lines on stdout. */
+#include "clock.h"
 #include "err.h"
 #include "harness.h"
 #include "model.h"
@@ -82,9 +83,9 @@ static long long hash_i64(mw_redis_t *r, const char *id, const char *field)
 
 static void collect_for(mwt_load_t *l, int64_t ms)
 {
-    int64_t end = mwt_now_ms() + ms;
-    while (mwt_now_ms() < end)
-        mwt_load_collect(l, MWT_LOAD_MAX_REQ, end - mwt_now_ms());
+    int64_t end = mw_now_ms() + ms;
+    while (mw_now_ms() < end)
+        mwt_load_collect(l, MWT_LOAD_MAX_REQ, end - mw_now_ms());
 }
 
 static void bench_recovery_and_scale_out(void)

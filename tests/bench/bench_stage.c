@@ -3,6 +3,7 @@
  * 1, 8 and 64 against bare cblas_sgemm of the same shapes, in the same run.
  * JSON lines on stdout; medians of interleaved repetitions.
  * MW_BENCH_THREADS sets the OpenBLAS threads (default 1, as model.threads). */
+#include "clock.h"
 #include "err.h"
 #include "model.h"
 
@@ -19,9 +20,7 @@
 
 static double now_s(void)
 {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+    return (double)mw_now_us() / 1e6;
 }
 
 /* VmHWM or VmRSS of this process, in bytes. */

@@ -2,6 +2,7 @@
  * plain blocking socket pair doing the same transfers in the same run, the
  * overhead of the full machinery, aggregate throughput of concurrent worlds
  * and join latency through Redis. Two processes: this one and a forked peer. */
+#include "clock.h"
 #include "err.h"
 #include "harness.h"
 #include "world.h"
@@ -27,13 +28,6 @@
 
 static const size_t sizes[] = {64, 1024, 16384, 65536, 1u << 20, 4u << 20, 16u << 20, 64u << 20};
 #define NSIZES (sizeof(sizes) / sizeof(sizes[0]))
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 static void die(const char *what, const char *err)
 {
@@ -184,7 +178,7 @@ static void raw_session(int fd, int parent, uint8_t *buf, double *lat, double *b
     for (size_t i = 0; i < NSIZES; i++) {
         size_t s = sizes[i];
         for (int rep = 0; rep < REPS; rep++) {
-            int64_t t0 = now_us();
+            int64_t t0 = mw_now_us();
             for (int k = 0; k < lat_iters(s); k++) {
                 if (parent) {
                     full_write(fd, buf, s);
@@ -195,8 +189,8 @@ static void raw_session(int fd, int parent, uint8_t *buf, double *lat, double *b
                 }
             }
             if (parent)
-                lat[i * REPS + rep] = (double)(now_us() - t0) / lat_iters(s) / 2;
-            t0 = now_us();
+                lat[i * REPS + rep] = (double)(mw_now_us() - t0) / lat_iters(s) / 2;
+            t0 = mw_now_us();
             uint8_t b = 1;
             for (int k = 0; k < bw_msgs(s); k++) {
                 if (parent)
@@ -209,7 +203,7 @@ static void raw_session(int fd, int parent, uint8_t *buf, double *lat, double *b
             else
                 full_write(fd, &b, 1);
             if (parent)
-                bw[i * REPS + rep] = (double)s * bw_msgs(s) / (double)(now_us() - t0);
+                bw[i * REPS + rep] = (double)s * bw_msgs(s) / (double)(mw_now_us() - t0);
         }
     }
 }
@@ -219,16 +213,16 @@ static void world_session(mw_world_t *w, int parent, uint8_t *buf, double *lat, 
     for (size_t i = 0; i < NSIZES; i++) {
         size_t s = sizes[i];
         for (int rep = 0; rep < REPS; rep++) {
-            int64_t t0 = now_us();
+            int64_t t0 = mw_now_us();
             for (int k = 0; k < lat_iters(s); k++)
                 pingpong(w, parent, buf, s);
             if (parent)
-                lat[i * REPS + rep] = (double)(now_us() - t0) / lat_iters(s) / 2;
-            t0 = now_us();
+                lat[i * REPS + rep] = (double)(mw_now_us() - t0) / lat_iters(s) / 2;
+            t0 = mw_now_us();
             stream(w, parent, buf, s, bw_msgs(s));
             ack(w, parent);
             if (parent)
-                bw[i * REPS + rep] = (double)s * bw_msgs(s) / (double)(now_us() - t0);
+                bw[i * REPS + rep] = (double)s * bw_msgs(s) / (double)(mw_now_us() - t0);
         }
     }
 }
@@ -262,14 +256,14 @@ static double aggregate(mw_worlds_t *ctx, int n, int parent, uint8_t *buf)
     }
     for (int i = 0; i < n; i++)
         ready(w[i]);
-    int64_t t0 = now_us();
+    int64_t t0 = mw_now_us();
     for (int i = 0; i < n; i++) {
         a[i] = (struct agg){w[i], parent, buf + (size_t)i * (8u << 20), AGG_BYTES / n / (1u << 20)};
         pthread_create(&t[i], NULL, agg_main, &a[i]);
     }
     for (int i = 0; i < n; i++)
         pthread_join(t[i], NULL);
-    double mbps = (double)AGG_BYTES / (double)(now_us() - t0);
+    double mbps = (double)AGG_BYTES / (double)(mw_now_us() - t0);
     for (int i = 0; i < n; i++)
         mw_world_destroy(w[i]);
     return mbps;
@@ -349,14 +343,14 @@ static void run(int parent, int raw_fd)
         int k = (int)(OVH_BYTES / s);
         for (int rep = 0; rep < 5; rep++) {
             /* the peer sends, this process receives */
-            int64_t t0 = now_us();
+            int64_t t0 = mw_now_us();
             stream(wb, !parent, buf, s, k);
             ack(wb, !parent);
-            vb[rep] = (double)OVH_BYTES / (double)(now_us() - t0);
-            t0 = now_us();
+            vb[rep] = (double)OVH_BYTES / (double)(mw_now_us() - t0);
+            t0 = mw_now_us();
             stream(wf, !parent, buf, s, k);
             ack(wf, !parent);
-            vf[rep] = (double)OVH_BYTES / (double)(now_us() - t0);
+            vf[rep] = (double)OVH_BYTES / (double)(mw_now_us() - t0);
         }
         if (parent) {
             char m[64];
@@ -391,10 +385,10 @@ static void run(int parent, int raw_fd)
     for (int i = 0; i < JOINS; i++) {
         char suffix[32];
         snprintf(suffix, sizeof(suffix), "join.%d", i);
-        int64_t t0 = now_us();
+        int64_t t0 = mw_now_us();
         mw_world_t *j = join(ctx, suffix, rank);
         ready(j);
-        lat[i] = (double)(now_us() - t0) / 1000.0;
+        lat[i] = (double)(mw_now_us() - t0) / 1000.0;
         char err[512];
         if (mw_world_barrier(j, TIMEOUT_MS, err, sizeof(err)) != 0)
             die("barrier", err);

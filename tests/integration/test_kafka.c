@@ -1,5 +1,6 @@
 /* Kafka helper against a real broker: group consumption, transactions, idempotence across a
  * restart. */
+#include "clock.h"
 #include "err.h"
 #include "harness.h"
 #include "kafka.h"
@@ -61,9 +62,9 @@ static int consume_counts(rd_kafka_t *c, const char *tag, int *counts, int max, 
                           const char *stop, int64_t timeout_ms)
 {
     int got = 0;
-    int64_t deadline = mwt_now_ms() + timeout_ms;
+    int64_t deadline = mw_now_ms() + timeout_ms;
     size_t taglen = strlen(tag);
-    while (got < want && mwt_now_ms() < deadline) {
+    while (got < want && mw_now_ms() < deadline) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 200);
         if (m == NULL)
             continue;

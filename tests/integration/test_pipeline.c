@@ -2,6 +2,7 @@
  * 3-stage pipeline, requests on Kafka, results compared bit for bit with the
  * unsplit reference model; malformed requests answered with an error and a
  * DLQ copy. */
+#include "clock.h"
 #include "harness.h"
 #include "mwt_pipeline.h"
 
@@ -51,12 +52,12 @@ static void pipeline_3x2_answers_each_request_exactly_once_bit_exact(void **stat
     float *expected = mwt_pipeline_reference(p, n);
     /* Both origins serve: each holds some of the 4 partitions. */
     assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(30000)));
-    int64_t t0 = mwt_now_ms();
+    int64_t t0 = mw_now_ms();
     mwt_pipeline_submit(p, 0, n, NULL);
 
     mwt_tally_t t = {0};
     int got = mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(90000));
-    int64_t t1 = mwt_now_ms();
+    int64_t t1 = mw_now_ms();
     print_message("%d/%d results in %lld ms\n", got, n, (long long)(t1 - t0));
     assert_int_equal(got, n);
     /* Stop serving (drain: commit what is done), then read every committed record. */

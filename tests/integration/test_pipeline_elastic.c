@@ -3,6 +3,7 @@
  * bottleneck stage under load, scale-in by SIGTERM, the leading coordinator
  * killed, and the Kafka broker restarted. Every request must still get exactly
  * one committed result, equal to the unsplit reference model's output. */
+#include "clock.h"
 #include "err.h"
 #include "events.h"
 #include "harness.h"
@@ -127,8 +128,8 @@ static void pump(fixture_t *f, int *sent, int n, int burst, int64_t ms)
 /* Pumps until want results are in; 0 when timeout_ms passed first. */
 static int pump_until(fixture_t *f, int *sent, int n, int want, int64_t timeout_ms)
 {
-    int64_t deadline = mwt_now_ms() + timeout_ms;
-    while (f->t.distinct < want && mwt_now_ms() < deadline)
+    int64_t deadline = mw_now_ms() + timeout_ms;
+    while (f->t.distinct < want && mw_now_ms() < deadline)
         pump(f, sent, n, 20, 50);
     return f->t.distinct >= want;
 }
@@ -228,15 +229,15 @@ static void sigstopped_mid_stage_worker_is_routed_around_then_rejoins(void **sta
         int first = sent;
         int64_t processed_before = worker_field(f, "w1-0", "processed");
         mwt_pipeline_signal(p, victim, SIGSTOP);
-        int64_t until = mwt_now_ms() + stops[round];
-        while (mwt_now_ms() < until)
+        int64_t until = mw_now_ms() + stops[round];
+        while (mw_now_ms() < until)
             pump(f, &sent, n, 20, 50);
         mwt_pipeline_signal(p, victim, SIGCONT);
-        int64_t t_cont = mwt_now_ms();
+        int64_t t_cont = mw_now_ms();
         int resumed_at = sent;
         /* Everything sent while it was stopped is answered meanwhile. */
-        int64_t deadline = mwt_now_ms() + mwt_scaled(30000);
-        while (mwt_now_ms() < deadline) {
+        int64_t deadline = mw_now_ms() + mwt_scaled(30000);
+        while (mw_now_ms() < deadline) {
             int done = 1;
             for (int i = first; i < resumed_at && done; i++)
                 done = f->t.count[i] > 0;
@@ -255,14 +256,14 @@ static void sigstopped_mid_stage_worker_is_routed_around_then_rejoins(void **sta
         assert_true(worst <= mwt_scaled(STOP_WORLD_TIMEOUT_MS) + mwt_scaled(1500));
 
         /* Resumed: back in the plan with its worlds up, and serving again. */
-        deadline = mwt_now_ms() + mwt_scaled(30000);
-        while (!worker_serving(f, "w1-0") && mwt_now_ms() < deadline)
+        deadline = mw_now_ms() + mwt_scaled(30000);
+        while (!worker_serving(f, "w1-0") && mw_now_ms() < deadline)
             pump(f, &sent, n, 10, 50);
         assert_true(worker_serving(f, "w1-0"));
-        int64_t rejoined = mwt_now_ms() - t_cont;
+        int64_t rejoined = mw_now_ms() - t_cont;
         int64_t base = worker_field(f, "w1-0", "processed");
-        deadline = mwt_now_ms() + mwt_scaled(30000);
-        while (worker_field(f, "w1-0", "processed") <= base && mwt_now_ms() < deadline)
+        deadline = mw_now_ms() + mwt_scaled(30000);
+        while (worker_field(f, "w1-0", "processed") <= base && mw_now_ms() < deadline)
             pump(f, &sent, n, 20, 50);
         print_message("stop %d: w1-0 serving again %lld ms after SIGCONT (processed %lld -> %lld "
                       "-> %lld)\n",
@@ -297,10 +298,10 @@ typedef struct rate_window {
 static double window_rate(fixture_t *f, int n, int64_t ms)
 {
     mwt_pipeline_read(f->p, "results", &f->t, n, f->expected, n, 0);
-    rate_window_t w = {mwt_now_ms(), f->t.distinct};
-    while (mwt_now_ms() < w.t0 + ms)
+    rate_window_t w = {mw_now_ms(), f->t.distinct};
+    while (mw_now_ms() < w.t0 + ms)
         mwt_pipeline_read(f->p, "results", &f->t, n, f->expected, n, 50);
-    return (double)(f->t.distinct - w.d0) * 1000.0 / (double)(mwt_now_ms() - w.t0);
+    return (double)(f->t.distinct - w.d0) * 1000.0 / (double)(mw_now_ms() - w.t0);
 }
 
 static void worker_added_to_bottleneck_stage_raises_throughput(void **state)
@@ -333,11 +334,11 @@ static void worker_added_to_bottleneck_stage_raises_throughput(void **state)
     f->p->worker_flags = slow;
     mwt_pipeline_worker(f->p, 1, "w1-1");
     f->p->worker_flags = NULL;
-    int64_t t0 = mwt_now_ms();
-    while (!worker_serving(f, "w1-1") && mwt_now_ms() < t0 + mwt_scaled(30000))
+    int64_t t0 = mw_now_ms();
+    while (!worker_serving(f, "w1-1") && mw_now_ms() < t0 + mwt_scaled(30000))
         mwt_pipeline_read(f->p, "results", &f->t, n, f->expected, n, 50);
     assert_true(worker_serving(f, "w1-1"));
-    int64_t ready_ms = mwt_now_ms() - t0;
+    int64_t ready_ms = mw_now_ms() - t0;
     window_rate(f, n, 500); /* both stage-1 workers busy */
     int left = n - f->t.distinct;
     double after = window_rate(f, n, 3000);
@@ -365,15 +366,15 @@ static void sigterm_under_load_drains_and_aborts_nothing(void **state)
     assert_true(pump_until(f, &sent, n, 500, mwt_scaled(60000)));
     assert_true(worker_field(f, "w1-0", "processed") > 0); /* it was carrying load */
     kill(-p->pids[victim], SIGTERM);
-    int64_t t0 = mwt_now_ms();
+    int64_t t0 = mw_now_ms();
     int status = -1;
-    while (mwt_now_ms() < t0 + mwt_scaled(20000)) {
+    while (mw_now_ms() < t0 + mwt_scaled(20000)) {
         pump(f, &sent, n, 25, 50);
         if (waitpid(p->pids[victim], &status, WNOHANG) == p->pids[victim])
             break;
         status = -1;
     }
-    print_message("w1-0 exited %lld ms after SIGTERM, status %d\n", (long long)(mwt_now_ms() - t0),
+    print_message("w1-0 exited %lld ms after SIGTERM, status %d\n", (long long)(mw_now_ms() - t0),
                   status);
     assert_true(status != -1);
     p->pids[victim] = 0;
@@ -406,11 +407,11 @@ static void killed_coordinator_does_not_pause_serving_and_a_standby_takes_over(v
     p->coordinator = 0;
     /* Serving goes on: the largest gap between newly committed results in the
      * 4 s after the kill (the lease is 1 s, the heartbeat ttl 1.5 s). */
-    int64_t t_kill = mwt_now_ms(), last = t_kill, gap = 0, took_over = -1;
+    int64_t t_kill = mw_now_ms(), last = t_kill, gap = 0, took_over = -1;
     int d = f->t.distinct;
-    while (mwt_now_ms() < t_kill + mwt_scaled(4000) && sent < n) {
+    while (mw_now_ms() < t_kill + mwt_scaled(4000) && sent < n) {
         pump(f, &sent, n, 20, 50);
-        int64_t t = mwt_now_ms();
+        int64_t t = mw_now_ms();
         if (f->t.distinct > d) {
             if (t - last > gap)
                 gap = t - last;
@@ -423,8 +424,8 @@ static void killed_coordinator_does_not_pause_serving_and_a_standby_takes_over(v
                 took_over = t - t_kill;
         }
     }
-    if (mwt_now_ms() - last > gap)
-        gap = mwt_now_ms() - last;
+    if (mw_now_ms() - last > gap)
+        gap = mw_now_ms() - last;
     print_message("coordinator killed: largest gap between committed results %lld ms; standby "
                   "leads %lld ms after the kill\n",
                   (long long)gap, (long long)took_over);
@@ -455,15 +456,15 @@ static void kafka_restart_mid_run_loses_and_duplicates_nothing(void **state)
     assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, mwt_scaled(30000)));
     int sent = 0;
     assert_true(pump_until(f, &sent, n, 300, mwt_scaled(60000)));
-    int64_t t0 = mwt_now_ms();
+    int64_t t0 = mw_now_ms();
     assert_int_equal(mwt_service("kafka", "restart"), 0);
-    print_message("kafka restarted in %lld ms at %d/%d results\n", (long long)(mwt_now_ms() - t0),
+    print_message("kafka restarted in %lld ms at %d/%d results\n", (long long)(mw_now_ms() - t0),
                   f->t.distinct, n);
     while (sent < n)
         pump(f, &sent, n, 50, 20);
     int got = mwt_pipeline_read(p, "results", &f->t, n, f->expected, n, mwt_scaled(90000));
     print_message("%d/%d answered %lld ms after the restart began\n", got, n,
-                  (long long)(mwt_now_ms() - t0));
+                  (long long)(mw_now_ms() - t0));
     assert_int_equal(got, n);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
     check_exactly_once(f, n);

@@ -2,6 +2,7 @@
  * chaos run that kill -9s a random worker every 2 s and starts a replacement.
  * Every request must still get exactly one committed result, equal to the
  * unsplit reference model's output. */
+#include "clock.h"
 #include "harness.h"
 #include "mwt_pipeline.h"
 
@@ -63,10 +64,10 @@ static void killed_origin_loses_and_duplicates_nothing(void **state)
     assert_true(mwt_pipeline_read(p, "results", &t, n, expected, n / 5, mwt_scaled(60000)) >=
                 n / 5);
     mwt_pipeline_signal(p, 0, SIGKILL); /* w0-0, an origin */
-    int64_t t0 = mwt_now_ms();
+    int64_t t0 = mw_now_ms();
     int got = mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(100000));
     print_message("origin killed at %d/%d; all answered %lld ms later\n", n / 5, n,
-                  (long long)(mwt_now_ms() - t0));
+                  (long long)(mw_now_ms() - t0));
     assert_int_equal(got, n);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
     int replayed = check_exactly_once(p, &t, n, expected);
@@ -91,11 +92,11 @@ static void chaos_kill_every_2s_keeps_exactly_once(void **state)
      * not yet committed), and a replacement started at its stage. */
     mwt_tally_t t = {0};
     int kills = 0;
-    int64_t next_kill = mwt_now_ms() + 2000;
+    int64_t next_kill = mw_now_ms() + 2000;
     for (int sent = 0; sent < n; sent += per_tick) {
         mwt_pipeline_submit(p, sent, per_tick, NULL);
         mwt_pipeline_read(p, "results", &t, n, expected, n, 10);
-        if (mwt_now_ms() < next_kill) {
+        if (mw_now_ms() < next_kill) {
             mwt_pipeline_read(p, "results", &t, n, expected, n, 200);
             continue;
         }

@@ -8,6 +8,7 @@
 
 #include <cmocka.h>
 
+#include "clock.h"
 #include "err.h"
 #include "harness.h"
 #include "kafka.h"
@@ -105,8 +106,8 @@ static rd_kafka_t *consumer_from_beginning(const char *topic, int partitions)
 static int consume(rd_kafka_t *rk, rd_kafka_message_t **msgs, int n, int64_t timeout_ms)
 {
     int got = 0;
-    int64_t deadline = mwt_now_ms() + timeout_ms * scale();
-    while (got < n && mwt_now_ms() < deadline) {
+    int64_t deadline = mw_now_ms() + timeout_ms * scale();
+    while (got < n && mw_now_ms() < deadline) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
         if (m == NULL)
             continue;

@@ -1,4 +1,5 @@
 /* Redis helper against a real redis-server: restarts, outages, script cache, binary safety. */
+#include "clock.h"
 #include "err.h"
 #include "harness.h"
 #include "redis.h"
@@ -84,11 +85,11 @@ static void outage_fails_fast_then_recovers_with_backoff(void **state)
     (void)state;
     mw_redis_t *r = connect_or_fail();
     assert_int_equal(mwt_service("redis", "kill"), 0);
-    int64_t t0 = mwt_now_ms();
+    int64_t t0 = mw_now_ms();
     assert_int_equal(mw_redis_cmd(r, NULL, "PING"), MW_EUNAVAIL);
     assert_int_equal(mw_redis_cmd(r, NULL, "PING"), MW_EUNAVAIL);
     /* Refused connections fail at once rather than hanging the caller. */
-    assert_true(mwt_now_ms() - t0 < 1000);
+    assert_true(mw_now_ms() - t0 < 1000);
     assert_non_null(strstr(mw_redis_errstr(r), "Redis"));
     assert_int_equal(mwt_service("redis", "start"), 0);
     /* The backoff is capped by redis.retry_max_ms (5 s by default). */

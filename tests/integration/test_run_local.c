@@ -2,6 +2,7 @@
  * Kafka, model, topics, coordinator and workers in a temporary state
  * directory, runs a small scoring job whose every output is verified against
  * the reference runner, and `ops/run-local.sh stop` leaves no process behind. */
+#include "clock.h"
 #include "harness.h"
 #include "mwt_pipeline.h"
 
@@ -120,10 +121,10 @@ static void run_local_serves_verifies_every_output_and_stop_leaves_nothing_runni
     snprintf(user_config, sizeof(user_config), "%s/.cache/local/mwserve.json", root_dir());
     int64_t user_mtime = mtime_of(user_config);
 
-    int64_t t0 = mwt_now_ms();
+    int64_t t0 = mw_now_ms();
     int rc = run_local("--requests 300 --timeout-s 60", "start.log");
     const char *out = slurp("start.log");
-    print_message("run-local.sh took %lld ms\n", (long long)(mwt_now_ms() - t0));
+    print_message("run-local.sh took %lld ms\n", (long long)(mw_now_ms() - t0));
     if (rc != 0 || strstr(out, "ALL 300 OUTPUTS VERIFIED") == NULL ||
         strstr(out, "verify: 300/300 ok outputs bit-identical") == NULL ||
         strstr(out, "results: 300/300 received, 0 errors") == NULL)

@@ -1,6 +1,7 @@
 /* Fault isolation across real processes: a killed or stopped peer breaks only
  * its own world, within world.timeout_ms, while the process's other worlds
  * keep moving verified bytes; a new world joins while another is saturated. */
+#include "clock.h"
 #include "test_world_util.h"
 
 #include <pthread.h>
@@ -118,7 +119,7 @@ static void *stream_main(void *arg)
         }
         int n = __atomic_load_n(&s->nacks, __ATOMIC_RELAXED);
         if (n < MAX_ACKS) {
-            s->acks[n] = mwt_now_ms();
+            s->acks[n] = mw_now_ms();
             __atomic_store_n(&s->nacks, n + 1, __ATOMIC_RELEASE);
         }
     }
@@ -197,7 +198,7 @@ static void *victim_main(void *arg)
             break;
         __atomic_fetch_add(&v->sends, 1, __ATOMIC_RELEASE);
     }
-    v->failed_ms = mwt_now_ms();
+    v->failed_ms = mw_now_ms();
     free(buf);
     return NULL;
 }
@@ -232,7 +233,7 @@ static void fault_while_other_world_streams(int sig)
                                  st1.bytes_sent > st0.bytes_sent;
                              }),
                              OP_MS));
-    int64_t t_fault = mwt_now_ms();
+    int64_t t_fault = mw_now_ms();
     kill(c, sig);
     pthread_join(tv, NULL);
     int64_t detect = v.failed_ms - t_fault;
@@ -246,9 +247,9 @@ static void fault_while_other_world_streams(int sig)
     /* A-B moved verified bytes inside the failure window, and goes on after it */
     int64_t window_end = sig == SIGKILL ? t_fault + TIMEOUT_MS : v.failed_ms;
     if (sig == SIGKILL)
-        assert_true(mwt_wait_for(mwt_now_ms() > window_end, OP_MS));
+        assert_true(mwt_wait_for(mw_now_ms() > window_end, OP_MS));
     int inside = acks_between(&s, t_fault, window_end);
-    int64_t t_after = mwt_now_ms();
+    int64_t t_after = mw_now_ms();
     assert_true(mwt_wait_for(acks_between(&s, t_after, INT64_MAX) >= 10, OP_MS));
     printf("# A-B: %d verified transfers inside the failure window, longest gap %lld ms\n", inside,
            (long long)max_gap(&s, t_fault, window_end));
@@ -288,7 +289,7 @@ static void on_event(const mw_world_event_t *ev, void *user)
     if (ev->state == MW_WORLD_BROKEN && __atomic_load_n(&s->at, __ATOMIC_ACQUIRE) == 0) {
         snprintf(s->errstr, sizeof(s->errstr), "%s", ev->errstr);
         s->state = ev->state;
-        __atomic_store_n(&s->at, mwt_now_ms(), __ATOMIC_RELEASE);
+        __atomic_store_n(&s->at, mw_now_ms(), __ATOMIC_RELEASE);
     }
 }
 
@@ -312,8 +313,8 @@ static void stopped_peer_is_detected_on_an_idle_world(void **state)
     assert_int_equal(mw_world_join(ctx, &o, &w, err, sizeof(err)), 0);
     assert_int_equal(mw_world_wait_ready(w, JOIN_MS, err, sizeof(err)), 0);
     /* idle for twice the timeout: keepalives keep it up */
-    int64_t t0 = mwt_now_ms();
-    while (mwt_now_ms() - t0 < 2 * TIMEOUT_MS) {
+    int64_t t0 = mw_now_ms();
+    while (mw_now_ms() - t0 < 2 * TIMEOUT_MS) {
         mwt_sleep_ms(50);
         assert_int_equal(mw_world_state(w), MW_WORLD_READY);
     }
@@ -321,7 +322,7 @@ static void stopped_peer_is_detected_on_an_idle_world(void **state)
     mw_world_stats(w, &st);
     assert_true(st.pings_sent >= 2);
 
-    int64_t t_stop = mwt_now_ms();
+    int64_t t_stop = mw_now_ms();
     kill(b, SIGSTOP);
     assert_true(mwt_wait_for(__atomic_load_n(&seen.at, __ATOMIC_ACQUIRE) != 0,
                              TIMEOUT_MS + SLACK_MS + 5000));
@@ -358,10 +359,10 @@ static void new_world_joins_while_another_is_saturated(void **state)
     stream_start(&s, &ts, wab, 1);
     assert_true(mwt_wait_for(__atomic_load_n(&s.nacks, __ATOMIC_ACQUIRE) >= 20, OP_MS));
 
-    int64_t t0 = mwt_now_ms();
+    int64_t t0 = mw_now_ms();
     mw_world_t *wad = wt_join(ctx, ad, 1, 2, 0, JOIN_MS);
     assert_non_null(wad);
-    int64_t t_ready = mwt_now_ms();
+    int64_t t_ready = mw_now_ms();
     uint8_t *buf = malloc(1u << 20);
     mw_tensor_desc_t desc = wt_bytes(1u << 20);
     for (uint64_t seq = 0; seq < 10; seq++) {
@@ -374,7 +375,7 @@ static void new_world_joins_while_another_is_saturated(void **state)
             mw_world_recv_header(wad, 1, &ack, sizeof(ack), &len, OP_MS, err, sizeof(err)), 0);
         assert_int_equal(ack.seq, seq);
     }
-    int64_t t1 = mwt_now_ms();
+    int64_t t1 = mw_now_ms();
     assert_true(mwt_wait_for(acks_between(&s, t1, INT64_MAX) >= 1, OP_MS));
     int inside = acks_between(&s, t0, t1);
     int64_t gap = max_gap(&s, t0, t1);

@@ -1,4 +1,5 @@
 /* Integration-test support (see harness.h). */
+#include "clock.h"
 #include "harness.h"
 
 #include <errno.h>
@@ -9,13 +10,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-int64_t mwt_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void mwt_sleep_ms(int64_t ms)
 {
@@ -95,13 +89,13 @@ pid_t mwt_spawn(char *const argv[])
 
 int mwt_wait_exit(pid_t pid, int64_t timeout_ms)
 {
-    int64_t deadline = mwt_now_ms() + timeout_ms;
+    int64_t deadline = mw_now_ms() + timeout_ms;
     for (;;) {
         int status;
         pid_t r = waitpid(pid, &status, WNOHANG);
         if (r == pid)
             return status;
-        if (r < 0 || mwt_now_ms() >= deadline)
+        if (r < 0 || mw_now_ms() >= deadline)
             return -1;
         mwt_sleep_ms(5);
     }

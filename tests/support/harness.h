@@ -3,21 +3,20 @@
 #ifndef MW_TEST_HARNESS_H
 #define MW_TEST_HARNESS_H
 
+#include "clock.h"
 #include "config.h"
 
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Milliseconds on the monotonic clock. */
-int64_t mwt_now_ms(void);
 void mwt_sleep_ms(int64_t ms);
 
 /* Evaluates cond until it is true or timeout_ms passes; yields 1 or 0. */
 #define mwt_wait_for(cond, timeout_ms)                                                             \
     __extension__({                                                                                \
-        int64_t mwt_deadline_ = mwt_now_ms() + (timeout_ms);                                       \
+        int64_t mwt_deadline_ = mw_now_ms() + (timeout_ms);                                        \
         int mwt_ok_;                                                                               \
-        while (!(mwt_ok_ = !!(cond)) && mwt_now_ms() < mwt_deadline_)                              \
+        while (!(mwt_ok_ = !!(cond)) && mw_now_ms() < mwt_deadline_)                               \
             mwt_sleep_ms(5);                                                                       \
         mwt_ok_;                                                                                   \
     })

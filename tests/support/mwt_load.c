@@ -1,4 +1,5 @@
 /* Benchmark support (see mwt_load.h). */
+#include "clock.h"
 #include "mwt_load.h"
 
 #include "err.h"
@@ -20,9 +21,7 @@
 
 double mwt_now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+    return (double)mw_now_us();
 }
 
 static void die(const char *what, const char *err)
@@ -185,8 +184,8 @@ void mwt_load_submit(mwt_load_t *l, int n)
 int mwt_load_collect(mwt_load_t *l, int upto, int64_t timeout_ms)
 {
     char err[256];
-    int64_t deadline = mwt_now_ms() + timeout_ms;
-    while (atomic_load(&l->ngot) < upto && mwt_now_ms() < deadline) {
+    int64_t deadline = mw_now_ms() + timeout_ms;
+    while (atomic_load(&l->ngot) < upto && mw_now_ms() < deadline) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(l->cons, 20);
         if (m == NULL)
             continue;

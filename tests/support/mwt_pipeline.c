@@ -1,4 +1,5 @@
 /* Integration-test support for serving (see mwt_pipeline.h). */
+#include "clock.h"
 #include "mwt_pipeline.h"
 
 #include "err.h"
@@ -351,14 +352,14 @@ int mwt_pipeline_read(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int
     char err[256];
     if (t->consumer == NULL)
         tally_open(p, suffix, t, n);
-    int64_t deadline = mwt_now_ms() + timeout_ms;
+    int64_t deadline = mw_now_ms() + timeout_ms;
     int is_results = strcmp(suffix, "results") == 0;
-    while (mwt_now_ms() < deadline) {
+    while (mw_now_ms() < deadline) {
         if (want_distinct >= 0 && t->distinct >= want_distinct)
             break;
         if (want_distinct < 0 && t->eof == (1 << t->partitions) - 1)
             break;
-        int64_t left = deadline - mwt_now_ms();
+        int64_t left = deadline - mw_now_ms();
         rd_kafka_message_t *msg =
             rd_kafka_consumer_poll(t->consumer, (int)(left < 100 ? (left > 0 ? left : 0) : 100));
         if (msg == NULL)
