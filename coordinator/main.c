@@ -1,5 +1,6 @@
 /* mw-coordinator: lease, sweep, read workers, plan, publish; standbys wait their turn. */
 #include "clock.h"
+#include "program.h"
 #include "config.h"
 #include "err.h"
 #include "events.h"
@@ -246,23 +247,13 @@ int main(int argc, char **argv)
 {
     char err[512];
     mw_config_t cfg;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-    }
-    if (mw_config_load(&cfg, &argc, argv, err, sizeof(err)) != MW_OK) {
-        fprintf(stderr, "mw-coordinator: %s\n", err);
-        return 2;
-    }
-    int rc = 2;
+    int rc = mw_program_start("mw-coordinator", &argc, argv, &cfg, usage);
+    if (rc >= 0)
+        return rc;
+    rc = 2;
     coord_t c;
     memset(&c, 0, sizeof(c));
     c.cfg = &cfg;
-    mw_log_level_t level = MW_LOG_INFO;
-    mw_log_level_parse(cfg.log_level, &level);
-    mw_log_init("mw-coordinator", level);
     if (argc > 1) {
         fprintf(stderr, "mw-coordinator: unexpected argument '%s' (--help for usage)\n", argv[1]);
         goto out_config;
@@ -277,13 +268,7 @@ int main(int argc, char **argv)
                "lease may lapse between renewals",
                (long long)cfg.coordinator_interval_ms, (long long)cfg.coordinator_lease_ms);
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    mw_program_on_stop(on_signal);
 
     char id[MW_PLAN_ID_MAX];
     mw_member_default_id(id, sizeof(id));

@@ -1,6 +1,7 @@
 /* mw-worker: registers in Redis, heartbeats, follows the plan (notices + polling)
  * and reconciles its worlds; SIGTERM drains, leaves and exits 0. */
 #include "clock.h"
+#include "program.h"
 #include "config.h"
 #include "err.h"
 #include "events.h"
@@ -445,17 +446,10 @@ int main(int argc, char **argv)
 {
     char err[512];
     mw_config_t cfg;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-    }
-    if (mw_config_load(&cfg, &argc, argv, err, sizeof(err)) != MW_OK) {
-        fprintf(stderr, "mw-worker: %s\n", err);
-        return 2;
-    }
-    int rc = 2;
+    int rc = mw_program_start("mw-worker", &argc, argv, &cfg, usage);
+    if (rc >= 0)
+        return rc;
+    rc = 2;
     worker_t w;
     memset(&w, 0, sizeof(w));
     w.cfg = &cfg;
@@ -467,9 +461,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "mw-worker: unexpected argument '%s' (--help for usage)\n", argv[1]);
         goto out_config;
     }
-    mw_log_level_t level = MW_LOG_INFO;
-    mw_log_level_parse(cfg.log_level, &level);
-    mw_log_init("mw-worker", level);
 
     mw_member_info_t *in = &w.info;
     if (cfg.worker_id[0] != '\0')
@@ -506,13 +497,7 @@ int main(int argc, char **argv)
     in->state = MW_MEMBER_JOINING;
     in->assigned_stage = -1;
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    mw_program_on_stop(on_signal);
 
     w.r = mw_redis_new(&cfg, 1, err, sizeof(err));
     if (w.r == NULL) {
