@@ -1294,16 +1294,23 @@ int mw_world_isend(mw_world_t *w, int peer, const mw_tensor_desc_t *desc, const 
     return req_post(w, r, req);
 }
 
-int mw_world_irecv(mw_world_t *w, int peer, void *buf, size_t capacity, mw_world_req_t **req)
+/* Posts a receive of the next frame of frame_type from peer into buf. */
+static int post_recv(mw_world_t *w, int kind, uint8_t frame_type, int peer, void *buf,
+                     size_t capacity, mw_world_req_t **req)
 {
     *req = NULL;
     if (!check_peer(w, peer) || (buf == NULL && capacity > 0))
         return MW_EINVAL;
-    mw_world_req_t *r = req_new(w, REQ_RECV, 1, 0);
+    mw_world_req_t *r = req_new(w, kind, 1, 0);
     if (r == NULL)
         return MW_ENOMEM;
-    op_recv(&r->ops[0], peer, MW_FRAME_TENSOR, buf, capacity);
+    op_recv(&r->ops[0], peer, frame_type, buf, capacity);
     return req_post(w, r, req);
+}
+
+int mw_world_irecv(mw_world_t *w, int peer, void *buf, size_t capacity, mw_world_req_t **req)
+{
+    return post_recv(w, REQ_RECV, MW_FRAME_TENSOR, peer, buf, capacity, req);
 }
 
 int mw_world_isend_header(mw_world_t *w, int peer, const void *data, size_t len,
@@ -1326,14 +1333,7 @@ int mw_world_isend_header(mw_world_t *w, int peer, const void *data, size_t len,
 
 int mw_world_irecv_header(mw_world_t *w, int peer, void *buf, size_t capacity, mw_world_req_t **req)
 {
-    *req = NULL;
-    if (!check_peer(w, peer) || (buf == NULL && capacity > 0))
-        return MW_EINVAL;
-    mw_world_req_t *r = req_new(w, REQ_RECV_HEADER, 1, 0);
-    if (r == NULL)
-        return MW_ENOMEM;
-    op_recv(&r->ops[0], peer, MW_FRAME_HEADER, buf, capacity);
-    return req_post(w, r, req);
+    return post_recv(w, REQ_RECV_HEADER, MW_FRAME_HEADER, peer, buf, capacity, req);
 }
 
 static uint32_t next_coll_seq(mw_world_t *w)

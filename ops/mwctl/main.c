@@ -5,6 +5,7 @@
 #include "err.h"
 #include "log.h"
 
+#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +23,19 @@ static const struct {
     {"status", mwctl_status, "leader, epoch, pipelines, workers, worlds, recent events (--json)"},
     {"events", mwctl_events, "the cluster's event stream (--follow: keep printing)"},
 };
+
+int mwctl_args_done(const char *command, int argc, char **argv, const char *pipeline)
+{
+    if (optind < argc) {
+        fprintf(stderr, "mwctl %s: unexpected argument '%s'\n", command, argv[optind]);
+        return 2;
+    }
+    if (pipeline == NULL) {
+        fprintf(stderr, "mwctl %s: --pipeline is required\n", command);
+        return 2;
+    }
+    return 0;
+}
 
 static void usage(FILE *out)
 {

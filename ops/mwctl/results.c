@@ -357,14 +357,8 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
             return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "mwctl results: unexpected argument '%s'\n", argv[optind]);
+    if (mwctl_args_done("results", argc, argv, pipeline) != 0)
         return 2;
-    }
-    if (pipeline == NULL) {
-        fprintf(stderr, "mwctl results: --pipeline is required\n");
-        return 2;
-    }
     if (verify && model == NULL) {
         fprintf(stderr, "mwctl results: --verify needs --model FILE (the model the pipeline "
                         "serves)\n");

@@ -603,14 +603,8 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
             return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "mwctl submit: unexpected argument '%s'\n", argv[optind]);
+    if (mwctl_args_done("submit", argc, argv, pipeline) != 0)
         return 2;
-    }
-    if (pipeline == NULL) {
-        fprintf(stderr, "mwctl submit: --pipeline is required\n");
-        return 2;
-    }
     if ((generate_n >= 0) + (file != NULL) + (dir != NULL) > 1) {
         fprintf(stderr, "mwctl submit: give one of --generate, --file and --dir\n");
         return 2;
