@@ -198,6 +198,31 @@ static void help_lists_every_key_with_default(void **state)
     free(buf);
 }
 
+/* The README's configuration table is generated from the key table (make
+ * docs); a key added without regenerating it fails here. */
+static void readme_table_matches_the_key_table(void **state)
+{
+    (void)state;
+    char *table = NULL, *readme = NULL;
+    size_t table_len = 0;
+    FILE *f = open_memstream(&table, &table_len);
+    mw_config_print_help(f, 1);
+    fclose(f);
+    f = fopen("README.md", "r"); /* tests run from the repository root */
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    readme = calloc(1, (size_t)n + 1);
+    assert_int_equal(fread(readme, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    for (char *line = strtok(table, "\n"); line != NULL; line = strtok(NULL, "\n"))
+        if (strstr(readme, line) == NULL)
+            fail_msg("README.md lacks the config row '%s': run make docs", line);
+    free(readme);
+    free(table);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -211,6 +236,7 @@ int main(void)
         cmocka_unit_test(kafka_keys_pass_through_and_are_validated),
         cmocka_unit_test(flag_without_value_is_rejected),
         cmocka_unit_test(help_lists_every_key_with_default),
+        cmocka_unit_test(readme_table_matches_the_key_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
