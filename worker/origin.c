@@ -17,10 +17,12 @@
 #include <string.h>
 #include <time.h>
 
-#define FAC          "origin"
-#define REQ_BUCKETS  4096
-#define POLL_BATCH   64
-#define FULL_POLL_MS 50
+#define FAC               "origin"
+#define REQ_BUCKETS       4096
+#define POLL_BATCH        64
+#define FULL_POLL_MS      50
+#define COMMIT_MIN_GAP_MS 10
+#define PAUSE_AFTER_MS    250
 
 enum { RQ_WAIT = 1, RQ_SENT, RQ_DONE };
 
@@ -75,7 +77,8 @@ struct dp_origin {
     int64_t ninflight, nwait;
     uint64_t next_seq;
     int paused;
-    int draining; /* paused for good */
+    int draining;          /* paused for good */
+    int64_t full_since_ms; /* when the window filled up; -1 while it has room */
     int64_t next_commit_ms, next_check_ms, next_full_poll_ms;
 };
 
@@ -699,13 +702,21 @@ static void on_message(mw_dataplane_t *dp, rd_kafka_message_t *msg)
     mw_request_fini(&req);
 }
 
-static void flow_control(mw_dataplane_t *dp)
+static void flow_control(mw_dataplane_t *dp, int64_t now)
 {
     dp_origin_t *o = dp->origin;
     int64_t max = dp->cfg.worker_max_inflight;
-    /* Pause when full, resume at three quarters, never while draining. */
-    int want =
-        o->draining || o->ninflight >= max || (o->paused && o->ninflight > max - (max + 3) / 4);
+    if (o->ninflight < max)
+        o->full_since_ms = -1;
+    else if (o->full_since_ms < 0)
+        o->full_since_ms = now;
+    /* A full window only stops polling (librdkafka keeps prefetching, so
+     * taking requests again costs nothing); the partitions are paused when it
+     * stays full for PAUSE_AFTER_MS (a resumed partition may wait up to a
+     * second for its next fetch), and resumed at three quarters; always
+     * paused while draining. */
+    int want = o->draining || (o->full_since_ms >= 0 && now - o->full_since_ms >= PAUSE_AFTER_MS) ||
+               (o->paused && o->ninflight > max - (max + 3) / 4);
     o->paused = want;
     /* Only partitions that delivered a message are paused, and only those
      * paused here are resumed: librdkafka may restart others at an older
@@ -726,6 +737,24 @@ static void flow_control(mw_dataplane_t *dp)
     else
         rd_kafka_resume_partitions(o->consumer, list);
     rd_kafka_topic_partition_list_destroy(list);
+}
+
+/* Whether the window is full and committing now would free a quarter of it:
+ * waiting for the interval would leave the origin idle with finished results
+ * (and hold them back from the client). At most one such early commit per
+ * COMMIT_MIN_GAP_MS. */
+static int window_blocked(mw_dataplane_t *dp, int64_t now)
+{
+    dp_origin_t *o = dp->origin;
+    int64_t max = dp->cfg.worker_max_inflight;
+    if (o->ninflight < max || o->draining ||
+        now < o->next_commit_ms - dp->cfg.results_commit_interval_ms + COMMIT_MIN_GAP_MS)
+        return 0;
+    int64_t releasable = 0;
+    for (dp_part_t *p = o->parts; p != NULL; p = p->next)
+        for (dp_req_t *r = p->head; r != NULL && r->state == RQ_DONE; r = r->next)
+            releasable++;
+    return releasable >= (max + 3) / 4;
 }
 
 /* Deadlines, unanswered attempts and requests waiting for a route. */
@@ -756,10 +785,12 @@ int dp_origin_step(mw_dataplane_t *dp)
     dp_origin_t *o = dp->origin;
     int n = 0;
     int64_t now = mw_now_ms();
-    /* Polled even when the window is full or draining (rebalances are served
-     * from here), but then at most one message per FULL_POLL_MS. */
+    /* Polled even when paused or draining (rebalances are served from here),
+     * but then at most one message per FULL_POLL_MS; not while the window is
+     * full but not yet paused: that would take requests beyond it. */
     int full = o->draining || o->ninflight >= dp->cfg.worker_max_inflight;
-    for (int i = 0; i < POLL_BATCH && (!full || now >= o->next_full_poll_ms); i++) {
+    int hold = full && !o->paused && !o->draining;
+    for (int i = 0; i < POLL_BATCH && !hold && (!full || now >= o->next_full_poll_ms); i++) {
         if (full) {
             o->next_full_poll_ms = now + FULL_POLL_MS;
             if (i > 0)
@@ -773,14 +804,14 @@ int dp_origin_step(mw_dataplane_t *dp)
         on_message(dp, msg);
         n++;
     }
-    flow_control(dp);
+    flow_control(dp, now);
     int timeouts = now >= o->next_check_ms;
     if (timeouts || o->nwait > 0)
         n += check_requests(dp, now, timeouts);
     if (timeouts)
         o->next_check_ms = now + 10;
     rd_kafka_poll(o->producer, 0);
-    if (now >= o->next_commit_ms) {
+    if (now >= o->next_commit_ms || window_blocked(dp, now)) {
         commit(dp);
         o->next_commit_ms = mw_now_ms() + dp->cfg.results_commit_interval_ms;
     }
@@ -800,6 +831,7 @@ int dp_origin_new(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
     snprintf(o->t_results, sizeof(o->t_results), "%s.results", dp->pipeline);
     snprintf(o->t_dlq, sizeof(o->t_dlq), "%s.dlq", dp->pipeline);
     o->transactional = strcmp(dp->cfg.results_delivery, "at-least-once") != 0;
+    o->full_since_ms = -1;
     return MW_OK;
 }
 
