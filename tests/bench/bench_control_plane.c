@@ -156,26 +156,6 @@ static int in_plan(mw_redis_t *r, const char *id, int want, int64_t *last_versio
     return has == want;
 }
 
-static double cpu_ticks(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    unsigned long ut = 0, st = 0;
-    /* fields after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime
-     * stime */
-    if (p == NULL ||
-        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (double)(ut + st);
-}
-
 /* Coordinator CPU with n workers heartbeating (registered from this process). */
 static void bench_coordinator_cpu(const mw_config_t *base, int n)
 {
@@ -205,7 +185,7 @@ static void bench_coordinator_cpu(const mw_config_t *base, int n)
     while (!in_plan(r, last_id, 1, &last) && mw_now_ms() < deadline)
         mwt_sleep_ms(5);
     long hz = sysconf(_SC_CLK_TCK);
-    double c0 = cpu_ticks(coord);
+    double c0 = mwt_cpu_ticks(coord);
     int64_t t0 = mw_now_ms(), window = 4000;
     while (mw_now_ms() - t0 < window) { /* steady state: heartbeats, no membership change */
         int64_t beat = mw_now_ms();
@@ -213,7 +193,7 @@ static void bench_coordinator_cpu(const mw_config_t *base, int n)
             mw_member_heartbeat(r, &in[i], 1000, NULL, NULL);
         mwt_sleep_ms(HB_MS - (mw_now_ms() - beat));
     }
-    double c1 = cpu_ticks(coord);
+    double c1 = mwt_cpu_ticks(coord);
     double pct = (c1 - c0) / (double)hz / ((double)(mw_now_ms() - t0) / 1000.0) * 100.0;
     emit("coordinator_cpu_percent", n, pct, "%", ", \"interval_ms\": 200, \"heartbeat_ms\": 500");
     kill(coord, SIGTERM);

@@ -40,32 +40,13 @@ static void emit(const char *metric, double value, const char *unit, const char 
 
 /* --- 1. throughput and latency by request size; 2. static vs elastic ------------ */
 
-/* CPU time (user + system, clock ticks) of a process. */
-static double cpu_ticks(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    unsigned long ut = 0, st = 0;
-    if (p == NULL ||
-        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (double)(ut + st);
-}
-
 /* CPU ticks of the pipeline's workers and coordinator. */
 static double pipeline_ticks(const mwt_pipeline_t *p)
 {
-    double t = p->coordinator > 0 ? cpu_ticks(p->coordinator) : 0;
+    double t = p->coordinator > 0 ? mwt_cpu_ticks(p->coordinator) : 0;
     for (int i = 0; i < p->nworkers; i++)
         if (p->pids[i] > 0)
-            t += cpu_ticks(p->pids[i]);
+            t += mwt_cpu_ticks(p->pids[i]);
     return t;
 }
 

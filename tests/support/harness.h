@@ -42,6 +42,9 @@ const char *mwt_bin(const char *name);
  * test's output. Returns the pid, or -1. */
 pid_t mwt_spawn(char *const argv[]);
 
+/* CPU time (user + system, clock ticks) of a process; 0 when it is gone. */
+double mwt_cpu_ticks(pid_t pid);
+
 /* Waits for pid to exit within timeout_ms; returns its wait status or -1 on timeout. */
 int mwt_wait_exit(pid_t pid, int64_t timeout_ms);
 
