@@ -33,8 +33,16 @@ endif
 # --- CUDA / NCCL / cuBLAS: detected, never required -------------------------
 CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda /opt/cuda))
 HAVE_CUDA := $(if $(and $(CUDA_HOME),$(wildcard $(CUDA_HOME)/include/cuda_runtime.h)),1,)
-HAVE_NCCL := $(if $(HAVE_CUDA),$(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),1,),)
-HAVE_CUBLAS := $(if $(HAVE_CUDA),$(if $(wildcard $(CUDA_HOME)/include/cublas_v2.h),1,),)
+# NCCL_HOME / CUBLAS_HOME: installs outside CUDA_HOME (e.g. pip's nvidia/* wheels), with
+# $(X_HOME)/include and $(X_HOME)/lib (which needs the unversioned libnccl.so / libcublas.so).
+NCCL_HOME ?=
+CUBLAS_HOME ?=
+HAVE_NCCL := $(if $(HAVE_CUDA),$(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h $(if $(NCCL_HOME),$(NCCL_HOME)/include/nccl.h)),1,),)
+HAVE_CUBLAS := $(if $(HAVE_CUDA),$(if $(wildcard $(CUDA_HOME)/include/cublas_v2.h $(if $(CUBLAS_HOME),$(CUBLAS_HOME)/include/cublas_v2.h)),1,),)
+# -isystem: nccl.h declares ncclGroupStart() without (void), fatal under -Wstrict-prototypes -Werror
+home_flags = $(if $(1),-isystem $(1)/include)
+comma := ,
+home_libs = $(if $(1),-L$(1)/lib -Wl$(comma)-rpath$(comma)$(1)/lib)
 NVCC ?= $(CUDA_HOME)/bin/nvcc
 
 GPU_NCCL_SRCS := $(wildcard common/*_nccl.c)
@@ -42,17 +50,19 @@ GPU_CUDA_SRCS := $(wildcard common/*_cuda.c)
 GPU_CU_SRCS := $(wildcard common/*.cu)
 
 ifeq ($(HAVE_CUDA),1)
-CUDA_CPPFLAGS := -I$(CUDA_HOME)/include
+CUDA_CPPFLAGS := $(call home_flags,$(CUDA_HOME))
 CPPFLAGS += $(CUDA_CPPFLAGS)
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart
+CUDA_LIBDIR ?= $(CUDA_HOME)/lib64
+CUDA_LIBS := -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart
 endif
 ifeq ($(HAVE_NCCL),1)
-CPPFLAGS += -DMW_HAVE_NCCL=1
-LDLIBS += $(CUDA_LIBS) -lnccl
+CPPFLAGS += -DMW_HAVE_NCCL=1 $(call home_flags,$(NCCL_HOME))
+LDLIBS += $(CUDA_LIBS) $(call home_libs,$(NCCL_HOME)) -lnccl
 endif
 ifeq ($(HAVE_CUBLAS),1)
-CPPFLAGS += -DMW_HAVE_CUBLAS=1
-LDLIBS += $(if $(HAVE_NCCL),,$(CUDA_LIBS)) -lcublas
+CPPFLAGS += -DMW_HAVE_CUBLAS=1 $(call home_flags,$(CUBLAS_HOME))
+# nvcc's host code for the kernels needs the C++ runtime (static-init guards)
+LDLIBS += $(if $(HAVE_NCCL),,$(CUDA_LIBS)) $(call home_libs,$(CUBLAS_HOME)) -lcublas -lstdc++
 endif
 
 # --- sources ----------------------------------------------------------------
@@ -94,6 +104,7 @@ help:
 
 gpu-info:
 	@echo "CUDA_HOME=$(CUDA_HOME) cuda=$(or $(HAVE_CUDA),no) nccl=$(or $(HAVE_NCCL),no) cublas=$(or $(HAVE_CUBLAS),no)"
+	@echo "NCCL_HOME=$(NCCL_HOME) CUBLAS_HOME=$(CUBLAS_HOME) CUDA_LIBDIR=$(CUDA_LIBDIR)"
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)

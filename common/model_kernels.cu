@@ -59,6 +59,9 @@ __global__ void mw_bias_act_kernel(float *y, const float *bias, const float *res
 extern "C" int mw_cuda_layernorm(const float *x, int rows, int n, const float *gamma,
                                  const float *beta, float eps, float *y, cudaStream_t stream)
 {
+    // Drop an error an earlier runtime call of this thread left behind (a failed
+    // cudaSetDevice for another stage, say): the check below is for this launch.
+    (void)cudaGetLastError();
     mw_layernorm_kernel<<<rows, MW_LN_THREADS, 0, stream>>>(x, n, gamma, beta, eps, y);
     return cudaGetLastError() == cudaSuccess ? 0 : -1;
 }
@@ -68,6 +71,7 @@ extern "C" int mw_cuda_bias_act(float *y, const float *bias, const float *resid,
 {
     size_t total = (size_t)rows * (size_t)cols;
     unsigned blocks = (unsigned)((total + 255) / 256);
+    (void)cudaGetLastError(); // as in mw_cuda_layernorm
     mw_bias_act_kernel<<<blocks, 256, 0, stream>>>(y, bias, resid, total, cols, act);
     return cudaGetLastError() == cudaSuccess ? 0 : -1;
 }

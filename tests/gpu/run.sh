@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU checks for worlds: builds with CUDA + NCCL (auto-detected by the
-# Makefile) and runs the world integration tests, including the NCCL backend
+# GPU checks: builds with CUDA + NCCL + cuBLAS (auto-detected by the Makefile;
+# NCCL_HOME / CUBLAS_HOME for other locations), runs the cuBLAS stage test
+# (test_model_cuda) and the world integration tests, including the NCCL backend
 # ones (test_world_nccl: a world of one member on device memory, two ranks on
 # one GPU). NCCL allows one rank per GPU per world, so a one-GPU machine runs
 # worlds of size 1 on NCCL; the TCP-backend world tests run as everywhere.
@@ -15,5 +16,7 @@ fi
 nvidia-smi -L || true
 make BUILD=build/gpu -j"$(nproc)" all \
     build/gpu/tests/integration/test_world_nccl \
-    build/gpu/tests/integration/test_world_transfer
+    build/gpu/tests/integration/test_world_transfer \
+    build/gpu/tests/unit/test_model_cuda
+MW_BUILD=build/gpu tests/run.sh unit test_model_cuda
 MW_BUILD=build/gpu tests/run.sh integration test_world

@@ -22,7 +22,8 @@ static mw_world_t *nccl_join(mw_worlds_t *ctx, const char *name, int size, int r
                          .rank = rank,
                          .backend = MW_BACKEND_NCCL,
                          .timeout_ms = 20000 * wt_scale()};
-    assert_int_equal(mw_world_join(ctx, &o, &w, err, sizeof(err)), 0);
+    if (mw_world_join(ctx, &o, &w, err, sizeof(err)) != 0)
+        fail_msg("join %s rank %d of %d: %s", name, rank, size, err);
     return w;
 }
 
