@@ -104,6 +104,30 @@ static void wake(mw_worlds_t *ctx)
     }
 }
 
+/* Rings donefd once until the next mw_worlds_done_clear. */
+static void done_ring(mw_worlds_t *ctx)
+{
+    if (!__atomic_exchange_n(&ctx->done_pending, 1, __ATOMIC_ACQ_REL)) {
+        uint64_t one = 1;
+        ssize_t n = write(ctx->donefd, &one, sizeof(one));
+        (void)n;
+    }
+}
+
+int mw_worlds_done_fd(const mw_worlds_t *ctx)
+{
+    return ctx->donefd;
+}
+
+void mw_worlds_done_clear(mw_worlds_t *ctx)
+{
+    if (__atomic_exchange_n(&ctx->done_pending, 0, __ATOMIC_ACQ_REL)) {
+        uint64_t v;
+        ssize_t n = read(ctx->donefd, &v, sizeof(v));
+        (void)n;
+    }
+}
+
 static void handle_cmd(mw_worlds_t *ctx, mw_cmd_t *cmd);
 
 static void cmd_push(mw_worlds_t *ctx, mw_cmd_t *cmd)
@@ -337,6 +361,7 @@ static void set_state(mw_world_t *w, mw_world_state_t state, int err, const char
         snprintf(w->errstr, sizeof(w->errstr), "%s", errstr);
     pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->lock);
+    done_ring(w->ctx);
 }
 
 static void fail_everything(mw_world_t *w, int rc)
@@ -465,12 +490,15 @@ void mw_world_op_done(mw_world_t *w, mw_op_t *op, int rc)
             snprintf(req->errstr, sizeof(req->errstr), "world %s epoch %lld: %s", w->name,
                      (long long)w->epoch, mw_strerror(rc));
     }
-    if (--req->pending_ops == 0) {
+    int done = --req->pending_ops == 0;
+    if (done) {
         if (req->status == MW_EAGAIN && req->kind != REQ_ALL_REDUCE)
             req->status = MW_OK;
         pthread_cond_broadcast(&w->cond);
     }
     pthread_mutex_unlock(&w->lock);
+    if (done)
+        done_ring(w->ctx);
 }
 
 static int is_backend_req(mw_world_t *w, mw_world_req_t *req)
@@ -910,14 +938,15 @@ mw_worlds_t *mw_worlds_new(const mw_config_t *cfg, char *errstr, size_t errstr_s
     ctx->sockbuf = (int)cfg->world_socket_buffer_bytes;
     ctx->wake_kind = EV_WAKE;
     ctx->listen_kind = EV_LISTEN;
-    ctx->listenfd = ctx->wakefd = -1;
+    ctx->listenfd = ctx->wakefd = ctx->donefd = -1;
     pthread_mutex_init(&ctx->lock, NULL);
     cond_init_monotonic(&ctx->cond);
     cond_init_monotonic(&ctx->rdv_cond);
     ctx->events = calloc(MW_EVENTS_MAX, sizeof(*ctx->events));
     ctx->epfd = epoll_create1(EPOLL_CLOEXEC);
     ctx->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (ctx->events == NULL || ctx->epfd < 0 || ctx->wakefd < 0) {
+    ctx->donefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (ctx->events == NULL || ctx->epfd < 0 || ctx->wakefd < 0 || ctx->donefd < 0) {
         mw_errf(MW_EIO, errstr, errstr_size, "worlds: %s", strerror(errno));
         goto out_free;
     }
@@ -947,6 +976,8 @@ out_free:
         close(ctx->listenfd);
     if (ctx->wakefd >= 0)
         close(ctx->wakefd);
+    if (ctx->donefd >= 0)
+        close(ctx->donefd);
     if (ctx->epfd >= 0)
         close(ctx->epfd);
     free(ctx->events);
@@ -972,6 +1003,7 @@ void mw_worlds_destroy(mw_worlds_t *ctx)
     pthread_join(ctx->rdv_thread, NULL);
     close(ctx->listenfd);
     close(ctx->wakefd);
+    close(ctx->donefd);
     close(ctx->epfd);
     free(ctx->events);
     pthread_mutex_destroy(&ctx->lock);

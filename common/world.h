@@ -99,6 +99,14 @@ void mw_worlds_destroy(mw_worlds_t *ctx);
 /* The listen address ("host:port") that peers connect to. */
 const char *mw_worlds_address(const mw_worlds_t *ctx);
 
+/* A descriptor (an eventfd) that becomes readable when an operation of any
+ * world of ctx completes or fails, or a world changes state: a caller serving
+ * many requests poll()s on it, with its other descriptors, instead of
+ * spinning on mw_world_test. Owned by ctx. Call mw_worlds_done_clear before
+ * testing the requests, so that no completion goes unnoticed. */
+int mw_worlds_done_fd(const mw_worlds_t *ctx);
+void mw_worlds_done_clear(mw_worlds_t *ctx);
+
 /* Takes the oldest queued state-change event into *ev, waiting up to
  * timeout_ms (0: don't wait, < 0: forever). Returns 0 or MW_EAGAIN. The queue
  * keeps the latest 1024 events; older ones are dropped with a warning. */

@@ -241,6 +241,8 @@ struct mw_worlds {
     int listen_kind; /* EV_LISTEN */
     int listenfd;
     int wake_pending; /* atomic: a wakeup is already in flight */
+    int donefd;       /* eventfd: an operation completed or a world changed state */
+    int done_pending; /* atomic: donefd was written since the last mw_worlds_done_clear */
     pthread_t thread;
     pthread_t rdv_thread;
     int threads_started;

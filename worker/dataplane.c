@@ -7,14 +7,19 @@
 #include "log.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
 #define FAC "dataplane"
+/* The engine sleeps at most this long with nothing to do: routes expire and
+ * stats are published between wake-ups. */
+#define ENGINE_WAIT_MS 10
 
 void dp_fatal(mw_dataplane_t *dp, int err, const char *fmt, ...)
 {
@@ -712,12 +717,20 @@ static int drain_cmds(mw_dataplane_t *dp)
     return n;
 }
 
+void dp_wake(mw_dataplane_t *dp)
+{
+    uint64_t one = 1;
+    ssize_t n = write(dp->wakefd, &one, sizeof(one));
+    (void)n;
+}
+
 static void push_cmd(mw_dataplane_t *dp, dp_cmd_t *c)
 {
     pthread_mutex_lock(&dp->lock);
     c->next = dp->cmds;
     dp->cmds = c;
     pthread_mutex_unlock(&dp->lock);
+    dp_wake(dp);
 }
 
 void mw_dataplane_world_added(mw_dataplane_t *dp, mw_world_t *w, const char *peer_id,
@@ -807,14 +820,37 @@ int dp_pump(mw_dataplane_t *dp)
     return n;
 }
 
+/* Sleeps until a world operation completes or fails, a command, stop, drain
+ * or Kafka message arrives, or the next timer is due. Wake-ups that came
+ * while the engine was working are consumed at the top of its next turn. */
+static void engine_wait(mw_dataplane_t *dp)
+{
+    struct pollfd fds[2] = {
+        {.fd = dp->wakefd, .events = POLLIN},
+        {.fd = dp->worlds != NULL ? mw_worlds_done_fd(dp->worlds) : -1, .events = POLLIN}};
+    int timeout = dp->origin != NULL ? dp_origin_wait_ms(dp, ENGINE_WAIT_MS) : ENGINE_WAIT_MS;
+    if (timeout > 0)
+        poll(fds, 2, timeout);
+}
+
+static void engine_clear_wakeups(mw_dataplane_t *dp)
+{
+    uint64_t v;
+    ssize_t n = read(dp->wakefd, &v, sizeof(v));
+    (void)n;
+    if (dp->worlds != NULL)
+        mw_worlds_done_clear(dp->worlds);
+}
+
 static void *engine_main(void *arg)
 {
     mw_dataplane_t *dp = arg;
     char err[512];
-    int idle = 0, drained = 0;
+    int drained = 0;
     if (dp->origin != NULL && dp_origin_connect(dp, err, sizeof(err)) != MW_OK)
         dp_fatal(dp, MW_EKAFKA, "%s", err);
     for (;;) {
+        engine_clear_wakeups(dp);
         pthread_mutex_lock(&dp->lock);
         int stop = dp->stop, fatal = dp->fatal != 0, draining = dp->draining;
         pthread_mutex_unlock(&dp->lock);
@@ -836,13 +872,8 @@ static void *engine_main(void *arg)
                 n += dp_origin_step(dp);
         }
         publish_stats(dp);
-        /* No descriptor to wait on across worlds and Kafka: back off while idle. */
-        if (n > 0) {
-            idle = 0;
-        } else {
-            idle = idle < 20 ? idle + 1 : idle;
-            usleep((useconds_t)(50 * idle));
-        }
+        if (n == 0)
+            engine_wait(dp);
     }
     if (dp->origin != NULL)
         dp_origin_close(dp);
@@ -924,6 +955,12 @@ int mw_dataplane_new(const mw_config_t *cfg, const mw_dataplane_opts_t *opts, mw
         return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
     pthread_mutex_init(&dp->lock, NULL);
     pthread_cond_init(&dp->cond, NULL);
+    dp->worlds = opts->worlds;
+    dp->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (dp->wakefd < 0) {
+        rc = mw_errf(MW_EIO, errstr, errstr_size, "data plane: eventfd: %s", strerror(errno));
+        goto out_free;
+    }
     /* A deep copy: the kafka pairs are copied one by one. */
     dp->cfg = *cfg;
     dp->cfg.kafka = NULL;
@@ -964,6 +1001,7 @@ void mw_dataplane_destroy(mw_dataplane_t *dp)
         pthread_mutex_lock(&dp->lock);
         dp->stop = 1;
         pthread_mutex_unlock(&dp->lock);
+        dp_wake(dp);
         pthread_join(dp->thread, NULL);
     }
     drain_cmds(dp);
@@ -990,6 +1028,8 @@ void mw_dataplane_destroy(mw_dataplane_t *dp)
     mw_model_destroy(dp->model);
     free(dp->in_aligned);
     mw_config_fini(&dp->cfg);
+    if (dp->wakefd >= 0)
+        close(dp->wakefd);
     pthread_mutex_destroy(&dp->lock);
     pthread_cond_destroy(&dp->cond);
     free(dp);
@@ -1000,6 +1040,7 @@ void mw_dataplane_drain(mw_dataplane_t *dp)
     pthread_mutex_lock(&dp->lock);
     dp->draining = 1;
     pthread_mutex_unlock(&dp->lock);
+    dp_wake(dp);
 }
 
 void mw_dataplane_stats(mw_dataplane_t *dp, mw_dataplane_stats_t *stats)

@@ -28,6 +28,8 @@ typedef struct mw_dataplane_opts {
     int first_layer, last_layer; /* layers [first, last) of this stage; -1: the model cut
                                     into nstages by FLOPs (mw_model_split) */
     int device;                  /* -1: CPU, else a CUDA device */
+    mw_worlds_t *worlds;         /* the context of the worlds handed over (its completion
+                                    descriptor wakes the engine); NULL: checked every 10 ms */
 } mw_dataplane_opts_t;
 
 /* Fills opts for worker_id from the plan: its stage, the pipeline's stage

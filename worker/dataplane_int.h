@@ -97,6 +97,8 @@ struct mw_dataplane {
     float *in_aligned; /* stage input copy (records carry unaligned data) */
     size_t in_aligned_cap;
 
+    mw_worlds_t *worlds; /* borrowed; NULL in tests that hand over worlds of their own */
+    int wakefd;          /* eventfd: commands, stop, drain and Kafka messages wake the engine */
     pthread_t thread;
     int started;
     pthread_mutex_t lock;
@@ -142,12 +144,18 @@ int dp_link_better(const dp_link_t *a, int load_a, const dp_link_t *b, int load_
 /* 1 when l is READY, alive and has room in its send queue. */
 int dp_link_usable(const mw_dataplane_t *dp, dp_link_t *l);
 
+/* Wakes the engine from its wait (any thread). */
+void dp_wake(mw_dataplane_t *dp);
+
 /* Serves commands and world traffic (not Kafka) once; for long waits inside
  * the origin's Kafka code, so that the worlds keep moving. Returns the work done. */
 int dp_pump(mw_dataplane_t *dp);
 
 /* origin.c: the stage-0 side. */
 int dp_origin_new(mw_dataplane_t *dp, char *errstr, size_t errstr_size);
+/* How long the engine may sleep, at most max_ms, before the origin's next
+ * commit or request check is due. */
+int dp_origin_wait_ms(mw_dataplane_t *dp, int max_ms);
 /* Engine thread, first thing: creates the Kafka clients and subscribes. */
 int dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size);
 /* Pauses consumption for good (draining). */

@@ -67,6 +67,7 @@ struct dp_part {
 
 struct dp_origin {
     rd_kafka_t *consumer, *producer;
+    rd_kafka_queue_t *queue; /* the consumer's: wakes the engine when a message arrives */
     rd_kafka_topic_partition_list_t *subscription;
     char t_requests[128], t_results[128], t_dlq[128];
     int transactional;
@@ -819,6 +820,17 @@ int dp_origin_step(mw_dataplane_t *dp)
     return n;
 }
 
+int dp_origin_wait_ms(mw_dataplane_t *dp, int max_ms)
+{
+    dp_origin_t *o = dp->origin;
+    int64_t now = mw_now_ms(), due = now + max_ms;
+    if (o->next_commit_ms < due)
+        due = o->next_commit_ms;
+    if (o->next_check_ms < due)
+        due = o->next_check_ms;
+    return due > now ? (int)(due - now) : 0;
+}
+
 /* ------------------------------------------------------------- lifecycle */
 
 int dp_origin_new(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
@@ -852,6 +864,9 @@ int dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
     o->consumer = mw_kafka_consumer_new(&dp->cfg, group, &hooks, errstr, errstr_size);
     if (o->consumer == NULL)
         return MW_EKAFKA;
+    static const uint64_t one = 1; /* what an eventfd reads */
+    o->queue = rd_kafka_queue_get_consumer(o->consumer);
+    rd_kafka_queue_io_event_enable(o->queue, dp->wakefd, &one, sizeof(one));
     o->subscription = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(o->subscription, o->t_requests, RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t err = rd_kafka_subscribe(o->consumer, o->subscription);
@@ -898,6 +913,10 @@ void dp_origin_destroy(mw_dataplane_t *dp)
             req_free(o, r);
         }
         free(p);
+    }
+    if (o->queue != NULL) {
+        rd_kafka_queue_io_event_enable(o->queue, -1, NULL, 0);
+        rd_kafka_queue_destroy(o->queue);
     }
     if (o->consumer != NULL)
         rd_kafka_destroy(o->consumer);

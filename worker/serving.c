@@ -89,9 +89,10 @@ static void dataplane_start(mw_serving_t *s, const mw_plan_t *plan)
 {
     char err[512];
     mw_dataplane_opts_t opts;
-    if (mw_dataplane_opts_from_plan(plan, s->id, s->cfg_src->model_path, &opts, err, sizeof(err)) !=
-            MW_OK ||
-        mw_dataplane_new(s->cfg_src, &opts, &s->dp, err, sizeof(err)) != MW_OK) {
+    int rc =
+        mw_dataplane_opts_from_plan(plan, s->id, s->cfg_src->model_path, &opts, err, sizeof(err));
+    opts.worlds = s->ctx;
+    if (rc != MW_OK || mw_dataplane_new(s->cfg_src, &opts, &s->dp, err, sizeof(err)) != MW_OK) {
         mw_log(MW_LOG_ERROR, FAC, "cannot serve: %s", err);
         s->dp = NULL;
         return;
