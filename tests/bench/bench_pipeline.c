@@ -63,7 +63,9 @@ static void bench_sizes_and_elasticity(void)
 {
     static const int widths[] = {1024, 65536, 1048576};
     static const char *const labels[] = {"4KiB", "256KiB", "4MiB"};
-    static const int burst_n[] = {400, 100, 15};
+    /* Large enough that throughput is measured at steady state, not the
+     * first result's latency (one commit interval). */
+    static const int burst_n[] = {3000, 400, 40};
     static const int lat_n[] = {25, 20, 11};
     static const int two[] = {1, 1};
     enum { REPS = 3 };
@@ -109,7 +111,7 @@ static void bench_sizes_and_elasticity(void)
             ps->coordinator = 0;
             enum { EREPS = 7 };
             double e[EREPS], s[EREPS];
-            const int n = 600;
+            const int n = 3000;
             double et = 0, st = 0;            /* CPU ticks */
             for (int r = 0; r < EREPS; r++) { /* alternate which goes first */
                 if (r % 2 == 0) {
@@ -286,7 +288,7 @@ static double hop_kafka(rd_kafka_t *prod, rd_kafka_t *cons, const char *topic, c
 
 static void bench_handoff_only(void)
 {
-    const int elems = 262144, n = 100;
+    const int elems = 262144, n = 300;
     enum { REPS = 3 };
     char err[256];
     mw_config_t cfg;
@@ -379,7 +381,7 @@ static void bench_worlds_vs_kafka(void)
         die("kafka chain", "warm-up requests unanswered");
 
     enum { REPS = 3 };
-    const int n = 80;
+    const int n = 1000; /* as in the sizes bench: steady state, not latency */
     double w[REPS], kf[REPS];
     for (int r = 0; r < REPS; r++) {
         w[r] = mwt_load_burst(&lw, n);

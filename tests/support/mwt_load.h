@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MWT_LOAD_MAX_REQ     200000
+#define MWT_LOAD_MAX_REQ     2000000
 #define MWT_LOAD_BIG_MESSAGE "16777216" /* topic max.message.bytes, producer message.max.bytes */
 
 typedef struct mwt_load {
