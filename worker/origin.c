@@ -866,7 +866,8 @@ int dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
         return MW_EKAFKA;
     static const uint64_t one = 1; /* what an eventfd reads */
     o->queue = rd_kafka_queue_get_consumer(o->consumer);
-    rd_kafka_queue_io_event_enable(o->queue, dp->wakefd, &one, sizeof(one));
+    if (o->queue != NULL) /* else the engine polls Kafka at its next timer */
+        rd_kafka_queue_io_event_enable(o->queue, dp->wakefd, &one, sizeof(one));
     o->subscription = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(o->subscription, o->t_requests, RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t err = rd_kafka_subscribe(o->consumer, o->subscription);
