@@ -55,11 +55,6 @@ void mw_plan_world_name(char *buf, size_t size, const char *p, int sa, const cha
     }
 }
 
-static int is_gpu(const char *device)
-{
-    return strncmp(device, "cuda", 4) == 0;
-}
-
 const mw_plan_worker_t *mw_plan_find_worker(const mw_plan_t *plan, const char *id)
 {
     size_t lo = 0, hi = plan ? plan->nworkers : 0;
@@ -667,8 +662,10 @@ static int plan_pipeline(mw_plan_t *plan, size_t *wcap, const mw_plan_pipeline_t
         memset(&w, 0, sizeof(w));
         mw_plan_world_name(w.name, sizeof(w.name), pp->spec.name, a->stage, a->id, b->stage, b->id);
         snprintf(w.pipeline, sizeof(w.pipeline), "%s", pp->spec.name);
-        snprintf(w.backend, sizeof(w.backend), "%s",
-                 is_gpu(a->device) && is_gpu(b->device) ? "nccl" : "tcp");
+        /* TCP even between two GPU workers: the data plane hands worlds host
+         * buffers (a CUDA stage's activations go through host memory), and an
+         * NCCL world would be joined and never used, leaving no route. */
+        snprintf(w.backend, sizeof(w.backend), "tcp");
         w.nmembers = 2;
         snprintf(w.members[0], sizeof(w.members[0]), "%s", a->id);
         snprintf(w.members[1], sizeof(w.members[1]), "%s", b->id);
