@@ -85,6 +85,13 @@ typedef struct dp_cmd {
 } dp_cmd_t;
 
 #define DP_ROUTE_BUCKETS 1024
+#define DP_LATENCY_MAX   4096 /* latency samples kept (the newest) */
+
+/* One committed result's latency, for the stats' percentiles. */
+typedef struct dp_latency {
+    int64_t at_ms; /* monotonic, when committed */
+    int64_t us;
+} dp_latency_t;
 
 struct mw_dataplane {
     mw_config_t cfg;
@@ -103,12 +110,14 @@ struct mw_dataplane {
     int started;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    int stop;                   /* lock */
-    int draining;               /* lock */
-    dp_cmd_t *cmds;             /* lock */
-    int fatal;                  /* lock */
-    char fatal_errstr[256];     /* lock */
-    mw_dataplane_stats_t stats; /* lock (snapshot of the engine's counters) */
+    int stop;                             /* lock */
+    int draining;                         /* lock */
+    dp_cmd_t *cmds;                       /* lock */
+    int fatal;                            /* lock */
+    char fatal_errstr[256];               /* lock */
+    mw_dataplane_stats_t stats;           /* lock (snapshot of the engine's counters) */
+    dp_latency_t latency[DP_LATENCY_MAX]; /* lock: ring of the newest samples */
+    int latency_next, latency_count;      /* lock */
 
     mw_dataplane_stats_t counters; /* engine */
     dp_link_t *links;
@@ -143,6 +152,9 @@ int dp_link_better(const dp_link_t *a, int load_a, const dp_link_t *b, int load_
 
 /* 1 when l is READY, alive and has room in its send queue. */
 int dp_link_usable(const mw_dataplane_t *dp, dp_link_t *l);
+
+/* Records the latencies of n committed results (engine thread). */
+void dp_latency_add(mw_dataplane_t *dp, const int64_t *us, int n);
 
 /* Wakes the engine from its wait (any thread). */
 void dp_wake(mw_dataplane_t *dp);

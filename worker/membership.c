@@ -108,7 +108,7 @@ int mw_member_heartbeat(mw_redis_t *r, const mw_member_info_t *in, int64_t event
     worker_keys(r, in->id, set, hash, events, sizeof(set));
     const char *keys[3] = {set, hash, events};
     char maxlen[24], pid[24], stage[16], cap[24], astage[16], pe[24], pv[24], wu[24], wt[24],
-        infl[24], proc[24], errs[24], joinmsg[192];
+        infl[24], proc[24], errs[24], p50[24], p99[24], joinmsg[192];
     snprintf(maxlen, sizeof(maxlen), "%lld", (long long)events_maxlen);
     snprintf(pid, sizeof(pid), "%lld", (long long)in->pid);
     if (in->stage == MW_PLAN_STAGE_AUTO)
@@ -124,6 +124,8 @@ int mw_member_heartbeat(mw_redis_t *r, const mw_member_info_t *in, int64_t event
     snprintf(infl, sizeof(infl), "%lld", (long long)in->inflight);
     snprintf(proc, sizeof(proc), "%lld", (long long)in->processed);
     snprintf(errs, sizeof(errs), "%lld", (long long)in->errors);
+    snprintf(p50, sizeof(p50), "%lld", (long long)in->latency_p50_us);
+    snprintf(p99, sizeof(p99), "%lld", (long long)in->latency_p99_us);
     snprintf(joinmsg, sizeof(joinmsg), "pipeline=%.47s stage=%s device=%.31s host=%.40s pid=%s",
              in->pipeline, stage, in->device, in->host, pid);
     const char *args[] = {in->id,
@@ -159,6 +161,10 @@ int mw_member_heartbeat(mw_redis_t *r, const mw_member_info_t *in, int64_t event
                           proc,
                           "errors",
                           errs,
+                          "latency_p50_us",
+                          p50,
+                          "latency_p99_us",
+                          p99,
                           "last_error",
                           in->last_error,
                           "broken",
@@ -247,6 +253,10 @@ static void parse_hash(const redisReply *h, mw_member_record_t *rec)
             in->processed = to_i64(v, &ok);
         else if (strcmp(k, "errors") == 0)
             in->errors = to_i64(v, &ok);
+        else if (strcmp(k, "latency_p50_us") == 0)
+            in->latency_p50_us = to_i64(v, &ok);
+        else if (strcmp(k, "latency_p99_us") == 0)
+            in->latency_p99_us = to_i64(v, &ok);
         else if (strcmp(k, "started") == 0)
             rec->started_ms = to_i64(v, &ok);
         else if (strcmp(k, "last_error") == 0)

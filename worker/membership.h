@@ -33,6 +33,7 @@ typedef struct mw_member_info {
     int64_t plan_epoch, plan_version; /* last plan applied */
     int64_t worlds_up, worlds_total;
     int64_t inflight, processed, errors;
+    int64_t latency_p50_us, latency_p99_us; /* origins: ok results of the last 10 s; 0: none */
     char last_error[160];
     char broken[MW_PLAN_BROKEN_MAX]; /* worlds broken while planned: "name@gen ..." */
 } mw_member_info_t;

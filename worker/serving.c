@@ -187,6 +187,8 @@ void mw_serving_stats(mw_serving_t *s, mw_serving_stats_t *stats)
         stats->replays = d.replays;
         stats->results = d.results;
         stats->aborts = d.aborts;
+        stats->latency_p50_us = d.latency_p50_us;
+        stats->latency_p99_us = d.latency_p99_us;
     }
 }
 

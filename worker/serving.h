@@ -38,6 +38,7 @@ typedef struct mw_serving_stats {
     int64_t worlds_up; /* READY worlds */
     int64_t inflight, processed, errors, replays;
     int64_t results, aborts; /* see mw_dataplane_stats_t */
+    int64_t latency_p50_us, latency_p99_us;
 } mw_serving_stats_t;
 
 void mw_serving_stats(mw_serving_t *s, mw_serving_stats_t *stats);

@@ -151,12 +151,13 @@ static void print_human(const mw_config_t *cfg, const snapshot_t *s, FILE *out)
         }
     }
 
-    fprintf(out, "\n%-28s %-10s %-5s %-9s %-10s %-7s %-8s %-9s %-6s %s\n", "WORKER", "PIPELINE",
-            "STAGE", "STATE", "HEARTBEAT", "WORLDS", "INFLIGHT", "PROCESSED", "ERRORS", "DEVICE");
+    fprintf(out, "\n%-28s %-10s %-5s %-9s %-10s %-7s %-8s %-9s %-6s %-13s %s\n", "WORKER",
+            "PIPELINE", "STAGE", "STATE", "HEARTBEAT", "WORLDS", "INFLIGHT", "PROCESSED", "ERRORS",
+            "P50/P99 MS", "DEVICE");
     for (size_t i = 0; i < s->nworkers; i++) {
         const mw_member_record_t *w = &s->workers[i];
         const mw_plan_worker_t *pw = mw_plan_find_worker(s->plan, w->info.id);
-        char stage[16], age[24], worlds[24];
+        char stage[16], age[24], worlds[24], latency[32] = "-";
         if (pw != NULL)
             snprintf(stage, sizeof(stage), "%d%s", pw->stage, pw->auto_stage ? "a" : "");
         else
@@ -164,11 +165,15 @@ static void print_human(const mw_config_t *cfg, const snapshot_t *s, FILE *out)
         snprintf(age, sizeof(age), "%.1fs ago", (double)(s->now_ms - w->heartbeat_ms) / 1000.0);
         snprintf(worlds, sizeof(worlds), "%lld/%zu", (long long)w->info.worlds_up,
                  worlds_of(s->plan, w->info.id));
-        fprintf(out, "%-28s %-10s %-5s %-9s %-10s %-7s %-8lld %-9lld %-6lld %s%s%s\n", w->info.id,
-                w->info.pipeline, stage,
+        if (w->info.latency_p99_us > 0)
+            snprintf(latency, sizeof(latency), "%.1f/%.1f", (double)w->info.latency_p50_us / 1e3,
+                     (double)w->info.latency_p99_us / 1e3);
+        fprintf(out, "%-28s %-10s %-5s %-9s %-10s %-7s %-8lld %-9lld %-6lld %-13s %s%s%s\n",
+                w->info.id, w->info.pipeline, stage,
                 w->invalid[0] ? "INVALID" : mw_member_state_name(w->info.state), age, worlds,
                 (long long)w->info.inflight, (long long)w->info.processed,
-                (long long)w->info.errors, w->info.device, w->invalid[0] ? "  ! " : "", w->invalid);
+                (long long)w->info.errors, latency, w->info.device, w->invalid[0] ? "  ! " : "",
+                w->invalid);
     }
     if (s->nworkers == 0)
         fprintf(out, "(no workers registered)\n");
@@ -263,6 +268,8 @@ static void print_json(const mw_config_t *cfg, const snapshot_t *s, FILE *out)
         cJSON_AddNumberToObject(jw, "inflight", (double)w->info.inflight);
         cJSON_AddNumberToObject(jw, "processed", (double)w->info.processed);
         cJSON_AddNumberToObject(jw, "errors", (double)w->info.errors);
+        cJSON_AddNumberToObject(jw, "latency_p50_us", (double)w->info.latency_p50_us);
+        cJSON_AddNumberToObject(jw, "latency_p99_us", (double)w->info.latency_p99_us);
         cJSON_AddNumberToObject(jw, "plan_epoch", (double)w->info.plan_epoch);
         cJSON_AddNumberToObject(jw, "plan_version", (double)w->info.plan_version);
         if (w->invalid[0])

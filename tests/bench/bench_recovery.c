@@ -82,18 +82,6 @@ static int windows_hold(const mwt_load_t *l, double t_kill, double t0, double t1
     return 1;
 }
 
-static long long hash_i64(mw_redis_t *r, const char *id, const char *field)
-{
-    redisReply *rep = NULL;
-    long long v = -1;
-    if (mw_redis_cmd(r, &rep, "HGET %sworker:%s %s", mw_redis_prefix(r), id, field) == MW_OK &&
-        rep != NULL && rep->type == REDIS_REPLY_STRING)
-        v = atoll(rep->str);
-    if (rep != NULL)
-        freeReplyObject(rep);
-    return v;
-}
-
 static void collect_for(mwt_load_t *l, int64_t ms)
 {
     int64_t end = mw_now_ms() + ms;
@@ -170,7 +158,7 @@ static void bench_recovery_and_scale_out(void)
         double served = 0;
         while (mwt_now_us() - t0 < 10e6) {
             mwt_load_collect(&l, MWT_LOAD_MAX_REQ, 5);
-            if (hash_i64(r, id, "processed") > 0) {
+            if (mwt_worker_field(r, id, "processed") > 0) {
                 served = mwt_now_us();
                 break;
             }

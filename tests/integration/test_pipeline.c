@@ -60,6 +60,20 @@ static void pipeline_3x2_answers_each_request_exactly_once_bit_exact(void **stat
     int64_t t1 = mw_now_ms();
     print_message("%d/%d results in %lld ms\n", got, n, (long long)(t1 - t0));
     assert_int_equal(got, n);
+    /* Operators see each origin's recent latency in its hash (mwctl status). */
+    char err[256];
+    mw_redis_t *r = mw_redis_new(&p->cfg, 0, err, sizeof(err));
+    assert_non_null(r);
+    for (int k = 0; k < 2; k++) {
+        char id[16];
+        snprintf(id, sizeof(id), "w0-%d", k);
+        assert_true(mwt_wait_for(mwt_worker_field(r, id, "latency_p50_us") > 0, mwt_scaled(5000)));
+        long long p50 = mwt_worker_field(r, id, "latency_p50_us");
+        long long p99 = mwt_worker_field(r, id, "latency_p99_us");
+        print_message("origin %s: latency p50 %lld us, p99 %lld us\n", id, p50, p99);
+        assert_true(p99 >= p50 && p99 < (t1 - t0) * 1000);
+    }
+    mw_redis_destroy(r);
     /* Stop serving (drain: commit what is done), then read every committed record. */
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
     mwt_pipeline_read(p, "results", &t, n, expected, -1, mwt_scaled(20000));

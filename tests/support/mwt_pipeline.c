@@ -182,6 +182,18 @@ int mwt_pipeline_stop_workers(mwt_pipeline_t *p, int64_t timeout_ms)
     return bad;
 }
 
+long long mwt_worker_field(mw_redis_t *r, const char *id, const char *field)
+{
+    redisReply *rep = NULL;
+    long long v = -1;
+    if (mw_redis_cmd(r, &rep, "HGET %sworker:%s %s", mw_redis_prefix(r), id, field) == MW_OK &&
+        rep != NULL && rep->type == REDIS_REPLY_STRING)
+        v = atoll(rep->str);
+    if (rep != NULL)
+        freeReplyObject(rep);
+    return v;
+}
+
 int mwt_pipeline_origins_assigned(mwt_pipeline_t *p)
 {
     char group[200];

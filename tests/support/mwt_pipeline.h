@@ -6,6 +6,7 @@
 
 #include "config.h"
 #include "model.h"
+#include "redis.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdint.h>
@@ -56,6 +57,9 @@ void mwt_pipeline_signal(mwt_pipeline_t *p, int i, int sig);
 
 /* Members of the consumer group mw.<name> that have partitions assigned. */
 int mwt_pipeline_origins_assigned(mwt_pipeline_t *p);
+
+/* A numeric field of worker id's hash in the cluster of r; -1 when absent. */
+long long mwt_worker_field(mw_redis_t *r, const char *id, const char *field);
 
 /* SIGTERM to every worker, then waits for each to exit (0 when all exited 0). */
 int mwt_pipeline_stop_workers(mwt_pipeline_t *p, int64_t timeout_ms);
