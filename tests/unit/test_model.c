@@ -3,6 +3,7 @@
 #include "err.h"
 #include "model.h"
 #include "mwctl.h"
+#include "mwt_files.h"
 #include "safetensors.h"
 
 #include <math.h>
@@ -17,32 +18,17 @@
 
 #include <cmocka.h>
 
-static char tmpdir[256];
-
-static const char *tmp_path(const char *name)
-{
-    static char buf[8][512];
-    static int next;
-    char *p = buf[next++ % 8];
-    snprintf(p, sizeof(buf[0]), "%s/%s", tmpdir, name);
-    return p;
-}
-
 static int setup(void **state)
 {
     (void)state;
-    const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(tmpdir, sizeof(tmpdir), "%s/mwtest-model-XXXXXX", base);
     mw_model_set_threads(1);
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return mwt_tmpdir_create("mwtest-model");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return mwt_tmpdir_remove();
 }
 
 static const mw_model_spec_t small_spec = {
@@ -58,24 +44,15 @@ static const mw_model_spec_t small_spec = {
 
 static mw_model_t *make_model(const mw_model_spec_t *spec, const char *name)
 {
-    char err[512];
-    const char *path = tmp_path(name);
-    if (mw_model_generate(spec, path, err, sizeof(err)) != MW_OK)
-        fail_msg("generate: %s", err);
-    mw_model_t *m;
-    if (mw_model_open(path, &m, err, sizeof(err)) != MW_OK)
-        fail_msg("open: %s", err);
+    mw_model_t *m = mwt_model_make(spec, name);
+    assert_non_null(m);
     return m;
 }
 
 static float *random_rows(size_t rows, int cols, uint64_t seed)
 {
-    float *x = malloc(rows * (size_t)cols * sizeof(float));
+    float *x = mwt_random_rows(rows, cols, seed);
     assert_non_null(x);
-    for (size_t i = 0; i < rows * (size_t)cols; i++) {
-        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-        x[i] = (float)((double)(seed >> 40) / 16777216.0 * 4.0 - 2.0);
-    }
     return x;
 }
 
@@ -172,14 +149,17 @@ static void generated_model_is_deterministic_for_a_seed(void **state)
     (void)state;
     char err[256];
     mw_model_spec_t spec = small_spec;
-    assert_int_equal(mw_model_generate(&spec, tmp_path("a.safetensors"), err, sizeof(err)), MW_OK);
-    assert_int_equal(mw_model_generate(&spec, tmp_path("b.safetensors"), err, sizeof(err)), MW_OK);
+    assert_int_equal(mw_model_generate(&spec, mwt_tmp_path("a.safetensors"), err, sizeof(err)),
+                     MW_OK);
+    assert_int_equal(mw_model_generate(&spec, mwt_tmp_path("b.safetensors"), err, sizeof(err)),
+                     MW_OK);
     spec.seed = 8;
-    assert_int_equal(mw_model_generate(&spec, tmp_path("c.safetensors"), err, sizeof(err)), MW_OK);
+    assert_int_equal(mw_model_generate(&spec, mwt_tmp_path("c.safetensors"), err, sizeof(err)),
+                     MW_OK);
     size_t la, lb, lc;
-    unsigned char *a = slurp(tmp_path("a.safetensors"), &la);
-    unsigned char *b = slurp(tmp_path("b.safetensors"), &lb);
-    unsigned char *c = slurp(tmp_path("c.safetensors"), &lc);
+    unsigned char *a = slurp(mwt_tmp_path("a.safetensors"), &la);
+    unsigned char *b = slurp(mwt_tmp_path("b.safetensors"), &lb);
+    unsigned char *c = slurp(mwt_tmp_path("c.safetensors"), &lc);
     assert_int_equal(la, lb);
     assert_memory_equal(a, b, la);
     assert_true(la != lc || memcmp(a, c, la) != 0);
@@ -435,7 +415,7 @@ static int open_custom(const mw_st_entry_t *e, size_t n, const char *const *meta
         copy[i] = e[i];
         copy[i].data = data;
     }
-    const char *path = tmp_path("custom.safetensors");
+    const char *path = mwt_tmp_path("custom.safetensors");
     assert_int_equal(mw_safetensors_write(path, copy, n, meta, n_meta, err, err_size), MW_OK);
     mw_model_t *m = NULL;
     int rc = mw_model_open(path, &m, err, err_size);
@@ -617,7 +597,7 @@ static void mwctl_model_run_is_the_oracle_at_any_cut(void **state)
     mw_config_init(&cfg);
     char cmd[2048];
     char model[512];
-    snprintf(model, sizeof(model), "%s", tmp_path("cli.safetensors"));
+    snprintf(model, sizeof(model), "%s", mwt_tmp_path("cli.safetensors"));
     snprintf(cmd, sizeof(cmd),
              "model init --layers 6 --hidden 64 --inputs 16 --outputs 10 --seed 7 "
              "--activation=gelu --layernorm --residual -o %s",
@@ -625,10 +605,10 @@ static void mwctl_model_run_is_the_oracle_at_any_cut(void **state)
     assert_int_equal(mwctl(&cfg, cmd), 0);
     /* The same file as the library writes for the same spec. */
     char err[256];
-    assert_int_equal(mw_model_generate(&small_spec, tmp_path("lib.safetensors"), err, sizeof(err)),
-                     MW_OK);
+    assert_int_equal(
+        mw_model_generate(&small_spec, mwt_tmp_path("lib.safetensors"), err, sizeof(err)), MW_OK);
     size_t la, lb;
-    unsigned char *a = slurp(model, &la), *b = slurp(tmp_path("lib.safetensors"), &lb);
+    unsigned char *a = slurp(model, &la), *b = slurp(mwt_tmp_path("lib.safetensors"), &lb);
     assert_int_equal(la, lb);
     assert_memory_equal(a, b, la);
     free(a);
@@ -636,7 +616,7 @@ static void mwctl_model_run_is_the_oracle_at_any_cut(void **state)
 
     const size_t rows = 10;
     float *x = random_rows(rows, 16, 5);
-    FILE *f = fopen(tmp_path("x.bin"), "wb");
+    FILE *f = fopen(mwt_tmp_path("x.bin"), "wb");
     assert_int_equal(fwrite(x, sizeof(float), rows * 16, f), rows * 16);
     fclose(f);
 
@@ -644,10 +624,10 @@ static void mwctl_model_run_is_the_oracle_at_any_cut(void **state)
     unsigned char *first = NULL;
     for (int v = 0; v < 4; v++) {
         snprintf(cmd, sizeof(cmd), "model run --model %s --input %s --output %s --batch 4 %s",
-                 model, tmp_path("x.bin"), tmp_path("y.bin"), variants[v]);
+                 model, mwt_tmp_path("x.bin"), mwt_tmp_path("y.bin"), variants[v]);
         assert_int_equal(mwctl(&cfg, cmd), 0);
         size_t len;
-        unsigned char *y = slurp(tmp_path("y.bin"), &len);
+        unsigned char *y = slurp(mwt_tmp_path("y.bin"), &len);
         assert_int_equal(len, rows * 10 * sizeof(float));
         if (first == NULL)
             first = y;
@@ -664,44 +644,44 @@ static void mwctl_model_run_is_the_oracle_at_any_cut(void **state)
     assert_memory_equal(first, want, rows * 10 * sizeof(float));
     /* Default batch: all rows at once. */
     snprintf(cmd, sizeof(cmd), "model run --model %s --input %s --output %s", model,
-             tmp_path("x.bin"), tmp_path("y.bin"));
+             mwt_tmp_path("x.bin"), mwt_tmp_path("y.bin"));
     assert_int_equal(mwctl(&cfg, cmd), 0);
     run_staged(m, &all, 1, x, rows, (int)rows, want);
     size_t len;
-    unsigned char *y = slurp(tmp_path("y.bin"), &len);
+    unsigned char *y = slurp(mwt_tmp_path("y.bin"), &len);
     assert_memory_equal(y, want, len);
     free(y);
 
     /* Part of the model: layers 2:4 take and give 64 features. */
     float *h = random_rows(3, 64, 8);
-    f = fopen(tmp_path("h.bin"), "wb");
+    f = fopen(mwt_tmp_path("h.bin"), "wb");
     assert_int_equal(fwrite(h, sizeof(float), 3 * 64, f), 3 * 64);
     fclose(f);
     snprintf(cmd, sizeof(cmd), "model run --model %s --input %s --output %s --layers 2:4", model,
-             tmp_path("h.bin"), tmp_path("hy.bin"));
+             mwt_tmp_path("h.bin"), mwt_tmp_path("hy.bin"));
     assert_int_equal(mwctl(&cfg, cmd), 0);
-    y = slurp(tmp_path("hy.bin"), &len);
+    y = slurp(mwt_tmp_path("hy.bin"), &len);
     assert_int_equal(len, 3 * 64 * sizeof(float));
     free(y);
     free(h);
 
     /* Mistakes: exit status 2 for usage, 1 for bad files. */
     snprintf(cmd, sizeof(cmd), "model run --model %s --input %s --output %s --layers 2:4", model,
-             tmp_path("x.bin"), tmp_path("y.bin"));
+             mwt_tmp_path("x.bin"), mwt_tmp_path("y.bin"));
     assert_int_equal(mwctl(&cfg, cmd), 1); /* 16-float rows, 640 bytes: not 64-float rows */
     snprintf(cmd, sizeof(cmd), "model run --model %s --input %s --output %s --stages 7", model,
-             tmp_path("x.bin"), tmp_path("y.bin"));
+             mwt_tmp_path("x.bin"), mwt_tmp_path("y.bin"));
     assert_int_equal(mwctl(&cfg, cmd), 2);
     snprintf(cmd, sizeof(cmd),
              "model run --model %s --input %s --output %s --stages 2 "
              "--layers 0:6",
-             model, tmp_path("x.bin"), tmp_path("y.bin"));
+             model, mwt_tmp_path("x.bin"), mwt_tmp_path("y.bin"));
     assert_int_equal(mwctl(&cfg, cmd), 2);
-    snprintf(cmd, sizeof(cmd), "model run --model %s --input %s", tmp_path("x.bin"),
-             tmp_path("x.bin"));
+    snprintf(cmd, sizeof(cmd), "model run --model %s --input %s", mwt_tmp_path("x.bin"),
+             mwt_tmp_path("x.bin"));
     assert_int_equal(mwctl(&cfg, cmd), 2);
-    snprintf(cmd, sizeof(cmd), "model run --model %s --input %s --output %s", tmp_path("x.bin"),
-             tmp_path("x.bin"), tmp_path("y.bin"));
+    snprintf(cmd, sizeof(cmd), "model run --model %s --input %s --output %s", mwt_tmp_path("x.bin"),
+             mwt_tmp_path("x.bin"), mwt_tmp_path("y.bin"));
     assert_int_equal(mwctl(&cfg, cmd), 1);
     assert_int_equal(mwctl(&cfg, "model init --layers 0 -o /dev/null"), 2);
     assert_int_equal(mwctl(&cfg, "model init --bogus -o x"), 2);

@@ -10,6 +10,7 @@
  * mantissa bits) would miss it by an order of magnitude. */
 #include "err.h"
 #include "model.h"
+#include "mwt_files.h"
 
 #include <math.h>
 #include <setjmp.h>
@@ -28,23 +29,17 @@
 
 #define TOL_REL 1e-4
 
-static char tmpdir[256];
-
 static int setup(void **state)
 {
     (void)state;
-    const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(tmpdir, sizeof(tmpdir), "%s/mwtest-model-cuda-XXXXXX", base);
     mw_model_set_threads(1);
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return mwt_tmpdir_create("mwtest-model-cuda");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return mwt_tmpdir_remove();
 }
 
 /* CUDA devices usable here; 0 (with the reason printed once) when none. */
@@ -70,24 +65,15 @@ static int cuda_devices(void)
 
 static mw_model_t *make_model(const mw_model_spec_t *spec, const char *name)
 {
-    char err[512], path[512];
-    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
-    if (mw_model_generate(spec, path, err, sizeof(err)) != MW_OK)
-        fail_msg("generate: %s", err);
-    mw_model_t *m;
-    if (mw_model_open(path, &m, err, sizeof(err)) != MW_OK)
-        fail_msg("open: %s", err);
+    mw_model_t *m = mwt_model_make(spec, name);
+    assert_non_null(m);
     return m;
 }
 
 static float *random_rows(size_t rows, int cols, uint64_t seed)
 {
-    float *x = malloc(rows * (size_t)cols * sizeof(float));
+    float *x = mwt_random_rows(rows, cols, seed);
     assert_non_null(x);
-    for (size_t i = 0; i < rows * (size_t)cols; i++) {
-        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-        x[i] = (float)((double)(seed >> 40) / 16777216.0 * 4.0 - 2.0);
-    }
     return x;
 }
 

@@ -1,5 +1,6 @@
 /* safetensors reader and writer: round trips, and every malformed file rejected with its reason. */
 #include "err.h"
+#include "mwt_files.h"
 #include "safetensors.h"
 
 #include <setjmp.h>
@@ -14,31 +15,16 @@
 
 #include <cmocka.h>
 
-static char tmpdir[256];
-
-static const char *tmp_path(const char *name)
-{
-    static char buf[4][512];
-    static int next;
-    char *p = buf[next++ % 4];
-    snprintf(p, sizeof(buf[0]), "%s/%s", tmpdir, name);
-    return p;
-}
-
 static int setup(void **state)
 {
     (void)state;
-    const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(tmpdir, sizeof(tmpdir), "%s/mwtest-st-XXXXXX", base);
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return mwt_tmpdir_create("mwtest-st");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return mwt_tmpdir_remove();
 }
 
 /* A file image: 8-byte length, the JSON header, then data_len bytes 0, 1, 2, ... */
@@ -75,7 +61,7 @@ static void expect_rejected(const unsigned char *buf, size_t len, const char *su
     assert_null(st);
     if (strstr(err, sub1) == NULL || (sub2 && strstr(err, sub2) == NULL))
         fail_msg("message '%s' lacks '%s' / '%s'", err, sub1, sub2 ? sub2 : "");
-    const char *path = tmp_path("bad.safetensors");
+    const char *path = mwt_tmp_path("bad.safetensors");
     write_bytes(path, buf, len);
     err[0] = '\0';
     assert_int_equal(mw_safetensors_open(path, &st, err, sizeof(err)), MW_EINVAL);
@@ -108,7 +94,7 @@ static void written_file_reads_back_with_data_metadata_and_alignment(void **stat
     };
     const char *meta[] = {"format", "test", "quote\"key", "line\nbreak"};
     char err[256];
-    const char *path = tmp_path("ok.safetensors");
+    const char *path = mwt_tmp_path("ok.safetensors");
     assert_int_equal(mw_safetensors_write(path, e, 5, meta, 2, err, sizeof(err)), MW_OK);
 
     mw_safetensors_t *st;
@@ -177,7 +163,7 @@ static void truncated_files_are_rejected(void **state)
     mw_st_entry_t e[] = {{"first", {MW_DTYPE_F32, 1, {64}}, w},
                          {"last", {MW_DTYPE_F32, 1, {64}}, w}};
     char err[512];
-    const char *path = tmp_path("cut.safetensors");
+    const char *path = mwt_tmp_path("cut.safetensors");
     assert_int_equal(mw_safetensors_write(path, e, 2, NULL, 0, err, sizeof(err)), MW_OK);
     struct stat sb;
     assert_int_equal(stat(path, &sb), 0);
@@ -274,10 +260,10 @@ static void missing_file_names_the_path(void **state)
     (void)state;
     char err[512];
     mw_safetensors_t *st;
-    const char *path = tmp_path("does-not-exist.safetensors");
+    const char *path = mwt_tmp_path("does-not-exist.safetensors");
     assert_int_equal(mw_safetensors_open(path, &st, err, sizeof(err)), MW_ENOTFOUND);
     assert_non_null(strstr(err, path));
-    assert_int_equal(mw_safetensors_open(tmpdir, &st, err, sizeof(err)), MW_EINVAL);
+    assert_int_equal(mw_safetensors_open(mwt_tmp_path("."), &st, err, sizeof(err)), MW_EINVAL);
     assert_non_null(strstr(err, "not a regular file"));
 }
 
@@ -287,7 +273,7 @@ static void unfinished_writer_leaves_no_file(void **state)
     float w[4] = {1, 2, 3, 4};
     mw_st_entry_t e[] = {{"w", {MW_DTYPE_F32, 1, {4}}, w}};
     char err[256];
-    const char *path = tmp_path("partial.safetensors");
+    const char *path = mwt_tmp_path("partial.safetensors");
     mw_st_writer_t *wr;
     assert_int_equal(mw_st_writer_new(path, e, 1, NULL, 0, &wr, err, sizeof(err)), MW_OK);
     assert_int_equal(mw_st_writer_append(wr, w, 8, err, sizeof(err)), MW_OK);

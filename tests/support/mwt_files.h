@@ -1,0 +1,28 @@
+/* Unit-test support for tests that write files and models: one temporary
+ * directory per test binary (for a cmocka group's setup and teardown), paths
+ * in it, generated reference models and deterministic input rows. */
+#ifndef MWT_FILES_H
+#define MWT_FILES_H
+
+#include "model.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Creates $TMPDIR/<prefix>-XXXXXX (TMPDIR default /tmp); 0 or -1. */
+int mwt_tmpdir_create(const char *prefix);
+
+/* Removes that directory and what it holds; 0 or -1. */
+int mwt_tmpdir_remove(void);
+
+/* <dir>/<name>; the result lives until 8 more calls. */
+const char *mwt_tmp_path(const char *name);
+
+/* Generates spec's model as <dir>/<name> and opens it; NULL (the reason on
+ * stderr) on failure. The caller destroys it. */
+mw_model_t *mwt_model_make(const mw_model_spec_t *spec, const char *name);
+
+/* rows x cols floats in [-2, 2), the same for the same seed; caller frees. */
+float *mwt_random_rows(size_t rows, int cols, uint64_t seed);
+
+#endif
