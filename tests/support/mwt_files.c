@@ -38,8 +38,8 @@ mw_model_t *mwt_model_make(const mw_model_spec_t *spec, const char *name)
     mw_model_t *m = NULL;
     if (mw_model_generate(spec, path, err, sizeof(err)) != MW_OK ||
         mw_model_open(path, &m, err, sizeof(err)) != MW_OK) {
-        fprintf(stderr, "model %s: %s\n", path, err);
-        return NULL;
+        fprintf(stderr, "test setup: model %s: %s\n", path, err);
+        exit(1);
     }
     return m;
 }
@@ -47,7 +47,11 @@ mw_model_t *mwt_model_make(const mw_model_spec_t *spec, const char *name)
 float *mwt_random_rows(size_t rows, int cols, uint64_t seed)
 {
     float *x = malloc(rows * (size_t)cols * sizeof(float) + 1);
-    for (size_t i = 0; x != NULL && i < rows * (size_t)cols; i++) {
+    if (x == NULL) {
+        fprintf(stderr, "test setup: out of memory\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < rows * (size_t)cols; i++) {
         seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
         x[i] = (float)((double)(seed >> 40) / 16777216.0 * 4.0 - 2.0);
     }

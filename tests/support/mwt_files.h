@@ -18,11 +18,13 @@ int mwt_tmpdir_remove(void);
 /* <dir>/<name>; the result lives until 8 more calls. */
 const char *mwt_tmp_path(const char *name);
 
-/* Generates spec's model as <dir>/<name> and opens it; NULL (the reason on
- * stderr) on failure. The caller destroys it. */
+/* Generates spec's model as <dir>/<name> and opens it; the caller destroys
+ * it. A failure ends the test program (exit 1, the reason on stderr), as
+ * every setup failure of tests/support does. */
 mw_model_t *mwt_model_make(const mw_model_spec_t *spec, const char *name);
 
-/* rows x cols floats in [-2, 2), the same for the same seed; caller frees. */
+/* rows x cols floats in [-2, 2), the same for the same seed; caller frees.
+ * Out of memory ends the test program. */
 float *mwt_random_rows(size_t rows, int cols, uint64_t seed);
 
 #endif

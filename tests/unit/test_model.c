@@ -42,20 +42,6 @@ static const mw_model_spec_t small_spec = {
     .residual = 1,
 };
 
-static mw_model_t *make_model(const mw_model_spec_t *spec, const char *name)
-{
-    mw_model_t *m = mwt_model_make(spec, name);
-    assert_non_null(m);
-    return m;
-}
-
-static float *random_rows(size_t rows, int cols, uint64_t seed)
-{
-    float *x = mwt_random_rows(rows, cols, seed);
-    assert_non_null(x);
-    return x;
-}
-
 static unsigned char *slurp(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -167,7 +153,7 @@ static void generated_model_is_deterministic_for_a_seed(void **state)
     free(b);
     free(c);
 
-    mw_model_t *m = make_model(&small_spec, "d.safetensors");
+    mw_model_t *m = mwt_model_make(&small_spec, "d.safetensors");
     assert_int_equal(mw_model_num_layers(m), 6);
     assert_int_equal(mw_model_inputs(m), 16);
     assert_int_equal(mw_model_outputs(m), 10);
@@ -195,9 +181,9 @@ static void forward_matches_a_naive_double_precision_reference(void **state)
         spec.activation = acts[v % 3];
         spec.layernorm = v < 3;
         spec.residual = v % 2;
-        mw_model_t *m = make_model(&spec, "ref.safetensors");
+        mw_model_t *m = mwt_model_make(&spec, "ref.safetensors");
         const size_t rows = 5;
-        float *x = random_rows(rows, 16, (uint64_t)v);
+        float *x = mwt_random_rows(rows, 16, (uint64_t)v);
         float *y = malloc(rows * 10 * sizeof(float));
         double *want = malloc(rows * 10 * sizeof(double));
         mw_layer_range_t all = {0, 6};
@@ -224,10 +210,10 @@ static void every_cut_into_stages_is_bit_identical_to_the_whole_model(void **sta
             spec.layernorm = 0;
             spec.inputs = 64; /* residual on layer 0 too */
         }
-        mw_model_t *m = make_model(&spec, "cut.safetensors");
+        mw_model_t *m = mwt_model_make(&spec, "cut.safetensors");
         const int L = mw_model_num_layers(m);
         const size_t rows = 24;
-        float *x = random_rows(rows, spec.inputs, 42);
+        float *x = mwt_random_rows(rows, spec.inputs, 42);
         float *whole = malloc(rows * 10 * sizeof(float));
         float *staged = malloc(rows * 10 * sizeof(float));
         const int batches[] = {1, 3, 8};
@@ -273,9 +259,9 @@ static void outputs_are_bit_identical_run_to_run_for_a_thread_count(void **state
     (void)state;
     mw_model_spec_t spec = small_spec;
     spec.hidden = 256;
-    mw_model_t *m = make_model(&spec, "threads.safetensors");
+    mw_model_t *m = mwt_model_make(&spec, "threads.safetensors");
     const size_t rows = 64;
-    float *x = random_rows(rows, 16, 3);
+    float *x = mwt_random_rows(rows, 16, 3);
     float *a = malloc(rows * 10 * sizeof(float)), *b = malloc(rows * 10 * sizeof(float));
     mw_layer_range_t all = {0, 6};
     for (int threads = 1; threads <= 2; threads++) {
@@ -332,7 +318,7 @@ static void auto_split_balances_flops_within_one_layer(void **state)
     /* The reference model's shape: a small first and last layer. */
     mw_model_spec_t spec = small_spec;
     spec.layers = 12;
-    mw_model_t *m = make_model(&spec, "split.safetensors");
+    mw_model_t *m = mwt_model_make(&spec, "split.safetensors");
     for (int k = 1; k <= 12; k++) {
         mw_layer_range_t r[12];
         char err[128];
@@ -529,7 +515,7 @@ static void stage_rejects_bad_ranges_batches_and_shapes(void **state)
 {
     (void)state;
     char err[256];
-    mw_model_t *m = make_model(&small_spec, "shapes.safetensors");
+    mw_model_t *m = mwt_model_make(&small_spec, "shapes.safetensors");
     mw_stage_t *st = NULL;
     assert_int_equal(mw_stage_new(m, 2, 2, 4, -1, &st, err, sizeof(err)), MW_EINVAL);
     assert_non_null(strstr(err, "2:2"));
@@ -549,7 +535,7 @@ static void stage_rejects_bad_ranges_batches_and_shapes(void **state)
     assert_int_equal(info.in_features, 64);
     assert_int_equal(info.out_features, 64);
 
-    float *x = random_rows(7, 64, 9), *y = malloc(7 * 64 * sizeof(float));
+    float *x = mwt_random_rows(7, 64, 9), *y = malloc(7 * 64 * sizeof(float));
     assert_int_equal(mw_stage_forward(st, x, 7, y), MW_EINVAL);
     assert_int_equal(mw_stage_forward(st, x, 0, y), MW_EINVAL);
     assert_int_equal(mw_stage_forward(st, x, 6, y), MW_OK);
@@ -615,7 +601,7 @@ static void mwctl_model_run_is_the_oracle_at_any_cut(void **state)
     free(b);
 
     const size_t rows = 10;
-    float *x = random_rows(rows, 16, 5);
+    float *x = mwt_random_rows(rows, 16, 5);
     FILE *f = fopen(mwt_tmp_path("x.bin"), "wb");
     assert_int_equal(fwrite(x, sizeof(float), rows * 16, f), rows * 16);
     fclose(f);
@@ -637,7 +623,7 @@ static void mwctl_model_run_is_the_oracle_at_any_cut(void **state)
         }
     }
     /* And the library at the same batch size. */
-    mw_model_t *m = make_model(&small_spec, "lib2.safetensors");
+    mw_model_t *m = mwt_model_make(&small_spec, "lib2.safetensors");
     float *want = malloc(rows * 10 * sizeof(float));
     mw_layer_range_t all = {0, 6};
     run_staged(m, &all, 1, x, rows, 4, want);
@@ -653,7 +639,7 @@ static void mwctl_model_run_is_the_oracle_at_any_cut(void **state)
     free(y);
 
     /* Part of the model: layers 2:4 take and give 64 features. */
-    float *h = random_rows(3, 64, 8);
+    float *h = mwt_random_rows(3, 64, 8);
     f = fopen(mwt_tmp_path("h.bin"), "wb");
     assert_int_equal(fwrite(h, sizeof(float), 3 * 64, f), 3 * 64);
     fclose(f);

@@ -63,20 +63,6 @@ static int cuda_devices(void)
     return known;
 }
 
-static mw_model_t *make_model(const mw_model_spec_t *spec, const char *name)
-{
-    mw_model_t *m = mwt_model_make(spec, name);
-    assert_non_null(m);
-    return m;
-}
-
-static float *random_rows(size_t rows, int cols, uint64_t seed)
-{
-    float *x = mwt_random_rows(rows, cols, seed);
-    assert_non_null(x);
-    return x;
-}
-
 static mw_stage_t *stage_or_fail(const mw_model_t *m, int first, int last, int max_batch,
                                  int device)
 {
@@ -147,14 +133,14 @@ static void cuda_stage_matches_the_cpu_stage_at_batch_1_and_8(void **state)
             spec.outputs = 13;
             spec.seed = 11;
         }
-        mw_model_t *m = make_model(&spec, "match.safetensors");
+        mw_model_t *m = mwt_model_make(&spec, "match.safetensors");
         const int L = mw_model_num_layers(m);
         const mw_layer_range_t ranges[] = {{0, L}, {1, 4}, {L - 1, L}, {0, 1}};
         for (int ri = 0; ri < 4; ri++) {
             const int first = ranges[ri].first, last = ranges[ri].last;
             const int in_f = mw_model_layer(m, first)->in, out_f = mw_model_layer(m, last - 1)->out;
             const size_t rows = 8;
-            float *x = random_rows(rows, in_f, (uint64_t)(100 * v + ri));
+            float *x = mwt_random_rows(rows, in_f, (uint64_t)(100 * v + ri));
             float *want = malloc(rows * (size_t)out_f * sizeof(float));
             float *got = malloc(rows * (size_t)out_f * sizeof(float));
             assert_non_null(want);
@@ -208,10 +194,10 @@ static void cuda_stage_is_bit_identical_run_to_run_and_cuts_agree(void **state)
         skip();
     mw_model_spec_t spec = small_spec;
     spec.hidden = 257;
-    mw_model_t *m = make_model(&spec, "repeat.safetensors");
+    mw_model_t *m = mwt_model_make(&spec, "repeat.safetensors");
     const int L = mw_model_num_layers(m);
     const size_t rows = 32, n = rows * 10;
-    float *x = random_rows(rows, 16, 5);
+    float *x = mwt_random_rows(rows, 16, 5);
     float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
     float *mid = malloc(rows * 257 * sizeof(float));
     assert_non_null(a);
@@ -254,7 +240,7 @@ static void cuda_stage_on_a_missing_device_fails_naming_it(void **state)
 {
     (void)state;
     /* needs no GPU: without one, device 0 is as missing as device 1000 */
-    mw_model_t *m = make_model(&small_spec, "bad.safetensors");
+    mw_model_t *m = mwt_model_make(&small_spec, "bad.safetensors");
     const int devices[] = {cuda_devices(), 1000};
     for (int i = 0; i < 2; i++) {
         char err[512] = "", want[64];
@@ -270,7 +256,7 @@ static void cuda_stage_on_a_missing_device_fails_naming_it(void **state)
     /* the failures leave the working devices usable */
     if (cuda_devices() > 0) {
         mw_stage_t *st = stage_or_fail(m, 0, 6, 4, 0);
-        float *x = random_rows(4, 16, 1), y[40];
+        float *x = mwt_random_rows(4, 16, 1), y[40];
         int rc = mw_stage_forward(st, x, 4, y);
         if (rc != MW_OK)
             fail_msg("forward on device 0 after the failed stages: %s", mw_strerror(rc));
