@@ -3,20 +3,24 @@
 
 #include "err.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 static char tmpdir[256];
 
-int mwt_tmpdir_create(const char *prefix)
+int mwt_files_setup(void **state)
 {
+    (void)state;
     const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(tmpdir, sizeof(tmpdir), "%s/%s-XXXXXX", base, prefix);
+    snprintf(tmpdir, sizeof(tmpdir), "%s/%s-XXXXXX", base, program_invocation_short_name);
+    mw_model_set_threads(1);
     return mkdtemp(tmpdir) != NULL ? 0 : -1;
 }
 
-int mwt_tmpdir_remove(void)
+int mwt_files_teardown(void **state)
 {
+    (void)state;
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
     return system(cmd) == 0 ? 0 : -1;

@@ -9,11 +9,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Creates $TMPDIR/<prefix>-XXXXXX (TMPDIR default /tmp); 0 or -1. */
-int mwt_tmpdir_create(const char *prefix);
-
-/* Removes that directory and what it holds; 0 or -1. */
-int mwt_tmpdir_remove(void);
+/* A cmocka group's setup and teardown: a temporary directory named after the
+ * test program ($TMPDIR/<program>-XXXXXX, TMPDIR default /tmp) and OpenBLAS
+ * at one thread (as model.threads' default); the directory is then removed
+ * with what it holds. 0 or -1. */
+int mwt_files_setup(void **state);
+int mwt_files_teardown(void **state);
 
 /* <dir>/<name>; the result lives until 8 more calls. */
 const char *mwt_tmp_path(const char *name);

@@ -18,19 +18,6 @@
 
 #include <cmocka.h>
 
-static int setup(void **state)
-{
-    (void)state;
-    mw_model_set_threads(1);
-    return mwt_tmpdir_create("mwtest-model");
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    return mwt_tmpdir_remove();
-}
-
 static const mw_model_spec_t small_spec = {
     .layers = 6,
     .inputs = 16,
@@ -696,5 +683,5 @@ int main(void)
         cmocka_unit_test(stage_rejects_bad_ranges_batches_and_shapes),
         cmocka_unit_test(mwctl_model_run_is_the_oracle_at_any_cut),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, mwt_files_setup, mwt_files_teardown);
 }

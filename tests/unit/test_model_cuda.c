@@ -29,19 +29,6 @@
 
 #define TOL_REL 1e-4
 
-static int setup(void **state)
-{
-    (void)state;
-    mw_model_set_threads(1);
-    return mwt_tmpdir_create("mwtest-model-cuda");
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    return mwt_tmpdir_remove();
-}
-
 /* CUDA devices usable here; 0 (with the reason printed once) when none. */
 static int cuda_devices(void)
 {
@@ -273,7 +260,7 @@ int main(void)
         cmocka_unit_test(cuda_stage_is_bit_identical_run_to_run_and_cuts_agree),
         cmocka_unit_test(cuda_stage_on_a_missing_device_fails_naming_it),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, mwt_files_setup, mwt_files_teardown);
 }
 #else
 static void cuda_stage_is_not_built_here(void **state)

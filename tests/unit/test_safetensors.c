@@ -15,18 +15,6 @@
 
 #include <cmocka.h>
 
-static int setup(void **state)
-{
-    (void)state;
-    return mwt_tmpdir_create("mwtest-st");
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    return mwt_tmpdir_remove();
-}
-
 /* A file image: 8-byte length, the JSON header, then data_len bytes 0, 1, 2, ... */
 static unsigned char *image(const char *json, size_t data_len, size_t *len)
 {
@@ -308,5 +296,5 @@ int main(void)
         cmocka_unit_test(missing_file_names_the_path),
         cmocka_unit_test(unfinished_writer_leaves_no_file),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, mwt_files_setup, mwt_files_teardown);
 }
