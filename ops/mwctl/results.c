@@ -25,7 +25,8 @@ static void usage(FILE *out)
     fprintf(
         out,
         "usage: mwctl results --pipeline P [--from-beginning] [--count N] [--idle-s S]\n"
-        "                     [--follow] [--output DIR | --print] [--verify --model FILE]\n"
+        "                     [--follow] [--output DIR | --print]\n"
+        "                     [--verify --model FILE [--tolerance REL]]\n"
         "\n"
         "Reads P.results with isolation.level=read_committed (only results of committed\n"
         "transactions) and prints one line per result: id, status, dtype, shape,\n"
@@ -42,7 +43,9 @@ static void usage(FILE *out)
         "                    input, read from P.requests by id, through the unsplit model at\n"
         "                    batch 1, compared bit for bit (lines end in 'verified' or\n"
         "                    'NOT VERIFIED: why'); exit 1 unless every ok result is verified\n"
-        "  --model FILE      the model the pipeline serves (safetensors), for --verify\n");
+        "  --model FILE      the model the pipeline serves (safetensors), for --verify\n"
+        "  --tolerance REL   with --verify: accept each value within REL * (1 + |reference|)\n"
+        "                    instead of bit-identical (GPU workers: e.g. 1e-4)\n");
 }
 
 static volatile sig_atomic_t interrupted;
@@ -303,10 +306,12 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
         {"output", required_argument, NULL, 'o'},
         {"verify", no_argument, NULL, 'V'},
         {"model", required_argument, NULL, 'm'},
+        {"tolerance", required_argument, NULL, 'T'}, /* with --verify */
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *pipeline = NULL, *outdir = NULL, *model = NULL;
+    double tolerance = 0;
     int from_beginning = 0, follow = 0, print = 0, verify = 0, c;
     int64_t count = -1, idle_s = -1;
     char err[512];
@@ -349,6 +354,10 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
         case 'm':
             model = optarg;
             break;
+        case 'T':
+            if (mwctl_parse_tolerance("results", optarg, &tolerance) != 0)
+                return 2;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -362,6 +371,10 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
     if (verify && model == NULL) {
         fprintf(stderr, "mwctl results: --verify needs --model FILE (the model the pipeline "
                         "serves)\n");
+        return 2;
+    }
+    if (tolerance > 0 && !verify) {
+        fprintf(stderr, "mwctl results: --tolerance goes with --verify\n");
         return 2;
     }
     if (outdir != NULL && mkdir(outdir, 0777) != 0 && errno != EEXIST) {
@@ -390,6 +403,7 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
             mwctl_verifier_destroy(vctx.v);
             return 1;
         }
+        mwctl_verifier_set_tolerance(vctx.v, tolerance);
     }
     int status = 1;
     rd_kafka_t *rk = mw_kafka_consumer_new(cfg, group, NULL, err, sizeof(err));
@@ -453,10 +467,8 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
     if (vc != NULL) {
         mwctl_verify_stats_t vs;
         mwctl_verifier_stats(vc->v, &vs);
-        fprintf(stderr,
-                "verify: %" PRId64 "/%" PRId64
-                " ok results bit-identical to the reference runner (%s)",
-                vs.verified, seen - errors, model);
+        fprintf(stderr, "verify: %" PRId64 "/%" PRId64 " ok results %s the reference runner (%s)",
+                vs.verified, seen - errors, mwctl_verifier_criterion(vc->v), model);
         if (vs.differ > 0 || vs.no_input > 0 || vc->failed > vs.differ + vs.no_input)
             fprintf(stderr, "; %" PRId64 " DIFFER, %" PRId64 " without their request in %s",
                     vs.differ, vc->failed - vs.differ, vc->reader.topic);

@@ -49,6 +49,8 @@ static void usage(FILE *out)
         "                      (the unsplit model of --model at batch 1, bit for bit); the\n"
         "                      inputs are kept in memory until their result arrives\n"
         "  --model FILE        the model the pipeline serves (safetensors), for --verify\n"
+        "  --tolerance REL     with --verify: accept each value within REL * (1 + |reference|)\n"
+        "                      instead of bit-identical (GPU workers: e.g. 1e-4)\n"
         "  --timeout-s S       give up waiting for acknowledgements/results after S s (300)\n"
         "  --no-progress       no progress output\n"
         "exit status: 0 all produced and acknowledged (with --wait: all results ok; with\n"
@@ -518,6 +520,7 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
         {"timeout-s", required_argument, NULL, 'T'},
         {"verify", no_argument, NULL, 'V'},
         {"model", required_argument, NULL, 'm'},
+        {"tolerance", required_argument, NULL, 'R'},
         {"no-progress", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -525,6 +528,7 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
     const char *pipeline = NULL, *file = NULL, *dir = NULL, *shape = NULL, *dtype = "f32";
     const char *prefix = NULL, *model = NULL;
     int64_t generate_n = -1, deadline_rel = 0, timeout_s = 300;
+    double tolerance = 0;
     uint64_t seed = 1;
     int json = 0, wait = 0, verify = 0, no_progress = 0, c;
     char err[1024];
@@ -595,6 +599,10 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
         case 'm':
             model = optarg;
             break;
+        case 'R':
+            if (mwctl_parse_tolerance("submit", optarg, &tolerance) != 0)
+                return 2;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -611,6 +619,10 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
     }
     if (verify && (!wait || model == NULL)) {
         fprintf(stderr, "mwctl submit: --verify needs --wait and --model\n");
+        return 2;
+    }
+    if (tolerance > 0 && !verify) {
+        fprintf(stderr, "mwctl submit: --tolerance goes with --verify\n");
         return 2;
     }
     char topic[MW_TOPIC_NAME_MAX + 1], results_topic[MW_TOPIC_NAME_MAX + 1];
@@ -706,6 +718,8 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
         fprintf(stderr, "mwctl submit: --verify: %s\n", err);
         goto out_source;
     }
+    if (st.verifier != NULL)
+        mwctl_verifier_set_tolerance(st.verifier, tolerance);
     if (wait) {
         /* Assigned at the current end before producing, so no result is missed. */
         consumer = results_consumer(cfg, results_topic, err, sizeof(err));
@@ -836,9 +850,8 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
             mwctl_verify_stats_t vs;
             mwctl_verifier_stats(st.verifier, &vs);
             int64_t ok = st.results - st.errors;
-            printf("verify: %" PRId64 "/%" PRId64
-                   " ok outputs bit-identical to the reference runner (%s)",
-                   vs.verified, ok, model);
+            printf("verify: %" PRId64 "/%" PRId64 " ok outputs %s the reference runner (%s)",
+                   vs.verified, ok, mwctl_verifier_criterion(st.verifier), model);
             if (vs.differ > 0 || vs.no_input > 0)
                 printf("; %" PRId64 " DIFFER, %" PRId64 " without a known input", vs.differ,
                        vs.no_input);

@@ -5,6 +5,7 @@
 #include "model.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,8 @@ struct mwctl_verifier {
     struct input **buckets;
     size_t nbuckets, count;
     mwctl_verify_stats_t stats;
+    double tolerance;
+    char criterion[48];
 };
 
 static uint64_t hash_id(const void *id, size_t len)
@@ -47,6 +50,7 @@ int mwctl_verifier_new(const char *model_path, int threads, mwctl_verifier_t **o
     if (v == NULL)
         return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
     v->nbuckets = 1024;
+    mwctl_verifier_set_tolerance(v, 0);
     v->buckets = calloc(v->nbuckets, sizeof(*v->buckets));
     if (v->buckets == NULL) {
         free(v);
@@ -155,6 +159,44 @@ int mwctl_verifier_has(const mwctl_verifier_t *v, const void *id, size_t id_len)
     return 0;
 }
 
+void mwctl_verifier_set_tolerance(mwctl_verifier_t *v, double rel)
+{
+    v->tolerance = rel;
+    if (rel > 0)
+        snprintf(v->criterion, sizeof(v->criterion), "within %g of", rel);
+    else
+        snprintf(v->criterion, sizeof(v->criterion), "bit-identical to");
+}
+
+const char *mwctl_verifier_criterion(const mwctl_verifier_t *v)
+{
+    return v->criterion;
+}
+
+int mwctl_parse_tolerance(const char *cmd, const char *arg, double *rel)
+{
+    char *end = NULL;
+    *rel = strtod(arg, &end);
+    if (end == arg || *end != '\0' || !isfinite(*rel) || *rel < 0) {
+        fprintf(stderr, "mwctl %s: --tolerance must be a number >= 0 (e.g. 1e-4), not '%s'\n", cmd,
+                arg);
+        return -1;
+    }
+    return 0;
+}
+
+/* The first element of got that is not within the tolerance of want, or -1. */
+static int64_t beyond_tolerance(double rel, mw_dtype_t dtype, const void *got, const void *want,
+                                uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        double g = mw_tensor_elem(dtype, got, i), w = mw_tensor_elem(dtype, want, i);
+        if (!(fabs(g - w) <= rel * (1 + fabs(w))))
+            return (int64_t)i;
+    }
+    return -1;
+}
+
 /* Compares res with the reference output of one input: MW_OK or MW_EINVAL with why. */
 static int compare(mwctl_verifier_t *v, const struct input *in, const mw_result_t *res,
                    char *errstr, size_t errstr_size)
@@ -180,8 +222,17 @@ static int compare(mwctl_verifier_t *v, const struct input *in, const mw_result_
         return MW_OK;
     size_t esize = mw_dtype_size(want_desc.dtype);
     size_t i = 0;
-    while (memcmp((const char *)res->data + i * esize, (const char *)want + i * esize, esize) == 0)
-        i++;
+    if (v->tolerance > 0) {
+        int64_t at =
+            beyond_tolerance(v->tolerance, want_desc.dtype, res->data, want, nbytes / esize);
+        if (at < 0)
+            return MW_OK;
+        i = (size_t)at;
+    } else {
+        while (memcmp((const char *)res->data + i * esize, (const char *)want + i * esize, esize) ==
+               0)
+            i++;
+    }
     uint32_t got_bits = 0, want_bits = 0;
     memcpy(&got_bits, (const char *)res->data + i * esize, esize < 4 ? esize : 4);
     memcpy(&want_bits, (const char *)want + i * esize, esize < 4 ? esize : 4);

@@ -1,6 +1,7 @@
 /* mwctl's check of pipeline outputs against the reference runner: request
  * inputs kept by request id, the unsplit model run on them at batch 1 (as a
- * worker runs each request), and a bit-exact comparison with the result. */
+ * worker runs each request), and a bit-exact comparison with the result (or
+ * one within a relative tolerance, for GPU workers). */
 #ifndef MW_MWCTL_VERIFY_H
 #define MW_MWCTL_VERIFY_H
 
@@ -13,7 +14,7 @@ typedef struct mwctl_verifier mwctl_verifier_t;
 
 /* What a verifier has seen so far. */
 typedef struct mwctl_verify_stats {
-    int64_t verified; /* ok results bit-identical to the reference */
+    int64_t verified; /* ok results that match the reference (see set_tolerance) */
     int64_t differ;   /* ok results that differ (or that the reference rejects) */
     int64_t no_input; /* ok results whose request input is not known */
     int64_t pending;  /* inputs kept, not matched by a result yet */
@@ -29,6 +30,19 @@ int mwctl_verifier_new(const char *model_path, int threads, mwctl_verifier_t **o
 /* Accepts NULL. */
 void mwctl_verifier_destroy(mwctl_verifier_t *v);
 
+/* 0 (the default): outputs must be bit-identical to the reference. rel > 0:
+ * each element g must satisfy |g - r| <= rel * (1 + |r|) against the
+ * reference r: CUDA (cuBLAS) stages sum in another order than OpenBLAS and
+ * differ in the last bits (about 1e-6 relative on an H200). */
+void mwctl_verifier_set_tolerance(mwctl_verifier_t *v, double rel);
+
+/* "bit-identical to" or "within REL of", for "... the reference runner". */
+const char *mwctl_verifier_criterion(const mwctl_verifier_t *v);
+
+/* Parses --tolerance's argument (a finite number >= 0) for command cmd;
+ * prints why not and returns -1 when it is not one. */
+int mwctl_parse_tolerance(const char *cmd, const char *arg, double *rel);
+
 /* Keeps a copy of a request's input under its id, until a result of that id
  * is checked. The same id may be kept more than once (ids reused with other
  * data): a result then matches any of them. An identical copy is not added
@@ -40,11 +54,11 @@ int mwctl_verifier_put(mwctl_verifier_t *v, const void *id, size_t id_len,
 int mwctl_verifier_has(const mwctl_verifier_t *v, const void *id, size_t id_len);
 
 /* Checks one ok result: runs the model on the kept input of res->id and
- * compares dtype, shape and bytes. MW_OK when identical; MW_EINVAL when they
- * differ (errstr says where: "element 3 is 0.125 (0x3e000000), the reference
- * 0.126 (0x3e010625)"); MW_ENOTFOUND when no input of that id is kept. A
- * matched input is forgotten. Counts into the stats. Error results are not
- * checked (MW_OK, nothing counted). */
+ * compares dtype, shape and bytes (or values, within the tolerance). MW_OK
+ * when they match; MW_EINVAL when they differ (errstr says where: "element 3
+ * is 0.125 (0x3e000000), the reference 0.126 (0x3e010625)"); MW_ENOTFOUND when no input of that id
+ * is kept. A matched input is forgotten. Counts into the stats. Error results are not checked
+ * (MW_OK, nothing counted). */
 int mwctl_verifier_check(mwctl_verifier_t *v, const mw_result_t *res, char *errstr,
                          size_t errstr_size);
 
