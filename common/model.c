@@ -654,6 +654,11 @@ static void layernorm_rows(const float *x, int rows, int n, const float *gamma, 
 }
 
 /* y += bias, then the activation, then the residual x (NULL: none), row by row. */
+static inline float relu(float v)
+{
+    return v > 0.0f ? v : 0.0f;
+}
+
 static void bias_act_residual(float *y, int rows, int n, const float *bias, mw_activation_t act,
                               const float *x)
 {
@@ -673,16 +678,12 @@ static void bias_act_residual(float *y, int rows, int n, const float *bias, mw_a
             int i = 0;
             for (; i + 8 <= n; i += 8) {
                 float t[8];
-                for (int j = 0; j < 8; j++) {
-                    float v = yr[i + j] + bias[i + j];
-                    t[j] = v > 0.0f ? v : 0.0f;
-                }
+                for (int j = 0; j < 8; j++)
+                    t[j] = relu(yr[i + j] + bias[i + j]);
                 memcpy(yr + i, t, sizeof(t));
             }
-            for (; i < n; i++) {
-                float v = yr[i] + bias[i];
-                yr[i] = v > 0.0f ? v : 0.0f;
-            }
+            for (; i < n; i++)
+                yr[i] = relu(yr[i] + bias[i]);
             break;
         }
         case MW_ACT_GELU:
