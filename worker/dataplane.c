@@ -1043,16 +1043,14 @@ void mw_dataplane_drain(mw_dataplane_t *dp)
     dp_wake(dp);
 }
 
-void dp_latency_add(mw_dataplane_t *dp, const int64_t *us, int n)
+void dp_latency_add(mw_dataplane_t *dp, int64_t us)
 {
     int64_t now = mw_now_ms();
     pthread_mutex_lock(&dp->lock);
-    for (int i = 0; i < n; i++) {
-        dp->latency[dp->latency_next] = (dp_latency_t){.at_ms = now, .us = us[i]};
-        dp->latency_next = (dp->latency_next + 1) % DP_LATENCY_MAX;
-        if (dp->latency_count < DP_LATENCY_MAX)
-            dp->latency_count++;
-    }
+    dp->latency[dp->latency_next] = (dp_latency_t){.at_ms = now, .us = us};
+    dp->latency_next = (dp->latency_next + 1) % DP_LATENCY_MAX;
+    if (dp->latency_count < DP_LATENCY_MAX)
+        dp->latency_count++;
     pthread_mutex_unlock(&dp->lock);
 }
 
@@ -1062,13 +1060,12 @@ static int cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-void mw_dataplane_stats(mw_dataplane_t *dp, mw_dataplane_stats_t *stats)
+void mw_dataplane_latency(mw_dataplane_t *dp, int64_t *p50_us, int64_t *p99_us)
 {
     int64_t *recent = malloc(DP_LATENCY_MAX * sizeof(*recent));
     int n = 0;
     int64_t since = mw_now_ms() - MW_DATAPLANE_LATENCY_WINDOW_MS;
     pthread_mutex_lock(&dp->lock);
-    *stats = dp->stats;
     for (int i = 0; recent != NULL && i < dp->latency_count; i++)
         if (dp->latency[i].at_ms >= since)
             recent[n++] = dp->latency[i].us;
@@ -1076,9 +1073,16 @@ void mw_dataplane_stats(mw_dataplane_t *dp, mw_dataplane_stats_t *stats)
     if (n > 1)
         qsort(recent, (size_t)n, sizeof(*recent), cmp_i64);
     /* nearest rank */
-    stats->latency_p50_us = n > 0 ? recent[(n * 50 + 99) / 100 - 1] : 0;
-    stats->latency_p99_us = n > 0 ? recent[(n * 99 + 99) / 100 - 1] : 0;
+    *p50_us = n > 0 ? recent[(n * 50 + 99) / 100 - 1] : 0;
+    *p99_us = n > 0 ? recent[(n * 99 + 99) / 100 - 1] : 0;
     free(recent);
+}
+
+void mw_dataplane_stats(mw_dataplane_t *dp, mw_dataplane_stats_t *stats)
+{
+    pthread_mutex_lock(&dp->lock);
+    *stats = dp->stats;
+    pthread_mutex_unlock(&dp->lock);
 }
 
 int mw_dataplane_error(mw_dataplane_t *dp, char *errstr, size_t errstr_size)

@@ -84,15 +84,17 @@ typedef struct mw_dataplane_stats {
     int64_t replays;   /* origin: dispatches after the first (attempt > 1) */
     int64_t aborts;    /* abort frames sent upstream */
     int64_t worlds;    /* worlds handed over and usable */
-    /* origin: latency (consumed -> result ready, as mw-latency-us) of the ok
-     * results committed in the last MW_DATAPLANE_LATENCY_WINDOW_MS; 0 when none */
-    int64_t latency_p50_us, latency_p99_us;
 } mw_dataplane_stats_t;
-
-#define MW_DATAPLANE_LATENCY_WINDOW_MS 10000
 
 /* A snapshot of the counters. Any thread. */
 void mw_dataplane_stats(mw_dataplane_t *dp, mw_dataplane_stats_t *stats);
+
+#define MW_DATAPLANE_LATENCY_WINDOW_MS 10000
+
+/* Origins: the median and 99th percentile (nearest rank) of the latencies
+ * (consumed -> result ready, as mw-latency-us) of the ok results committed in
+ * the last MW_DATAPLANE_LATENCY_WINDOW_MS; 0 when there are none. Any thread. */
+void mw_dataplane_latency(mw_dataplane_t *dp, int64_t *p50_us, int64_t *p99_us);
 
 /* 0 while the engine runs; after a fatal error (a fenced transactional
  * producer, a model that fails to load) a negative MW_E* with its text. The

@@ -153,8 +153,8 @@ int dp_link_better(const dp_link_t *a, int load_a, const dp_link_t *b, int load_
 /* 1 when l is READY, alive and has room in its send queue. */
 int dp_link_usable(const mw_dataplane_t *dp, dp_link_t *l);
 
-/* Records the latencies of n committed results (engine thread). */
-void dp_latency_add(mw_dataplane_t *dp, const int64_t *us, int n);
+/* Records the latency of a committed ok result (engine thread). */
+void dp_latency_add(mw_dataplane_t *dp, int64_t us);
 
 /* Wakes the engine from its wait (any thread). */
 void dp_wake(mw_dataplane_t *dp);

@@ -244,8 +244,7 @@ static void refresh_stats(worker_t *w)
     w->info.inflight = st.inflight;
     w->info.processed = st.processed;
     w->info.errors = st.errors;
-    w->info.latency_p50_us = st.latency_p50_us;
-    w->info.latency_p99_us = st.latency_p99_us;
+    mw_serving_latency(w->serving, &w->info.latency_p50_us, &w->info.latency_p99_us);
     mw_serving_broken(w->serving, w->info.broken, sizeof(w->info.broken));
 }
 

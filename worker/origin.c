@@ -382,8 +382,6 @@ static rd_kafka_topic_partition_list_t *produced_offsets(dp_origin_t *o)
 static void retire_produced(mw_dataplane_t *dp)
 {
     dp_origin_t *o = dp->origin;
-    int64_t latency[256];
-    int n = 0;
     for (dp_part_t *p = o->parts; p != NULL; p = p->next) {
         while (p->head != NULL && p->head->produced) {
             dp_req_t *r = p->head;
@@ -393,15 +391,10 @@ static void retire_produced(mw_dataplane_t *dp)
             dp->counters.results++;
             dp->counters.errors += !r->ok;
             if (r->ok)
-                latency[n++] = r->latency_us;
-            if (n == (int)(sizeof(latency) / sizeof(latency[0]))) {
-                dp_latency_add(dp, latency, n);
-                n = 0;
-            }
+                dp_latency_add(dp, r->latency_us);
             req_free(o, r);
         }
     }
-    dp_latency_add(dp, latency, n);
 }
 
 static void txn_abort(mw_dataplane_t *dp, const char *why)

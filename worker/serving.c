@@ -187,9 +187,14 @@ void mw_serving_stats(mw_serving_t *s, mw_serving_stats_t *stats)
         stats->replays = d.replays;
         stats->results = d.results;
         stats->aborts = d.aborts;
-        stats->latency_p50_us = d.latency_p50_us;
-        stats->latency_p99_us = d.latency_p99_us;
     }
+}
+
+void mw_serving_latency(mw_serving_t *s, int64_t *p50_us, int64_t *p99_us)
+{
+    *p50_us = *p99_us = 0;
+    if (s->dp != NULL)
+        mw_dataplane_latency(s->dp, p50_us, p99_us);
 }
 
 void mw_serving_broken(mw_serving_t *s, char *buf, size_t size)

@@ -38,10 +38,13 @@ typedef struct mw_serving_stats {
     int64_t worlds_up; /* READY worlds */
     int64_t inflight, processed, errors, replays;
     int64_t results, aborts; /* see mw_dataplane_stats_t */
-    int64_t latency_p50_us, latency_p99_us;
 } mw_serving_stats_t;
 
 void mw_serving_stats(mw_serving_t *s, mw_serving_stats_t *stats);
+
+/* The data plane's recent latency percentiles (mw_dataplane_latency); 0
+ * without a data plane. */
+void mw_serving_latency(mw_serving_t *s, int64_t *p50_us, int64_t *p99_us);
 
 /* The planned worlds that broke, closed or failed to join, as "name@gen name@gen"
  * (what the heartbeat reports, so that the coordinator issues them again under a

@@ -306,7 +306,8 @@ int mwctl_status(int argc, char **argv, const mw_config_t *cfg)
             fprintf(strcmp(argv[i], "--help") == 0 ? stdout : stderr,
                     "usage: mwctl status [--json] [--events=N]\n"
                     "  leader and epoch, pipelines and stages, workers (state, heartbeat age,\n"
-                    "  worlds up/total, in-flight, processed, errors), the last N events\n");
+                    "  worlds up/total, in-flight, processed, errors, origins' latency p50/p99\n"
+                    "  of the last 10 s), the last N events\n");
             return strcmp(argv[i], "--help") == 0 ? 0 : 2;
         }
     }
