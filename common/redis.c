@@ -177,6 +177,19 @@ int mw_redis_connected(const mw_redis_t *r)
     return r->ctx != NULL;
 }
 
+/* Error replies of a server that is up but cannot serve yet: still loading its
+ * data after a restart, running a script past its time limit, or a replica
+ * that lost its master. The caller sees them as an outage, not as a failure
+ * of its command. */
+static int server_not_ready(const char *err)
+{
+    static const char *const prefixes[] = {"LOADING ", "BUSY ", "MASTERDOWN "};
+    for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
+        if (strncmp(err, prefixes[i], strlen(prefixes[i])) == 0)
+            return 1;
+    return 0;
+}
+
 /* Runs a preformatted command, reconnecting once at once when the connection
  * turns out to be broken (e.g. the server restarted since the last command). */
 static int run_formatted(mw_redis_t *r, const char *cmd, size_t len, redisReply **out)
@@ -201,9 +214,11 @@ static int run_formatted(mw_redis_t *r, const char *cmd, size_t len, redisReply 
         return MW_EUNAVAIL;
     }
     if (reply->type == REDIS_REPLY_ERROR) {
-        snprintf(r->errstr, sizeof(r->errstr), "%s", reply->str);
+        int transient = server_not_ready(reply->str);
+        snprintf(r->errstr, sizeof(r->errstr), "%s%.400s", transient ? "Redis not ready: " : "",
+                 reply->str);
         freeReplyObject(reply);
-        return MW_EREDIS;
+        return transient ? MW_EUNAVAIL : MW_EREDIS;
     }
     if (out != NULL)
         *out = reply;

@@ -33,7 +33,9 @@ const char *mw_redis_prefix(const mw_redis_t *r);
  * with its text in mw_redis_errstr() and no reply. A broken connection is
  * reconnected once at once and the command retried; when Redis stays
  * unreachable the call returns MW_EUNAVAIL and later calls wait out an
- * exponential backoff (up to redis.retry_max_ms) before trying again. */
+ * exponential backoff (up to redis.retry_max_ms) before trying again. A server
+ * that answers but cannot serve yet (LOADING after a restart, BUSY, MASTERDOWN)
+ * also yields MW_EUNAVAIL, with its reply in mw_redis_errstr(). */
 int mw_redis_argv(mw_redis_t *r, redisReply **reply, int argc, const char **argv,
                   const size_t *argvlen);
 

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 
@@ -80,6 +81,55 @@ static void next_command_works_after_redis_restart(void **state)
     mw_redis_destroy(r);
 }
 
+/* HLEN of key; MW_OK once Redis serves it. Notes a LOADING outage in *saw_loading. */
+static int hlen_noting_loading(mw_redis_t *r, const char *key, long long *len, int *saw_loading)
+{
+    redisReply *reply = NULL;
+    int rc = mw_redis_cmd(r, &reply, "HLEN %s", key);
+    if (rc == MW_EUNAVAIL && strstr(mw_redis_errstr(r), "LOADING") != NULL)
+        *saw_loading = 1;
+    if (rc == MW_OK) {
+        *len = reply->integer;
+        freeReplyObject(reply);
+    }
+    return rc;
+}
+
+static void command_while_restarted_redis_loads_is_an_outage_not_an_error(void **state)
+{
+    (void)state;
+    enum { FIELDS = 300000 };
+    /* Short backoff, so that the client asks again during the load. */
+    int64_t retry_max_ms = cfg.redis_retry_max_ms;
+    cfg.redis_retry_max_ms = 20;
+    mw_redis_t *r = connect_or_fail();
+    cfg.redis_retry_max_ms = retry_max_ms;
+    const char *key = mwt_name("loading");
+    /* Enough data that reloading the append-only file takes a while. */
+    assert_int_equal(mw_redis_cmd(r, NULL, "EVAL %s 1 %s %d",
+                                  "for i = 1, tonumber(ARGV[1]) do "
+                                  "redis.call('HSET', KEYS[1], i, i) end",
+                                  key, FIELDS),
+                     MW_OK);
+
+    pid_t restart = mwt_service_spawn("redis", "restart");
+    assert_true(restart > 0);
+    long long len = -1;
+    int saw_loading = 0;
+    /* Served until the old server stops, then an outage until the new one has loaded. */
+    assert_true(mwt_wait_for(hlen_noting_loading(r, key, &len, &saw_loading) != MW_OK, 30000));
+    assert_true(mwt_wait_for(hlen_noting_loading(r, key, &len, &saw_loading) == MW_OK, 60000));
+    assert_true(saw_loading);
+    assert_int_equal(len, FIELDS);
+    int status = mwt_wait_exit(restart, 60000);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    assert_int_equal(mw_redis_cmd(r, NULL, "DEL %s", key), MW_OK);
+    /* Later restarts in this run load a compacted file again. */
+    assert_int_equal(mw_redis_cmd(r, NULL, "BGREWRITEAOF"), MW_OK);
+    mw_redis_destroy(r);
+}
+
 static void outage_fails_fast_then_recovers_with_backoff(void **state)
 {
     (void)state;
@@ -141,6 +191,7 @@ int main(void)
         cmocka_unit_test(commands_are_binary_safe),
         cmocka_unit_test(error_reply_is_reported_with_its_text),
         cmocka_unit_test(next_command_works_after_redis_restart),
+        cmocka_unit_test(command_while_restarted_redis_loads_is_an_outage_not_an_error),
         cmocka_unit_test(outage_fails_fast_then_recovers_with_backoff),
         cmocka_unit_test(script_runs_again_after_script_cache_flush),
         cmocka_unit_test(unreachable_redis_fails_new_with_a_clear_message),

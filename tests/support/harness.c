@@ -57,14 +57,26 @@ void mwt_config(mw_config_t *cfg)
     }
 }
 
-int mwt_service(const char *service, const char *action)
+pid_t mwt_service_spawn(const char *service, const char *action)
 {
-    char cmd[1024];
+    char mwlocal[1024];
+    snprintf(mwlocal, sizeof(mwlocal), "%s/ops/mwlocal", env_or_die("MWTEST_ROOT"));
     const char *dir = strcmp(service, "redis") == 0 ? env_or_die("MWTEST_REDIS_DIR")
                                                     : env_or_die("MWTEST_KAFKA_DIR");
-    snprintf(cmd, sizeof(cmd), "%s/ops/mwlocal %s %s --dir '%s' >&2", env_or_die("MWTEST_ROOT"),
-             service, action, dir);
-    return mwt_run(cmd, NULL, 0);
+    char *argv[] = {mwlocal, (char *)service, (char *)action, "--dir", (char *)dir, NULL};
+    return mwt_spawn(argv);
+}
+
+int mwt_service(const char *service, const char *action)
+{
+    pid_t pid = mwt_service_spawn(service, action);
+    if (pid < 0)
+        return -1;
+    /* mwlocal bounds its own waits (stop 10 s, then start 90 s). */
+    int status = mwt_wait_exit(pid, 150000);
+    if (status < 0)
+        kill(-pid, SIGKILL);
+    return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 const char *mwt_bin(const char *name)

@@ -35,6 +35,9 @@ void mwt_config(mw_config_t *cfg);
  * returns its exit status. */
 int mwt_service(const char *service, const char *action);
 
+/* The same, in the background: returns mwlocal's pid for mwt_wait_exit. */
+pid_t mwt_service_spawn(const char *service, const char *action);
+
 /* Path of a built program: mwt_bin("mwctl") -> "<build>/bin/mwctl". Static buffer. */
 const char *mwt_bin(const char *name);
 
