@@ -7,13 +7,23 @@
 #include <stdio.h>
 #include <string.h>
 
+/* One set of kafka.* properties configures producers and consumers alike, so
+ * librdkafka's note that a consumer property is ignored by a producer (or the
+ * reverse) is expected, not a misconfiguration. */
+static int is_scope_note(const char *fac, const char *buf)
+{
+    return strcmp(fac, "CONFWARN") == 0 &&
+           strstr(buf, " property and will be ignored by this ") != NULL;
+}
+
 /* librdkafka uses syslog levels: 0..3 error, 4 warning, 5..6 info, 7 debug. */
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
-    mw_log_level_t l = level <= 3   ? MW_LOG_ERROR
-                       : level == 4 ? MW_LOG_WARN
-                       : level <= 6 ? MW_LOG_INFO
-                                    : MW_LOG_DEBUG;
+    mw_log_level_t l = is_scope_note(fac, buf) ? MW_LOG_DEBUG
+                       : level <= 3            ? MW_LOG_ERROR
+                       : level == 4            ? MW_LOG_WARN
+                       : level <= 6            ? MW_LOG_INFO
+                                               : MW_LOG_DEBUG;
     mw_log(l, "kafka", "%s %s: %s", rk ? rd_kafka_name(rk) : "-", fac, buf);
 }
 
@@ -56,14 +66,15 @@ static int conf_default(rd_kafka_conf_t *conf, const mw_config_t *cfg, const cha
     return conf_set(conf, key, value, errstr, errstr_size);
 }
 
-/* Applies the hooks to conf (the opaque goes with them). */
-static void set_hooks(rd_kafka_conf_t *conf, const mw_kafka_hooks_t *hooks)
+/* Applies the hooks that a client of this type uses to conf (the opaque goes
+ * with them). */
+static void set_hooks(rd_kafka_conf_t *conf, rd_kafka_type_t type, const mw_kafka_hooks_t *hooks)
 {
     if (hooks == NULL)
         return;
-    if (hooks->dr_msg_cb != NULL)
+    if (type == RD_KAFKA_PRODUCER && hooks->dr_msg_cb != NULL)
         rd_kafka_conf_set_dr_msg_cb(conf, hooks->dr_msg_cb);
-    if (hooks->rebalance_cb != NULL)
+    if (type == RD_KAFKA_CONSUMER && hooks->rebalance_cb != NULL)
         rd_kafka_conf_set_rebalance_cb(conf, hooks->rebalance_cb);
     rd_kafka_conf_set_opaque(conf, hooks->opaque);
 }
@@ -98,7 +109,7 @@ rd_kafka_t *mw_kafka_producer_new(const mw_config_t *cfg, const char *transactio
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
-    set_hooks(conf, hooks);
+    set_hooks(conf, RD_KAFKA_PRODUCER, hooks);
     char kerr[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
     if (rk == NULL) {
@@ -138,7 +149,7 @@ rd_kafka_t *mw_kafka_consumer_new(const mw_config_t *cfg, const char *group_id,
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
-    set_hooks(conf, hooks);
+    set_hooks(conf, RD_KAFKA_CONSUMER, hooks);
     char kerr[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
     if (rk == NULL) {

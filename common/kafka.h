@@ -14,7 +14,8 @@
  * Caller owns it (librdkafka's rd_kafka_new takes it over on success). */
 rd_kafka_conf_t *mw_kafka_conf_new(const mw_config_t *cfg, char *errstr, size_t errstr_size);
 
-/* Optional callbacks for the clients below, all with the same opaque. */
+/* Optional callbacks for the clients below, all with the same opaque. One
+ * hooks value may serve both: producers take dr_msg_cb, consumers rebalance_cb. */
 typedef struct mw_kafka_hooks {
     void (*dr_msg_cb)(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque);
     void (*rebalance_cb)(rd_kafka_t *rk, rd_kafka_resp_err_t err,

@@ -4,6 +4,7 @@
 #include "err.h"
 #include "harness.h"
 #include "kafka.h"
+#include "log.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -289,12 +291,75 @@ static void idempotent_producer_loses_and_duplicates_nothing_across_broker_resta
     print_message("produced %d records across the broker restart\n", total);
 }
 
+static void dummy_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    (void)m;
+    (void)opaque;
+}
+
+static void dummy_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
+                            rd_kafka_topic_partition_list_t *partitions, void *opaque)
+{
+    (void)rk;
+    (void)e;
+    (void)partitions;
+    (void)opaque;
+}
+
+/* What a worker's origin does: one config with a consumer-only and a
+ * producer-only property, one hooks value for both of its clients. */
+static void one_config_for_producer_and_consumer_logs_no_scope_warnings(void **state)
+{
+    (void)state;
+    mw_config_t both;
+    mwt_config(&both);
+    assert_int_equal(
+        mw_config_set(&both, "kafka.session.timeout.ms", "6000", "test", err, sizeof(err)), MW_OK);
+    assert_int_equal(
+        mw_config_set(&both, "kafka.transaction.timeout.ms", "10000", "test", err, sizeof(err)),
+        MW_OK);
+    const mw_kafka_hooks_t hooks = {.dr_msg_cb = dummy_dr, .rebalance_cb = dummy_rebalance};
+
+    FILE *log = tmpfile();
+    assert_non_null(log);
+    int saved_stderr = dup(STDERR_FILENO);
+    assert_true(saved_stderr >= 0);
+    assert_true(dup2(fileno(log), STDERR_FILENO) >= 0);
+    rd_kafka_t *p = mw_kafka_producer_new(&both, NULL, &hooks, err, sizeof(err));
+    rd_kafka_t *c = mw_kafka_consumer_new(&both, mwt_name("scope"), &hooks, err, sizeof(err));
+    mw_log(MW_LOG_WARN, "test", "capture works");
+    mw_kafka_destroy(p);
+    mw_kafka_destroy(c);
+    dup2(saved_stderr, STDERR_FILENO);
+    close(saved_stderr);
+    mw_config_fini(&both);
+    assert_non_null(p);
+    assert_non_null(c);
+
+    char text[16384];
+    rewind(log);
+    size_t n = fread(text, 1, sizeof(text) - 1, log);
+    text[n] = '\0';
+    fclose(log);
+    fputs(text, stderr);
+    assert_non_null(strstr(text, "capture works"));
+    for (const char *line = text; *line != '\0';) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        if (memmem(line, len, " WARN ", 6) != NULL && memmem(line, len, "CONFWARN", 8) != NULL)
+            fail_msg("scope warning logged: %.*s", (int)len, line);
+        line += len + (end != NULL);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(thousand_records_come_back_through_a_consumer_group),
         cmocka_unit_test(committed_transaction_is_visible_and_aborted_one_is_not),
         cmocka_unit_test(idempotent_producer_loses_and_duplicates_nothing_across_broker_restart),
+        cmocka_unit_test(one_config_for_producer_and_consumer_logs_no_scope_warnings),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
