@@ -125,8 +125,9 @@ static void command_while_restarted_redis_loads_is_an_outage_not_an_error(void *
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 
     assert_int_equal(mw_redis_cmd(r, NULL, "DEL %s", key), MW_OK);
-    /* Later restarts in this run load a compacted file again. */
-    assert_int_equal(mw_redis_cmd(r, NULL, "BGREWRITEAOF"), MW_OK);
+    /* Later restarts in this run load a compacted file again. Housekeeping, not
+     * under test: refused only while another rewrite runs, which compacts too. */
+    (void)mw_redis_cmd(r, NULL, "BGREWRITEAOF");
     mw_redis_destroy(r);
 }
 
