@@ -331,6 +331,7 @@ static void worker_added_to_bottleneck_stage_raises_throughput(void **state)
     assert_true(mwt_pipeline_read(f->p, "results", &f->t, n, f->expected, 100, mwt_scaled(30000)) >=
                 100);
     double before = window_rate(f, n, 3000);
+    assert_true(before > 0);
     f->p->worker_flags = slow;
     mwt_pipeline_worker(f->p, 1, "w1-1");
     f->p->worker_flags = NULL;
@@ -339,14 +340,21 @@ static void worker_added_to_bottleneck_stage_raises_throughput(void **state)
         mwt_pipeline_read(f->p, "results", &f->t, n, f->expected, n, 50);
     assert_true(worker_serving(f, "w1-1"));
     int64_t ready_ms = mw_now_ms() - t0;
-    window_rate(f, n, 500); /* both stage-1 workers busy */
+    /* Results leave in input order, and the origin's window (worker.max_inflight)
+     * is queued at w1-0 when w1-1 arrives: until w1-0 has worked through that
+     * queue, the window frees at w1-0's pace alone. Measure after one turnover of
+     * the window at the old rate, plus half a second. */
+    window_rate(f, n, (int64_t)(1000.0 * (double)f->p->cfg.worker_max_inflight / before) + 500);
     int left = n - f->t.distinct;
     double after = window_rate(f, n, 3000);
     print_message("throughput %.0f/s before, %.0f/s after w1-1 became ready (%lld ms after its "
                   "start; %d requests were left)\n",
                   before, after, (long long)ready_ms, left);
     assert_true(left > 1500); /* the second window ran on a backlog too */
-    assert_true(after > 1.4 * before);
+    /* Two workers could at most double it. Over 44 runs of the earlier version
+     * (measured 500 ms after w1-1 was ready) the gain was 1.32-2.25x, median 1.74x,
+     * and one-worker windows alone vary by +-15 %: 1.25x is clearly a raise. */
+    assert_true(after > 1.25 * before);
 
     assert_int_equal(
         mwt_pipeline_read(f->p, "results", &f->t, n, f->expected, n, mwt_scaled(60000)), n);
