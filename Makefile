@@ -20,7 +20,9 @@ PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 BLAS_LIBS := -lopenblas
 
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Werror
-CPPFLAGS += -D_GNU_SOURCE -Icommon -Itopics -Icoordinator -Iworker -Iops/mwctl -Itests/support $(PKG_CFLAGS)
+# Includes name their room: "err.h" (common/), "world/world.h" (common/world/),
+# "topics/record.h" (from the top); a file's own folder needs no prefix.
+CPPFLAGS += -D_GNU_SOURCE -Icommon -I. -Itests/support $(PKG_CFLAGS)
 CFLAGS ?= -O2 -g
 CFLAGS += -std=c11 $(WARN) -MMD -MP -pthread
 LDLIBS += $(PKG_LIBS) $(BLAS_LIBS) -lm -ldl -pthread
@@ -45,9 +47,9 @@ comma := ,
 home_libs = $(if $(1),-L$(1)/lib -Wl$(comma)-rpath$(comma)$(1)/lib)
 NVCC ?= $(CUDA_HOME)/bin/nvcc
 
-GPU_NCCL_SRCS := $(wildcard common/*_nccl.c)
-GPU_CUDA_SRCS := $(wildcard common/*_cuda.c)
-GPU_CU_SRCS := $(wildcard common/*.cu)
+GPU_NCCL_SRCS := common/world/nccl.c
+GPU_CUDA_SRCS := $(wildcard common/model/*_cuda.c)
+GPU_CU_SRCS := $(wildcard common/model/*.cu)
 
 ifeq ($(HAVE_CUDA),1)
 CUDA_CPPFLAGS := $(call home_flags,$(CUDA_HOME))
@@ -66,7 +68,8 @@ LDLIBS += $(if $(HAVE_NCCL),,$(CUDA_LIBS)) $(call home_libs,$(CUBLAS_HOME)) -lcu
 endif
 
 # --- sources ----------------------------------------------------------------
-LIB_SRCS := $(filter-out $(GPU_NCCL_SRCS) $(GPU_CUDA_SRCS),$(wildcard common/*.c topics/*.c)) \
+COMMON_SRCS := $(wildcard common/*.c common/*/*.c topics/*.c)
+LIB_SRCS := $(filter-out $(GPU_NCCL_SRCS) $(GPU_CUDA_SRCS),$(COMMON_SRCS)) \
             $(if $(HAVE_NCCL),$(GPU_NCCL_SRCS)) $(if $(HAVE_CUBLAS),$(GPU_CUDA_SRCS))
 LIB_CU_SRCS := $(if $(HAVE_CUBLAS),$(GPU_CU_SRCS))
 # Program code other than main() goes into libmwapp.a so tests can link it.
@@ -112,7 +115,7 @@ $(BUILD)/obj/%.o: %.c
 
 $(BUILD)/obj/%.cu.o: %.cu
 	@mkdir -p $(@D)
-	$(NVCC) -O2 -Icommon -c $< -o $@
+	$(NVCC) -O2 -Icommon -I. -c $< -o $@
 
 $(LIBMW): $(LIB_OBJS)
 	@mkdir -p $(@D)
@@ -138,10 +141,10 @@ $(BUILD)/plugins/%.so: tests/plugins/%.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -fPIC -shared $< -o $@
 
 # Fuzzers: clang + libFuzzer + ASan/UBSan, over the library sources they need.
-FUZZ_LIB_SRCS := $(filter-out $(GPU_NCCL_SRCS) $(GPU_CUDA_SRCS),$(wildcard common/*.c topics/*.c))
+FUZZ_LIB_SRCS := $(filter-out $(GPU_NCCL_SRCS) $(GPU_CUDA_SRCS),$(COMMON_SRCS))
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB_SRCS)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) -g -O1 -std=c11 -D_GNU_SOURCE -Icommon -Itopics $(PKG_CFLAGS) \
+	$(FUZZ_CC) -g -O1 -std=c11 -D_GNU_SOURCE -Icommon -I. $(PKG_CFLAGS) \
 	    -fsanitize=fuzzer,address,undefined $^ $(PKG_LIBS) $(BLAS_LIBS) -lm -ldl -pthread -o $@
 
 # --- tests ------------------------------------------------------------------
@@ -176,7 +179,7 @@ deps:
 	@ops/deps.sh
 
 # --- code hygiene -----------------------------------------------------------
-FORMAT_SRCS := $(wildcard common/*.[ch] topics/*.[ch] coordinator/*.[ch] worker/*.[ch] \
+FORMAT_SRCS := $(wildcard common/*.[ch] common/*/*.[ch] topics/*.[ch] coordinator/*.[ch] worker/*.[ch] \
                  ops/mwctl/*.[ch] tests/*/*.[ch])
 
 format:
@@ -187,7 +190,7 @@ format-check:
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --std=c11 --enable=warning,portability,performance \
-	    --inline-suppr --suppress=missingIncludeSystem -D__GNUC__ -Icommon -Itopics \
+	    --inline-suppr --suppress=missingIncludeSystem -D__GNUC__ -Icommon -I. \
 	    common topics coordinator worker ops/mwctl
 
 clean:

@@ -3,7 +3,7 @@
 #include "lease.h"
 
 #include "err.h"
-#include "events.h"
+#include "cluster/events.h"
 #include "log.h"
 
 #include <stdio.h>

@@ -3,13 +3,13 @@
 #include "program.h"
 #include "config.h"
 #include "err.h"
-#include "events.h"
+#include "cluster/events.h"
 #include "lease.h"
 #include "log.h"
-#include "membership.h"
-#include "pipeline.h"
+#include "cluster/membership.h"
+#include "cluster/pipeline.h"
 #include "plan.h"
-#include "planstore.h"
+#include "cluster/planstore.h"
 #include "redis.h"
 
 #include <errno.h>

@@ -13,7 +13,7 @@
 #ifndef MW_RECORD_H
 #define MW_RECORD_H
 
-#include "tensor.h"
+#include "model/tensor.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stddef.h>

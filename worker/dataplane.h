@@ -11,8 +11,8 @@
 #define MW_DATAPLANE_H
 
 #include "config.h"
-#include "plan.h"
-#include "world.h"
+#include "cluster/plan_doc.h"
+#include "world/world.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -6,7 +6,7 @@
 
 #include "dataplane.h"
 #include "hop.h"
-#include "model.h"
+#include "model/model.h"
 
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>

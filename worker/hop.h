@@ -3,7 +3,7 @@
 #ifndef MW_HOP_H
 #define MW_HOP_H
 
-#include "tensor.h"
+#include "model/tensor.h"
 
 #include <stddef.h>
 #include <stdint.h>

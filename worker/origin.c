@@ -9,7 +9,7 @@
 #include "err.h"
 #include "kafka.h"
 #include "log.h"
-#include "record.h"
+#include "topics/record.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -4,7 +4,7 @@
 #ifndef MW_RECONCILE_H
 #define MW_RECONCILE_H
 
-#include "plan.h"
+#include "cluster/plan_doc.h"
 
 #include <stddef.h>
 #include <stdint.h>

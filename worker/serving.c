@@ -4,7 +4,7 @@
 #include "dataplane.h"
 #include "err.h"
 #include "log.h"
-#include "world.h"
+#include "world/world.h"
 
 #include <stdio.h>
 #include <stdlib.h>

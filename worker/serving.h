@@ -5,7 +5,7 @@
 #define MW_SERVING_H
 
 #include "config.h"
-#include "plan.h"
+#include "cluster/plan_doc.h"
 #include "reconcile.h"
 
 #include <stddef.h>

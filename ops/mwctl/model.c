@@ -4,9 +4,9 @@
 #include "mwctl.h"
 
 #include "err.h"
-#include "model.h"
-#include "mw_stage_abi.h"
-#include "stage_plugin.h"
+#include "model/model.h"
+#include "model/mw_stage_abi.h"
+#include "model/stage_plugin.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -5,8 +5,8 @@
 #include "err.h"
 #include "kafka.h"
 #include "log.h"
-#include "record.h"
-#include "topics.h"
+#include "topics/record.h"
+#include "topics/topics.h"
 #include "verify.h"
 
 #include <errno.h>

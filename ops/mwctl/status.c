@@ -3,10 +3,10 @@
 #include "mwctl.h"
 
 #include "err.h"
-#include "events.h"
-#include "membership.h"
-#include "plan.h"
-#include "planstore.h"
+#include "cluster/events.h"
+#include "cluster/membership.h"
+#include "cluster/plan_doc.h"
+#include "cluster/planstore.h"
 #include "redis.h"
 
 #include <cjson/cJSON.h>

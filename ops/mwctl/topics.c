@@ -3,7 +3,7 @@
 
 #include "err.h"
 #include "kafka.h"
-#include "topics.h"
+#include "topics/topics.h"
 
 #include <getopt.h>
 #include <stdio.h>

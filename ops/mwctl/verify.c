@@ -2,7 +2,7 @@
 #include "verify.h"
 
 #include "err.h"
-#include "model.h"
+#include "model/model.h"
 
 #include <inttypes.h>
 #include <math.h>

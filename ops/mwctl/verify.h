@@ -5,7 +5,7 @@
 #ifndef MW_MWCTL_VERIFY_H
 #define MW_MWCTL_VERIFY_H
 
-#include "record.h"
+#include "topics/record.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -5,10 +5,10 @@
 #include "clock.h"
 #include "err.h"
 #include "harness.h"
-#include "membership.h"
-#include "pipeline.h"
-#include "plan.h"
-#include "planstore.h"
+#include "cluster/membership.h"
+#include "cluster/pipeline.h"
+#include "coordinator/plan.h"
+#include "cluster/planstore.h"
 #include "redis.h"
 
 #include <fcntl.h>

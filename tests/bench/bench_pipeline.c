@@ -8,10 +8,10 @@
 #include "err.h"
 #include "harness.h"
 #include "kafka.h"
-#include "model.h"
+#include "model/model.h"
 #include "mwt_load.h"
 #include "mwt_pipeline.h"
-#include "world.h"
+#include "world/world.h"
 
 #include <pthread.h>
 #include <signal.h>

@@ -5,7 +5,7 @@
 #include "clock.h"
 #include "err.h"
 #include "harness.h"
-#include "model.h"
+#include "model/model.h"
 #include "mwt_load.h"
 #include "mwt_pipeline.h"
 #include "redis.h"

@@ -6,7 +6,7 @@
  * MW_BENCH_THREADS sets the OpenBLAS threads (default 1, as model.threads). */
 #include "clock.h"
 #include "err.h"
-#include "model.h"
+#include "model/model.h"
 
 #include <cblas.h>
 #include <stdio.h>

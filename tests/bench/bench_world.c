@@ -5,7 +5,7 @@
 #include "clock.h"
 #include "err.h"
 #include "harness.h"
-#include "world.h"
+#include "world/world.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

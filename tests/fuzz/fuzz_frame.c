@@ -1,7 +1,7 @@
 /* libFuzzer target: a byte stream parsed as world frames exactly as a link
  * receives it (header, metadata, payload), plus re-encoding round trips. */
-#include "frame.h"
-#include "rendezvous.h"
+#include "world/frame.h"
+#include "world/rendezvous.h"
 
 #include <stdint.h>
 #include <stdlib.h>

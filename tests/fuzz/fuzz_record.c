@@ -6,7 +6,7 @@
  * value; one key-length byte (mod 64) and the key; one limit byte (the tensor
  * limit is 2^(b mod 24)); the rest is the record value. */
 #include "err.h"
-#include "record.h"
+#include "topics/record.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* libFuzzer target: the safetensors reader and the reference-model validation on any bytes. */
-#include "model.h"
-#include "safetensors.h"
+#include "model/model.h"
+#include "model/safetensors.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -2,12 +2,12 @@
  * leader election and fencing, Redis restarts, SIGTERM drain, bad input. */
 #include "clock.h"
 #include "err.h"
-#include "events.h"
+#include "cluster/events.h"
 #include "harness.h"
-#include "lease.h"
-#include "membership.h"
-#include "plan.h"
-#include "planstore.h"
+#include "coordinator/lease.h"
+#include "cluster/membership.h"
+#include "cluster/plan_doc.h"
+#include "cluster/planstore.h"
 #include "redis.h"
 
 #include <cjson/cJSON.h>

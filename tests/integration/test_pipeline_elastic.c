@@ -5,11 +5,11 @@
  * one committed result, equal to the unsplit reference model's output. */
 #include "clock.h"
 #include "err.h"
-#include "events.h"
+#include "cluster/events.h"
 #include "harness.h"
 #include "mwt_pipeline.h"
-#include "plan.h"
-#include "planstore.h"
+#include "cluster/plan_doc.h"
+#include "cluster/planstore.h"
 #include "redis.h"
 
 #include <setjmp.h>

@@ -3,9 +3,9 @@
 #include "clock.h"
 #include "test_world_util.h"
 
-#include "frame.h"
+#include "world/frame.h"
 #include "redis.h"
-#include "rendezvous.h"
+#include "world/rendezvous.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

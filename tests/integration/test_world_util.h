@@ -5,7 +5,7 @@
 
 #include "err.h"
 #include "harness.h"
-#include "world.h"
+#include "world/world.h"
 
 #include <dirent.h>
 #include <signal.h>

@@ -1,5 +1,5 @@
 /* Broken plug-in for the loader tests: built for a future ABI version. */
-#include "mw_stage_abi.h"
+#include "model/mw_stage_abi.h"
 
 const uint32_t mw_plugin_abi_version = 999;
 

@@ -1,5 +1,5 @@
 /* Broken plug-in for the loader tests: init always fails with a message. */
-#include "mw_stage_abi.h"
+#include "model/mw_stage_abi.h"
 
 #include <stdio.h>
 

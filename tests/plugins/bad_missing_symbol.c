@@ -1,5 +1,5 @@
 /* Broken plug-in for the loader tests: it does not export mw_plugin_forward. */
-#include "mw_stage_abi.h"
+#include "model/mw_stage_abi.h"
 
 #include <stdlib.h>
 

@@ -1,7 +1,7 @@
 /* Broken plug-in for the loader tests: forward returns invalid tensors, chosen by
  * the input's first value (0: unknown dtype, 1: no data, 2: zero dimension,
  * 3: device memory, 4: fails with a message). */
-#include "mw_stage_abi.h"
+#include "model/mw_stage_abi.h"
 
 #include <stdio.h>
 #include <string.h>

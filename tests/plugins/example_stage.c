@@ -1,7 +1,7 @@
 /* Example stage plug-in: y = scale * x + shift on f32 tensors of any shape.
  * Config JSON: {"scale": 2.0, "shift": 0.5}; scale defaults to stage_index + 1,
  * shift to 0. Build: cc -shared -fPIC -I<mwserve>/common example_stage.c -o example_stage.so */
-#include "mw_stage_abi.h"
+#include "model/mw_stage_abi.h"
 
 #include <stdio.h>
 #include <stdlib.h>

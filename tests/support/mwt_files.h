@@ -4,7 +4,7 @@
 #ifndef MWT_FILES_H
 #define MWT_FILES_H
 
-#include "model.h"
+#include "model/model.h"
 
 #include <stddef.h>
 #include <stdint.h>

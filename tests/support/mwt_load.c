@@ -5,8 +5,8 @@
 #include "err.h"
 #include "harness.h"
 #include "kafka.h"
-#include "record.h"
-#include "topics.h"
+#include "topics/record.h"
+#include "topics/topics.h"
 
 #include <math.h>
 #include <signal.h>

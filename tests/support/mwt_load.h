@@ -5,7 +5,7 @@
 #ifndef MWT_LOAD_H
 #define MWT_LOAD_H
 
-#include "model.h"
+#include "model/model.h"
 #include "mwt_pipeline.h"
 
 #include <librdkafka/rdkafka.h>

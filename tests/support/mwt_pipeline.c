@@ -5,9 +5,9 @@
 #include "err.h"
 #include "harness.h"
 #include "kafka.h"
-#include "model.h"
-#include "record.h"
-#include "topics.h"
+#include "model/model.h"
+#include "topics/record.h"
+#include "topics/topics.h"
 
 #include <signal.h>
 #include <stdio.h>

@@ -5,7 +5,7 @@
 #define MWT_PIPELINE_H
 
 #include "config.h"
-#include "model.h"
+#include "model/model.h"
 #include "redis.h"
 
 #include <librdkafka/rdkafka.h>

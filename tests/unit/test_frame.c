@@ -1,7 +1,7 @@
 /* World wire format: round trips and rejection of malformed frames. */
 #include "err.h"
-#include "frame.h"
-#include "rendezvous.h"
+#include "world/frame.h"
+#include "world/rendezvous.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

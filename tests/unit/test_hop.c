@@ -1,6 +1,6 @@
 /* The data plane's header frame codec: round trips and malformed frames. */
 #include "err.h"
-#include "hop.h"
+#include "worker/hop.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,10 +1,10 @@
 /* Reference model: generation, validation, stage ranges and the bit-identity of staged compute. */
 #include "config.h"
 #include "err.h"
-#include "model.h"
-#include "mwctl.h"
+#include "model/model.h"
+#include "ops/mwctl/mwctl.h"
 #include "mwt_files.h"
-#include "safetensors.h"
+#include "model/safetensors.h"
 
 #include <math.h>
 #include <setjmp.h>

@@ -9,7 +9,7 @@
  * the bound test_model.c uses against a double-precision reference. TF32 (10
  * mantissa bits) would miss it by an order of magnitude. */
 #include "err.h"
-#include "model.h"
+#include "model/model.h"
 #include "mwt_files.h"
 
 #include <math.h>

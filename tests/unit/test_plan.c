@@ -1,8 +1,8 @@
 /* Planner: invariants over generated membership sequences, stability, auto stages,
  * rejections, the JSON codec and pipeline specs. */
 #include "err.h"
-#include "pipeline.h"
-#include "plan.h"
+#include "cluster/pipeline.h"
+#include "coordinator/plan.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,8 +1,8 @@
 /* Reconciliation diff: create new worlds, destroy removed or changed ones, keep the
  * rest untouched; never apply a plan of an older epoch. */
 #include "err.h"
-#include "plan.h"
-#include "reconcile.h"
+#include "cluster/plan_doc.h"
+#include "worker/reconcile.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

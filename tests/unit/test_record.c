@@ -8,7 +8,7 @@
 #include <cmocka.h>
 
 #include "err.h"
-#include "record.h"
+#include "topics/record.h"
 
 #include <math.h>
 #include <stdio.h>

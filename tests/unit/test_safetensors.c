@@ -1,7 +1,7 @@
 /* safetensors reader and writer: round trips, and every malformed file rejected with its reason. */
 #include "err.h"
 #include "mwt_files.h"
-#include "safetensors.h"
+#include "model/safetensors.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,9 +1,9 @@
 /* Stage plug-ins: the example plug-in loads and computes; broken ones fail cleanly, named. */
 #include "config.h"
 #include "err.h"
-#include "model.h"
-#include "mwctl.h"
-#include "stage_plugin.h"
+#include "model/model.h"
+#include "ops/mwctl/mwctl.h"
+#include "model/stage_plugin.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -7,7 +7,7 @@
 #include <cmocka.h>
 
 #include "err.h"
-#include "topics.h"
+#include "topics/topics.h"
 
 #include <string.h>
 

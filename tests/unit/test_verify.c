@@ -1,9 +1,9 @@
 /* mwctl's output verifier: bit-identical by default, within a relative
  * tolerance when asked (GPU workers), differences named by element. */
 #include "err.h"
-#include "model.h"
+#include "model/model.h"
 #include "mwt_files.h"
-#include "verify.h"
+#include "ops/mwctl/verify.h"
 
 #include <math.h>
 #include <setjmp.h>

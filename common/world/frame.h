@@ -19,7 +19,7 @@
 #ifndef MW_FRAME_H
 #define MW_FRAME_H
 
-#include "tensor.h"
+#include "model/tensor.h"
 
 #include <stddef.h>
 #include <stdint.h>

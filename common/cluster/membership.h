@@ -4,7 +4,7 @@
 #ifndef MW_MEMBERSHIP_H
 #define MW_MEMBERSHIP_H
 
-#include "plan.h"
+#include "plan_doc.h"
 #include "redis.h"
 
 #include <stddef.h>

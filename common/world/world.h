@@ -30,7 +30,7 @@
 #define MW_WORLD_H
 
 #include "config.h"
-#include "tensor.h"
+#include "model/tensor.h"
 
 #include <stddef.h>
 #include <stdint.h>

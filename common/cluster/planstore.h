@@ -3,7 +3,7 @@
 #ifndef MW_PLANSTORE_H
 #define MW_PLANSTORE_H
 
-#include "plan.h"
+#include "plan_doc.h"
 #include "redis.h"
 
 #include <stddef.h>
