@@ -81,8 +81,10 @@ static void fresh_machine_make_deps_then_build_links_first_try(void **state)
     if (rc != 0)
         fail_msg("make deps all exited %d on the first try:\n%s", rc, out);
     char cmd[2048];
-    snprintf(cmd, sizeof(cmd), "cd '%s/deps-all/build/bin' && test -x mw-worker && "
-             "test -x mw-coordinator && test -x mwctl && ./mwctl --help >/dev/null", work_dir);
+    snprintf(cmd, sizeof(cmd),
+             "cd '%s/deps-all/build/bin' && test -x mw-worker && "
+             "test -x mw-coordinator && test -x mwctl && ./mwctl --help >/dev/null",
+             work_dir);
     must_run(cmd);
 }
 
