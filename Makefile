@@ -14,6 +14,31 @@ FUZZ_CC ?= clang
 SANITIZE ?=
 BUILD ?= $(if $(SANITIZE),build/san,build)
 
+# Goals that need ops/deps.sh run it here, while make reads this file, so that
+# the pkg-config lines below already see the libraries it installs.
+DEPS_GOALS := deps test integration bench run
+ifneq ($(filter $(DEPS_GOALS),$(MAKECMDGOALS)),)
+$(shell ops/deps.sh >&2)
+ifneq ($(.SHELLSTATUS),0)
+$(error ops/deps.sh failed (see above); fix that and run `make deps` again)
+endif
+endif
+
+# Every goal but these compiles and links: a missing library stops it here, with
+# the Debian package that provides it, instead of as undefined references.
+NO_BUILD_GOALS := help clean deps format format-check lint gpu-info
+TEST_GOALS := test unit integration bench
+pc_package = $(if $(shell pkg-config --exists $(1) 2>/dev/null || echo no),$(2))
+ifneq ($(filter-out $(NO_BUILD_GOALS),$(or $(MAKECMDGOALS),$(.DEFAULT_GOAL))),)
+MISSING_PKGS := $(strip $(call pc_package,rdkafka,librdkafka-dev) \
+    $(call pc_package,hiredis,libhiredis-dev) $(call pc_package,libcjson,libcjson-dev) \
+    $(call pc_package,openblas,libopenblas-dev) \
+    $(if $(filter $(TEST_GOALS),$(MAKECMDGOALS)),$(call pc_package,cmocka,libcmocka-dev)))
+ifneq ($(MISSING_PKGS),)
+$(error missing Debian package(s) $(MISSING_PKGS) (pkg-config cannot find them); `make deps` installs them)
+endif
+endif
+
 PKGS := rdkafka hiredis libcjson
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
@@ -175,8 +200,9 @@ bench: deps all $(BENCH_BINS) $(PLUGINS)
 run: deps all
 	$(TEST_ENV) ops/run-local.sh $(RUN_ARGS)
 
+# ops/deps.sh already ran when make read this file (DEPS_GOALS above).
 deps:
-	@ops/deps.sh
+	@:
 
 # --- code hygiene -----------------------------------------------------------
 FORMAT_SRCS := $(wildcard common/*.[ch] common/*/*.[ch] topics/*.[ch] coordinator/*.[ch] worker/*.[ch] \

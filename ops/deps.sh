@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what mwserve needs on Debian (missing packages only) and resolves the
 # Apache Kafka broker from Maven Central into the git-ignored .cache/kafka/libs.
-# Idempotent and quiet when everything is already there.
+# Idempotent and quiet when everything is already there. On success it leaves
+# .cache/deps.done, the mark that deps ran to the end (tests use it).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,3 +65,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     fi
     echo "$want" >"$stamp"
 fi
+: >"$root/.cache/deps.done"

@@ -307,16 +307,20 @@ run_job() {
     mwctl submit --pipeline "$pipeline" --generate "$requests" --shape "$shape" --seed "$(date +%s)" \
         --id-prefix "job-$(date +%Y%m%dT%H%M%S)-" --wait --verify --model "$model" \
         --timeout-s "$timeout_s" | tee "$out" || rc=$?
-    local thr p50 p99 errors verified got
+    local thr client pipe errors verified got
     got=$(sed -n 's/^results: \([0-9]*\/[0-9]*\) received.*/\1/p' "$out")
     errors=$(sed -n 's/^results: [0-9/]* received, \([0-9]*\) errors.*/\1/p' "$out")
-    p50=$(sed -n 's/.*latency p50 \([0-9.]* ms\).*/\1/p' "$out")
-    p99=$(sed -n 's/.* p99 \([0-9.]* ms\).*/\1/p' "$out")
+    # "LABEL (...) p50 A ms, p90 B ms, p99 C ms" of mwctl submit's results line -> "p50 A ms, p99 C ms"
+    percentiles() { sed -n "s/.*; $1 ([^)]*) \(p50 [0-9.]* ms\), p90 [0-9.]* ms, \(p99 [0-9.]* ms\).*/\1, \2/p" "$out"; }
+    client=$(percentiles latency)
+    pipe=$(percentiles in-pipeline)
     thr=$(sed -n 's/.*throughput \([0-9]* results\/s\).*/\1/p' "$out")
     verified=$(sed -n 's/^verify: \([0-9]*\/[0-9]*\) .*/\1/p' "$out")
     echo
-    echo "summary: ${got:-0/$requests} results, ${errors:-?} errors, throughput ${thr:-?}," \
-        "latency p50 ${p50:-?}, p99 ${p99:-?}; outputs verified bit-exact: ${verified:-none}"
+    echo "summary: ${got:-0/$requests} results, ${errors:-?} errors, throughput ${thr:-?};" \
+        "latency as the client saw it (produce to committed result read, all $requests sent at once)" \
+        "${client:-?}; in the pipeline (mw-latency-us: origin consume to result ready) ${pipe:-?};" \
+        "outputs verified bit-exact: ${verified:-none}"
     if [ "$rc" -ne 0 ]; then
         echo "run-local: error: the sample job failed (exit $rc): see above and $procs/*.log" >&2
         return 1

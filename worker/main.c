@@ -248,11 +248,25 @@ static void refresh_stats(worker_t *w)
     mw_serving_broken(w->serving, w->info.broken, sizeof(w->info.broken));
 }
 
+/* 1 when no coordinator holds the lease: no plan that shows us draining will come.
+ * 0 while one does, or when Redis does not answer. */
+static int no_coordinator(worker_t *w)
+{
+    redisReply *reply = NULL;
+    if (mw_redis_cmd(w->r, &reply, "EXISTS %scoordinator", mw_redis_prefix(w->r)) != MW_OK)
+        return 0;
+    int none = reply->type == REDIS_REPLY_INTEGER && reply->integer == 0;
+    freeReplyObject(reply);
+    return none;
+}
+
 /* 1 once no peer routes new work to us: we are not planned, or every peer of our
- * worlds has applied a plan that shows us draining (or is gone). */
+ * worlds has applied a plan that shows us draining (or is gone), or no coordinator
+ * runs to publish that plan: then peers learn of our leaving when our worlds close,
+ * and replay what they send meanwhile, as after a failure. */
 static int peers_stopped_routing(worker_t *w)
 {
-    if (!w->in_plan)
+    if (!w->in_plan || no_coordinator(w))
         return 1;
     if (w->drain_version == 0)
         return 0;

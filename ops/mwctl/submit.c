@@ -293,18 +293,255 @@ static void source_fini(struct source *s)
     free(s->line);
 }
 
+/* ---- options -------------------------------------------------------------- */
+
+struct options {
+    const char *pipeline, *file, *dir, *shape, *dtype, *prefix, *model;
+    int64_t generate_n, deadline_rel, timeout_s;
+    double tolerance;
+    uint64_t seed;
+    int json, wait, verify, no_progress;
+    char topic[MW_TOPIC_NAME_MAX + 1], results_topic[MW_TOPIC_NAME_MAX + 1];
+    char default_prefix[64];
+};
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A positive count or number of opt's text into *v; 0, or 2 with a message. */
+static int parse_count(const char *opt, const char *text, int64_t min, int64_t *v)
+{
+    char *end = NULL;
+    *v = strtoll(text, &end, 10);
+    if (*text == '\0' || *end != '\0' || *v < min) {
+        fprintf(stderr, "mwctl submit: --%s '%s' is not a %s number\n", opt, text,
+                min > 0 ? "positive" : "non-negative");
+        return 2;
+    }
+    return 0;
+}
+
+/* The command line into o, checked: -1 to go on, else the exit status (0 after
+ * --help, 2 on a usage error, said on stderr). */
+static int parse_options(int argc, char **argv, struct options *o)
+{
+    static const struct option opts[] = {
+        {"pipeline", required_argument, NULL, 'p'},
+        {"generate", required_argument, NULL, 'g'},
+        {"file", required_argument, NULL, 'f'},
+        {"dir", required_argument, NULL, 'D'},
+        {"shape", required_argument, NULL, 's'},
+        {"dtype", required_argument, NULL, 't'},
+        {"seed", required_argument, NULL, 'S'},
+        {"json", no_argument, NULL, 'j'},
+        {"id-prefix", required_argument, NULL, 'i'},
+        {"deadline-ms", required_argument, NULL, 'd'},
+        {"wait", no_argument, NULL, 'w'},
+        {"timeout-s", required_argument, NULL, 'T'},
+        {"verify", no_argument, NULL, 'V'},
+        {"model", required_argument, NULL, 'm'},
+        {"tolerance", required_argument, NULL, 'R'},
+        {"no-progress", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    *o = (struct options){.dtype = "f32", .generate_n = -1, .timeout_s = 300, .seed = 1};
+    int c, rc = 0;
+    char *end = NULL;
+    optind = 1;
+    while (rc == 0 && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'p':
+            o->pipeline = optarg;
+            break;
+        case 'g':
+            rc = parse_count("generate", optarg, 0, &o->generate_n);
+            break;
+        case 'f':
+            o->file = optarg;
+            break;
+        case 'D':
+            o->dir = optarg;
+            break;
+        case 's':
+            o->shape = optarg;
+            break;
+        case 't':
+            o->dtype = optarg;
+            break;
+        case 'S':
+            o->seed = strtoull(optarg, &end, 10);
+            if (*end != '\0') {
+                fprintf(stderr, "mwctl submit: --seed '%s' is not a number\n", optarg);
+                rc = 2;
+            }
+            break;
+        case 'j':
+            o->json = 1;
+            break;
+        case 'i':
+            o->prefix = optarg;
+            break;
+        case 'd':
+            rc = parse_count("deadline-ms", optarg, 1, &o->deadline_rel);
+            break;
+        case 'w':
+            o->wait = 1;
+            break;
+        case 'T':
+            rc = parse_count("timeout-s", optarg, 1, &o->timeout_s);
+            break;
+        case 'q':
+            o->no_progress = 1;
+            break;
+        case 'V':
+            o->verify = 1;
+            break;
+        case 'm':
+            o->model = optarg;
+            break;
+        case 'R':
+            rc = mwctl_parse_tolerance("submit", optarg, &o->tolerance) != 0 ? 2 : 0;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (rc != 0 || mwctl_args_done("submit", argc, argv, o->pipeline) != 0)
+        return 2;
+    if ((o->generate_n >= 0) + (o->file != NULL) + (o->dir != NULL) > 1) {
+        fprintf(stderr, "mwctl submit: give one of --generate, --file and --dir\n");
+        return 2;
+    }
+    if (o->generate_n >= 0 && o->shape == NULL) {
+        fprintf(stderr, "mwctl submit: --generate needs --shape\n");
+        return 2;
+    }
+    if (o->verify && (!o->wait || o->model == NULL)) {
+        fprintf(stderr, "mwctl submit: --verify needs --wait and --model\n");
+        return 2;
+    }
+    if (o->tolerance > 0 && !o->verify) {
+        fprintf(stderr, "mwctl submit: --tolerance goes with --verify\n");
+        return 2;
+    }
+    char err[512];
+    if (mw_topic_name(o->topic, sizeof(o->topic), o->pipeline, MW_TOPIC_REQUESTS, err,
+                      sizeof(err)) != MW_OK ||
+        mw_topic_name(o->results_topic, sizeof(o->results_topic), o->pipeline, MW_TOPIC_RESULTS,
+                      err, sizeof(err)) != MW_OK) {
+        fprintf(stderr, "mwctl submit: %s\n", err);
+        return 2;
+    }
+    if (o->prefix == NULL) {
+        snprintf(o->default_prefix, sizeof(o->default_prefix), "submit-%" PRId64 "-",
+                 wall_ms() / 1000);
+        o->prefix = o->default_prefix;
+    }
+    if (strlen(o->prefix) > MW_REQUEST_ID_MAX - 19) {
+        fprintf(stderr, "mwctl submit: --id-prefix is longer than %d bytes\n",
+                MW_REQUEST_ID_MAX - 19);
+        return 2;
+    }
+    return -1;
+}
+
+/* Opens the input o names into s (zeroed by the caller, source_fini after):
+ * -1 to go on, else the exit status, said on stderr. */
+static int source_open(struct source *s, const struct options *o, const mw_config_t *cfg)
+{
+    s->total = -1;
+    s->seed = o->seed;
+    s->max_tensor_bytes = (uint64_t)cfg->records_max_tensor_bytes;
+    if (o->shape != NULL) {
+        char e[256];
+        if (mw_dtype_parse(o->dtype, strlen(o->dtype), &s->desc.dtype) != MW_OK) {
+            fprintf(stderr, "mwctl submit: unknown --dtype '%s' (f32, f16, bf16, i32, i64, u8)\n",
+                    o->dtype);
+            return 2;
+        }
+        uint64_t nb;
+        if (mw_shape_parse(o->shape, strlen(o->shape), &s->desc, e, sizeof(e)) != MW_OK ||
+            mw_tensor_nbytes(&s->desc, &nb) != MW_OK) {
+            fprintf(stderr, "mwctl submit: --shape: %s\n", e);
+            return 2;
+        }
+        if (nb > s->max_tensor_bytes) {
+            fprintf(stderr,
+                    "mwctl submit: a %s tensor of shape %s is %" PRIu64
+                    " bytes, over records.max_tensor_bytes = %" PRIu64 "\n",
+                    o->dtype, o->shape, nb, s->max_tensor_bytes);
+            return 2;
+        }
+        s->row_bytes = (size_t)nb;
+        if (buf_reserve(s, s->row_bytes) != MW_OK) {
+            fprintf(stderr, "mwctl submit: out of memory\n");
+            return 1;
+        }
+    }
+    if (o->generate_n >= 0) {
+        s->kind = SRC_GENERATE;
+        s->total = o->generate_n;
+    } else if (o->dir != NULL) {
+        s->kind = SRC_DIR;
+        s->path = o->dir;
+        s->nentries = scandir(o->dir, &s->entries, regular_file, alphasort);
+        if (s->nentries < 0) {
+            s->nentries = 0;
+            fprintf(stderr, "mwctl submit: %s: %s\n", o->dir, strerror(errno));
+            return 1;
+        }
+        s->total = s->nentries;
+    } else {
+        s->kind = o->shape != NULL ? SRC_RAW : SRC_JSONL;
+        s->path = o->file != NULL ? o->file : "-";
+        if (strcmp(s->path, "-") == 0) {
+            s->f = stdin;
+            s->path = "stdin";
+            return -1;
+        }
+        s->f = fopen(s->path, "rb");
+        if (s->f == NULL) {
+            fprintf(stderr, "mwctl submit: %s: %s\n", s->path, strerror(errno));
+            return 1;
+        }
+        s->close_f = 1;
+        struct stat sb;
+        if (s->kind == SRC_RAW && fstat(fileno(s->f), &sb) == 0 && S_ISREG(sb.st_mode))
+            s->total = (int64_t)((uint64_t)sb.st_size / s->row_bytes);
+    }
+    return -1;
+}
+
 /* ---- producing and waiting -------------------------------------------------- */
 
+/* One request of this run, by index: when it was produced, what came back. */
+struct slot {
+    int64_t produced_us; /* just before its produce call */
+    int64_t client_us;   /* produce call -> its committed result read here */
+    int64_t pipeline_us; /* its mw-latency-us, -1 when absent */
+    int seen;
+};
+
 struct submit {
+    const struct options *o;
+    rd_kafka_t *producer;
+    rd_kafka_t *consumer; /* --wait: P.results, read_committed */
     int64_t produced, acked, failed;
     char first_error[512];
-    const char *prefix;
     size_t prefix_len;
     /* --wait */
-    int64_t results, errors, duplicates, n_expected;
-    unsigned char *seen;
-    int64_t *latencies;
-    int64_t nlat;
+    struct slot *slots; /* [produced], room for slots_cap */
+    int64_t slots_cap;
+    int64_t results, errors, duplicates;
     double last_result_s;       /* when the last expected result arrived */
     mwctl_verifier_t *verifier; /* --verify */
     int64_t verify_shown;
@@ -333,13 +570,6 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 static double now_s(void)
 {
     return (double)mw_now_us() / 1e6;
-}
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 struct progress {
@@ -392,12 +622,40 @@ static void progress_end(struct progress *p)
         fputc('\n', stderr);
 }
 
-/* Index of a submitted id (prefix + decimal), or -1. */
+/* cfg with one more kafka.* setting, key = value, unless cfg sets key itself
+ * (later settings win). *out borrows cfg's strings and kv, which needs room for
+ * cfg->kafka_count + 1 pairs: never mw_config_fini it. */
+static void with_kafka_default(const mw_config_t *cfg, mw_config_t *out, mw_kv_t *kv, char *key,
+                               char *value)
+{
+    *out = *cfg;
+    kv[0] = (mw_kv_t){.key = key, .value = value};
+    if (cfg->kafka_count > 0)
+        memcpy(kv + 1, cfg->kafka, cfg->kafka_count * sizeof(*kv));
+    out->kafka = kv;
+    out->kafka_count = cfg->kafka_count + 1;
+}
+
+/* Room for one more slot; MW_ENOMEM when there is none. */
+static int slot_reserve(struct submit *st)
+{
+    if (st->produced < st->slots_cap)
+        return MW_OK;
+    int64_t cap = st->slots_cap > 0 ? 2 * st->slots_cap : 1024;
+    struct slot *s = realloc(st->slots, (size_t)cap * sizeof(*s));
+    if (s == NULL)
+        return MW_ENOMEM;
+    st->slots = s;
+    st->slots_cap = cap;
+    return MW_OK;
+}
+
+/* Index of a request produced by this run (prefix + decimal), or -1. */
 static int64_t id_index(const struct submit *st, const void *key, size_t len)
 {
     const char *k = key;
     if (key == NULL || len <= st->prefix_len || len - st->prefix_len > 18 ||
-        memcmp(k, st->prefix, st->prefix_len) != 0)
+        memcmp(k, st->o->prefix, st->prefix_len) != 0)
         return -1;
     int64_t v = 0;
     for (size_t i = st->prefix_len; i < len; i++) {
@@ -405,11 +663,9 @@ static int64_t id_index(const struct submit *st, const void *key, size_t len)
             return -1;
         v = v * 10 + (k[i] - '0');
     }
-    return v < st->n_expected ? v : -1;
+    return v < st->produced ? v : -1;
 }
 
-/* A read_committed consumer assigned to every partition of results at their
- * current end, so it sees every result produced from now on. */
 static rd_kafka_t *results_consumer(const mw_config_t *cfg, const char *topic, char *errstr,
                                     size_t errstr_size)
 {
@@ -454,6 +710,7 @@ out_destroy:
 
 static void take_result(struct submit *st, const rd_kafka_message_t *msg)
 {
+    int64_t read_us = mw_now_us();
     char err[256];
     mw_result_t res;
     if (mw_result_from_message(&res, msg, err, sizeof(err)) != MW_OK) {
@@ -464,19 +721,20 @@ static void take_result(struct submit *st, const rd_kafka_message_t *msg)
     int64_t i = id_index(st, res.id, res.id_len);
     if (i < 0)
         return; /* someone else's request */
-    if (st->seen[i]) {
+    struct slot *s = &st->slots[i];
+    if (s->seen) {
         st->duplicates++;
         return;
     }
-    st->seen[i] = 1;
+    s->seen = 1;
+    s->client_us = read_us - s->produced_us;
+    s->pipeline_us = res.latency_us;
     st->results++;
     if (!res.ok) {
         if (st->errors++ < 5)
             fprintf(stderr, "mwctl submit: %.*s: error: %.*s\n", (int)res.id_len,
                     (const char *)res.id, (int)res.error_len, res.error ? res.error : "");
     }
-    if (res.latency_us >= 0)
-        st->latencies[st->nlat++] = res.latency_us;
     st->last_result_s = now_s();
     if (st->verifier != NULL && res.ok) {
         char e[600];
@@ -485,6 +743,102 @@ static void take_result(struct submit *st, const rd_kafka_message_t *msg)
             fprintf(stderr, "mwctl submit: %.*s: NOT VERIFIED: %s\n", (int)res.id_len,
                     (const char *)res.id, e);
     }
+}
+
+/* Serves the producer's delivery reports and, with --wait, takes every result
+ * already there; waits up to timeout_ms for the first one (or for a report). */
+static void poll_clients(struct submit *st, int timeout_ms)
+{
+    if (st->consumer == NULL) {
+        rd_kafka_poll(st->producer, timeout_ms);
+        return;
+    }
+    rd_kafka_poll(st->producer, 0);
+    rd_kafka_message_t *msg;
+    while ((msg = rd_kafka_consumer_poll(st->consumer, timeout_ms)) != NULL) {
+        if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            take_result(st, msg);
+        else if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            mw_log(MW_LOG_WARN, "submit", "consuming %s: %s", st->o->results_topic,
+                   rd_kafka_message_errstr(msg));
+        rd_kafka_message_destroy(msg);
+        timeout_ms = 0;
+    }
+}
+
+/* Produces one request (in src->buf) under the next id; MW_OK or an error in err. */
+static int produce_one(struct submit *st, const struct source *src, const mw_tensor_desc_t *desc,
+                       size_t nbytes, char *err, size_t err_size)
+{
+    const struct options *o = st->o;
+    char id[MW_REQUEST_ID_MAX + 1];
+    int idlen = snprintf(id, sizeof(id), "%s%" PRId64, o->prefix, st->produced);
+    if (st->consumer != NULL && slot_reserve(st) != MW_OK)
+        return mw_errf(MW_ENOMEM, err, err_size, "out of memory");
+    mw_record_t rec;
+    mw_record_init(&rec);
+    int rc = mw_request_encode(&rec, id, (size_t)idlen, desc, src->buf, nbytes,
+                               o->deadline_rel > 0 ? wall_ms() + o->deadline_rel : 0, o->json, err,
+                               err_size);
+    if (st->consumer != NULL)
+        st->slots[st->produced] = (struct slot){.produced_us = mw_now_us(), .pipeline_us = -1};
+    while (rc == MW_OK) {
+        rc = mw_record_produce(st->producer, o->topic, RD_KAFKA_PARTITION_UA, &rec, NULL, err,
+                               err_size);
+        if (rc != MW_EAGAIN)
+            break;
+        poll_clients(st, 50); /* queue full: let deliveries drain */
+    }
+    mw_record_fini(&rec);
+    if (rc == MW_OK && st->verifier != NULL &&
+        mwctl_verifier_put(st->verifier, id, (size_t)idlen, desc, src->buf, nbytes) != MW_OK)
+        rc = mw_errf(MW_ENOMEM, err, err_size, "out of memory keeping inputs for --verify");
+    if (rc != MW_OK) {
+        char why[1024];
+        snprintf(why, sizeof(why), "%s", err);
+        return mw_errf(rc, err, err_size, "request %s: %s", id, why);
+    }
+    st->produced++;
+    return MW_OK;
+}
+
+/* Produces every request of src, then waits for their delivery reports and
+ * prints the `produced` line; 0 when all were produced and acknowledged. */
+static int produce_all(struct submit *st, struct source *src, struct progress *prog)
+{
+    char err[1024];
+    int input_error = 0;
+    while (!interrupted) {
+        mw_tensor_desc_t desc = {0};
+        size_t nbytes = 0;
+        int rc = source_next(src, &desc, &nbytes, err, sizeof(err));
+        if (rc > 0)
+            rc = produce_one(st, src, &desc, nbytes, err, sizeof(err));
+        else if (rc == 0)
+            break;
+        if (rc < 0) {
+            progress_end(prog);
+            fprintf(stderr, "mwctl submit: %s\n", err);
+            input_error = 1;
+            break;
+        }
+        poll_clients(st, 0);
+        progress_show(prog, st->produced, src->total, st->acked, 0);
+    }
+    int64_t total = src->total > 0 ? src->total : st->produced;
+    double deadline = now_s() + (double)st->o->timeout_s;
+    while (rd_kafka_outq_len(st->producer) > 0 && now_s() < deadline && !interrupted) {
+        poll_clients(st, st->consumer != NULL ? 10 : 100);
+        progress_show(prog, st->produced, total, st->acked, 0);
+    }
+    progress_show(prog, st->produced, total, st->acked, 1);
+    progress_end(prog);
+    double took = now_s() - prog->start;
+    printf("produced %" PRId64 " requests to %s: %" PRId64 " acknowledged, %" PRId64
+           " failed%s%s, in %.2f s (%.0f/s)\n",
+           st->produced, st->o->topic, st->acked, st->failed, st->failed ? ": " : "",
+           st->first_error, took, took > 0 ? (double)st->acked / took : 0.0);
+    return !input_error && !interrupted && st->acked == st->produced ? 0 : 1;
 }
 
 static int cmp_i64(const void *a, const void *b)
@@ -503,373 +857,147 @@ static double percentile_ms(const int64_t *sorted, int64_t n, double q)
     return (double)sorted[rank - 1] / 1000.0;
 }
 
-int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
+/* Prints "LABEL p50 … ms, p90 …, p99 …, max …" of v[n] (sorted here); nothing when n is 0. */
+static void print_percentiles(const char *label, int64_t *v, int64_t n)
 {
-    static const struct option opts[] = {
-        {"pipeline", required_argument, NULL, 'p'},
-        {"generate", required_argument, NULL, 'g'},
-        {"file", required_argument, NULL, 'f'},
-        {"dir", required_argument, NULL, 'D'},
-        {"shape", required_argument, NULL, 's'},
-        {"dtype", required_argument, NULL, 't'},
-        {"seed", required_argument, NULL, 'S'},
-        {"json", no_argument, NULL, 'j'},
-        {"id-prefix", required_argument, NULL, 'i'},
-        {"deadline-ms", required_argument, NULL, 'd'},
-        {"wait", no_argument, NULL, 'w'},
-        {"timeout-s", required_argument, NULL, 'T'},
-        {"verify", no_argument, NULL, 'V'},
-        {"model", required_argument, NULL, 'm'},
-        {"tolerance", required_argument, NULL, 'R'},
-        {"no-progress", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *pipeline = NULL, *file = NULL, *dir = NULL, *shape = NULL, *dtype = "f32";
-    const char *prefix = NULL, *model = NULL;
-    int64_t generate_n = -1, deadline_rel = 0, timeout_s = 300;
-    double tolerance = 0;
-    uint64_t seed = 1;
-    int json = 0, wait = 0, verify = 0, no_progress = 0, c;
-    char err[1024];
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        char *end = NULL;
-        switch (c) {
-        case 'p':
-            pipeline = optarg;
-            break;
-        case 'g':
-            generate_n = strtoll(optarg, &end, 10);
-            if (*end != '\0' || generate_n < 0) {
-                fprintf(stderr, "mwctl submit: --generate '%s' is not a count\n", optarg);
-                return 2;
-            }
-            break;
-        case 'f':
-            file = optarg;
-            break;
-        case 'D':
-            dir = optarg;
-            break;
-        case 's':
-            shape = optarg;
-            break;
-        case 't':
-            dtype = optarg;
-            break;
-        case 'S':
-            seed = strtoull(optarg, &end, 10);
-            if (*end != '\0') {
-                fprintf(stderr, "mwctl submit: --seed '%s' is not a number\n", optarg);
-                return 2;
-            }
-            break;
-        case 'j':
-            json = 1;
-            break;
-        case 'i':
-            prefix = optarg;
-            break;
-        case 'd':
-            deadline_rel = strtoll(optarg, &end, 10);
-            if (*end != '\0' || deadline_rel <= 0) {
-                fprintf(stderr, "mwctl submit: --deadline-ms '%s' is not a positive number\n",
-                        optarg);
-                return 2;
-            }
-            break;
-        case 'w':
-            wait = 1;
-            break;
-        case 'T':
-            timeout_s = strtoll(optarg, &end, 10);
-            if (*end != '\0' || timeout_s <= 0) {
-                fprintf(stderr, "mwctl submit: --timeout-s '%s' is not a positive number\n",
-                        optarg);
-                return 2;
-            }
-            break;
-        case 'q':
-            no_progress = 1;
-            break;
-        case 'V':
-            verify = 1;
-            break;
-        case 'm':
-            model = optarg;
-            break;
-        case 'R':
-            if (mwctl_parse_tolerance("submit", optarg, &tolerance) != 0)
-                return 2;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (mwctl_args_done("submit", argc, argv, pipeline) != 0)
-        return 2;
-    if ((generate_n >= 0) + (file != NULL) + (dir != NULL) > 1) {
-        fprintf(stderr, "mwctl submit: give one of --generate, --file and --dir\n");
-        return 2;
-    }
-    if (verify && (!wait || model == NULL)) {
-        fprintf(stderr, "mwctl submit: --verify needs --wait and --model\n");
-        return 2;
-    }
-    if (tolerance > 0 && !verify) {
-        fprintf(stderr, "mwctl submit: --tolerance goes with --verify\n");
-        return 2;
-    }
-    char topic[MW_TOPIC_NAME_MAX + 1], results_topic[MW_TOPIC_NAME_MAX + 1];
-    if (mw_topic_name(topic, sizeof(topic), pipeline, MW_TOPIC_REQUESTS, err, sizeof(err)) !=
-            MW_OK ||
-        mw_topic_name(results_topic, sizeof(results_topic), pipeline, MW_TOPIC_RESULTS, err,
-                      sizeof(err)) != MW_OK) {
-        fprintf(stderr, "mwctl submit: %s\n", err);
-        return 2;
-    }
-    char default_prefix[64];
-    if (prefix == NULL) {
-        snprintf(default_prefix, sizeof(default_prefix), "submit-%" PRId64 "-", wall_ms() / 1000);
-        prefix = default_prefix;
-    }
-    if (strlen(prefix) > MW_REQUEST_ID_MAX - 19) {
-        fprintf(stderr, "mwctl submit: --id-prefix is longer than %d bytes\n",
-                MW_REQUEST_ID_MAX - 19);
-        return 2;
-    }
+    if (n == 0)
+        return;
+    qsort(v, (size_t)n, sizeof(int64_t), cmp_i64);
+    printf("; %s p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms", label,
+           percentile_ms(v, n, 0.50), percentile_ms(v, n, 0.90), percentile_ms(v, n, 0.99),
+           (double)v[n - 1] / 1000.0);
+}
 
-    struct submit st = {.prefix = prefix, .prefix_len = strlen(prefix)};
-    /* The input. */
-    struct source src = {
-        .total = -1, .seed = seed, .max_tensor_bytes = (uint64_t)cfg->records_max_tensor_bytes};
-    int status = 1;
-    if (shape != NULL) {
-        char e[256];
-        if (mw_dtype_parse(dtype, strlen(dtype), &src.desc.dtype) != MW_OK) {
-            fprintf(stderr, "mwctl submit: unknown --dtype '%s' (f32, f16, bf16, i32, i64, u8)\n",
-                    dtype);
-            return 2;
-        }
-        uint64_t nb;
-        if (mw_shape_parse(shape, strlen(shape), &src.desc, e, sizeof(e)) != MW_OK ||
-            mw_tensor_nbytes(&src.desc, &nb) != MW_OK) {
-            fprintf(stderr, "mwctl submit: --shape: %s\n", e);
-            return 2;
-        }
-        if (nb > src.max_tensor_bytes) {
-            fprintf(stderr,
-                    "mwctl submit: a %s tensor of shape %s is %" PRIu64
-                    " bytes, over records.max_tensor_bytes = %" PRIu64 "\n",
-                    dtype, shape, nb, src.max_tensor_bytes);
-            return 2;
-        }
-        src.row_bytes = (size_t)nb;
-        if (buf_reserve(&src, src.row_bytes) != MW_OK) {
-            fprintf(stderr, "mwctl submit: out of memory\n");
+/* Reads results until every acknowledged request has one (or the timeout), then
+ * prints the `results` and `verify` lines; 0 when all arrived, ok and verified. */
+static int wait_results(struct submit *st, struct progress *prog, double start_s)
+{
+    struct progress wp = {.enabled = prog->enabled,
+                          .tty = prog->tty,
+                          .start = now_s(),
+                          .last = now_s(),
+                          .what = "results"};
+    double deadline = now_s() + (double)st->o->timeout_s;
+    while (st->results < st->acked && now_s() < deadline && !interrupted) {
+        poll_clients(st, 100);
+        progress_show(&wp, st->results, st->acked, -1, 0);
+    }
+    progress_end(&wp);
+    int status = st->results < st->acked || st->errors > 0 || st->duplicates > 0;
+    printf("results: %" PRId64 "/%" PRId64 " received, %" PRId64 " errors%s", st->results,
+           st->acked, st->errors, st->results < st->acked ? " (gave up waiting)" : "");
+    if (st->duplicates > 0)
+        printf(", %" PRId64 " DUPLICATES", st->duplicates);
+    int64_t *client = calloc((size_t)st->results + 1, sizeof(int64_t));
+    int64_t *pipeline = calloc((size_t)st->results + 1, sizeof(int64_t));
+    int64_t nc = 0, np = 0;
+    for (int64_t i = 0; client != NULL && pipeline != NULL && i < st->produced; i++) {
+        if (!st->slots[i].seen)
+            continue;
+        client[nc++] = st->slots[i].client_us;
+        if (st->slots[i].pipeline_us >= 0)
+            pipeline[np++] = st->slots[i].pipeline_us;
+    }
+    print_percentiles("latency (produce to committed result read)", client, nc);
+    print_percentiles("in-pipeline (mw-latency-us)", pipeline, np);
+    free(client);
+    free(pipeline);
+    double span = st->last_result_s - start_s;
+    if (st->results > 0 && span > 0)
+        printf("; throughput %.0f results/s (%.2f s from the first request to the last "
+               "result)",
+               (double)st->results / span, span);
+    printf("\n");
+    if (st->verifier != NULL) {
+        mwctl_verify_stats_t vs;
+        mwctl_verifier_stats(st->verifier, &vs);
+        int64_t ok = st->results - st->errors;
+        printf("verify: %" PRId64 "/%" PRId64 " ok outputs %s the reference runner (%s)",
+               vs.verified, ok, mwctl_verifier_criterion(st->verifier), st->o->model);
+        if (vs.differ > 0 || vs.no_input > 0)
+            printf("; %" PRId64 " DIFFER, %" PRId64 " without a known input", vs.differ,
+                   vs.no_input);
+        printf("\n");
+        status |= vs.verified != ok || ok == 0;
+    }
+    return status;
+}
+
+/* The Kafka clients, tuned for latency unless configured (README, mwctl submit):
+ * the producer sends each request at once, the results consumer's fetches
+ * return within 5 ms. 0, or 1 with a message. */
+static int clients_new(struct submit *st, const mw_config_t *cfg, mw_kv_t *kv)
+{
+    static char linger[] = "linger.ms", zero[] = "0", fetch_wait[] = "fetch.wait.max.ms",
+                five[] = "5";
+    char err[1024];
+    mw_config_t tuned;
+    if (st->o->wait) {
+        /* Assigned at the current end before producing, so no result is missed. */
+        with_kafka_default(cfg, &tuned, kv, fetch_wait, five);
+        st->consumer = results_consumer(&tuned, st->o->results_topic, err, sizeof(err));
+        if (st->consumer == NULL) {
+            fprintf(stderr, "mwctl submit: --wait: %s\n", err);
             return 1;
         }
     }
-    if (generate_n >= 0) {
-        if (shape == NULL) {
-            fprintf(stderr, "mwctl submit: --generate needs --shape\n");
-            status = 2;
-            goto out_source;
-        }
-        src.kind = SRC_GENERATE;
-        src.total = generate_n;
-    } else if (dir != NULL) {
-        src.kind = SRC_DIR;
-        src.path = dir;
-        src.nentries = scandir(dir, &src.entries, regular_file, alphasort);
-        if (src.nentries < 0) {
-            src.nentries = 0;
-            fprintf(stderr, "mwctl submit: %s: %s\n", dir, strerror(errno));
-            goto out_source;
-        }
-        src.total = src.nentries;
-    } else {
-        src.kind = shape != NULL ? SRC_RAW : SRC_JSONL;
-        src.path = file != NULL ? file : "-";
-        if (strcmp(src.path, "-") == 0) {
-            src.f = stdin;
-            src.path = "stdin";
-        } else {
-            src.f = fopen(src.path, "rb");
-            if (src.f == NULL) {
-                fprintf(stderr, "mwctl submit: %s: %s\n", src.path, strerror(errno));
-                goto out_source;
-            }
-            src.close_f = 1;
-            struct stat sb;
-            if (src.kind == SRC_RAW && fstat(fileno(src.f), &sb) == 0 && S_ISREG(sb.st_mode))
-                src.total = (int64_t)((uint64_t)sb.st_size / src.row_bytes);
-        }
+    const mw_kafka_hooks_t hooks = {.dr_msg_cb = dr_cb, .opaque = st};
+    with_kafka_default(cfg, &tuned, kv, linger, zero);
+    st->producer = mw_kafka_producer_new(&tuned, NULL, &hooks, err, sizeof(err));
+    if (st->producer == NULL) {
+        fprintf(stderr, "mwctl submit: %s\n", err);
+        return 1;
     }
+    return 0;
+}
 
-    rd_kafka_t *consumer = NULL;
-    if (verify && mwctl_verifier_new(model, (int)cfg->model_threads, &st.verifier, err,
-                                     sizeof(err)) != MW_OK) {
+int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
+{
+    struct options o;
+    int status = parse_options(argc, argv, &o);
+    if (status >= 0)
+        return status;
+    struct submit st = {.o = &o, .prefix_len = strlen(o.prefix)};
+    struct source src = {0};
+    mw_kv_t *kv = calloc(cfg->kafka_count + 1, sizeof(*kv));
+    status = source_open(&src, &o, cfg);
+    if (status >= 0)
+        goto out;
+    status = 1;
+    char err[1024];
+    if (kv == NULL) {
+        fprintf(stderr, "mwctl submit: out of memory\n");
+        goto out;
+    }
+    if (o.verify && mwctl_verifier_new(o.model, (int)cfg->model_threads, &st.verifier, err,
+                                       sizeof(err)) != MW_OK) {
         fprintf(stderr, "mwctl submit: --verify: %s\n", err);
-        goto out_source;
+        goto out;
     }
     if (st.verifier != NULL)
-        mwctl_verifier_set_tolerance(st.verifier, tolerance);
-    if (wait) {
-        /* Assigned at the current end before producing, so no result is missed. */
-        consumer = results_consumer(cfg, results_topic, err, sizeof(err));
-        if (consumer == NULL) {
-            fprintf(stderr, "mwctl submit: --wait: %s\n", err);
-            goto out_source;
-        }
-    }
-    const mw_kafka_hooks_t hooks = {.dr_msg_cb = dr_cb, .opaque = &st};
-    rd_kafka_t *rk = mw_kafka_producer_new(cfg, NULL, &hooks, err, sizeof(err));
-    if (rk == NULL) {
-        fprintf(stderr, "mwctl submit: %s\n", err);
-        goto out_consumer;
-    }
+        mwctl_verifier_set_tolerance(st.verifier, o.tolerance);
+    if (clients_new(&st, cfg, kv) != 0)
+        goto out;
     struct sigaction sa = {.sa_handler = on_signal};
     struct sigaction old_int, old_term;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
-
-    struct progress prog = {.enabled = !no_progress,
+    struct progress prog = {.enabled = !o.no_progress,
                             .tty = isatty(STDERR_FILENO),
                             .start = now_s(),
                             .last = now_s(),
                             .what = "submit"};
-    int input_error = 0;
-    while (!interrupted) {
-        mw_tensor_desc_t desc = {0};
-        size_t nbytes = 0;
-        int rc = source_next(&src, &desc, &nbytes, err, sizeof(err));
-        if (rc == 0)
-            break;
-        if (rc < 0) {
-            progress_end(&prog);
-            fprintf(stderr, "mwctl submit: %s\n", err);
-            input_error = 1;
-            break;
-        }
-        char id[MW_REQUEST_ID_MAX + 1];
-        int idlen = snprintf(id, sizeof(id), "%s%" PRId64, prefix, st.produced);
-        mw_record_t rec;
-        mw_record_init(&rec);
-        rc = mw_request_encode(&rec, id, (size_t)idlen, &desc, src.buf, nbytes,
-                               deadline_rel > 0 ? wall_ms() + deadline_rel : 0, json, err,
-                               sizeof(err));
-        while (rc == MW_OK) {
-            rc = mw_record_produce(rk, topic, RD_KAFKA_PARTITION_UA, &rec, NULL, err, sizeof(err));
-            if (rc != MW_EAGAIN)
-                break;
-            rd_kafka_poll(rk, 50); /* queue full: let deliveries drain */
-        }
-        mw_record_fini(&rec);
-        if (rc == MW_OK && st.verifier != NULL &&
-            mwctl_verifier_put(st.verifier, id, (size_t)idlen, &desc, src.buf, nbytes) != MW_OK)
-            rc = mw_errf(MW_ENOMEM, err, sizeof(err), "out of memory keeping inputs for --verify");
-        if (rc != MW_OK) {
-            progress_end(&prog);
-            fprintf(stderr, "mwctl submit: request %s: %s\n", id, err);
-            input_error = 1;
-            break;
-        }
-        st.produced++;
-        rd_kafka_poll(rk, 0);
-        progress_show(&prog, st.produced, src.total, st.acked, 0);
-    }
-    /* Wait for every delivery report. */
-    double deadline = now_s() + (double)timeout_s;
-    while (rd_kafka_outq_len(rk) > 0 && now_s() < deadline && !interrupted) {
-        rd_kafka_poll(rk, 100);
-        progress_show(&prog, st.produced, src.total > 0 ? src.total : st.produced, st.acked, 0);
-    }
-    progress_show(&prog, st.produced, src.total > 0 ? src.total : st.produced, st.acked, 1);
-    progress_end(&prog);
-    double took = now_s() - prog.start;
-    printf("produced %" PRId64 " requests to %s: %" PRId64 " acknowledged, %" PRId64
-           " failed%s%s, in %.2f s (%.0f/s)\n",
-           st.produced, topic, st.acked, st.failed, st.failed ? ": " : "", st.first_error, took,
-           took > 0 ? (double)st.acked / took : 0.0);
-    status = !input_error && !interrupted && st.acked == st.produced ? 0 : 1;
-
-    if (wait && st.acked > 0) {
-        st.n_expected = st.produced;
-        st.seen = calloc((size_t)st.produced, 1);
-        st.latencies = calloc((size_t)st.produced, sizeof(int64_t));
-        if (st.seen == NULL || st.latencies == NULL) {
-            fprintf(stderr, "mwctl submit: out of memory\n");
-            status = 1;
-            goto out_wait;
-        }
-        struct progress wp = {.enabled = !no_progress,
-                              .tty = prog.tty,
-                              .start = now_s(),
-                              .last = now_s(),
-                              .what = "results"};
-        deadline = now_s() + (double)timeout_s;
-        while (st.results < st.acked && now_s() < deadline && !interrupted) {
-            rd_kafka_message_t *msg = rd_kafka_consumer_poll(consumer, 100);
-            if (msg != NULL) {
-                if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR)
-                    take_result(&st, msg);
-                else if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                    mw_log(MW_LOG_WARN, "submit", "consuming %s: %s", results_topic,
-                           rd_kafka_message_errstr(msg));
-                rd_kafka_message_destroy(msg);
-            }
-            progress_show(&wp, st.results, st.acked, -1, 0);
-        }
-        progress_end(&wp);
-        qsort(st.latencies, (size_t)st.nlat, sizeof(int64_t), cmp_i64);
-        printf("results: %" PRId64 "/%" PRId64 " received, %" PRId64 " errors%s", st.results,
-               st.acked, st.errors, st.results < st.acked ? " (gave up waiting)" : "");
-        if (st.duplicates > 0)
-            printf(", %" PRId64 " DUPLICATES", st.duplicates);
-        if (st.nlat > 0)
-            printf("; latency p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms",
-                   percentile_ms(st.latencies, st.nlat, 0.50),
-                   percentile_ms(st.latencies, st.nlat, 0.90),
-                   percentile_ms(st.latencies, st.nlat, 0.99),
-                   (double)st.latencies[st.nlat - 1] / 1000.0);
-        double span = st.last_result_s - prog.start;
-        if (st.results > 0 && span > 0)
-            printf("; throughput %.0f results/s (%.2f s from the first request to the last "
-                   "result)",
-                   (double)st.results / span, span);
-        printf("\n");
-        if (st.results < st.acked || st.errors > 0 || st.duplicates > 0)
-            status = 1;
-        if (st.verifier != NULL) {
-            mwctl_verify_stats_t vs;
-            mwctl_verifier_stats(st.verifier, &vs);
-            int64_t ok = st.results - st.errors;
-            printf("verify: %" PRId64 "/%" PRId64 " ok outputs %s the reference runner (%s)",
-                   vs.verified, ok, mwctl_verifier_criterion(st.verifier), model);
-            if (vs.differ > 0 || vs.no_input > 0)
-                printf("; %" PRId64 " DIFFER, %" PRId64 " without a known input", vs.differ,
-                       vs.no_input);
-            printf("\n");
-            if (vs.verified != ok || ok == 0)
-                status = 1;
-        }
-    }
-out_wait:
-    free(st.seen);
-    free(st.latencies);
+    status = produce_all(&st, &src, &prog);
+    if (o.wait && st.acked > 0)
+        status |= wait_results(&st, &prog, prog.start);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    mw_kafka_destroy(rk);
-out_consumer:
-    mw_kafka_destroy(consumer);
-out_source:
+out:
+    mw_kafka_destroy(st.producer);
+    mw_kafka_destroy(st.consumer);
     mwctl_verifier_destroy(st.verifier);
+    free(st.slots);
+    free(kv);
     source_fini(&src);
     return status;
 }

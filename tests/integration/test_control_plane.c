@@ -502,6 +502,41 @@ static void sigterm_worker_drains_removes_its_keys_and_exits_0(void **state)
     cluster_destroy(c);
 }
 
+/* The plan still routes to the worker, but no coordinator is left to publish one
+ * that shows it draining: it leaves once idle instead of waiting out its drain timeout. */
+static void draining_worker_without_coordinator_leaves_within_a_second(void **state)
+{
+    (void)state;
+    cluster_t *c = cluster_new("nocoord");
+    pid_t coord = coordinator(c);
+    worker(c, "n0", "0");
+    pid_t w = worker(c, "n1", "1");
+    const char *both[] = {"n0", "n1", NULL};
+    assert_true(mwt_wait_for(plan_is(c, both), scale(10000)));
+    assert_true(mwt_wait_for(status_shows(c, "n1", "ready"), scale(5000)));
+    kill(coord, SIGTERM); /* releases the lease */
+    assert_true(WIFEXITED(mwt_wait_exit(coord, scale(5000))));
+    forget(c, coord);
+    char leader[64];
+    get_leader(c, leader, sizeof(leader));
+    assert_string_equal(leader, "");
+
+    int64_t t0 = mw_now_ms();
+    kill(w, SIGTERM);
+    int status = mwt_wait_exit(w, scale(1000));
+    int64_t took = mw_now_ms() - t0;
+    print_message("drained and left in %lld ms\n", (long long)took);
+    if (status == -1)
+        fail_msg("still running %lld ms after SIGTERM", (long long)took);
+    forget(c, w);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_true(has_event(c, "drain", "n1", NULL));
+    assert_true(has_event(c, "leave", "n1", NULL));
+    assert_false(status_shows(c, "n1", "draining"));
+    assert_true(status_shows(c, "n1", NULL)); /* gone from the membership */
+    cluster_destroy(c);
+}
+
 static void bad_hashes_unknown_pipelines_and_malformed_plans_are_reported_not_fatal(void **state)
 {
     (void)state;
@@ -551,6 +586,8 @@ int main(void)
             stopped_leader_resumed_past_its_lease_cannot_publish_and_steps_down, teardown),
         cmocka_unit_test_teardown(deposed_lease_holder_writes_are_fenced, teardown),
         cmocka_unit_test_teardown(sigterm_worker_drains_removes_its_keys_and_exits_0, teardown),
+        cmocka_unit_test_teardown(draining_worker_without_coordinator_leaves_within_a_second,
+                                  teardown),
         cmocka_unit_test_teardown(
             bad_hashes_unknown_pipelines_and_malformed_plans_are_reported_not_fatal, teardown),
         cmocka_unit_test_teardown(redis_restart_reconnects_everyone_and_plan_converges, teardown),
