@@ -266,6 +266,82 @@ static void outputs_are_bit_identical_run_to_run_for_a_thread_count(void **state
     mw_model_destroy(m);
 }
 
+/* A request's output may not depend on what shares its batch: every row of a
+ * batch of B rows, whatever its position, is bit-identical to that row computed
+ * alone. Shapes: the model `make run` serves, then widths that are not multiples
+ * of a vector, with layer norm and residuals. */
+static void batched_rows_are_bit_identical_to_each_row_alone(void **state)
+{
+    (void)state;
+    static const mw_model_spec_t specs[] = {
+        {.layers = 6,
+         .inputs = 64,
+         .hidden = 256,
+         .outputs = 10,
+         .seed = 7,
+         .activation = MW_ACT_GELU},
+        {.layers = 4,
+         .inputs = 13,
+         .hidden = 37,
+         .outputs = 5,
+         .seed = 11,
+         .activation = MW_ACT_RELU,
+         .layernorm = 1,
+         .residual = 1},
+        {.layers = 3,
+         .inputs = 100,
+         .hidden = 200,
+         .outputs = 3,
+         .seed = 12,
+         .activation = MW_ACT_GELU,
+         .layernorm = 1,
+         .residual = 1},
+        {.layers = 2,
+         .inputs = 1,
+         .hidden = 1031,
+         .outputs = 1,
+         .seed = 13,
+         .activation = MW_ACT_NONE},
+    };
+    const int batches[] = {1, 2, 3, 7, 16, 64, 256};
+    const int rows = 256;
+    char err[256];
+    for (size_t v = 0; v < sizeof(specs) / sizeof(specs[0]); v++) {
+        mw_model_t *m = mwt_model_make(&specs[v], "batch.safetensors");
+        const int L = mw_model_num_layers(m), in_f = specs[v].inputs, out_f = specs[v].outputs;
+        mw_stage_t *st;
+        if (mw_stage_new(m, 0, L, rows, -1, &st, err, sizeof(err)) != MW_OK)
+            fail_msg("stage: %s", err);
+        float *x = mwt_random_rows((size_t)rows, in_f, 100 + v);
+        float *alone = malloc((size_t)rows * (size_t)out_f * sizeof(float));
+        float *batched = malloc((size_t)rows * (size_t)out_f * sizeof(float));
+        for (int r = 0; r < rows; r++)
+            assert_int_equal(mw_stage_forward(st, x + (size_t)r * (size_t)in_f, 1,
+                                              alone + (size_t)r * (size_t)out_f),
+                             MW_OK);
+        for (size_t bi = 0; bi < sizeof(batches) / sizeof(batches[0]); bi++) {
+            const int b = batches[bi];
+            for (int r = 0; r < rows; r += b) {
+                const int n = rows - r < b ? rows - r : b;
+                assert_int_equal(mw_stage_forward(st, x + (size_t)r * (size_t)in_f, n,
+                                                  batched + (size_t)r * (size_t)out_f),
+                                 MW_OK);
+            }
+            for (int r = 0; r < rows; r++)
+                if (memcmp(alone + (size_t)r * (size_t)out_f, batched + (size_t)r * (size_t)out_f,
+                           (size_t)out_f * sizeof(float)) != 0)
+                    fail_msg("model %zu (%d layers, %d -> %d -> %d), batch %d: row %d (position "
+                             "%d) differs from the row alone",
+                             v, L, in_f, specs[v].hidden, out_f, b, r, r % b);
+        }
+        free(x);
+        free(alone);
+        free(batched);
+        mw_stage_destroy(st);
+        mw_model_destroy(m);
+    }
+}
+
 /* Each stage's cost is within one (largest) layer of total/k. */
 static void check_balanced(const uint64_t *cost, int n, int k)
 {
@@ -677,6 +753,7 @@ int main(void)
         cmocka_unit_test(forward_matches_a_naive_double_precision_reference),
         cmocka_unit_test(every_cut_into_stages_is_bit_identical_to_the_whole_model),
         cmocka_unit_test(outputs_are_bit_identical_run_to_run_for_a_thread_count),
+        cmocka_unit_test(batched_rows_are_bit_identical_to_each_row_alone),
         cmocka_unit_test(auto_split_balances_flops_within_one_layer),
         cmocka_unit_test(layer_ranges_parse_accepts_contiguous_lists_and_names_mistakes),
         cmocka_unit_test(malformed_models_are_rejected_with_the_tensor_named),
