@@ -1,9 +1,10 @@
 /* Stage compute benchmark on a 4-layer 4096-wide model: peak memory of a process
  * holding one stage vs that stage's weights, then stage-forward GFLOP/s at batch
- * 1, 8 and 64 against the bare BLAS products of the same shapes (sgemv for one
+ * 1, 8, 64 and 256 against the bare BLAS products of the same shapes (sgemv for one
  * row, sgemm otherwise, as the stage), in the same run.
  * JSON lines on stdout; medians of interleaved repetitions.
- * MW_BENCH_THREADS sets the OpenBLAS threads (default 1, as model.threads). */
+ * MW_BENCH_THREADS sets the OpenBLAS threads (default 1, as model.threads);
+ * MW_BENCH_BATCH=N measures batch N only (for a profiler). */
 #include "clock.h"
 #include "err.h"
 #include "model/model.h"
@@ -18,6 +19,7 @@
 #define WIDTH  4096
 #define LAYERS 4
 #define REPS   7
+#define BATCH  256 /* the largest batch measured */
 
 static double now_s(void)
 {
@@ -110,8 +112,10 @@ int main(void)
     unlink(path); /* the mapping keeps the data */
 
     /* 1. Memory: one stage of layers 0:2 (half the model), 10 batches of 64. */
-    float *in = alloc_floats((size_t)64 * WIDTH, 7), *out = alloc_floats((size_t)64 * WIDTH, 0);
-    float *buf[2] = {alloc_floats((size_t)64 * WIDTH, 0), alloc_floats((size_t)64 * WIDTH, 0)};
+    float *in = alloc_floats((size_t)BATCH * WIDTH, 7),
+          *out = alloc_floats((size_t)BATCH * WIDTH, 0);
+    float *buf[2] = {alloc_floats((size_t)BATCH * WIDTH, 0),
+                     alloc_floats((size_t)BATCH * WIDTH, 0)};
     if (!in || !out || !buf[0] || !buf[1])
         return 1;
     long long rss_before = status_bytes("VmRSS");
@@ -138,13 +142,17 @@ int main(void)
 
     /* 2. Throughput: the whole model as one stage vs the bare GEMMs. */
     mw_stage_t *st;
-    if (mw_stage_new(m, 0, LAYERS, 64, -1, &st, err, sizeof(err)) != MW_OK) {
+    if (mw_stage_new(m, 0, LAYERS, BATCH, -1, &st, err, sizeof(err)) != MW_OK) {
         fprintf(stderr, "bench_stage: %s\n", err);
         return 1;
     }
-    const int batches[] = {1, 8, 64};
-    for (int b = 0; b < 3; b++) {
+    const char *only_env = getenv("MW_BENCH_BATCH");
+    const int only = only_env ? atoi(only_env) : 0;
+    const int batches[] = {1, 8, 64, BATCH};
+    for (int b = 0; b < 4; b++) {
         const int batch = batches[b];
+        if (only > 0 && batch != only)
+            continue;
         const double gflop = (double)mw_model_flops(m, 0, LAYERS) * batch / 1e9;
         double s_rate[REPS], g_rate[REPS];
         mw_stage_forward(st, in, batch, out); /* warm-up: pages, OpenBLAS buffers */
