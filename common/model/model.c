@@ -1,5 +1,5 @@
 /* Reference model: validation, deterministic generation, stage ranges, and the
- * stage wrapper with its CPU (OpenBLAS) backend. */
+ * stage wrapper with its CPU backend (a batch-invariant matrix product). */
 #include "model.h"
 
 #include "err.h"
@@ -11,6 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "model files and raw tensors are little-endian and used in place"
@@ -627,9 +630,160 @@ int mw_stage_run(mw_stage_t *st, const mw_tensor_desc_t *in_desc, const void *in
 
 /* --- CPU backend ------------------------------------------------------------------------ */
 
+/* The layer product y = a W^T, batch-invariant: every output element is the
+ * same dot product whatever the batch size and the row's position in it, so a
+ * request's result never depends on what shares its batch. Each element keeps
+ * 8 partial sums, lane l accumulating the products of inputs k = l mod 8 in
+ * increasing k with fused multiply-adds (the last block zero-padded), then adds
+ * them as (s0+s4 + s2+s6) + (s1+s5 + s3+s7). The AVX2 kernel does exactly that
+ * for a tile of rows x columns at once; the portable one does it with fmaf, one
+ * element at a time, and gives the same bits (on x86 CPUs without FMA, slowly:
+ * fmaf is then done in software). Every multiply-add is fused explicitly and
+ * the rest are additions, so no -ffp-contract or -march setting can change the
+ * bits. The element-wise passes below work row by row. */
+#define DOT_LANES 8
+#define TILE_ROWS 4
+#define TILE_COLS 3
+#define ROW_COLS  6 /* a lone row takes more columns at a time */
+
+static float lanes_sum(const float s[DOT_LANES])
+{
+    const float t0 = s[0] + s[4], t1 = s[1] + s[5], t2 = s[2] + s[6], t3 = s[3] + s[7];
+    return (t0 + t2) + (t1 + t3);
+}
+
+static float dot_portable(const float *a, const float *w, int k)
+{
+    float s[DOT_LANES] = {0};
+    for (int i = 0; i < k; i += DOT_LANES)
+        for (int l = 0; l < DOT_LANES; l++)
+            /* The padding too, as the vector kernel does: it can turn -0 into +0. */
+            s[l] = i + l < k ? fmaf(a[i + l], w[i + l], s[l]) : fmaf(0.0f, 0.0f, s[l]);
+    return lanes_sum(s);
+}
+
+/* y [rows, out] (row stride out) = a [rows, in] W^T, W [out, in]. */
+typedef void matmul_fn(const float *a, int rows, const float *w, int in, int out, float *y);
+
+static void matmul_portable(const float *a, int rows, const float *w, int in, int out, float *y)
+{
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < out; j++)
+            y[(size_t)r * (size_t)out + (size_t)j] =
+                dot_portable(a + (size_t)r * (size_t)in, w + (size_t)j * (size_t)in, in);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#define AVX2        __attribute__((target("avx2,fma")))
+#define AVX2_INLINE __attribute__((target("avx2,fma"), always_inline))
+
+AVX2 static inline float lanes_sum_avx2(__m256 s)
+{
+    const __m128 t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    const __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t)); /* t0+t2, t1+t3 */
+    return _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)));
+}
+
+/* rows x tile_cols elements (constants once inlined: TILE_ROWS x TILE_COLS, or
+ * one row x ROW_COLS): rows of a (stride k) times the weight rows w[c]; stores
+ * y[r][c] (stride ldy) for c < cols, the columns past an edge being repeats of
+ * a real one. The unroll pragmas keep the accumulators in registers: without
+ * them gcc -O2 keeps them in memory, 2.5x slower. */
+AVX2_INLINE static inline void tile_avx2(const float *a, int rows, int tile_cols,
+                                         const float *const *w, int k, float *y, size_t ldy,
+                                         int cols)
+{
+    __m256 acc[TILE_ROWS][ROW_COLS];
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 8
+        for (int c = 0; c < tile_cols; c++)
+            acc[r][c] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + DOT_LANES <= k; i += DOT_LANES) {
+        __m256 wv[ROW_COLS];
+#pragma GCC unroll 8
+        for (int c = 0; c < tile_cols; c++)
+            wv[c] = _mm256_loadu_ps(w[c] + i);
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; r++) {
+            const __m256 av = _mm256_loadu_ps(a + (size_t)r * (size_t)k + i);
+#pragma GCC unroll 8
+            for (int c = 0; c < tile_cols; c++)
+                acc[r][c] = _mm256_fmadd_ps(av, wv[c], acc[r][c]);
+        }
+    }
+    if (i < k) {
+        float pad[DOT_LANES] = {0};
+        __m256 wv[ROW_COLS];
+#pragma GCC unroll 8
+        for (int c = 0; c < tile_cols; c++) {
+            memcpy(pad, w[c] + i, (size_t)(k - i) * sizeof(float));
+            wv[c] = _mm256_loadu_ps(pad);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; r++) {
+            memcpy(pad, a + (size_t)r * (size_t)k + i, (size_t)(k - i) * sizeof(float));
+            const __m256 av = _mm256_loadu_ps(pad);
+#pragma GCC unroll 8
+            for (int c = 0; c < tile_cols; c++)
+                acc[r][c] = _mm256_fmadd_ps(av, wv[c], acc[r][c]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 8
+        for (int c = 0; c < tile_cols; c++)
+            if (c < cols)
+                y[(size_t)r * ldy + (size_t)c] = lanes_sum_avx2(acc[r][c]);
+}
+
+/* Weight rows per panel: a panel's weights (about PANEL_BYTES) stay in the
+ * core's L2 cache while every row of the batch goes past them. */
+#define PANEL_BYTES (512 * 1024)
+
+AVX2 static void matmul_avx2(const float *a, int rows, const float *w, int in, int out, float *y)
+{
+    int panel = (int)(PANEL_BYTES / ((size_t)in * sizeof(float))) / ROW_COLS * ROW_COLS;
+    panel = panel < ROW_COLS ? ROW_COLS : panel;
+    for (int j0 = 0; j0 < out; j0 += panel) {
+        const int j1 = out - j0 < panel ? out : j0 + panel;
+        for (int r = 0; r < rows;) {
+            const int tile_rows = rows - r >= TILE_ROWS ? TILE_ROWS : 1;
+            const int tile_cols = tile_rows == 1 ? ROW_COLS : TILE_COLS;
+            for (int j = j0; j < j1; j += tile_cols) {
+                const float *wc[ROW_COLS];
+                for (int c = 0; c < tile_cols; c++)
+                    wc[c] = w + (size_t)(j + c < j1 ? j + c : j1 - 1) * (size_t)in;
+                const int cols = j1 - j < tile_cols ? j1 - j : tile_cols;
+                const float *ar = a + (size_t)r * (size_t)in;
+                float *yr = y + (size_t)r * (size_t)out + (size_t)j;
+                if (tile_rows == TILE_ROWS)
+                    tile_avx2(ar, TILE_ROWS, TILE_COLS, wc, in, yr, (size_t)out, cols);
+                else
+                    tile_avx2(ar, 1, ROW_COLS, wc, in, yr, (size_t)out, cols);
+            }
+            r += tile_rows;
+        }
+    }
+}
+#endif
+
+/* The AVX2 kernel where the CPU has it; the same bits either way (checked by
+ * forcing each on the same inputs), so a fleet of mixed CPUs agrees too. */
+static matmul_fn *matmul_select(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return matmul_avx2;
+#endif
+    return matmul_portable;
+}
+
 struct cpu_stage {
     const mw_model_t *m;
     int first, last, max_batch;
+    matmul_fn *matmul;
     float *buf[2]; /* activations between layers, ping-pong */
     float *ln;     /* layer-norm output */
 };
@@ -711,14 +865,7 @@ static int cpu_forward(void *impl, const float *in, int batch, float *out)
             layernorm_rows(x, batch, l->in, l->ln_gamma, l->ln_beta, cs->ln);
             a = cs->ln;
         }
-        /* One row: OpenBLAS's sgemm packs its operands even then, which costs
-         * 15x a matrix-vector product on a wide layer. */
-        if (batch == 1)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, l->out, l->in, 1.0f, l->weight, l->in, a, 1,
-                        0.0f, y, 1);
-        else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, l->out, l->in, 1.0f, a,
-                        l->in, l->weight, l->in, 0.0f, y, l->out);
+        cs->matmul(a, batch, l->weight, l->in, l->out, y);
         bias_act_residual(y, batch, l->out, l->bias, l->activation, l->residual ? x : NULL);
         x = y;
     }
@@ -780,6 +927,7 @@ int mw_stage_new(const mw_model_t *m, int first, int last, int max_batch, int de
     cs->first = first;
     cs->last = last;
     cs->max_batch = max_batch;
+    cs->matmul = matmul_select();
     size_t width = 1, ln_width = 0;
     for (int i = first; i < last; i++) {
         if (i < last - 1 && (size_t)m->layers[i].out > width)

@@ -1,15 +1,18 @@
 /* The reference model (a stack of dense blocks in a safetensors file), stage
  * ranges, and stage compute: one mw_stage_t whether the layers run on the CPU
- * (OpenBLAS), on a GPU (cuBLAS) or in a user's plug-in (stage_plugin.h).
+ * (a batch-invariant kernel in model.c), on a GPU (cuBLAS) or in a user's
+ * plug-in (stage_plugin.h).
  *
  * Block l maps x [batch, in_l] to y [batch, out_l]:
  *     a = layernorm(x) * gamma + beta      (when layers.l.ln.gamma/beta exist)
  *     h = act(a W^T + b)                   (W = layers.l.weight [out, in], b = layers.l.bias [out])
  *     y = x + h  when residual, else h     (residual needs in == out)
- * Everything is f32. A layer is computed exactly the same way (the same sgemm
- * call with M = batch rows, then the same element-wise pass) whatever stage it
- * belongs to, so for a fixed batch size and OpenBLAS thread count the output of
- * stages run one after the other is bit-identical to the whole model's. */
+ * Everything is f32. On the CPU each output row is computed exactly the same
+ * way whatever stage its layer belongs to, whatever batch it is in and
+ * wherever in the batch (every element's dot product adds the same terms in the
+ * same order, then the same element-wise pass), on every x86-64 CPU (AVX2+FMA
+ * or not) and run to run: a request's output is bit-identical to the whole
+ * model run on that request alone. cuBLAS stages promise none of that. */
 #ifndef MW_MODEL_H
 #define MW_MODEL_H
 
@@ -117,9 +120,9 @@ size_t mw_layer_ranges_format(const mw_layer_range_t *ranges, int count, char *b
 
 /* --- stage compute --------------------------------------------------------- */
 
-/* OpenBLAS threads for every CPU stage of the process (config model.threads).
- * Results are bit-identical run to run for a fixed thread count; call before
- * starting compute threads. */
+/* OpenBLAS threads of the process (config model.threads); call before starting
+ * compute threads. CPU stages no longer use OpenBLAS: each computes on its
+ * caller's thread. */
 void mw_model_set_threads(int threads);
 
 typedef struct mw_stage mw_stage_t;
