@@ -1,7 +1,8 @@
 /* Stage compute benchmark on a 4-layer 4096-wide model: peak memory of a process
  * holding one stage vs that stage's weights, then stage-forward GFLOP/s at batch
- * 1, 8, 64 and 256 against the bare BLAS products of the same shapes (sgemv for one
- * row, sgemm otherwise, as the stage), in the same run.
+ * 1, 8, 64 and 256 (batch-invariant kernel) against the bare OpenBLAS products
+ * of the same shapes (sgemv for one row, sgemm otherwise: the stage's path
+ * before it was batch-invariant), in the same run.
  * JSON lines on stdout; medians of interleaved repetitions.
  * MW_BENCH_THREADS sets the OpenBLAS threads (default 1, as model.threads);
  * MW_BENCH_BATCH=N measures batch N only (for a profiler). */
