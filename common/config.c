@@ -111,6 +111,11 @@ static const struct cfg_key keys[] = {
           "requests an origin holds at once; when full it pauses its Kafka partitions"),
     CFG_I("worker.queue_depth", worker_queue_depth, "64", 1, 1000000,
           "unfinished sends per world; a full world makes the router pick another"),
+    CFG_I("batch.max_rows", batch_max_rows, "256", 1, 65536,
+          "rows a stage computes in one call; a request with more gets an error result"),
+    CFG_I("batch.max_delay_us", batch_max_delay_us, "0", 0, 1000000,
+          "an origin waits at most this long for more requests to fill a batch (0: takes what "
+          "is there)"),
     CFG_I("worker.compute_delay_us", worker_compute_delay_us, "0", 0, 1000000,
           "testing: extra time each stage computation takes (simulates a slower device)"),
     CFG_E("results.delivery", results_delivery, "exactly-once", "exactly-once|at-least-once",

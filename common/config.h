@@ -61,6 +61,8 @@ typedef struct mw_config {
     char model_path[MW_CFG_STR_MAX];    /* model.path: used when the pipeline names no model */
     int64_t worker_max_inflight;        /* worker.max_inflight: origin window (pauses input) */
     int64_t worker_queue_depth;         /* worker.queue_depth: unfinished sends per world */
+    int64_t batch_max_rows;             /* batch.max_rows: rows per stage call, per request */
+    int64_t batch_max_delay_us;         /* batch.max_delay_us: origin waits to fill a batch */
     int64_t worker_compute_delay_us;    /* worker.compute_delay_us: testing, slower stage */
     char results_delivery[16];          /* results.delivery: exactly-once | at-least-once */
     int64_t results_commit_interval_ms; /* results.commit_interval_ms: one transaction each */

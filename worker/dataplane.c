@@ -72,13 +72,17 @@ int dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *dat
         data = dp->in_aligned;
     }
     int rc = mw_stage_run(dp->st, desc, data, out_desc, out, errstr, errstr_size);
+    uint64_t numel;
     if (dp->cfg.worker_compute_delay_us > 0) { /* a slower device, for tests */
         struct timespec ts = {.tv_sec = dp->cfg.worker_compute_delay_us / 1000000,
                               .tv_nsec = (dp->cfg.worker_compute_delay_us % 1000000) * 1000};
         nanosleep(&ts, NULL);
     }
-    if (rc == MW_OK)
+    if (rc == MW_OK) {
         dp->counters.processed++;
+        if (mw_tensor_numel(out_desc, &numel) == MW_OK && out_desc->shape[out_desc->ndim - 1] > 0)
+            dp->counters.rows += (int64_t)(numel / (uint64_t)out_desc->shape[out_desc->ndim - 1]);
+    }
     return rc;
 }
 
@@ -92,17 +96,6 @@ static void xfer_free(dp_xfer_t *x)
     mw_world_req_free(x->treq);
     free(x->buf);
     free(x);
-}
-
-int dp_link_better(const dp_link_t *a, int load_a, const dp_link_t *b, int load_b)
-{
-    return b == NULL || load_a < load_b || (load_a == load_b && a->picked < b->picked);
-}
-
-int dp_link_usable(const mw_dataplane_t *dp, dp_link_t *l)
-{
-    return !l->dead && l->nsends < dp->cfg.worker_queue_depth &&
-           mw_world_state(l->w) == MW_WORLD_READY;
 }
 
 int dp_link_send(mw_dataplane_t *dp, dp_link_t *l, const mw_hop_t *hop, void *buf)
@@ -147,9 +140,9 @@ static void link_down(mw_dataplane_t *dp, dp_link_t *l, const char *why);
 
 /* ------------------------------------------------------------- routes */
 
-static size_t route_bucket(const char *origin, uint64_t inc, uint64_t seq)
+static size_t route_bucket(const char *origin, uint64_t inc, uint64_t batch)
 {
-    uint64_t h = 1469598103934665603u ^ inc ^ (seq * 0x9e3779b97f4a7c15u);
+    uint64_t h = 1469598103934665603u ^ inc ^ (batch * 0x9e3779b97f4a7c15u);
     for (const char *p = origin; *p; p++)
         h = (h ^ (uint8_t)*p) * 1099511628211u;
     return (size_t)(h % DP_ROUTE_BUCKETS);
@@ -162,12 +155,12 @@ static void route_add(mw_dataplane_t *dp, const mw_hop_t *hop, dp_link_t *up, dp
         return; /* the origin's attempt timeout still covers this request */
     snprintf(r->origin, sizeof(r->origin), "%s", hop->origin);
     r->incarnation = hop->incarnation;
-    r->seq = hop->seq;
-    r->attempt = hop->attempt;
+    r->batch = hop->batch;
+    r->nrequests = hop->nrequests;
     r->up = up;
     r->down = down;
     r->expires_ms = mw_now_ms() + 2 * dp->cfg.request_attempt_timeout_ms;
-    size_t b = route_bucket(r->origin, r->incarnation, r->seq);
+    size_t b = route_bucket(r->origin, r->incarnation, r->batch);
     r->next = dp->routes[b];
     dp->routes[b] = r;
     dp->nroutes++;
@@ -182,20 +175,20 @@ static void send_abort(mw_dataplane_t *dp, dp_link_t *up, const mw_hop_t *about,
     a.stage = dp->stage;
     memset(&a.desc, 0, sizeof(a.desc));
     a.nbytes = 0;
-    mw_log(MW_LOG_DEBUG, FAC, "abort of %s#%llu attempt %u upstream to %s: %s", a.origin,
-           (unsigned long long)a.seq, a.attempt, up->peer, why);
+    mw_log(MW_LOG_DEBUG, FAC, "abort of batch %s#%llu upstream to %s: %s", a.origin,
+           (unsigned long long)a.batch, up->peer, why);
     if (dp_link_send(dp, up, &a, NULL) == MW_OK)
         dp->counters.aborts++;
 }
 
-/* An abort arriving from downstream: pass it to where the attempt came from. */
+/* An abort arriving from downstream: pass it to where the batch came from. */
 static void route_abort(mw_dataplane_t *dp, const mw_hop_t *hop)
 {
-    size_t b = route_bucket(hop->origin, hop->incarnation, hop->seq);
+    size_t b = route_bucket(hop->origin, hop->incarnation, hop->batch);
     for (dp_route_t **pp = &dp->routes[b]; *pp != NULL; pp = &(*pp)->next) {
         dp_route_t *r = *pp;
-        if (r->seq == hop->seq && r->incarnation == hop->incarnation &&
-            r->attempt == hop->attempt && strcmp(r->origin, hop->origin) == 0) {
+        if (r->batch == hop->batch && r->incarnation == hop->incarnation &&
+            strcmp(r->origin, hop->origin) == 0) {
             send_abort(dp, r->up, hop, "aborted downstream");
             *pp = r->next;
             free(r);
@@ -205,8 +198,8 @@ static void route_abort(mw_dataplane_t *dp, const mw_hop_t *hop)
     }
 }
 
-/* Every attempt routed through l (as its downstream) is aborted upstream;
- * attempts that came from l forget it. Expired entries are dropped too. */
+/* Every batch routed through l (as its downstream) is aborted upstream;
+ * batches that came from l forget it. Expired entries are dropped too. */
 static void routes_sweep(mw_dataplane_t *dp, dp_link_t *down_gone, int64_t now)
 {
     for (size_t b = 0; b < DP_ROUTE_BUCKETS; b++) {
@@ -216,8 +209,8 @@ static void routes_sweep(mw_dataplane_t *dp, dp_link_t *down_gone, int64_t now)
             if (down_gone != NULL && r->down == down_gone) {
                 mw_hop_t h = {.type = MW_HOP_ABORT,
                               .incarnation = r->incarnation,
-                              .seq = r->seq,
-                              .attempt = r->attempt};
+                              .batch = r->batch,
+                              .nrequests = r->nrequests};
                 snprintf(h.origin, sizeof(h.origin), "%s", r->origin);
                 send_abort(dp, r->up, &h, "downstream world lost");
                 drop = 1;
@@ -340,12 +333,7 @@ out_free:
 
 /* ------------------------------------------------------------ forward */
 
-/* Picks the downstream world for an activation of stage dp->stage: the origin
- * itself after the last stage, else the least loaded usable world to stage+1
- * that can reach the origin. *full is set when some route exists but every
- * such world's queue is full or still joining (the caller holds the activation
- * rather than aborting it: an immediate abort would only come back here). */
-static dp_link_t *pick_downstream(mw_dataplane_t *dp, const char *origin, int *full)
+dp_link_t *dp_pick_downstream(mw_dataplane_t *dp, const char *origin, int *full)
 {
     dp_link_t *best = NULL;
     int next = (dp->stage + 1) % dp->nstages;
@@ -366,7 +354,9 @@ static dp_link_t *pick_downstream(mw_dataplane_t *dp, const char *origin, int *f
             *full = 1;
             continue;
         }
-        if (dp_link_better(l, l->nsends, best, best != NULL ? best->nsends : 0))
+        int load = l->outstanding + l->nsends;
+        if (best == NULL || load < best->outstanding + best->nsends ||
+            (load == best->outstanding + best->nsends && l->picked < best->picked))
             best = l;
     }
     if (best != NULL)
@@ -379,7 +369,7 @@ static void forward(mw_dataplane_t *dp, const mw_hop_t *hop, void *buf, dp_link_
                     int64_t expires_ms)
 {
     int full;
-    dp_link_t *down = pick_downstream(dp, hop->origin, &full);
+    dp_link_t *down = dp_pick_downstream(dp, hop->origin, &full);
     if (down != NULL && dp_link_send(dp, down, hop, buf) == MW_OK) {
         route_add(dp, hop, up, down);
         return;
@@ -416,7 +406,7 @@ static int flush_held(mw_dataplane_t *dp, int64_t now)
         int full;
         dp_link_t *down = NULL;
         if (h->expires_ms > now && (h->up == NULL || !h->up->dead)) {
-            down = pick_downstream(dp, h->hop.origin, &full);
+            down = dp_pick_downstream(dp, h->hop.origin, &full);
             if (down == NULL && full)
                 break;
         }
@@ -457,8 +447,8 @@ static void on_tensor(mw_dataplane_t *dp, dp_link_t *l, dp_xfer_t *x)
     mw_tensor_desc_t out_desc;
     const void *out;
     if (dp_compute(dp, &hop->desc, x->buf, &out_desc, &out, err, sizeof(err)) != MW_OK) {
-        mw_log(MW_LOG_WARN, FAC, "stage %d failed on %s#%llu: %s", dp->stage, hop->origin,
-               (unsigned long long)hop->seq, err);
+        mw_log(MW_LOG_WARN, FAC, "stage %d failed on batch %s#%llu: %s", dp->stage, hop->origin,
+               (unsigned long long)hop->batch, err);
         send_abort(dp, l, hop, err);
         return;
     }
@@ -933,8 +923,10 @@ static int open_stage(mw_dataplane_t *dp, const mw_dataplane_opts_t *o, char *er
             return rc;
     }
     mw_model_set_threads((int)dp->cfg.model_threads);
-    /* Batch 1 per request: one row per activation, as the reference runner. */
-    rc = mw_stage_new(dp->model, first, last, 1, o->device, &dp->st, errstr, errstr_size);
+    /* Every stage takes the origin's largest batch; each row's output is the
+     * same whatever shares its batch (model.h), as the reference runner's. */
+    rc = mw_stage_new(dp->model, first, last, (int)dp->cfg.batch_max_rows, o->device, &dp->st,
+                      errstr, errstr_size);
     if (rc == MW_OK)
         mw_log(MW_LOG_INFO, FAC, "%s stage %d/%d: layers %d..%d of %s (%s)", o->pipeline, o->stage,
                o->nstages, first, last, o->model_path, mw_stage_kind(dp->st));

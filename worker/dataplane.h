@@ -78,7 +78,8 @@ void mw_dataplane_drain(mw_dataplane_t *dp);
 typedef struct mw_dataplane_stats {
     int64_t inflight;  /* origin: consumed, not yet committed; others: tensors received,
                           held or being sent */
-    int64_t processed; /* tensors this stage computed */
+    int64_t processed; /* batches this stage computed (one stage call each) */
+    int64_t rows;      /* rows in them: rows / processed is the mean batch */
     int64_t results;   /* origin: results committed (ok and error) */
     int64_t errors;    /* origin: error results (each with a DLQ copy) */
     int64_t replays;   /* origin: dispatches after the first (attempt > 1) */

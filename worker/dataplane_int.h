@@ -35,7 +35,7 @@ struct dp_link {
     int peer_stage;
     int peer_rank;
     int dead;                /* broken or removed: nothing new is posted */
-    int outstanding;         /* origin: requests whose current attempt went here */
+    int outstanding;         /* origin: requests whose current batch went here */
     int nsends;              /* sends not yet complete */
     uint64_t picked;         /* when the router last chose it (ties go to the least recent) */
     mw_world_req_t *hdr_req; /* the posted header receive */
@@ -44,12 +44,12 @@ struct dp_link {
     dp_xfer_t *tx;                /* sends in flight */
 };
 
-/* Mid and last stages: where an attempt came from and went to (metadata). */
+/* Mid and last stages: where a batch came from and went to (metadata). */
 struct dp_route {
     dp_route_t *next;
     char origin[MW_HOP_ORIGIN_MAX];
-    uint64_t incarnation, seq;
-    uint32_t attempt;
+    uint64_t incarnation, batch;
+    uint32_t nrequests;
     dp_link_t *up, *down;
     int64_t expires_ms;
 };
@@ -146,12 +146,15 @@ int dp_link_send(mw_dataplane_t *dp, dp_link_t *l, const mw_hop_t *hop, void *bu
 /* 1 when a downstream world to the peer of l can still reach origin. */
 int dp_reaches(const mw_dataplane_t *dp, const dp_link_t *l, const char *origin);
 
-/* 1 when a is a better choice than b (NULL) for a router: less loaded, or as
- * loaded and chosen less recently. */
-int dp_link_better(const dp_link_t *a, int load_a, const dp_link_t *b, int load_b);
-
-/* 1 when l is READY, alive and has room in its send queue. */
-int dp_link_usable(const mw_dataplane_t *dp, dp_link_t *l);
+/* The router of the origin and of every stage: the world for a batch of
+ * stage dp->stage on its way to origin. After the last stage that is a world
+ * to the origin itself, else the least loaded (outstanding requests plus
+ * unfinished sends; ties: the one chosen least recently) READY world to stage
+ * + 1 with room in its send queue whose peer can still reach origin. NULL when
+ * there is none; *full is then set when such a world exists but is full or
+ * still joining (hold the batch rather than abort it: the abort would only
+ * come back here). */
+dp_link_t *dp_pick_downstream(mw_dataplane_t *dp, const char *origin, int *full);
 
 /* Records the latency of a committed ok result (engine thread). */
 void dp_latency_add(mw_dataplane_t *dp, int64_t us);

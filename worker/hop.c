@@ -1,14 +1,14 @@
 /* The data plane's header frame codec (see hop.h). Layout, little-endian:
- *   "MWH1" u8 type, u8 stage, u8 ndim, u8 dtype, u32 attempt, u64 incarnation,
- *   u64 seq, u64 nbytes, u8 origin_len, u8 key_len, i64 shape[ndim], origin, key */
+ *   "MWH2" u8 type, u8 stage, u8 ndim, u8 dtype, u32 nrequests, u64 incarnation,
+ *   u64 batch, u64 nbytes, u8 origin_len, i64 shape[ndim], origin */
 #include "hop.h"
 
 #include "err.h"
 
 #include <string.h>
 
-#define HOP_MAGIC "MWH1"
-#define HOP_FIXED (4 + 4 + 4 + 8 + 8 + 8 + 2)
+#define HOP_MAGIC "MWH2"
+#define HOP_FIXED (4 + 4 + 4 + 8 + 8 + 8 + 1)
 
 static void put_u32(uint8_t *p, uint32_t v)
 {
@@ -42,11 +42,11 @@ int mw_hop_encode(const mw_hop_t *hop, uint8_t *buf, size_t size)
 {
     size_t olen = strnlen(hop->origin, MW_HOP_ORIGIN_MAX);
     int ndim = hop->type == MW_HOP_TENSOR ? hop->desc.ndim : 0;
-    if (olen == 0 || olen >= MW_HOP_ORIGIN_MAX || hop->key_len > MW_HOP_KEY_MAX || ndim < 0 ||
+    if (olen == 0 || olen >= MW_HOP_ORIGIN_MAX || hop->nrequests == 0 || ndim < 0 ||
         ndim > MW_TENSOR_MAX_DIMS || hop->stage < 0 || hop->stage > 255 ||
         (hop->type != MW_HOP_TENSOR && hop->type != MW_HOP_ABORT))
         return MW_EINVAL;
-    size_t len = HOP_FIXED + 8 * (size_t)ndim + olen + hop->key_len;
+    size_t len = HOP_FIXED + 8 * (size_t)ndim + olen;
     if (len > size)
         return MW_ETOOBIG;
     uint8_t *p = buf;
@@ -55,19 +55,15 @@ int mw_hop_encode(const mw_hop_t *hop, uint8_t *buf, size_t size)
     p[5] = (uint8_t)hop->stage;
     p[6] = (uint8_t)ndim;
     p[7] = (uint8_t)(hop->type == MW_HOP_TENSOR ? hop->desc.dtype : 0);
-    put_u32(p + 8, hop->attempt);
+    put_u32(p + 8, hop->nrequests);
     put_u64(p + 12, hop->incarnation);
-    put_u64(p + 20, hop->seq);
+    put_u64(p + 20, hop->batch);
     put_u64(p + 28, hop->type == MW_HOP_TENSOR ? hop->nbytes : 0);
     p[36] = (uint8_t)olen;
-    p[37] = (uint8_t)hop->key_len;
     p += HOP_FIXED;
     for (int i = 0; i < ndim; i++, p += 8)
         put_u64(p, (uint64_t)hop->desc.shape[i]);
     memcpy(p, hop->origin, olen);
-    p += olen;
-    if (hop->key_len > 0)
-        memcpy(p, hop->key, hop->key_len);
     return (int)len;
 }
 
@@ -80,12 +76,11 @@ int mw_hop_decode(mw_hop_t *hop, const uint8_t *buf, size_t len, char *errstr, s
     hop->type = (mw_hop_type_t)buf[4];
     hop->stage = buf[5];
     int ndim = buf[6];
-    hop->attempt = get_u32(buf + 8);
+    hop->nrequests = get_u32(buf + 8);
     hop->incarnation = get_u64(buf + 12);
-    hop->seq = get_u64(buf + 20);
+    hop->batch = get_u64(buf + 20);
     hop->nbytes = get_u64(buf + 28);
     size_t olen = buf[36];
-    hop->key_len = buf[37];
     if (hop->type != MW_HOP_TENSOR && hop->type != MW_HOP_ABORT)
         return mw_errf(MW_EPROTO, errstr, errstr_size, "hop frame: unknown type %d", buf[4]);
     if (ndim > MW_TENSOR_MAX_DIMS || (hop->type == MW_HOP_TENSOR && ndim == 0) ||
@@ -93,10 +88,12 @@ int mw_hop_decode(mw_hop_t *hop, const uint8_t *buf, size_t len, char *errstr, s
         return mw_errf(MW_EPROTO, errstr, errstr_size, "hop frame: bad ndim %d", ndim);
     if (olen == 0 || olen >= MW_HOP_ORIGIN_MAX)
         return mw_errf(MW_EPROTO, errstr, errstr_size, "hop frame: bad origin length %zu", olen);
-    if (HOP_FIXED + 8 * (size_t)ndim + olen + hop->key_len != len)
+    if (HOP_FIXED + 8 * (size_t)ndim + olen != len)
         return mw_errf(MW_EPROTO, errstr, errstr_size, "hop frame: length %zu does not match", len);
-    if (hop->attempt == 0)
-        return mw_errf(MW_EPROTO, errstr, errstr_size, "hop frame: attempt 0");
+    if (hop->nrequests == 0)
+        return mw_errf(MW_EPROTO, errstr, errstr_size, "hop frame: a batch of no requests");
+    if (hop->type == MW_HOP_ABORT && (buf[7] != 0 || hop->nbytes != 0))
+        return mw_errf(MW_EPROTO, errstr, errstr_size, "hop frame: an abort with a tensor");
     const uint8_t *p = buf + HOP_FIXED;
     hop->desc.ndim = ndim;
     for (int i = 0; i < ndim; i++, p += 8) {
@@ -105,11 +102,10 @@ int mw_hop_decode(mw_hop_t *hop, const uint8_t *buf, size_t len, char *errstr, s
             return mw_errf(MW_EPROTO, errstr, errstr_size, "hop frame: bad dimension %d", i);
         hop->desc.shape[i] = (int64_t)d;
     }
+    if (memchr(p, '\0', olen) != NULL)
+        return mw_errf(MW_EPROTO, errstr, errstr_size, "hop frame: NUL in the origin id");
     memcpy(hop->origin, p, olen);
     hop->origin[olen] = '\0';
-    p += olen;
-    if (hop->key_len > 0)
-        memcpy(hop->key, p, hop->key_len);
     if (hop->type == MW_HOP_TENSOR) {
         uint64_t want;
         if (buf[7] >= MW_DTYPE_COUNT)

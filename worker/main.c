@@ -315,11 +315,11 @@ static void report_activity(worker_t *w)
     const char *pfx = mw_redis_prefix(w->r);
     redisReply *reply = NULL;
     if (mw_redis_cmd(w->r, &reply,
-                     "HSET %sworker:%s:stats processed %lld results %lld errors %lld replays %lld "
-                     "aborts %lld inflight %lld",
-                     pfx, w->info.id, (long long)st.processed, (long long)st.results,
-                     (long long)st.errors, (long long)st.replays, (long long)st.aborts,
-                     (long long)st.inflight) != MW_OK)
+                     "HSET %sworker:%s:stats processed %lld rows %lld results %lld errors %lld "
+                     "replays %lld aborts %lld inflight %lld",
+                     pfx, w->info.id, (long long)st.processed, (long long)st.rows,
+                     (long long)st.results, (long long)st.errors, (long long)st.replays,
+                     (long long)st.aborts, (long long)st.inflight) != MW_OK)
         return;
     freeReplyObject(reply);
     int64_t ttl = 10 * w->cfg->heartbeat_ttl_ms;
@@ -331,6 +331,7 @@ static void report_activity(worker_t *w)
         int64_t n;
     } grew[] = {
         {"processed", NULL, NULL, delta(st.processed, b->processed)},
+        {"rows", NULL, NULL, delta(st.rows, b->rows)},
         {"results", NULL, NULL, delta(st.results, b->results)},
         {"errors", "dlq", "request(s) answered with an error and copied to the DLQ",
          delta(st.errors, b->errors)},

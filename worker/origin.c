@@ -1,8 +1,9 @@
 /* The origin (stage 0) side of the data plane: consumes requests, validates
- * them, dispatches stage 0's output into the pipeline, re-dispatches aborted or
- * unanswered attempts, and releases results per partition in input-offset order
- * in one Kafka transaction per commit interval with the input offsets
- * (DESIGN §2, §3, §6). */
+ * them, gathers them into batches, dispatches stage 0's output of each batch
+ * into the pipeline, splits the last stage's output per request, dispatches
+ * aborted or unanswered requests again (in new batches), and releases results
+ * per partition in input-offset order in one Kafka transaction per commit
+ * interval with the input offsets (DESIGN §2, §3, §6). */
 #include "clock.h"
 #include "dataplane_int.h"
 
@@ -19,6 +20,7 @@
 
 #define FAC               "origin"
 #define REQ_BUCKETS       4096
+#define BATCH_BUCKETS     1024
 #define POLL_BATCH        64
 #define FULL_POLL_MS      50
 #define COMMIT_MIN_GAP_MS 10
@@ -28,12 +30,18 @@ enum { RQ_WAIT = 1, RQ_SENT, RQ_DONE };
 
 typedef struct dp_part dp_part_t;
 typedef struct dp_req dp_req_t;
+typedef struct dp_batch dp_batch_t;
 
+/* RQ_WAIT: in the wait queue, for the next batch; RQ_SENT: its current batch
+ * is in the pipeline; RQ_DONE: answered (ok or error), waiting for release. */
 struct dp_req {
-    dp_req_t *next;  /* in its partition, offset order */
-    dp_req_t *hnext; /* in the seq hash */
+    dp_req_t *next;          /* in its partition, offset order */
+    dp_req_t *hnext;         /* in the seq hash */
+    dp_req_t *wprev, *wnext; /* in the wait queue (RQ_WAIT) */
     dp_part_t *part;
     rd_kafka_message_t *msg; /* owned until the result is committed */
+    mw_request_t in;         /* the parsed request (borrows from msg) */
+    uint64_t rows;           /* rows of in (the product of its leading dimensions) */
     uint64_t seq;
     int64_t offset;
     int state;
@@ -41,10 +49,8 @@ struct dp_req {
     int64_t consumed_us;         /* monotonic */
     int64_t deadline_ms;         /* monotonic */
     int64_t attempt_deadline_ms; /* monotonic */
-    dp_link_t *link;             /* where the current attempt went */
-    mw_tensor_desc_t act_desc;   /* stage 0's output, kept for re-dispatch */
-    void *act;
-    uint64_t act_bytes;
+    dp_link_t *link;             /* RQ_SENT: where the current batch went */
+    uint64_t batch;              /* RQ_SENT: the current batch */
     int ok;
     char *error;
     mw_tensor_desc_t out_desc;
@@ -52,6 +58,19 @@ struct dp_req {
     uint64_t out_bytes;
     int64_t latency_us;
     int produced; /* in the open transaction (or flushed, at-least-once) */
+};
+
+/* A batch in the pipeline: its requests, in row order. Kept until its result
+ * or abort arrives, its world goes down, or it expires. */
+struct dp_batch {
+    dp_batch_t *hnext;
+    uint64_t id;
+    int64_t expires_ms; /* monotonic */
+    uint32_t n;
+    struct {
+        uint64_t seq;
+        uint64_t row, rows;
+    } req[];
 };
 
 struct dp_part {
@@ -75,12 +94,17 @@ struct dp_origin {
     int delivery_failed; /* at-least-once: a delivery report failed since the last flush */
     dp_part_t *parts;
     dp_req_t *hash[REQ_BUCKETS];
-    int64_t ninflight, nwait;
-    uint64_t next_seq;
+    dp_batch_t *batches[BATCH_BUCKETS];
+    dp_req_t *wait_head, *wait_tail; /* RQ_WAIT requests, oldest first */
+    int64_t ninflight;
+    uint64_t next_seq, next_batch;
+    dp_req_t **pick; /* the requests of the batch being formed (batch.max_rows) */
+    float *gather;   /* its stacked rows, when it has more than one request */
+    size_t gather_cap;
     int paused;
     int draining;          /* paused for good */
     int64_t full_since_ms; /* when the window filled up; -1 while it has room */
-    int64_t next_commit_ms, next_check_ms, next_full_poll_ms;
+    int64_t next_commit_ms, next_check_ms, next_full_poll_ms, next_sweep_ms;
 };
 
 /* ------------------------------------------------------------- requests */
@@ -103,28 +127,69 @@ static void req_unhash(dp_origin_t *o, dp_req_t *r)
     }
 }
 
+static void leave_state(dp_origin_t *o, dp_req_t *r)
+{
+    if (r->state == RQ_SENT && r->link != NULL)
+        r->link->outstanding--;
+    if (r->state == RQ_WAIT) {
+        *(r->wprev != NULL ? &r->wprev->wnext : &o->wait_head) = r->wnext;
+        *(r->wnext != NULL ? &r->wnext->wprev : &o->wait_tail) = r->wprev;
+        r->wprev = r->wnext = NULL;
+    }
+    r->state = 0;
+    r->link = NULL;
+}
+
+/* Queues r for the next batch (it must be in no state). */
+static void wait_for_batch(dp_origin_t *o, dp_req_t *r)
+{
+    r->state = RQ_WAIT;
+    r->wprev = o->wait_tail;
+    *(o->wait_tail != NULL ? &o->wait_tail->wnext : &o->wait_head) = r;
+    o->wait_tail = r;
+}
+
 static void req_free(dp_origin_t *o, dp_req_t *r)
 {
     req_unhash(o, r);
-    if (r->state == RQ_SENT && r->link != NULL)
-        r->link->outstanding--;
-    if (r->state == RQ_WAIT)
-        o->nwait--;
+    leave_state(o, r);
     o->ninflight--;
+    mw_request_fini(&r->in);
     rd_kafka_message_destroy(r->msg);
-    free(r->act);
     free(r->out);
     free(r->error);
     free(r);
 }
 
-static void leave_state(dp_origin_t *o, dp_req_t *r)
+/* ---------------------------------------------------------------- batches */
+
+static dp_batch_t *batch_take(dp_origin_t *o, uint64_t id)
 {
-    if (r->state == RQ_SENT && r->link != NULL)
-        r->link->outstanding--;
-    if (r->state == RQ_WAIT)
-        o->nwait--;
-    r->link = NULL;
+    for (dp_batch_t **pp = &o->batches[id % BATCH_BUCKETS]; *pp != NULL; pp = &(*pp)->hnext) {
+        dp_batch_t *b = *pp;
+        if (b->id == id) {
+            *pp = b->hnext;
+            return b;
+        }
+    }
+    return NULL;
+}
+
+/* Forgets batches whose requests can no longer need them (their attempts
+ * were abandoned long ago: a late answer is not coming). */
+static void batches_sweep(dp_origin_t *o, int64_t now)
+{
+    for (size_t i = 0; i < BATCH_BUCKETS; i++) {
+        for (dp_batch_t **pp = &o->batches[i]; *pp != NULL;) {
+            dp_batch_t *b = *pp;
+            if (b->expires_ms <= now) {
+                *pp = b->hnext;
+                free(b);
+            } else {
+                pp = &b->hnext;
+            }
+        }
+    }
 }
 
 static void finish_err(mw_dataplane_t *dp, dp_req_t *r, const char *fmt, ...)
@@ -142,18 +207,21 @@ static void finish_err(mw_dataplane_t *dp, dp_req_t *r, const char *fmt, ...)
     r->ok = 0;
     r->error = strdup(msg);
     r->latency_us = mw_now_us() - r->consumed_us;
-    free(r->act);
-    r->act = NULL;
     mw_log(MW_LOG_INFO, FAC, "request %.*s (%s [%d] offset %lld) failed: %s",
            (int)(r->msg->key_len < 64 ? r->msg->key_len : 64), (const char *)r->msg->key,
            r->part->topic, (int)r->part->partition, (long long)r->offset, msg);
 }
 
-static void finish_ok(mw_dataplane_t *dp, dp_req_t *r, const mw_tensor_desc_t *desc,
+/* r's rows of a batch's output: the request's own leading dimensions, the
+ * output's last one. */
+static void finish_ok(mw_dataplane_t *dp, dp_req_t *r, const mw_tensor_desc_t *batch_desc,
                       const void *data)
 {
+    mw_tensor_desc_t desc = r->in.desc;
+    desc.dtype = batch_desc->dtype;
+    desc.shape[desc.ndim - 1] = batch_desc->shape[batch_desc->ndim - 1];
     uint64_t n;
-    if (mw_tensor_nbytes(desc, &n) != MW_OK || (r->out = malloc(n ? n : 1)) == NULL) {
+    if (mw_tensor_nbytes(&desc, &n) != MW_OK || (r->out = malloc(n ? n : 1)) == NULL) {
         finish_err(dp, r, "out of memory for the result");
         return;
     }
@@ -161,61 +229,187 @@ static void finish_ok(mw_dataplane_t *dp, dp_req_t *r, const mw_tensor_desc_t *d
     leave_state(dp->origin, r);
     r->state = RQ_DONE;
     r->ok = 1;
-    r->out_desc = *desc;
+    r->out_desc = desc;
     r->out_bytes = n;
     r->latency_us = mw_now_us() - r->consumed_us;
-    free(r->act);
-    r->act = NULL;
 }
 
-/* Sends the current attempt to the least loaded usable stage-1 world that can
- * reach back here; a request with no such world waits (RQ_WAIT). */
-static int dispatch(mw_dataplane_t *dp, dp_req_t *r)
+/* Splits a batch's output (rows stacked in the batch's order) among its
+ * requests still waiting for an answer: any batch's output for a request is
+ * the same bits, so the first one answers. */
+static void finish_batch(mw_dataplane_t *dp, const dp_batch_t *b, const mw_tensor_desc_t *desc,
+                         const void *data)
+{
+    uint64_t numel, total = 0;
+    for (uint32_t i = 0; i < b->n; i++)
+        total += b->req[i].rows;
+    if (desc->ndim < 1 || mw_tensor_numel(desc, &numel) != MW_OK ||
+        numel / (uint64_t)desc->shape[desc->ndim - 1] != total) {
+        mw_log(MW_LOG_WARN, FAC, "batch #%llu: output shape does not have its %llu rows: ignored",
+               (unsigned long long)b->id, (unsigned long long)total);
+        return;
+    }
+    size_t row_bytes = (size_t)desc->shape[desc->ndim - 1] * mw_dtype_size(desc->dtype);
+    for (uint32_t i = 0; i < b->n; i++) {
+        dp_req_t *r = req_find(dp->origin, b->req[i].seq);
+        if (r != NULL && r->state != RQ_DONE)
+            finish_ok(dp, r, desc, (const uint8_t *)data + b->req[i].row * row_bytes);
+    }
+}
+
+/* Takes waiting requests, oldest first, for one batch of at most
+ * batch.max_rows rows of the head's dtype and row width, into o->pick; returns
+ * how many (0: the queue is empty, or the batch is not full and its oldest
+ * request has waited less than batch.max_delay_us). */
+static uint32_t batch_pick(mw_dataplane_t *dp, uint64_t *rows)
 {
     dp_origin_t *o = dp->origin;
-    dp_link_t *best = NULL;
-    for (dp_link_t *l = dp->links; l != NULL; l = l->next) {
-        if (l->peer_stage != 1 || !dp_link_usable(dp, l) || !dp_reaches(dp, l, dp->worker_id))
-            continue;
-        if (dp_link_better(l, l->outstanding + l->nsends, best,
-                           best != NULL ? best->outstanding + best->nsends : 0))
-            best = l;
-    }
-    if (best == NULL) {
-        if (r->state != RQ_WAIT) {
-            leave_state(o, r);
-            r->state = RQ_WAIT;
-            o->nwait++;
-        }
+    const dp_req_t *head = o->wait_head;
+    uint64_t max = (uint64_t)dp->cfg.batch_max_rows;
+    uint32_t k = 0;
+    *rows = 0;
+    if (head == NULL)
         return 0;
+    const mw_tensor_desc_t *hd = &head->in.desc;
+    for (dp_req_t *r = o->wait_head; r != NULL && *rows < max; r = r->wnext) {
+        const mw_tensor_desc_t *d = &r->in.desc;
+        if (*rows + r->rows > max || d->dtype != hd->dtype ||
+            d->shape[d->ndim - 1] != hd->shape[hd->ndim - 1])
+            continue;
+        o->pick[k++] = r;
+        *rows += r->rows;
     }
+    if (*rows < max && dp->cfg.batch_max_delay_us > 0 && !o->draining &&
+        mw_now_us() - head->consumed_us < dp->cfg.batch_max_delay_us)
+        return 0;
+    return k;
+}
+
+/* Stage 0 on the k picked requests' rows, stacked in pick order: one
+ * request's tensor as it is, several as [rows, width]. */
+static int batch_compute(mw_dataplane_t *dp, uint32_t k, uint64_t rows, mw_tensor_desc_t *out_desc,
+                         const void **out, char *errstr, size_t errstr_size)
+{
+    dp_origin_t *o = dp->origin;
+    if (k == 1)
+        return dp_compute(dp, &o->pick[0]->in.desc, o->pick[0]->in.data, out_desc, out, errstr,
+                          errstr_size);
+    const mw_tensor_desc_t *hd = &o->pick[0]->in.desc;
+    mw_tensor_desc_t desc = {
+        .dtype = hd->dtype, .ndim = 2, .shape = {(int64_t)rows, hd->shape[hd->ndim - 1]}};
+    uint64_t nbytes;
+    if (mw_tensor_nbytes(&desc, &nbytes) != MW_OK)
+        return mw_errf(MW_ETOOBIG, errstr, errstr_size, "batch too large");
+    if (o->gather_cap < nbytes) {
+        float *p = realloc(o->gather, nbytes);
+        if (p == NULL)
+            return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+        o->gather = p;
+        o->gather_cap = nbytes;
+    }
+    uint8_t *at = (uint8_t *)o->gather;
+    for (uint32_t i = 0; i < k; i++) {
+        memcpy(at, o->pick[i]->in.data, o->pick[i]->in.nbytes);
+        at += o->pick[i]->in.nbytes;
+    }
+    return dp_compute(dp, &desc, o->gather, out_desc, out, errstr, errstr_size);
+}
+
+/* Records the k picked requests as batch id, their rows in pick order. */
+static dp_batch_t *batch_new(mw_dataplane_t *dp, uint32_t k)
+{
+    dp_origin_t *o = dp->origin;
+    dp_batch_t *b = malloc(sizeof(*b) + k * sizeof(b->req[0]));
+    if (b == NULL)
+        return NULL;
+    b->id = ++o->next_batch;
+    b->expires_ms = mw_now_ms() + 2 * dp->cfg.request_attempt_timeout_ms;
+    b->n = k;
+    uint64_t row = 0;
+    for (uint32_t i = 0; i < k; i++) {
+        b->req[i].seq = o->pick[i]->seq;
+        b->req[i].row = row;
+        b->req[i].rows = o->pick[i]->rows;
+        row += o->pick[i]->rows;
+    }
+    return b;
+}
+
+/* One batch from the wait queue: stage 0, then the router's world to stage 1
+ * (or, in a one-stage pipeline, the results at once). Returns the number of
+ * requests it took; 0 when there was nothing to send or nowhere to send it. */
+static uint32_t dispatch_batch(mw_dataplane_t *dp)
+{
+    dp_origin_t *o = dp->origin;
+    char err[256];
+    uint64_t rows;
+    int full;
+    dp_link_t *down = NULL;
+    uint32_t k = batch_pick(dp, &rows);
+    if (k == 0 ||
+        (dp->nstages > 1 && (down = dp_pick_downstream(dp, dp->worker_id, &full)) == NULL))
+        return 0;
+    mw_tensor_desc_t od;
+    const void *out;
+    uint64_t nbytes = 0;
+    int rc = batch_compute(dp, k, rows, &od, &out, err, sizeof(err));
+    if (rc != MW_OK) {
+        for (uint32_t i = 0; i < k; i++)
+            finish_err(dp, o->pick[i], "stage 0 failed: %s", err);
+        return k;
+    }
+    dp_batch_t *b = batch_new(dp, k);
+    if (b != NULL && down == NULL) {
+        finish_batch(dp, b, &od, out);
+        free(b);
+        return k;
+    }
+    void *buf = NULL;
+    if (b == NULL || mw_tensor_nbytes(&od, &nbytes) != MW_OK ||
+        (buf = malloc(nbytes ? nbytes : 1)) == NULL) {
+        free(b);
+        return 0; /* out of memory: the requests wait for the next pass */
+    }
+    memcpy(buf, out, nbytes);
     mw_hop_t hop = {.type = MW_HOP_TENSOR,
                     .stage = 0,
                     .incarnation = dp->incarnation,
-                    .seq = r->seq,
-                    .attempt = r->attempt,
-                    .desc = r->act_desc,
-                    .nbytes = r->act_bytes};
+                    .batch = b->id,
+                    .nrequests = k,
+                    .desc = od,
+                    .nbytes = nbytes};
     snprintf(hop.origin, sizeof(hop.origin), "%s", dp->worker_id);
-    hop.key_len = r->msg->key_len < MW_HOP_KEY_MAX ? r->msg->key_len : MW_HOP_KEY_MAX;
-    if (hop.key_len > 0)
-        memcpy(hop.key, r->msg->key, hop.key_len);
-    void *buf = malloc(r->act_bytes ? r->act_bytes : 1);
-    if (buf == NULL)
-        return 0;
-    memcpy(buf, r->act, r->act_bytes);
-    best->picked = ++dp->picks;
-    if (dp_link_send(dp, best, &hop, buf) != MW_OK)
-        return 0; /* the link is going down; the next pass picks another */
-    leave_state(o, r);
-    r->state = RQ_SENT;
-    r->link = best;
-    best->outstanding++;
-    r->attempt_deadline_ms = mw_now_ms() + dp->cfg.request_attempt_timeout_ms;
-    return 1;
+    if (dp_link_send(dp, down, &hop, buf) != MW_OK) {
+        free(b);
+        return 0; /* the world is going down; the next pass picks another */
+    }
+    int64_t deadline = mw_now_ms() + dp->cfg.request_attempt_timeout_ms;
+    for (uint32_t i = 0; i < k; i++) {
+        dp_req_t *r = o->pick[i];
+        leave_state(o, r);
+        r->state = RQ_SENT;
+        r->link = down;
+        r->batch = b->id;
+        r->attempt_deadline_ms = deadline;
+        down->outstanding++;
+    }
+    b->hnext = o->batches[b->id % BATCH_BUCKETS];
+    o->batches[b->id % BATCH_BUCKETS] = b;
+    return k;
 }
 
-/* The current attempt failed (why): dispatch attempt + 1, or give up. */
+/* Dispatches batches while requests wait and a world has room; returns the
+ * number of requests sent. */
+static int dispatch_waiting(mw_dataplane_t *dp)
+{
+    int n = 0;
+    for (uint32_t k; (k = dispatch_batch(dp)) > 0;)
+        n += (int)k;
+    return n;
+}
+
+/* The current attempt failed (why): the request waits for a batch again as
+ * attempt + 1, or gives up. */
 static void redispatch(mw_dataplane_t *dp, dp_req_t *r, const char *why)
 {
     if ((int64_t)r->attempt >= dp->cfg.request_max_attempts) {
@@ -227,27 +421,33 @@ static void redispatch(mw_dataplane_t *dp, dp_req_t *r, const char *why)
     r->attempt++;
     dp->counters.replays++;
     leave_state(dp->origin, r);
-    r->state = 0;
-    dispatch(dp, r);
+    wait_for_batch(dp->origin, r);
 }
 
 void dp_origin_on_result(mw_dataplane_t *dp, const mw_hop_t *hop, const void *buf)
 {
-    dp_req_t *r = req_find(dp->origin, hop->seq);
-    if (r == NULL || r->state == RQ_DONE || hop->incarnation != dp->incarnation ||
-        strcmp(hop->origin, dp->worker_id) != 0)
-        return; /* an earlier attempt's answer, or one for a revoked partition */
-    /* Any attempt's output is the same tensor: the first one answers. */
-    finish_ok(dp, r, &hop->desc, buf);
+    if (hop->incarnation != dp->incarnation || strcmp(hop->origin, dp->worker_id) != 0)
+        return; /* for an earlier process of this worker */
+    dp_batch_t *b = batch_take(dp->origin, hop->batch);
+    if (b == NULL)
+        return; /* expired: its requests were answered by later batches */
+    finish_batch(dp, b, &hop->desc, buf);
+    free(b);
 }
 
 void dp_origin_on_abort(mw_dataplane_t *dp, const mw_hop_t *hop, const char *why)
 {
-    dp_req_t *r = req_find(dp->origin, hop->seq);
-    if (r == NULL || r->state != RQ_SENT || r->attempt != hop->attempt ||
-        hop->incarnation != dp->incarnation)
+    if (hop->incarnation != dp->incarnation)
         return;
-    redispatch(dp, r, why);
+    dp_batch_t *b = batch_take(dp->origin, hop->batch);
+    if (b == NULL)
+        return;
+    for (uint32_t i = 0; i < b->n; i++) {
+        dp_req_t *r = req_find(dp->origin, b->req[i].seq);
+        if (r != NULL && r->state == RQ_SENT && r->batch == b->id)
+            redispatch(dp, r, why);
+    }
+    free(b);
 }
 
 void dp_origin_link_down(mw_dataplane_t *dp, dp_link_t *l)
@@ -676,33 +876,26 @@ static void on_message(mw_dataplane_t *dp, rd_kafka_message_t *msg)
     o->ninflight++;
 
     int64_t now = mw_now_ms();
-    mw_request_t req;
-    if (mw_request_from_message(&req, msg, (uint64_t)dp->cfg.records_max_tensor_bytes, err,
+    uint64_t max_rows = (uint64_t)dp->cfg.batch_max_rows;
+    if (mw_request_from_message(&r->in, msg, (uint64_t)dp->cfg.records_max_tensor_bytes, err,
                                 sizeof(err)) != MW_OK) {
         r->attempt = 0;
         finish_err(dp, r, "invalid request: %s", err);
         return;
     }
     r->deadline_ms = now + dp->cfg.request_timeout_ms;
-    if (req.deadline_ms > 0)
-        r->deadline_ms = now + (req.deadline_ms - mw_unix_ms());
-    mw_tensor_desc_t od;
-    const void *out;
-    if (r->deadline_ms <= now) {
+    if (r->in.deadline_ms > 0)
+        r->deadline_ms = now + (r->in.deadline_ms - mw_unix_ms());
+    /* Checked here, before any compute, so that it never spoils a batch. */
+    if (r->deadline_ms <= now)
         finish_err(dp, r, "deadline passed before the request was processed");
-    } else if (dp_compute(dp, &req.desc, req.data, &od, &out, err, sizeof(err)) != MW_OK) {
+    else if (mw_stage_rows(dp->st, &r->in.desc, &r->rows, err, sizeof(err)) != MW_OK)
         finish_err(dp, r, "invalid request: %s", err);
-    } else if (dp->nstages == 1) {
-        finish_ok(dp, r, &od, out);
-    } else if (mw_tensor_nbytes(&od, &r->act_bytes) != MW_OK ||
-               (r->act = malloc(r->act_bytes ? r->act_bytes : 1)) == NULL) {
-        finish_err(dp, r, "out of memory");
-    } else {
-        memcpy(r->act, out, r->act_bytes);
-        r->act_desc = od;
-        dispatch(dp, r);
-    }
-    mw_request_fini(&req);
+    else if (r->rows > max_rows)
+        finish_err(dp, r, "invalid request: %llu rows; batch.max_rows is %llu",
+                   (unsigned long long)r->rows, (unsigned long long)max_rows);
+    else
+        wait_for_batch(o, r);
 }
 
 static void flow_control(mw_dataplane_t *dp, int64_t now)
@@ -760,8 +953,8 @@ static int window_blocked(mw_dataplane_t *dp, int64_t now)
     return releasable >= (max + 3) / 4;
 }
 
-/* Deadlines, unanswered attempts and requests waiting for a route. */
-static int check_requests(mw_dataplane_t *dp, int64_t now, int timeouts)
+/* Deadlines and unanswered attempts. */
+static int check_requests(mw_dataplane_t *dp, int64_t now)
 {
     dp_origin_t *o = dp->origin;
     int n = 0;
@@ -769,14 +962,12 @@ static int check_requests(mw_dataplane_t *dp, int64_t now, int timeouts)
         for (dp_req_t *r = p->head; r != NULL; r = r->next) {
             if (r->state == RQ_DONE)
                 continue;
-            if (timeouts && now >= r->deadline_ms) {
+            if (now >= r->deadline_ms) {
                 finish_err(dp, r, "deadline exceeded after %u attempt(s)", r->attempt);
                 n++;
-            } else if (timeouts && r->state == RQ_SENT && now >= r->attempt_deadline_ms) {
+            } else if (r->state == RQ_SENT && now >= r->attempt_deadline_ms) {
                 redispatch(dp, r, "no answer within request.attempt_timeout_ms");
                 n++;
-            } else if (r->state == RQ_WAIT) {
-                n += dispatch(dp, r);
             }
         }
     }
@@ -808,11 +999,15 @@ int dp_origin_step(mw_dataplane_t *dp)
         n++;
     }
     flow_control(dp, now);
-    int timeouts = now >= o->next_check_ms;
-    if (timeouts || o->nwait > 0)
-        n += check_requests(dp, now, timeouts);
-    if (timeouts)
+    if (now >= o->next_check_ms) {
+        n += check_requests(dp, now);
         o->next_check_ms = now + 10;
+    }
+    if (now >= o->next_sweep_ms) {
+        batches_sweep(o, now);
+        o->next_sweep_ms = now + 500;
+    }
+    n += dispatch_waiting(dp);
     rd_kafka_poll(o->producer, 0);
     if (now >= o->next_commit_ms || window_blocked(dp, now)) {
         commit(dp);
@@ -830,6 +1025,12 @@ int dp_origin_wait_ms(mw_dataplane_t *dp, int max_ms)
         due = o->next_commit_ms;
     if (o->next_check_ms < due)
         due = o->next_check_ms;
+    if (o->wait_head != NULL && dp->cfg.batch_max_delay_us > 0) {
+        int64_t full_us = o->wait_head->consumed_us + dp->cfg.batch_max_delay_us;
+        int64_t at = now + (full_us - mw_now_us() + 999) / 1000;
+        if (at < due)
+            due = at;
+    }
     return due > now ? (int)(due - now) : 0;
 }
 
@@ -846,6 +1047,9 @@ int dp_origin_new(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
     snprintf(o->t_dlq, sizeof(o->t_dlq), "%s.dlq", dp->pipeline);
     o->transactional = strcmp(dp->cfg.results_delivery, "at-least-once") != 0;
     o->full_since_ms = -1;
+    o->pick = calloc((size_t)dp->cfg.batch_max_rows, sizeof(*o->pick));
+    if (o->pick == NULL)
+        return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
     return MW_OK;
 }
 
@@ -917,6 +1121,9 @@ void dp_origin_destroy(mw_dataplane_t *dp)
         }
         free(p);
     }
+    batches_sweep(o, INT64_MAX);
+    free(o->pick);
+    free(o->gather);
     if (o->queue != NULL) {
         rd_kafka_queue_io_event_enable(o->queue, -1, NULL, 0);
         rd_kafka_queue_destroy(o->queue);

@@ -183,6 +183,7 @@ void mw_serving_stats(mw_serving_t *s, mw_serving_stats_t *stats)
         mw_dataplane_stats(s->dp, &d);
         stats->inflight = d.inflight;
         stats->processed = d.processed;
+        stats->rows = d.rows;
         stats->errors = d.errors;
         stats->replays = d.replays;
         stats->results = d.results;

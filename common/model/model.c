@@ -597,6 +597,30 @@ int mw_stage_forward(mw_stage_t *st, const float *in, int batch, float *out)
     return st->ops->forward(st->impl, in, batch, out);
 }
 
+int mw_stage_rows(const mw_stage_t *st, const mw_tensor_desc_t *in_desc, uint64_t *rows,
+                  char *errstr, size_t errstr_size)
+{
+    uint64_t numel = 1;
+    if (st->ops->run != NULL) { /* a plug-in: its tensors are not rows of ours */
+        *rows = 1;
+        return MW_OK;
+    }
+    if (in_desc->dtype != MW_DTYPE_F32)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "stage input is %s; expected f32",
+                       mw_dtype_name(in_desc->dtype));
+    if (in_desc->ndim < 1 || mw_tensor_numel(in_desc, &numel) != MW_OK ||
+        in_desc->shape[in_desc->ndim - 1] != st->info.in_features) {
+        char shape[128];
+        mw_shape_format(in_desc, shape, sizeof(shape));
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "stage input shape [%s] does not end in the stage's %" PRId64
+                       " input features",
+                       shape, st->info.in_features);
+    }
+    *rows = numel / (uint64_t)st->info.in_features;
+    return MW_OK;
+}
+
 int mw_stage_run(mw_stage_t *st, const mw_tensor_desc_t *in_desc, const void *in,
                  mw_tensor_desc_t *out_desc, const void **out, char *errstr, size_t errstr_size)
 {
@@ -604,22 +628,15 @@ int mw_stage_run(mw_stage_t *st, const mw_tensor_desc_t *in_desc, const void *in
         return st->ops->run(st->impl, in_desc, in, out_desc, out, errstr, errstr_size);
     char shape[128];
     mw_shape_format(in_desc, shape, sizeof(shape));
-    if (in_desc->dtype != MW_DTYPE_F32)
-        return mw_errf(MW_EINVAL, errstr, errstr_size, "stage input is %s; expected f32",
-                       mw_dtype_name(in_desc->dtype));
-    uint64_t numel;
-    if (in_desc->ndim < 1 || mw_tensor_numel(in_desc, &numel) != MW_OK ||
-        in_desc->shape[in_desc->ndim - 1] != st->info.in_features)
-        return mw_errf(MW_EINVAL, errstr, errstr_size,
-                       "stage input shape [%s] does not end in the stage's %" PRId64
-                       " input features",
-                       shape, st->info.in_features);
-    uint64_t rows = numel / (uint64_t)st->info.in_features;
+    uint64_t rows;
+    int rc = mw_stage_rows(st, in_desc, &rows, errstr, errstr_size);
+    if (rc != MW_OK)
+        return rc;
     if (rows > (uint64_t)st->info.max_batch)
         return mw_errf(MW_ETOOBIG, errstr, errstr_size,
                        "stage input shape [%s] has %" PRIu64 " rows; the stage takes at most %d",
                        shape, rows, st->info.max_batch);
-    int rc = st->ops->forward(st->impl, in, (int)rows, st->out_buf);
+    rc = st->ops->forward(st->impl, in, (int)rows, st->out_buf);
     if (rc != MW_OK)
         return mw_errf(rc, errstr, errstr_size, "stage compute failed: %s", mw_strerror(rc));
     *out_desc = *in_desc;

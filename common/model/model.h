@@ -149,6 +149,12 @@ int mw_stage_forward(mw_stage_t *st, const float *in, int batch, float *out);
 int mw_stage_run(mw_stage_t *st, const mw_tensor_desc_t *in_desc, const void *in,
                  mw_tensor_desc_t *out_desc, const void **out, char *errstr, size_t errstr_size);
 
+/* The rows of in_desc for st (the product of its leading dimensions), after
+ * the checks mw_stage_run makes of its dtype and shape (not of max_batch);
+ * plug-in stages count each tensor as one row. */
+int mw_stage_rows(const mw_stage_t *st, const mw_tensor_desc_t *in_desc, uint64_t *rows,
+                  char *errstr, size_t errstr_size);
+
 /* Accepts NULL. */
 void mw_stage_destroy(mw_stage_t *st);
 

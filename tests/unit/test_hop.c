@@ -15,17 +15,15 @@ static mw_hop_t sample(void)
     mw_hop_t h = {.type = MW_HOP_TENSOR,
                   .stage = 2,
                   .incarnation = 0x1122334455667788u,
-                  .seq = 42,
-                  .attempt = 3,
-                  .desc = {.dtype = MW_DTYPE_F32, .ndim = 2, .shape = {1, 16}},
-                  .nbytes = 64};
+                  .batch = 42,
+                  .nrequests = 3,
+                  .desc = {.dtype = MW_DTYPE_F32, .ndim = 2, .shape = {5, 16}},
+                  .nbytes = 320};
     strcpy(h.origin, "host.1.abc");
-    memcpy(h.key, "req-\x00\xff", 6);
-    h.key_len = 6;
     return h;
 }
 
-static void hop_tensor_round_trips(void **state)
+static void hop_batch_tensor_round_trips(void **state)
 {
     (void)state;
     uint8_t buf[512];
@@ -36,12 +34,11 @@ static void hop_tensor_round_trips(void **state)
     assert_int_equal(out.type, MW_HOP_TENSOR);
     assert_int_equal(out.stage, 2);
     assert_string_equal(out.origin, "host.1.abc");
-    assert_true(out.incarnation == in.incarnation && out.seq == 42 && out.attempt == 3);
-    assert_int_equal(out.key_len, 6);
-    assert_memory_equal(out.key, in.key, 6);
+    assert_true(out.incarnation == in.incarnation && out.batch == 42 && out.nrequests == 3);
     assert_int_equal(out.desc.ndim, 2);
+    assert_int_equal(out.desc.shape[0], 5);
     assert_int_equal(out.desc.shape[1], 16);
-    assert_int_equal(out.nbytes, 64);
+    assert_int_equal(out.nbytes, 320);
 }
 
 static void hop_abort_carries_no_tensor(void **state)
@@ -56,7 +53,8 @@ static void hop_abort_carries_no_tensor(void **state)
     assert_int_equal(out.type, MW_HOP_ABORT);
     assert_int_equal(out.desc.ndim, 0);
     assert_int_equal(out.nbytes, 0);
-    assert_int_equal(out.seq, 42);
+    assert_int_equal(out.batch, 42);
+    assert_int_equal(out.nrequests, 3);
 }
 
 static void hop_rejects_malformed_frames(void **state)
@@ -72,7 +70,7 @@ static void hop_rejects_malformed_frames(void **state)
     memcpy(bad, buf, (size_t)len);
     bad[len] = 0;
     assert_int_equal(mw_hop_decode(&out, bad, (size_t)len + 1, err, sizeof(err)), MW_EPROTO);
-    /* Magic, type, dtype, size that does not match the shape, attempt 0. */
+    /* Magic, type, dtype, size that does not match the shape, no requests. */
     const struct {
         size_t off;
         uint8_t v;
@@ -88,13 +86,16 @@ static void hop_rejects_malformed_frames(void **state)
     in.origin[0] = '\0';
     assert_int_equal(mw_hop_encode(&in, buf, sizeof(buf)), MW_EINVAL);
     in = sample();
+    in.nrequests = 0;
+    assert_int_equal(mw_hop_encode(&in, buf, sizeof(buf)), MW_EINVAL);
+    in = sample();
     assert_int_equal(mw_hop_encode(&in, buf, 10), MW_ETOOBIG);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(hop_tensor_round_trips),
+        cmocka_unit_test(hop_batch_tensor_round_trips),
         cmocka_unit_test(hop_abort_carries_no_tensor),
         cmocka_unit_test(hop_rejects_malformed_frames),
     };
