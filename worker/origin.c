@@ -2,8 +2,8 @@
  * them, gathers them into batches, dispatches stage 0's output of each batch
  * into the pipeline, splits the last stage's output per request, dispatches
  * aborted or unanswered requests again (in new batches), and releases results
- * per partition in input-offset order in one Kafka transaction per commit
- * interval with the input offsets (DESIGN §2, §3, §6). */
+ * per partition in input-offset order in Kafka transactions with the input
+ * offsets, group-committed (commit_due; DESIGN §2, §3, §6). */
 #include "clock.h"
 #include "dataplane_int.h"
 
@@ -935,22 +935,24 @@ static void flow_control(mw_dataplane_t *dp, int64_t now)
     rd_kafka_topic_partition_list_destroy(list);
 }
 
-/* Whether the window is full and committing now would free a quarter of it:
- * waiting for the interval would leave the origin idle with finished results
- * (and hold them back from the client). At most one such early commit per
- * COMMIT_MIN_GAP_MS. */
-static int window_blocked(mw_dataplane_t *dp, int64_t now)
+/* Group commit: a results transaction starts as soon as a result can be
+ * released (or a commit that failed is to be retried) and the previous
+ * commit ended at least the gap ago. Commits run on this thread, so none is in
+ * flight meanwhile: under load each one carries everything released while the
+ * previous one committed, and a lone result waits for one commit. The gap is
+ * COMMIT_MIN_GAP_MS, or results.commit_interval_ms when that is shorter: the
+ * longest a released result waits for its transaction to start. */
+static int commit_due(mw_dataplane_t *dp, int64_t now)
 {
     dp_origin_t *o = dp->origin;
-    int64_t max = dp->cfg.worker_max_inflight;
-    if (o->ninflight < max || o->draining ||
-        now < o->next_commit_ms - dp->cfg.results_commit_interval_ms + COMMIT_MIN_GAP_MS)
+    if (now < o->next_commit_ms)
         return 0;
-    int64_t releasable = 0;
+    /* A partition's head that is done is either released into the open
+     * transaction or releasable now (results leave in offset order). */
     for (dp_part_t *p = o->parts; p != NULL; p = p->next)
-        for (dp_req_t *r = p->head; r != NULL && r->state == RQ_DONE; r = r->next)
-            releasable++;
-    return releasable >= (max + 3) / 4;
+        if (p->head != NULL && p->head->state == RQ_DONE)
+            return 1;
+    return 0;
 }
 
 /* Deadlines and unanswered attempts. */
@@ -1009,9 +1011,12 @@ int dp_origin_step(mw_dataplane_t *dp)
     }
     n += dispatch_waiting(dp);
     rd_kafka_poll(o->producer, 0);
-    if (now >= o->next_commit_ms || window_blocked(dp, now)) {
+    if (commit_due(dp, now)) {
+        int64_t gap = dp->cfg.results_commit_interval_ms < COMMIT_MIN_GAP_MS
+                          ? dp->cfg.results_commit_interval_ms
+                          : COMMIT_MIN_GAP_MS;
         commit(dp);
-        o->next_commit_ms = mw_now_ms() + dp->cfg.results_commit_interval_ms;
+        o->next_commit_ms = mw_now_ms() + gap;
     }
     dp->counters.inflight = o->ninflight;
     return n;
@@ -1021,7 +1026,7 @@ int dp_origin_wait_ms(mw_dataplane_t *dp, int max_ms)
 {
     dp_origin_t *o = dp->origin;
     int64_t now = mw_now_ms(), due = now + max_ms;
-    if (o->next_commit_ms < due)
+    if (o->next_commit_ms < due && commit_due(dp, o->next_commit_ms))
         due = o->next_commit_ms;
     if (o->next_check_ms < due)
         due = o->next_check_ms;
