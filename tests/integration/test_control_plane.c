@@ -39,16 +39,6 @@ typedef struct cluster {
     int npids;
 } cluster_t;
 
-static int64_t scale(int64_t ms)
-{
-    const char *s = getenv("MW_TEST_TIMEOUT_SCALE");
-    int64_t k = s ? atoll(s) : 1;
-    const char *b = getenv("MW_BUILD");
-    if (s == NULL && b != NULL && strstr(b, "san") != NULL)
-        k = 3;
-    return ms * (k > 0 ? k : 1);
-}
-
 /* The test's cluster, so that the teardown kills its processes when an assertion
  * jumps out of the test. */
 static cluster_t *current;
@@ -264,11 +254,11 @@ static void workers_join_and_leave_visible_in_plan_and_status(void **state)
     worker(c, "a1", "1");
     pid_t x = worker(c, "x", "auto");
     const char *all[] = {"a0", "a1", "x", NULL};
-    assert_true(mwt_wait_for(plan_is(c, all), scale(10000)));
+    assert_true(mwt_wait_for(plan_is(c, all), mwt_scaled(10000)));
     /* Each reports ready in its next heartbeat after applying the plan that
      * places it: x may be placed (and ready) one plan before a0. */
-    assert_true(mwt_wait_for(status_shows(c, "x", "ready"), scale(5000)));
-    assert_true(mwt_wait_for(status_shows(c, "a0", "ready"), scale(5000)));
+    assert_true(mwt_wait_for(status_shows(c, "x", "ready"), mwt_scaled(5000)));
+    assert_true(mwt_wait_for(status_shows(c, "a0", "ready"), mwt_scaled(5000)));
 
     cJSON *st = status_json(c);
     assert_non_null(st);
@@ -278,12 +268,12 @@ static void workers_join_and_leave_visible_in_plan_and_status(void **state)
     cJSON_Delete(st);
 
     kill(x, SIGTERM);
-    int status = mwt_wait_exit(x, scale(10000));
+    int status = mwt_wait_exit(x, mwt_scaled(10000));
     forget(c, x);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     const char *two[] = {"a0", "a1", NULL};
-    assert_true(mwt_wait_for(plan_is(c, two), scale(5000)));
-    assert_true(mwt_wait_for(status_shows(c, "x", NULL), scale(5000)));
+    assert_true(mwt_wait_for(plan_is(c, two), mwt_scaled(5000)));
+    assert_true(mwt_wait_for(status_shows(c, "x", NULL), mwt_scaled(5000)));
     cluster_destroy(c);
 }
 
@@ -297,7 +287,7 @@ static void kill9_worker_leaves_plan_within_ttl_and_other_worlds_keep_identity(v
     worker(c, "l1", "1");
     pid_t victim = worker(c, "l2", "1");
     const char *all[] = {"o1", "o2", "l1", "l2", NULL};
-    assert_true(mwt_wait_for(plan_is(c, all), scale(10000)));
+    assert_true(mwt_wait_for(plan_is(c, all), mwt_scaled(10000)));
     mw_plan_t *before = plan_now(c);
     assert_int_equal(before->nworlds, 4); /* full mesh at fanout 4 */
 
@@ -305,11 +295,11 @@ static void kill9_worker_leaves_plan_within_ttl_and_other_worlds_keep_identity(v
     kill(victim, SIGKILL);
     mwt_wait_exit(victim, 5000);
     forget(c, victim);
-    assert_true(mwt_wait_for(plan_lacks(c, "l2"), scale(TTL_MS + 3000)));
+    assert_true(mwt_wait_for(plan_lacks(c, "l2"), mwt_scaled(TTL_MS + 3000)));
     int64_t took = mw_now_ms() - t0;
     print_message("kill -9 -> plan without the worker: %lld ms (ttl %d, loop %d)\n",
                   (long long)took, TTL_MS, LOOP_MS);
-    assert_true(took <= scale(TTL_MS + HB_MS + 2 * LOOP_MS + 400));
+    assert_true(took <= mwt_scaled(TTL_MS + HB_MS + 2 * LOOP_MS + 400));
     assert_true(has_event(c, "expire", "l2", NULL));
 
     mw_plan_t *after = plan_now(c);
@@ -329,7 +319,7 @@ static void kill9_worker_leaves_plan_within_ttl_and_other_worlds_keep_identity(v
     assert_int_equal(kept, 2);
     assert_int_equal(after->nworlds, 2);
     /* the survivors applied the new plan */
-    assert_true(mwt_wait_for(status_shows(c, "o1", "ready"), scale(3000)));
+    assert_true(mwt_wait_for(status_shows(c, "o1", "ready"), mwt_scaled(3000)));
     mw_plan_destroy(before);
     mw_plan_destroy(after);
     cluster_destroy(c);
@@ -344,7 +334,7 @@ static void two_coordinators_elect_one_and_standby_takes_over_after_kill9(void *
     worker(c, "a0", "0");
     worker(c, "a1", "1");
     const char *all[] = {"a0", "a1", NULL};
-    assert_true(mwt_wait_for(plan_is(c, all), scale(10000)));
+    assert_true(mwt_wait_for(plan_is(c, all), mwt_scaled(10000)));
     char leader[64], now[64];
     get_leader(c, leader, sizeof(leader));
     int64_t epoch = get_int(c, "epoch");
@@ -362,16 +352,16 @@ static void two_coordinators_elect_one_and_standby_takes_over_after_kill9(void *
     mwt_wait_exit(lp, 5000);
     forget(c, lp);
     assert_true(mwt_wait_for((get_leader(c, now, sizeof(now)), now[0] && strcmp(now, leader) != 0),
-                             scale(LEASE_MS + 3000)));
+                             mwt_scaled(LEASE_MS + 3000)));
     int64_t took = mw_now_ms() - t0;
     print_message("kill -9 of the leader -> standby leads: %lld ms (lease %d)\n", (long long)took,
                   LEASE_MS);
-    assert_true(took <= scale(LEASE_MS + LOOP_MS + 400));
+    assert_true(took <= mwt_scaled(LEASE_MS + LOOP_MS + 400));
     assert_int_equal(get_int(c, "epoch"), epoch + 1);
     /* the new leader republishes under its epoch, keeping the worlds */
     mw_plan_t *p = NULL;
     assert_true(mwt_wait_for((mw_plan_destroy(p), p = plan_now(c), p && p->epoch == epoch + 1),
-                             scale(3000)));
+                             mwt_scaled(3000)));
     assert_non_null(mw_plan_find_world(p, "P.s0-a0--s1-a1"));
     mw_plan_destroy(p);
     cluster_destroy(c);
@@ -383,27 +373,27 @@ static void stopped_leader_resumed_past_its_lease_cannot_publish_and_steps_down(
     cluster_t *c = cluster_new("fence");
     pid_t c1 = coordinator(c);
     char leader[64], now[64];
-    assert_true(mwt_wait_for((get_leader(c, leader, sizeof(leader)), leader[0]), scale(5000)));
+    assert_true(mwt_wait_for((get_leader(c, leader, sizeof(leader)), leader[0]), mwt_scaled(5000)));
     assert_int_equal(id_pid(leader), c1);
     int64_t epoch = get_int(c, "epoch");
     coordinator(c);
     worker(c, "a0", "0");
     worker(c, "a1", "1");
     const char *all[] = {"a0", "a1", NULL};
-    assert_true(mwt_wait_for(plan_is(c, all), scale(10000)));
+    assert_true(mwt_wait_for(plan_is(c, all), mwt_scaled(10000)));
 
     kill(c1, SIGSTOP);
     assert_true(mwt_wait_for((get_leader(c, now, sizeof(now)), now[0] && strcmp(now, leader) != 0),
-                             scale(LEASE_MS + 3000)));
+                             mwt_scaled(LEASE_MS + 3000)));
     assert_int_equal(get_int(c, "epoch"), epoch + 1);
     worker(c, "b0", "0"); /* membership changes while the old leader sleeps */
     const char *three[] = {"a0", "a1", "b0", NULL};
-    assert_true(mwt_wait_for(plan_is(c, three), scale(5000)));
+    assert_true(mwt_wait_for(plan_is(c, three), mwt_scaled(5000)));
 
     kill(c1, SIGCONT);
     char text[64];
     snprintf(text, sizeof(text), "epoch=%lld", (long long)epoch);
-    assert_true(mwt_wait_for(has_event(c, "stepdown", NULL, text), scale(3000)));
+    assert_true(mwt_wait_for(has_event(c, "stepdown", NULL, text), mwt_scaled(3000)));
     mwt_sleep_ms(3 * LOOP_MS);
     get_leader(c, leader, sizeof(leader));
     assert_string_equal(leader, now); /* the resumed one did not take anything back */
@@ -453,14 +443,14 @@ static void redis_restart_reconnects_everyone_and_plan_converges(void **state)
     pid_t w0 = worker(c, "a0", "0");
     pid_t w1 = worker(c, "a1", "1");
     const char *two[] = {"a0", "a1", NULL};
-    assert_true(mwt_wait_for(plan_is(c, two), scale(10000)));
+    assert_true(mwt_wait_for(plan_is(c, two), mwt_scaled(10000)));
     assert_int_equal(mwt_service("redis", "restart"), 0);
-    assert_true(mwt_wait_for(status_shows(c, "a0", "ready"), scale(10000)));
+    assert_true(mwt_wait_for(status_shows(c, "a0", "ready"), mwt_scaled(10000)));
     /* a worker started after the restart joins the same plan */
     worker(c, "a2", "1");
     const char *three[] = {"a0", "a1", "a2", NULL};
-    assert_true(mwt_wait_for(plan_is(c, three), scale(15000)));
-    assert_true(mwt_wait_for(status_shows(c, "a2", "ready"), scale(5000)));
+    assert_true(mwt_wait_for(plan_is(c, three), mwt_scaled(15000)));
+    assert_true(mwt_wait_for(status_shows(c, "a2", "ready"), mwt_scaled(5000)));
     assert_true(status_shows(c, "a0", "ready"));
     /* nobody was expired for the outage: the world between them kept its identity */
     assert_false(has_event(c, "expire", "a0", NULL));
@@ -481,9 +471,9 @@ static void sigterm_worker_drains_removes_its_keys_and_exits_0(void **state)
     cluster_t *c = cluster_new("drain");
     coordinator(c);
     pid_t w = worker(c, "d0", "0");
-    assert_true(mwt_wait_for(status_shows(c, "d0", "ready"), scale(10000)));
+    assert_true(mwt_wait_for(status_shows(c, "d0", "ready"), mwt_scaled(10000)));
     kill(w, SIGTERM);
-    int status = mwt_wait_exit(w, scale(10000));
+    int status = mwt_wait_exit(w, mwt_scaled(10000));
     forget(c, w);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
@@ -498,7 +488,7 @@ static void sigterm_worker_drains_removes_its_keys_and_exits_0(void **state)
     freeReplyObject(reply);
     assert_true(has_event(c, "drain", "d0", NULL));
     assert_true(has_event(c, "leave", "d0", NULL));
-    assert_true(mwt_wait_for(plan_lacks(c, "d0"), scale(3000)));
+    assert_true(mwt_wait_for(plan_lacks(c, "d0"), mwt_scaled(3000)));
     cluster_destroy(c);
 }
 
@@ -512,10 +502,10 @@ static void draining_worker_without_coordinator_leaves_within_a_second(void **st
     worker(c, "n0", "0");
     pid_t w = worker(c, "n1", "1");
     const char *both[] = {"n0", "n1", NULL};
-    assert_true(mwt_wait_for(plan_is(c, both), scale(10000)));
-    assert_true(mwt_wait_for(status_shows(c, "n1", "ready"), scale(5000)));
+    assert_true(mwt_wait_for(plan_is(c, both), mwt_scaled(10000)));
+    assert_true(mwt_wait_for(status_shows(c, "n1", "ready"), mwt_scaled(5000)));
     kill(coord, SIGTERM); /* releases the lease */
-    assert_true(WIFEXITED(mwt_wait_exit(coord, scale(5000))));
+    assert_true(WIFEXITED(mwt_wait_exit(coord, mwt_scaled(5000))));
     forget(c, coord);
     char leader[64];
     get_leader(c, leader, sizeof(leader));
@@ -523,7 +513,7 @@ static void draining_worker_without_coordinator_leaves_within_a_second(void **st
 
     int64_t t0 = mw_now_ms();
     kill(w, SIGTERM);
-    int status = mwt_wait_exit(w, scale(1000));
+    int status = mwt_wait_exit(w, mwt_scaled(1000));
     int64_t took = mw_now_ms() - t0;
     print_message("drained and left in %lld ms\n", (long long)took);
     if (status == -1)
@@ -552,15 +542,15 @@ static void bad_hashes_unknown_pipelines_and_malformed_plans_are_reported_not_fa
         MW_OK);
     assert_int_equal(mw_redis_cmd(c->r, NULL, "ZADD %sworkers 99999999999999 junk", p), MW_OK);
     assert_true(
-        mwt_wait_for(has_event(c, "reject", "lost", "unknown pipeline 'Nope'"), scale(5000)));
-    assert_true(mwt_wait_for(has_event(c, "reject", "junk", "stage"), scale(5000)));
-    assert_true(mwt_wait_for(status_shows(c, "g0", "ready"), scale(5000)));
+        mwt_wait_for(has_event(c, "reject", "lost", "unknown pipeline 'Nope'"), mwt_scaled(5000)));
+    assert_true(mwt_wait_for(has_event(c, "reject", "junk", "stage"), mwt_scaled(5000)));
+    assert_true(mwt_wait_for(status_shows(c, "g0", "ready"), mwt_scaled(5000)));
 
     /* a malformed plan: workers report it and keep running */
     assert_int_equal(mw_redis_cmd(c->r, NULL, "SET %splan {\"epoch\":99", p), MW_OK);
     assert_int_equal(mw_redis_cmd(c->r, NULL, "SET %splan:version 99:1", p), MW_OK);
     assert_int_equal(mw_redis_cmd(c->r, NULL, "PUBLISH %splan:notify 99:1", p), MW_OK);
-    assert_true(mwt_wait_for(has_event(c, "bad_plan", "g0", "not valid JSON"), scale(5000)));
+    assert_true(mwt_wait_for(has_event(c, "bad_plan", "g0", "not valid JSON"), mwt_scaled(5000)));
     assert_int_equal(waitpid(good, NULL, WNOHANG), 0);
     assert_int_equal(waitpid(coord, NULL, WNOHANG), 0);
     cluster_destroy(c);

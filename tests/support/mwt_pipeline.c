@@ -26,14 +26,6 @@ static void die(const char *what, const char *err)
     abort();
 }
 
-int64_t mwt_scaled(int64_t ms)
-{
-    const char *s = getenv("MW_TEST_TIMEOUT_SCALE");
-    const char *b = getenv("MW_BUILD");
-    int64_t k = s != NULL ? atoll(s) : (b != NULL && strstr(b, "san") != NULL ? 3 : 1);
-    return ms * (k > 0 ? k : 1);
-}
-
 static pid_t spawn(mwt_pipeline_t *p, const char *prog, const char *const *extra1,
                    const char *const *extra2)
 {

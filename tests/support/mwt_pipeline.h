@@ -98,7 +98,4 @@ int mwt_pipeline_read(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int
                       const float *expected, int want_distinct, int64_t timeout_ms);
 void mwt_tally_fini(mwt_tally_t *t);
 
-/* Timeouts stretched for sanitizer builds (MW_TEST_TIMEOUT_SCALE, or 3 for *san* builds). */
-int64_t mwt_scaled(int64_t ms);
-
 #endif
