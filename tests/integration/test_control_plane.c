@@ -3,6 +3,7 @@
 #include "clock.h"
 #include "err.h"
 #include "cluster/events.h"
+#include "cluster/keys.h"
 #include "harness.h"
 #include "coordinator/lease.h"
 #include "cluster/membership.h"
@@ -158,11 +159,12 @@ static int plan_lacks(cluster_t *c, const char *id)
     return ok;
 }
 
-static int64_t get_int(cluster_t *c, const char *key)
+static int64_t get_int(cluster_t *c, mw_key_t key)
 {
+    char name[MW_KEY_MAX];
     redisReply *reply = NULL;
     int64_t v = -1;
-    if (mw_redis_cmd(c->r, &reply, "GET %s%s", mw_redis_prefix(c->r), key) == MW_OK) {
+    if (mw_redis_cmd(c->r, &reply, "GET %s", mw_key(c->r, key, name, sizeof(name))) == MW_OK) {
         if (reply->type == REDIS_REPLY_STRING)
             v = strtoll(reply->str, NULL, 10);
         freeReplyObject(reply);
@@ -172,9 +174,11 @@ static int64_t get_int(cluster_t *c, const char *key)
 
 static void get_leader(cluster_t *c, char *buf, size_t size)
 {
+    char key[MW_KEY_MAX];
     redisReply *reply = NULL;
     buf[0] = '\0';
-    if (mw_redis_cmd(c->r, &reply, "GET %scoordinator", mw_redis_prefix(c->r)) == MW_OK) {
+    if (mw_redis_cmd(c->r, &reply, "GET %s", mw_key(c->r, MW_KEY_COORDINATOR, key, sizeof(key))) ==
+        MW_OK) {
         if (reply->type == REDIS_REPLY_STRING)
             snprintf(buf, size, "%s", reply->str);
         freeReplyObject(reply);
@@ -337,13 +341,13 @@ static void two_coordinators_elect_one_and_standby_takes_over_after_kill9(void *
     assert_true(mwt_wait_for(plan_is(c, all), mwt_scaled(10000)));
     char leader[64], now[64];
     get_leader(c, leader, sizeof(leader));
-    int64_t epoch = get_int(c, "epoch");
+    int64_t epoch = get_int(c, MW_KEY_EPOCH);
     assert_true(leader[0] != '\0');
     /* the second one stands by: the leader and epoch do not move */
     mwt_sleep_ms(3 * LOOP_MS);
     get_leader(c, now, sizeof(now));
     assert_string_equal(now, leader);
-    assert_int_equal(get_int(c, "epoch"), epoch);
+    assert_int_equal(get_int(c, MW_KEY_EPOCH), epoch);
 
     pid_t lp = id_pid(leader);
     assert_true(lp > 0);
@@ -357,7 +361,7 @@ static void two_coordinators_elect_one_and_standby_takes_over_after_kill9(void *
     print_message("kill -9 of the leader -> standby leads: %lld ms (lease %d)\n", (long long)took,
                   LEASE_MS);
     assert_true(took <= mwt_scaled(LEASE_MS + LOOP_MS + 400));
-    assert_int_equal(get_int(c, "epoch"), epoch + 1);
+    assert_int_equal(get_int(c, MW_KEY_EPOCH), epoch + 1);
     /* the new leader republishes under its epoch, keeping the worlds */
     mw_plan_t *p = NULL;
     assert_true(mwt_wait_for((mw_plan_destroy(p), p = plan_now(c), p && p->epoch == epoch + 1),
@@ -375,7 +379,7 @@ static void stopped_leader_resumed_past_its_lease_cannot_publish_and_steps_down(
     char leader[64], now[64];
     assert_true(mwt_wait_for((get_leader(c, leader, sizeof(leader)), leader[0]), mwt_scaled(5000)));
     assert_int_equal(id_pid(leader), c1);
-    int64_t epoch = get_int(c, "epoch");
+    int64_t epoch = get_int(c, MW_KEY_EPOCH);
     coordinator(c);
     worker(c, "a0", "0");
     worker(c, "a1", "1");
@@ -385,7 +389,7 @@ static void stopped_leader_resumed_past_its_lease_cannot_publish_and_steps_down(
     kill(c1, SIGSTOP);
     assert_true(mwt_wait_for((get_leader(c, now, sizeof(now)), now[0] && strcmp(now, leader) != 0),
                              mwt_scaled(LEASE_MS + 3000)));
-    assert_int_equal(get_int(c, "epoch"), epoch + 1);
+    assert_int_equal(get_int(c, MW_KEY_EPOCH), epoch + 1);
     worker(c, "b0", "0"); /* membership changes while the old leader sleeps */
     const char *three[] = {"a0", "a1", "b0", NULL};
     assert_true(mwt_wait_for(plan_is(c, three), mwt_scaled(5000)));
@@ -477,13 +481,16 @@ static void sigterm_worker_drains_removes_its_keys_and_exits_0(void **state)
     forget(c, w);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
+    char key[MW_KEY_MAX];
     redisReply *reply = NULL;
-    assert_int_equal(mw_redis_cmd(c->r, &reply, "EXISTS %sworker:d0", mw_redis_prefix(c->r)),
-                     MW_OK);
+    assert_int_equal(
+        mw_redis_cmd(c->r, &reply, "EXISTS %s", mw_key_worker(c->r, "d0", key, sizeof(key))),
+        MW_OK);
     assert_int_equal(reply->integer, 0);
     freeReplyObject(reply);
-    assert_int_equal(mw_redis_cmd(c->r, &reply, "ZSCORE %sworkers d0", mw_redis_prefix(c->r)),
-                     MW_OK);
+    assert_int_equal(
+        mw_redis_cmd(c->r, &reply, "ZSCORE %s d0", mw_key(c->r, MW_KEY_WORKERS, key, sizeof(key))),
+        MW_OK);
     assert_int_equal(reply->type, REDIS_REPLY_NIL);
     freeReplyObject(reply);
     assert_true(has_event(c, "drain", "d0", NULL));
@@ -535,21 +542,29 @@ static void bad_hashes_unknown_pipelines_and_malformed_plans_are_reported_not_fa
     pid_t good = worker(c, "g0", "0");
     const char *extra[] = {"--id=lost", "--stage=0", "--pipeline=Nope", NULL};
     spawn(c, "mw-worker", extra);
-    const char *p = mw_redis_prefix(c->r);
+    char key[MW_KEY_MAX];
     /* a hash someone else wrote, with a bad stage */
-    assert_int_equal(
-        mw_redis_cmd(c->r, NULL, "HSET %sworker:junk pipeline P stage sideways device cpu", p),
-        MW_OK);
-    assert_int_equal(mw_redis_cmd(c->r, NULL, "ZADD %sworkers 99999999999999 junk", p), MW_OK);
+    assert_int_equal(mw_redis_cmd(c->r, NULL, "HSET %s pipeline P stage sideways device cpu",
+                                  mw_key_worker(c->r, "junk", key, sizeof(key))),
+                     MW_OK);
+    assert_int_equal(mw_redis_cmd(c->r, NULL, "ZADD %s 99999999999999 junk",
+                                  mw_key(c->r, MW_KEY_WORKERS, key, sizeof(key))),
+                     MW_OK);
     assert_true(
         mwt_wait_for(has_event(c, "reject", "lost", "unknown pipeline 'Nope'"), mwt_scaled(5000)));
     assert_true(mwt_wait_for(has_event(c, "reject", "junk", "stage"), mwt_scaled(5000)));
     assert_true(mwt_wait_for(status_shows(c, "g0", "ready"), mwt_scaled(5000)));
 
     /* a malformed plan: workers report it and keep running */
-    assert_int_equal(mw_redis_cmd(c->r, NULL, "SET %splan {\"epoch\":99", p), MW_OK);
-    assert_int_equal(mw_redis_cmd(c->r, NULL, "SET %splan:version 99:1", p), MW_OK);
-    assert_int_equal(mw_redis_cmd(c->r, NULL, "PUBLISH %splan:notify 99:1", p), MW_OK);
+    assert_int_equal(mw_redis_cmd(c->r, NULL, "SET %s {\"epoch\":99",
+                                  mw_key(c->r, MW_KEY_PLAN, key, sizeof(key))),
+                     MW_OK);
+    assert_int_equal(mw_redis_cmd(c->r, NULL, "SET %s 99:1",
+                                  mw_key(c->r, MW_KEY_PLAN_VERSION, key, sizeof(key))),
+                     MW_OK);
+    assert_int_equal(mw_redis_cmd(c->r, NULL, "PUBLISH %s 99:1",
+                                  mw_key(c->r, MW_KEY_PLAN_NOTIFY, key, sizeof(key))),
+                     MW_OK);
     assert_true(mwt_wait_for(has_event(c, "bad_plan", "g0", "not valid JSON"), mwt_scaled(5000)));
     assert_int_equal(waitpid(good, NULL, WNOHANG), 0);
     assert_int_equal(waitpid(coord, NULL, WNOHANG), 0);

@@ -6,6 +6,7 @@
 #include "clock.h"
 #include "err.h"
 #include "cluster/events.h"
+#include "cluster/keys.h"
 #include "harness.h"
 #include "mwt_pipeline.h"
 #include "cluster/plan_doc.h"
@@ -68,26 +69,13 @@ static int teardown(void **state)
     return 0;
 }
 
-/* An integer field of worker:{id}, or -1. */
-static int64_t worker_field(fixture_t *f, const char *id, const char *field)
-{
-    redisReply *reply = NULL;
-    int64_t v = -1;
-    if (mw_redis_cmd(f->r, &reply, "HGET %sworker:%s %s", mw_redis_prefix(f->r), id, field) ==
-            MW_OK &&
-        reply->type == REDIS_REPLY_STRING)
-        v = atoll(reply->str);
-    if (reply != NULL)
-        freeReplyObject(reply);
-    return v;
-}
-
 /* A string key of the cluster into buf ("" when absent). */
-static void cluster_get(fixture_t *f, const char *key, char *buf, size_t size)
+static void cluster_get(fixture_t *f, mw_key_t key, char *buf, size_t size)
 {
+    char name[MW_KEY_MAX];
     redisReply *reply = NULL;
     buf[0] = '\0';
-    if (mw_redis_cmd(f->r, &reply, "GET %s%s", mw_redis_prefix(f->r), key) == MW_OK &&
+    if (mw_redis_cmd(f->r, &reply, "GET %s", mw_key(f->r, key, name, sizeof(name))) == MW_OK &&
         reply->type == REDIS_REPLY_STRING)
         snprintf(buf, size, "%s", reply->str);
     if (reply != NULL)
@@ -107,8 +95,8 @@ static int worker_serving(fixture_t *f, const char *id)
     for (size_t i = 0; i < plan->nworlds; i++)
         worlds += mw_plan_world_has(&plan->worlds[i], id, NULL);
     int ok = pw != NULL && !pw->draining && worlds > 0 &&
-             worker_field(f, id, "plan_version") == plan->version &&
-             worker_field(f, id, "worlds_up") == worlds;
+             mwt_worker_field(f->r, id, "plan_version") == plan->version &&
+             mwt_worker_field(f->r, id, "worlds_up") == worlds;
     mw_plan_destroy(plan);
     return ok;
 }
@@ -160,9 +148,10 @@ static int64_t check_exactly_once(fixture_t *f, int n)
 /* A counter of stats:{pipeline} (0 when absent). */
 static int64_t pipeline_stat(fixture_t *f, const char *field)
 {
+    char key[MW_KEY_MAX];
     redisReply *reply = NULL;
     int64_t v = 0;
-    if (mw_redis_cmd(f->r, &reply, "HGET %sstats:%s %s", mw_redis_prefix(f->r), f->p->name,
+    if (mw_redis_cmd(f->r, &reply, "HGET %s %s", mw_key_stats(f->r, f->p->name, key, sizeof(key)),
                      field) == MW_OK &&
         reply->type == REDIS_REPLY_STRING)
         v = atoll(reply->str);
@@ -227,7 +216,7 @@ static void sigstopped_mid_stage_worker_is_routed_around_then_rejoins(void **sta
                               mwt_scaled(1500) + mwt_scaled(2000)};
     for (int round = 0; round < 2; round++) {
         int first = sent;
-        int64_t processed_before = worker_field(f, "w1-0", "processed");
+        int64_t processed_before = mwt_worker_field(f->r, "w1-0", "processed");
         mwt_pipeline_signal(p, victim, SIGSTOP);
         int64_t until = mw_now_ms() + stops[round];
         while (mw_now_ms() < until)
@@ -261,15 +250,15 @@ static void sigstopped_mid_stage_worker_is_routed_around_then_rejoins(void **sta
             pump(f, &sent, n, 10, 50);
         assert_true(worker_serving(f, "w1-0"));
         int64_t rejoined = mw_now_ms() - t_cont;
-        int64_t base = worker_field(f, "w1-0", "processed");
+        int64_t base = mwt_worker_field(f->r, "w1-0", "processed");
         deadline = mw_now_ms() + mwt_scaled(30000);
-        while (worker_field(f, "w1-0", "processed") <= base && mw_now_ms() < deadline)
+        while (mwt_worker_field(f->r, "w1-0", "processed") <= base && mw_now_ms() < deadline)
             pump(f, &sent, n, 20, 50);
         print_message("stop %d: w1-0 serving again %lld ms after SIGCONT (processed %lld -> %lld "
                       "-> %lld)\n",
                       round, (long long)rejoined, (long long)processed_before, (long long)base,
-                      (long long)worker_field(f, "w1-0", "processed"));
-        assert_true(worker_field(f, "w1-0", "processed") > base);
+                      (long long)mwt_worker_field(f->r, "w1-0", "processed"));
+        assert_true(mwt_worker_field(f->r, "w1-0", "processed") > base);
     }
     assert_true(sent < n); /* the pace never ran out of requests */
     assert_int_equal(
@@ -372,7 +361,7 @@ static void sigterm_under_load_drains_and_aborts_nothing(void **state)
     assert_true(mwt_wait_for(worker_serving(f, "w1-0"), mwt_scaled(20000)));
     int sent = 0;
     assert_true(pump_until(f, &sent, n, 500, mwt_scaled(60000)));
-    assert_true(worker_field(f, "w1-0", "processed") > 0); /* it was carrying load */
+    assert_true(mwt_worker_field(f->r, "w1-0", "processed") > 0); /* it was carrying load */
     kill(-p->pids[victim], SIGTERM);
     int64_t t0 = mw_now_ms();
     int status = -1;
@@ -403,8 +392,8 @@ static void killed_coordinator_does_not_pause_serving_and_a_standby_takes_over(v
     mwt_pipeline_t *p = f->p;
     char leader[128], now[128], epoch0[32], epoch1[32], pv[64];
     assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(30000)));
-    cluster_get(f, "coordinator", leader, sizeof(leader));
-    cluster_get(f, "epoch", epoch0, sizeof(epoch0));
+    cluster_get(f, MW_KEY_COORDINATOR, leader, sizeof(leader));
+    cluster_get(f, MW_KEY_EPOCH, epoch0, sizeof(epoch0));
     assert_true(leader[0] != '\0');
     mwt_pipeline_coordinator(p); /* the standby */
     int sent = 0;
@@ -427,7 +416,7 @@ static void killed_coordinator_does_not_pause_serving_and_a_standby_takes_over(v
             d = f->t.distinct;
         }
         if (took_over < 0) {
-            cluster_get(f, "coordinator", now, sizeof(now));
+            cluster_get(f, MW_KEY_COORDINATOR, now, sizeof(now));
             if (now[0] != '\0' && strcmp(now, leader) != 0)
                 took_over = t - t_kill;
         }
@@ -439,14 +428,14 @@ static void killed_coordinator_does_not_pause_serving_and_a_standby_takes_over(v
                   (long long)gap, (long long)took_over);
     assert_true(gap < mwt_scaled(750));
     /* The standby leads under a new epoch and publishes the plan under it. */
-    assert_true(mwt_wait_for((cluster_get(f, "coordinator", now, sizeof(now)),
+    assert_true(mwt_wait_for((cluster_get(f, MW_KEY_COORDINATOR, now, sizeof(now)),
                               now[0] != '\0' && strcmp(now, leader) != 0),
                              mwt_scaled(10000)));
-    cluster_get(f, "epoch", epoch1, sizeof(epoch1));
+    cluster_get(f, MW_KEY_EPOCH, epoch1, sizeof(epoch1));
     assert_true(atoll(epoch1) > atoll(epoch0));
-    assert_true(
-        mwt_wait_for((cluster_get(f, "plan:version", pv, sizeof(pv)), atoll(pv) == atoll(epoch1)),
-                     mwt_scaled(10000)));
+    assert_true(mwt_wait_for(
+        (cluster_get(f, MW_KEY_PLAN_VERSION, pv, sizeof(pv)), atoll(pv) == atoll(epoch1)),
+        mwt_scaled(10000)));
 
     while (sent < n)
         pump(f, &sent, n, 50, 20);
@@ -493,19 +482,18 @@ static void data_plane_activity_reaches_stats_and_events(void **state)
     assert_true(mwt_wait_for(pipeline_stat(f, "results") == n, mwt_scaled(10000)));
     assert_int_equal(pipeline_stat(f, "errors"), n / 10);
     assert_true(pipeline_stat(f, "processed") >= 3 * (n - n / 10)); /* every stage computed */
-    assert_true(worker_field(f, "w1-0", "processed") >= n - n / 10);
+    assert_true(mwt_worker_field(f->r, "w1-0", "processed") >= n - n / 10);
+    char key[MW_KEY_MAX];
+    mw_key_worker_stats(f->r, "w0-0", key, sizeof(key));
     redisReply *reply = NULL;
-    assert_int_equal(
-        mw_redis_cmd(f->r, &reply, "HGET %sworker:w0-0:stats results", mw_redis_prefix(f->r)),
-        MW_OK);
+    assert_int_equal(mw_redis_cmd(f->r, &reply, "HGET %s results", key), MW_OK);
     assert_int_equal(reply->type, REDIS_REPLY_STRING);
     assert_int_equal(atoll(reply->str), n);
     freeReplyObject(reply);
     assert_true(mwt_wait_for(events_total(f, "dlq") == n / 10, mwt_scaled(10000)));
     /* A worker that leaves takes its stats key along. */
     assert_int_equal(mwt_pipeline_stop_workers(f->p, mwt_scaled(20000)), 0);
-    assert_int_equal(
-        mw_redis_cmd(f->r, &reply, "EXISTS %sworker:w0-0:stats", mw_redis_prefix(f->r)), MW_OK);
+    assert_int_equal(mw_redis_cmd(f->r, &reply, "EXISTS %s", key), MW_OK);
     assert_int_equal(reply->integer, 0);
     freeReplyObject(reply);
 }

@@ -4,6 +4,7 @@
 
 #include "err.h"
 #include "harness.h"
+#include "cluster/keys.h"
 #include "kafka.h"
 #include "model/model.h"
 #include "topics/record.h"
@@ -176,9 +177,11 @@ int mwt_pipeline_stop_workers(mwt_pipeline_t *p, int64_t timeout_ms)
 
 long long mwt_worker_field(mw_redis_t *r, const char *id, const char *field)
 {
+    char key[MW_KEY_MAX];
     redisReply *rep = NULL;
     long long v = -1;
-    if (mw_redis_cmd(r, &rep, "HGET %sworker:%s %s", mw_redis_prefix(r), id, field) == MW_OK &&
+    if (mw_redis_cmd(r, &rep, "HGET %s %s", mw_key_worker(r, id, key, sizeof(key)), field) ==
+            MW_OK &&
         rep != NULL && rep->type == REDIS_REPLY_STRING)
         v = atoll(rep->str);
     if (rep != NULL)
