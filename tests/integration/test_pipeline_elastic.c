@@ -122,29 +122,6 @@ static int pump_until(fixture_t *f, int *sent, int n, int want, int64_t timeout_
     return f->t.distinct >= want;
 }
 
-/* After the workers stopped: every request has exactly one committed result,
- * equal to the reference, none an error. Returns the largest attempt count. */
-static int64_t check_exactly_once(fixture_t *f, int n)
-{
-    mwt_tally_t *t = &f->t;
-    mwt_pipeline_read(f->p, "results", t, n, f->expected, -1, mwt_scaled(30000));
-    int missing = 0, dup = 0, mismatch = 0, errors = 0;
-    int64_t attempts = 0;
-    for (int i = 0; i < n; i++) {
-        missing += t->count[i] == 0;
-        dup += t->count[i] > 1;
-        mismatch += t->mismatch[i] > 0;
-        errors += t->errors[i] > 0;
-        if (t->attempts_max[i] > attempts)
-            attempts = t->attempts_max[i];
-    }
-    if (missing || dup || mismatch || errors || t->foreign)
-        fail_msg("results: %d missing, %d duplicated, %d differ from the reference, %d errors, "
-                 "%d foreign (of %d requests, %d records)",
-                 missing, dup, mismatch, errors, t->foreign, n, t->total);
-    return attempts;
-}
-
 /* A counter of stats:{pipeline} (0 when absent). */
 static int64_t pipeline_stat(fixture_t *f, const char *field)
 {
@@ -264,9 +241,8 @@ static void sigstopped_mid_stage_worker_is_routed_around_then_rejoins(void **sta
     assert_int_equal(
         mwt_pipeline_read(p, "results", &f->t, n, f->expected, sent, mwt_scaled(60000)), sent);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
-    int64_t replayed = 0, attempts = check_exactly_once(f, sent);
-    for (int i = 0; i < sent; i++)
-        replayed += f->t.attempts_max[i] > 1;
+    int64_t attempts = 0;
+    int replayed = mwt_pipeline_check_exactly_once(p, &f->t, sent, f->expected, NULL, &attempts);
     /* The re-dispatches are visible to operators: events and counters. */
     print_message("%lld requests answered by a later attempt (up to %lld); replay events count "
                   "%lld, stats %lld\n",
@@ -348,7 +324,7 @@ static void worker_added_to_bottleneck_stage_raises_throughput(void **state)
     assert_int_equal(
         mwt_pipeline_read(f->p, "results", &f->t, n, f->expected, n, mwt_scaled(60000)), n);
     assert_int_equal(mwt_pipeline_stop_workers(f->p, mwt_scaled(20000)), 0);
-    check_exactly_once(f, n);
+    mwt_pipeline_check_exactly_once(f->p, &f->t, n, f->expected, NULL, NULL);
 }
 
 static void sigterm_under_load_drains_and_aborts_nothing(void **state)
@@ -382,7 +358,9 @@ static void sigterm_under_load_drains_and_aborts_nothing(void **state)
                      n);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
     /* Drained, not aborted: no request needed a second attempt. */
-    assert_int_equal(check_exactly_once(f, n), 1);
+    int64_t attempts = 0;
+    mwt_pipeline_check_exactly_once(f->p, &f->t, n, f->expected, NULL, &attempts);
+    assert_int_equal(attempts, 1);
 }
 
 static void killed_coordinator_does_not_pause_serving_and_a_standby_takes_over(void **state)
@@ -442,7 +420,7 @@ static void killed_coordinator_does_not_pause_serving_and_a_standby_takes_over(v
     assert_int_equal(mwt_pipeline_read(p, "results", &f->t, n, f->expected, n, mwt_scaled(60000)),
                      n);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
-    check_exactly_once(f, n);
+    mwt_pipeline_check_exactly_once(f->p, &f->t, n, f->expected, NULL, NULL);
 }
 
 static void kafka_restart_mid_run_loses_and_duplicates_nothing(void **state)
@@ -464,7 +442,7 @@ static void kafka_restart_mid_run_loses_and_duplicates_nothing(void **state)
                   (long long)(mw_now_ms() - t0));
     assert_int_equal(got, n);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
-    check_exactly_once(f, n);
+    mwt_pipeline_check_exactly_once(f->p, &f->t, n, f->expected, NULL, NULL);
 }
 
 static int one_in_ten(int i)

@@ -10,12 +10,17 @@
 #include "topics/record.h"
 #include "topics/topics.h"
 
+#include <setjmp.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <cmocka.h>
 
 #define IN_FEATURES  16
 #define HIDDEN       32
@@ -438,4 +443,28 @@ void mwt_tally_fini(mwt_tally_t *t)
     free(t->first_offset);
     free(t->latency_us);
     memset(t, 0, sizeof(*t));
+}
+
+int mwt_pipeline_check_exactly_once(mwt_pipeline_t *p, mwt_tally_t *t, int n, const float *expected,
+                                    int (*bad)(int i), int64_t *attempts_max)
+{
+    mwt_pipeline_read(p, "results", t, n, expected, -1, mwt_scaled(30000));
+    int missing = 0, dup = 0, mismatch = 0, wrong_status = 0, replayed = 0;
+    int64_t attempts = 0;
+    for (int i = 0; i < n; i++) {
+        missing += t->count[i] == 0;
+        dup += t->count[i] > 1;
+        mismatch += t->mismatch[i] > 0;
+        wrong_status += (bad != NULL && bad(i)) ? t->errors[i] != t->count[i] : t->errors[i] > 0;
+        replayed += t->attempts_max[i] > 1;
+        if (t->attempts_max[i] > attempts)
+            attempts = t->attempts_max[i];
+    }
+    if (missing || dup || mismatch || wrong_status || t->foreign)
+        fail_msg("results: %d missing, %d duplicated, %d differ from the reference, %d with the "
+                 "wrong status, %d foreign (of %d requests, %d records)",
+                 missing, dup, mismatch, wrong_status, t->foreign, n, t->total);
+    if (attempts_max != NULL)
+        *attempts_max = attempts;
+    return replayed;
 }
