@@ -4,6 +4,7 @@
 
 #include "err.h"
 #include "cluster/events.h"
+#include "cluster/keys.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -20,8 +21,9 @@ struct mw_lease {
     int64_t epoch;
     int64_t renew_sent_ms; /* monotonic time the last successful acquire/renew was sent */
     char holder[64];
-    char k_coord[160], k_epoch[160], k_events[160], k_coords[160], k_plan[160], k_version[160],
-        k_workers[160], channel[160];
+    char k_coord[MW_KEY_MAX], k_epoch[MW_KEY_MAX], k_events[MW_KEY_MAX], k_coords[MW_KEY_MAX],
+        k_plan[MW_KEY_MAX], k_version[MW_KEY_MAX], k_workers[MW_KEY_MAX], k_worker[MW_KEY_MAX],
+        channel[MW_KEY_MAX];
 };
 
 /* KEYS: coordinator, epoch, events, coordinators. ARGV: id, lease_ms, my epoch, maxlen. */
@@ -80,7 +82,8 @@ static mw_redis_script_t publish_script = {
     {0},
 };
 
-/* KEYS: coordinator, epoch, workers, events. ARGV: id, epoch, ttl_ms, maxlen, prefix. */
+/* KEYS: coordinator, epoch, workers, events.
+ * ARGV: id, epoch, ttl_ms, maxlen, worker hash prefix (worker:{id} without the id). */
 static mw_redis_script_t sweep_script = {
     "sweep",
     "if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then\n"
@@ -96,7 +99,7 @@ static mw_redis_script_t sweep_script = {
     "  local id = dead[i]\n"
     "  local age = now - tonumber(dead[i + 1])\n"
     "  redis.call('ZREM', KEYS[3], id)\n"
-    "  redis.call('DEL', ARGV[5] .. 'worker:' .. id)\n"
+    "  redis.call('DEL', ARGV[5] .. id)\n"
     "  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'type', 'expire', 'worker', id,\n"
     "             'msg', 'no heartbeat for ' .. string.format('%d', age) .. ' ms')\n"
     "  out[#out + 1] = id\n"
@@ -114,15 +117,15 @@ mw_lease_t *mw_lease_new(mw_redis_t *r, const char *id, int64_t lease_ms, int64_
     snprintf(l->id, sizeof(l->id), "%s", id);
     l->lease_ms = lease_ms;
     l->maxlen = events_maxlen;
-    const char *p = mw_redis_prefix(r);
-    snprintf(l->k_coord, sizeof(l->k_coord), "%scoordinator", p);
-    snprintf(l->k_epoch, sizeof(l->k_epoch), "%sepoch", p);
-    snprintf(l->k_events, sizeof(l->k_events), "%sevents", p);
-    snprintf(l->k_coords, sizeof(l->k_coords), "%scoordinators", p);
-    snprintf(l->k_plan, sizeof(l->k_plan), "%splan", p);
-    snprintf(l->k_version, sizeof(l->k_version), "%splan:version", p);
-    snprintf(l->k_workers, sizeof(l->k_workers), "%sworkers", p);
-    snprintf(l->channel, sizeof(l->channel), "%splan:notify", p);
+    mw_key(r, MW_KEY_COORDINATOR, l->k_coord, sizeof(l->k_coord));
+    mw_key(r, MW_KEY_EPOCH, l->k_epoch, sizeof(l->k_epoch));
+    mw_key(r, MW_KEY_EVENTS, l->k_events, sizeof(l->k_events));
+    mw_key(r, MW_KEY_COORDINATORS, l->k_coords, sizeof(l->k_coords));
+    mw_key(r, MW_KEY_PLAN, l->k_plan, sizeof(l->k_plan));
+    mw_key(r, MW_KEY_PLAN_VERSION, l->k_version, sizeof(l->k_version));
+    mw_key(r, MW_KEY_WORKERS, l->k_workers, sizeof(l->k_workers));
+    mw_key_worker(r, "", l->k_worker, sizeof(l->k_worker));
+    mw_key(r, MW_KEY_PLAN_NOTIFY, l->channel, sizeof(l->channel));
     return l;
 }
 
@@ -242,7 +245,7 @@ int mw_lease_sweep(mw_lease_t *l, int64_t ttl_ms, char (**expired)[64], size_t *
     snprintf(ttl, sizeof(ttl), "%lld", (long long)ttl_ms);
     snprintf(maxlen, sizeof(maxlen), "%lld", (long long)l->maxlen);
     const char *keys[4] = {l->k_coord, l->k_epoch, l->k_workers, l->k_events};
-    const char *args[5] = {l->id, epoch, ttl, maxlen, mw_redis_prefix(l->r)};
+    const char *args[5] = {l->id, epoch, ttl, maxlen, l->k_worker};
     redisReply *reply = NULL;
     if (expired != NULL)
         *expired = NULL;

@@ -5,6 +5,7 @@
 #include "config.h"
 #include "err.h"
 #include "cluster/events.h"
+#include "cluster/keys.h"
 #include "log.h"
 #include "cluster/membership.h"
 #include "cluster/pipeline.h"
@@ -35,7 +36,7 @@ typedef struct worker {
     mw_config_t *cfg;
     mw_redis_t *r;
     redisContext *sub; /* SUBSCRIBE connection for plan notices (NULL while down) */
-    char channel[192];
+    char channel[MW_KEY_MAX];
     mw_member_info_t info;
     int registered; /* a heartbeat went through at least once */
     int redis_down;
@@ -252,8 +253,10 @@ static void refresh_stats(worker_t *w)
  * 0 while one does, or when Redis does not answer. */
 static int no_coordinator(worker_t *w)
 {
+    char key[MW_KEY_MAX];
     redisReply *reply = NULL;
-    if (mw_redis_cmd(w->r, &reply, "EXISTS %scoordinator", mw_redis_prefix(w->r)) != MW_OK)
+    if (mw_redis_cmd(w->r, &reply, "EXISTS %s",
+                     mw_key(w->r, MW_KEY_COORDINATOR, key, sizeof(key))) != MW_OK)
         return 0;
     int none = reply->type == REDIS_REPLY_INTEGER && reply->integer == 0;
     freeReplyObject(reply);
@@ -275,9 +278,10 @@ static int peers_stopped_routing(worker_t *w)
             const char *peer = w->worlds[i].members[m];
             if (strcmp(peer, w->info.id) == 0)
                 continue;
+            char key[MW_KEY_MAX];
             redisReply *reply = NULL;
-            if (mw_redis_cmd(w->r, &reply, "HMGET %sworker:%s plan_epoch plan_version",
-                             mw_redis_prefix(w->r), peer) != MW_OK)
+            if (mw_redis_cmd(w->r, &reply, "HMGET %s plan_epoch plan_version",
+                             mw_key_worker(w->r, peer, key, sizeof(key))) != MW_OK)
                 return 0;
             int done = 1; /* no hash: the peer is gone */
             if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
@@ -312,19 +316,20 @@ static void report_activity(worker_t *w)
         return;
     mw_serving_stats(w->serving, &st);
     const mw_serving_stats_t *b = &w->reported;
-    const char *pfx = mw_redis_prefix(w->r);
+    char key[MW_KEY_MAX], totals[MW_KEY_MAX];
+    mw_key_worker_stats(w->r, w->info.id, key, sizeof(key));
+    mw_key_stats(w->r, w->info.pipeline, totals, sizeof(totals));
     redisReply *reply = NULL;
     if (mw_redis_cmd(w->r, &reply,
-                     "HSET %sworker:%s:stats processed %lld rows %lld results %lld errors %lld "
-                     "replays %lld aborts %lld inflight %lld",
-                     pfx, w->info.id, (long long)st.processed, (long long)st.rows,
-                     (long long)st.results, (long long)st.errors, (long long)st.replays,
-                     (long long)st.aborts, (long long)st.inflight) != MW_OK)
+                     "HSET %s processed %lld rows %lld results %lld errors %lld replays %lld "
+                     "aborts %lld inflight %lld",
+                     key, (long long)st.processed, (long long)st.rows, (long long)st.results,
+                     (long long)st.errors, (long long)st.replays, (long long)st.aborts,
+                     (long long)st.inflight) != MW_OK)
         return;
     freeReplyObject(reply);
     int64_t ttl = 10 * w->cfg->heartbeat_ttl_ms;
-    if (mw_redis_cmd(w->r, &reply, "PEXPIRE %sworker:%s:stats %lld", pfx, w->info.id,
-                     (long long)ttl) == MW_OK)
+    if (mw_redis_cmd(w->r, &reply, "PEXPIRE %s %lld", key, (long long)ttl) == MW_OK)
         freeReplyObject(reply);
     const struct {
         const char *field, *event, *what;
@@ -343,8 +348,8 @@ static void report_activity(worker_t *w)
     for (size_t i = 0; i < sizeof(grew) / sizeof(grew[0]); i++) {
         if (grew[i].n <= 0)
             continue;
-        if (mw_redis_cmd(w->r, &reply, "HINCRBY %sstats:%s %s %lld", pfx, w->info.pipeline,
-                         grew[i].field, (long long)grew[i].n) == MW_OK)
+        if (mw_redis_cmd(w->r, &reply, "HINCRBY %s %s %lld", totals, grew[i].field,
+                         (long long)grew[i].n) == MW_OK)
             freeReplyObject(reply);
         if (grew[i].event != NULL) {
             char msg[160];
@@ -397,9 +402,10 @@ static void drain_and_leave(worker_t *w)
     }
     mw_serving_destroy(w->serving); /* commits what is done, leaves the consumer group */
     w->serving = NULL;
+    char key[MW_KEY_MAX];
     redisReply *reply = NULL;
-    if (mw_redis_cmd(w->r, &reply, "DEL %sworker:%s:stats", mw_redis_prefix(w->r), w->info.id) ==
-        MW_OK)
+    if (mw_redis_cmd(w->r, &reply, "DEL %s",
+                     mw_key_worker_stats(w->r, w->info.id, key, sizeof(key))) == MW_OK)
         freeReplyObject(reply);
     int rc = mw_member_leave(w->r, w->info.id, "drained (SIGTERM)", w->cfg->events_maxlen);
     if (rc != MW_OK)
@@ -525,7 +531,7 @@ int main(int argc, char **argv)
         mw_redis_destroy(w.r);
         goto out_config;
     }
-    mw_planstore_channel(w.r, w.channel, sizeof(w.channel));
+    mw_key(w.r, MW_KEY_PLAN_NOTIFY, w.channel, sizeof(w.channel));
     mw_log(MW_LOG_INFO, "worker",
            "%s starting: pipeline %s, stage %s, device %s, heartbeat %lld ms", in->id, in->pipeline,
            cfg.worker_stage, in->device, (long long)cfg.heartbeat_interval_ms);

@@ -2,6 +2,7 @@
 #include "events.h"
 
 #include "err.h"
+#include "keys.h"
 #include "log.h"
 
 #include <stdarg.h>
@@ -13,10 +14,10 @@
 
 int mw_events_add(mw_redis_t *r, int64_t maxlen, const char *type, ...)
 {
-    char key[160], cap[24];
+    char key[MW_KEY_MAX], cap[24];
     const char *argv[8 + 2 * MAX_FIELDS];
     int argc = 0;
-    snprintf(key, sizeof(key), "%sevents", mw_redis_prefix(r));
+    mw_key(r, MW_KEY_EVENTS, key, sizeof(key));
     snprintf(cap, sizeof(cap), "%lld", (long long)maxlen);
     argv[argc++] = "XADD";
     argv[argc++] = key;
@@ -73,8 +74,8 @@ static void parse_entry(const redisReply *e, mw_event_t *ev)
 int mw_events_read(mw_redis_t *r, const char *after_id, size_t count, int64_t block_ms,
                    mw_event_t **out, size_t *n, char *last_id, size_t last_id_size)
 {
-    char key[160];
-    snprintf(key, sizeof(key), "%sevents", mw_redis_prefix(r));
+    char key[MW_KEY_MAX];
+    mw_key(r, MW_KEY_EVENTS, key, sizeof(key));
     *out = NULL;
     *n = 0;
     redisReply *reply = NULL;

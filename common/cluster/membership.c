@@ -2,6 +2,7 @@
 #include "membership.h"
 
 #include "err.h"
+#include "keys.h"
 #include "log.h"
 
 #include <errno.h>
@@ -78,6 +79,7 @@ static mw_redis_script_t leave_script = {
     {0},
 };
 
+/* KEYS: workers. ARGV: worker hash prefix (worker:{id} without the id). */
 static mw_redis_script_t read_script = {
     "read_workers",
     "local t = redis.call('TIME')\n"
@@ -87,7 +89,7 @@ static mw_redis_script_t read_script = {
     "for i = 1, #ids, 2 do\n"
     "  out[#out + 1] = ids[i]\n"
     "  out[#out + 1] = ids[i + 1]\n"
-    "  out[#out + 1] = redis.call('HGETALL', ARGV[1] .. 'worker:' .. ids[i])\n"
+    "  out[#out + 1] = redis.call('HGETALL', ARGV[1] .. ids[i])\n"
     "end\n"
     "return out\n",
     {0},
@@ -96,15 +98,15 @@ static mw_redis_script_t read_script = {
 static void worker_keys(mw_redis_t *r, const char *id, char *set, char *hash, char *events,
                         size_t size)
 {
-    snprintf(set, size, "%sworkers", mw_redis_prefix(r));
-    snprintf(hash, size, "%sworker:%s", mw_redis_prefix(r), id);
-    snprintf(events, size, "%sevents", mw_redis_prefix(r));
+    mw_key(r, MW_KEY_WORKERS, set, size);
+    mw_key_worker(r, id, hash, size);
+    mw_key(r, MW_KEY_EVENTS, events, size);
 }
 
 int mw_member_heartbeat(mw_redis_t *r, const mw_member_info_t *in, int64_t events_maxlen,
                         int64_t *server_ms, int *registered)
 {
-    char set[192], hash[192], events[192];
+    char set[MW_KEY_MAX], hash[MW_KEY_MAX], events[MW_KEY_MAX];
     worker_keys(r, in->id, set, hash, events, sizeof(set));
     const char *keys[3] = {set, hash, events};
     char maxlen[24], pid[24], stage[16], cap[24], astage[16], pe[24], pv[24], wu[24], wt[24],
@@ -186,7 +188,7 @@ int mw_member_heartbeat(mw_redis_t *r, const mw_member_info_t *in, int64_t event
 
 int mw_member_leave(mw_redis_t *r, const char *id, const char *reason, int64_t events_maxlen)
 {
-    char set[192], hash[192], events[192], maxlen[24];
+    char set[MW_KEY_MAX], hash[MW_KEY_MAX], events[MW_KEY_MAX], maxlen[24];
     worker_keys(r, id, set, hash, events, sizeof(set));
     snprintf(maxlen, sizeof(maxlen), "%lld", (long long)events_maxlen);
     const char *keys[3] = {set, hash, events};
@@ -290,10 +292,9 @@ static int cmp_record(const void *a, const void *b)
 
 int mw_member_read_all(mw_redis_t *r, mw_member_record_t **out, size_t *n, int64_t *server_ms)
 {
-    char set[192];
-    snprintf(set, sizeof(set), "%sworkers", mw_redis_prefix(r));
-    const char *keys[1] = {set};
-    const char *args[1] = {mw_redis_prefix(r)};
+    char set[MW_KEY_MAX], hashes[MW_KEY_MAX];
+    const char *keys[1] = {mw_key(r, MW_KEY_WORKERS, set, sizeof(set))};
+    const char *args[1] = {mw_key_worker(r, "", hashes, sizeof(hashes))};
     redisReply *reply = NULL;
     *out = NULL;
     *n = 0;

@@ -2,21 +2,18 @@
 #include "planstore.h"
 
 #include "err.h"
+#include "keys.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-void mw_planstore_channel(mw_redis_t *r, char *buf, size_t size)
-{
-    snprintf(buf, size, "%splan:notify", mw_redis_prefix(r));
-}
-
 int mw_planstore_version(mw_redis_t *r, int64_t *epoch, int64_t *version)
 {
+    char key[MW_KEY_MAX];
     redisReply *reply = NULL;
     *epoch = *version = 0;
-    int rc = mw_redis_cmd(r, &reply, "GET %splan:version", mw_redis_prefix(r));
+    int rc = mw_redis_cmd(r, &reply, "GET %s", mw_key(r, MW_KEY_PLAN_VERSION, key, sizeof(key)));
     if (rc != MW_OK)
         return rc;
     if (reply->type == REDIS_REPLY_STRING) {
@@ -32,9 +29,10 @@ int mw_planstore_version(mw_redis_t *r, int64_t *epoch, int64_t *version)
 
 int mw_planstore_read(mw_redis_t *r, mw_plan_t **out, char *errstr, size_t errstr_size)
 {
+    char key[MW_KEY_MAX];
     redisReply *reply = NULL;
     *out = NULL;
-    int rc = mw_redis_cmd(r, &reply, "GET %splan", mw_redis_prefix(r));
+    int rc = mw_redis_cmd(r, &reply, "GET %s", mw_key(r, MW_KEY_PLAN, key, sizeof(key)));
     if (rc != MW_OK)
         return mw_errf(rc, errstr, errstr_size, "%s", mw_redis_errstr(r));
     if (reply->type == REDIS_REPLY_STRING)

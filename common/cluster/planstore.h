@@ -16,7 +16,4 @@ int mw_planstore_version(mw_redis_t *r, int64_t *epoch, int64_t *version);
  * a malformed plan returns MW_EINVAL with the decoder's message. Caller frees *out. */
 int mw_planstore_read(mw_redis_t *r, mw_plan_t **out, char *errstr, size_t errstr_size);
 
-/* The pub/sub channel of plan notices ("mw:{cluster}:plan:notify") into buf. */
-void mw_planstore_channel(mw_redis_t *r, char *buf, size_t size);
-
 #endif

@@ -4,6 +4,7 @@
 
 #include "err.h"
 #include "cluster/events.h"
+#include "cluster/keys.h"
 #include "cluster/membership.h"
 #include "cluster/plan_doc.h"
 #include "cluster/planstore.h"
@@ -54,26 +55,28 @@ static void snapshot_free(snapshot_t *s)
 static int take_snapshot(mw_redis_t *r, size_t nevents, snapshot_t *s)
 {
     memset(s, 0, sizeof(*s));
-    const char *p = mw_redis_prefix(r);
+    char coord[MW_KEY_MAX], key[MW_KEY_MAX];
+    mw_key(r, MW_KEY_COORDINATOR, coord, sizeof(coord));
     redisReply *reply = NULL;
     int rc = mw_member_read_all(r, &s->workers, &s->nworkers, &s->now_ms);
     if (rc != MW_OK)
         return rc;
-    if (mw_redis_cmd(r, &reply, "GET %scoordinator", p) == MW_OK) {
+    if (mw_redis_cmd(r, &reply, "GET %s", coord) == MW_OK) {
         if (reply->type == REDIS_REPLY_STRING)
             snprintf(s->leader, sizeof(s->leader), "%s", reply->str);
         freeReplyObject(reply);
     }
-    if (mw_redis_cmd(r, &reply, "PTTL %scoordinator", p) == MW_OK) {
+    if (mw_redis_cmd(r, &reply, "PTTL %s", coord) == MW_OK) {
         s->leader_ttl_ms = reply->integer;
         freeReplyObject(reply);
     }
-    if (mw_redis_cmd(r, &reply, "GET %sepoch", p) == MW_OK) {
+    if (mw_redis_cmd(r, &reply, "GET %s", mw_key(r, MW_KEY_EPOCH, key, sizeof(key))) == MW_OK) {
         if (reply->type == REDIS_REPLY_STRING)
             s->epoch = strtoll(reply->str, NULL, 10);
         freeReplyObject(reply);
     }
-    if (mw_redis_cmd(r, &reply, "ZRANGE %scoordinators 0 -1 WITHSCORES", p) == MW_OK) {
+    if (mw_redis_cmd(r, &reply, "ZRANGE %s 0 -1 WITHSCORES",
+                     mw_key(r, MW_KEY_COORDINATORS, key, sizeof(key))) == MW_OK) {
         size_t n = reply->type == REDIS_REPLY_ARRAY ? reply->elements / 2 : 0;
         s->coords = calloc(n + 1, sizeof(*s->coords));
         s->coord_seen = calloc(n + 1, sizeof(*s->coord_seen));

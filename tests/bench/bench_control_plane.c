@@ -5,6 +5,7 @@
 #include "clock.h"
 #include "err.h"
 #include "harness.h"
+#include "cluster/keys.h"
 #include "cluster/membership.h"
 #include "cluster/pipeline.h"
 #include "coordinator/plan.h"
@@ -304,10 +305,11 @@ static int plan_has(mw_redis_t *r, const char *id)
 /* 1 when worker id's hash says ready with every world of its plan up. */
 static int worlds_ready(mw_redis_t *r, const char *id)
 {
+    char key[MW_KEY_MAX];
     redisReply *rep = NULL;
     int ok = 0;
-    if (mw_redis_cmd(r, &rep, "HMGET %sworker:%s state worlds_up worlds_total", mw_redis_prefix(r),
-                     id) == MW_OK &&
+    if (mw_redis_cmd(r, &rep, "HMGET %s state worlds_up worlds_total",
+                     mw_key_worker(r, id, key, sizeof(key))) == MW_OK &&
         rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
         rep->element[0]->type == REDIS_REPLY_STRING &&
         rep->element[1]->type == REDIS_REPLY_STRING &&

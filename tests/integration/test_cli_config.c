@@ -38,7 +38,7 @@ static void assert_nothing_started(void)
     mw_redis_t *r = mw_redis_new(&cfg, 0, err, sizeof(err));
     assert_non_null(r);
     redisReply *reply = NULL;
-    assert_int_equal(mw_redis_cmd(r, &reply, "KEYS mw:%s:*", mwt_prefix()), MW_OK);
+    assert_int_equal(mw_redis_cmd(r, &reply, "KEYS %s*", mw_redis_prefix(r)), MW_OK);
     assert_int_equal(reply->elements, 0);
     freeReplyObject(reply);
     mw_redis_destroy(r);

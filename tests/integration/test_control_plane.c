@@ -3,6 +3,7 @@
 #include "clock.h"
 #include "err.h"
 #include "cluster/events.h"
+#include "cluster/keys.h"
 #include "harness.h"
 #include "coordinator/lease.h"
 #include "cluster/membership.h"
@@ -38,16 +39,6 @@ typedef struct cluster {
     pid_t pids[MAX_PIDS];
     int npids;
 } cluster_t;
-
-static int64_t scale(int64_t ms)
-{
-    const char *s = getenv("MW_TEST_TIMEOUT_SCALE");
-    int64_t k = s ? atoll(s) : 1;
-    const char *b = getenv("MW_BUILD");
-    if (s == NULL && b != NULL && strstr(b, "san") != NULL)
-        k = 3;
-    return ms * (k > 0 ? k : 1);
-}
 
 /* The test's cluster, so that the teardown kills its processes when an assertion
  * jumps out of the test. */
@@ -168,11 +159,12 @@ static int plan_lacks(cluster_t *c, const char *id)
     return ok;
 }
 
-static int64_t get_int(cluster_t *c, const char *key)
+static int64_t get_int(cluster_t *c, mw_key_t key)
 {
+    char name[MW_KEY_MAX];
     redisReply *reply = NULL;
     int64_t v = -1;
-    if (mw_redis_cmd(c->r, &reply, "GET %s%s", mw_redis_prefix(c->r), key) == MW_OK) {
+    if (mw_redis_cmd(c->r, &reply, "GET %s", mw_key(c->r, key, name, sizeof(name))) == MW_OK) {
         if (reply->type == REDIS_REPLY_STRING)
             v = strtoll(reply->str, NULL, 10);
         freeReplyObject(reply);
@@ -182,9 +174,11 @@ static int64_t get_int(cluster_t *c, const char *key)
 
 static void get_leader(cluster_t *c, char *buf, size_t size)
 {
+    char key[MW_KEY_MAX];
     redisReply *reply = NULL;
     buf[0] = '\0';
-    if (mw_redis_cmd(c->r, &reply, "GET %scoordinator", mw_redis_prefix(c->r)) == MW_OK) {
+    if (mw_redis_cmd(c->r, &reply, "GET %s", mw_key(c->r, MW_KEY_COORDINATOR, key, sizeof(key))) ==
+        MW_OK) {
         if (reply->type == REDIS_REPLY_STRING)
             snprintf(buf, size, "%s", reply->str);
         freeReplyObject(reply);
@@ -264,11 +258,11 @@ static void workers_join_and_leave_visible_in_plan_and_status(void **state)
     worker(c, "a1", "1");
     pid_t x = worker(c, "x", "auto");
     const char *all[] = {"a0", "a1", "x", NULL};
-    assert_true(mwt_wait_for(plan_is(c, all), scale(10000)));
+    assert_true(mwt_wait_for(plan_is(c, all), mwt_scaled(10000)));
     /* Each reports ready in its next heartbeat after applying the plan that
      * places it: x may be placed (and ready) one plan before a0. */
-    assert_true(mwt_wait_for(status_shows(c, "x", "ready"), scale(5000)));
-    assert_true(mwt_wait_for(status_shows(c, "a0", "ready"), scale(5000)));
+    assert_true(mwt_wait_for(status_shows(c, "x", "ready"), mwt_scaled(5000)));
+    assert_true(mwt_wait_for(status_shows(c, "a0", "ready"), mwt_scaled(5000)));
 
     cJSON *st = status_json(c);
     assert_non_null(st);
@@ -278,12 +272,12 @@ static void workers_join_and_leave_visible_in_plan_and_status(void **state)
     cJSON_Delete(st);
 
     kill(x, SIGTERM);
-    int status = mwt_wait_exit(x, scale(10000));
+    int status = mwt_wait_exit(x, mwt_scaled(10000));
     forget(c, x);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     const char *two[] = {"a0", "a1", NULL};
-    assert_true(mwt_wait_for(plan_is(c, two), scale(5000)));
-    assert_true(mwt_wait_for(status_shows(c, "x", NULL), scale(5000)));
+    assert_true(mwt_wait_for(plan_is(c, two), mwt_scaled(5000)));
+    assert_true(mwt_wait_for(status_shows(c, "x", NULL), mwt_scaled(5000)));
     cluster_destroy(c);
 }
 
@@ -297,7 +291,7 @@ static void kill9_worker_leaves_plan_within_ttl_and_other_worlds_keep_identity(v
     worker(c, "l1", "1");
     pid_t victim = worker(c, "l2", "1");
     const char *all[] = {"o1", "o2", "l1", "l2", NULL};
-    assert_true(mwt_wait_for(plan_is(c, all), scale(10000)));
+    assert_true(mwt_wait_for(plan_is(c, all), mwt_scaled(10000)));
     mw_plan_t *before = plan_now(c);
     assert_int_equal(before->nworlds, 4); /* full mesh at fanout 4 */
 
@@ -305,11 +299,11 @@ static void kill9_worker_leaves_plan_within_ttl_and_other_worlds_keep_identity(v
     kill(victim, SIGKILL);
     mwt_wait_exit(victim, 5000);
     forget(c, victim);
-    assert_true(mwt_wait_for(plan_lacks(c, "l2"), scale(TTL_MS + 3000)));
+    assert_true(mwt_wait_for(plan_lacks(c, "l2"), mwt_scaled(TTL_MS + 3000)));
     int64_t took = mw_now_ms() - t0;
     print_message("kill -9 -> plan without the worker: %lld ms (ttl %d, loop %d)\n",
                   (long long)took, TTL_MS, LOOP_MS);
-    assert_true(took <= scale(TTL_MS + HB_MS + 2 * LOOP_MS + 400));
+    assert_true(took <= mwt_scaled(TTL_MS + HB_MS + 2 * LOOP_MS + 400));
     assert_true(has_event(c, "expire", "l2", NULL));
 
     mw_plan_t *after = plan_now(c);
@@ -329,7 +323,7 @@ static void kill9_worker_leaves_plan_within_ttl_and_other_worlds_keep_identity(v
     assert_int_equal(kept, 2);
     assert_int_equal(after->nworlds, 2);
     /* the survivors applied the new plan */
-    assert_true(mwt_wait_for(status_shows(c, "o1", "ready"), scale(3000)));
+    assert_true(mwt_wait_for(status_shows(c, "o1", "ready"), mwt_scaled(3000)));
     mw_plan_destroy(before);
     mw_plan_destroy(after);
     cluster_destroy(c);
@@ -344,16 +338,16 @@ static void two_coordinators_elect_one_and_standby_takes_over_after_kill9(void *
     worker(c, "a0", "0");
     worker(c, "a1", "1");
     const char *all[] = {"a0", "a1", NULL};
-    assert_true(mwt_wait_for(plan_is(c, all), scale(10000)));
+    assert_true(mwt_wait_for(plan_is(c, all), mwt_scaled(10000)));
     char leader[64], now[64];
     get_leader(c, leader, sizeof(leader));
-    int64_t epoch = get_int(c, "epoch");
+    int64_t epoch = get_int(c, MW_KEY_EPOCH);
     assert_true(leader[0] != '\0');
     /* the second one stands by: the leader and epoch do not move */
     mwt_sleep_ms(3 * LOOP_MS);
     get_leader(c, now, sizeof(now));
     assert_string_equal(now, leader);
-    assert_int_equal(get_int(c, "epoch"), epoch);
+    assert_int_equal(get_int(c, MW_KEY_EPOCH), epoch);
 
     pid_t lp = id_pid(leader);
     assert_true(lp > 0);
@@ -362,16 +356,16 @@ static void two_coordinators_elect_one_and_standby_takes_over_after_kill9(void *
     mwt_wait_exit(lp, 5000);
     forget(c, lp);
     assert_true(mwt_wait_for((get_leader(c, now, sizeof(now)), now[0] && strcmp(now, leader) != 0),
-                             scale(LEASE_MS + 3000)));
+                             mwt_scaled(LEASE_MS + 3000)));
     int64_t took = mw_now_ms() - t0;
     print_message("kill -9 of the leader -> standby leads: %lld ms (lease %d)\n", (long long)took,
                   LEASE_MS);
-    assert_true(took <= scale(LEASE_MS + LOOP_MS + 400));
-    assert_int_equal(get_int(c, "epoch"), epoch + 1);
+    assert_true(took <= mwt_scaled(LEASE_MS + LOOP_MS + 400));
+    assert_int_equal(get_int(c, MW_KEY_EPOCH), epoch + 1);
     /* the new leader republishes under its epoch, keeping the worlds */
     mw_plan_t *p = NULL;
     assert_true(mwt_wait_for((mw_plan_destroy(p), p = plan_now(c), p && p->epoch == epoch + 1),
-                             scale(3000)));
+                             mwt_scaled(3000)));
     assert_non_null(mw_plan_find_world(p, "P.s0-a0--s1-a1"));
     mw_plan_destroy(p);
     cluster_destroy(c);
@@ -383,27 +377,27 @@ static void stopped_leader_resumed_past_its_lease_cannot_publish_and_steps_down(
     cluster_t *c = cluster_new("fence");
     pid_t c1 = coordinator(c);
     char leader[64], now[64];
-    assert_true(mwt_wait_for((get_leader(c, leader, sizeof(leader)), leader[0]), scale(5000)));
+    assert_true(mwt_wait_for((get_leader(c, leader, sizeof(leader)), leader[0]), mwt_scaled(5000)));
     assert_int_equal(id_pid(leader), c1);
-    int64_t epoch = get_int(c, "epoch");
+    int64_t epoch = get_int(c, MW_KEY_EPOCH);
     coordinator(c);
     worker(c, "a0", "0");
     worker(c, "a1", "1");
     const char *all[] = {"a0", "a1", NULL};
-    assert_true(mwt_wait_for(plan_is(c, all), scale(10000)));
+    assert_true(mwt_wait_for(plan_is(c, all), mwt_scaled(10000)));
 
     kill(c1, SIGSTOP);
     assert_true(mwt_wait_for((get_leader(c, now, sizeof(now)), now[0] && strcmp(now, leader) != 0),
-                             scale(LEASE_MS + 3000)));
-    assert_int_equal(get_int(c, "epoch"), epoch + 1);
+                             mwt_scaled(LEASE_MS + 3000)));
+    assert_int_equal(get_int(c, MW_KEY_EPOCH), epoch + 1);
     worker(c, "b0", "0"); /* membership changes while the old leader sleeps */
     const char *three[] = {"a0", "a1", "b0", NULL};
-    assert_true(mwt_wait_for(plan_is(c, three), scale(5000)));
+    assert_true(mwt_wait_for(plan_is(c, three), mwt_scaled(5000)));
 
     kill(c1, SIGCONT);
     char text[64];
     snprintf(text, sizeof(text), "epoch=%lld", (long long)epoch);
-    assert_true(mwt_wait_for(has_event(c, "stepdown", NULL, text), scale(3000)));
+    assert_true(mwt_wait_for(has_event(c, "stepdown", NULL, text), mwt_scaled(3000)));
     mwt_sleep_ms(3 * LOOP_MS);
     get_leader(c, leader, sizeof(leader));
     assert_string_equal(leader, now); /* the resumed one did not take anything back */
@@ -453,14 +447,14 @@ static void redis_restart_reconnects_everyone_and_plan_converges(void **state)
     pid_t w0 = worker(c, "a0", "0");
     pid_t w1 = worker(c, "a1", "1");
     const char *two[] = {"a0", "a1", NULL};
-    assert_true(mwt_wait_for(plan_is(c, two), scale(10000)));
+    assert_true(mwt_wait_for(plan_is(c, two), mwt_scaled(10000)));
     assert_int_equal(mwt_service("redis", "restart"), 0);
-    assert_true(mwt_wait_for(status_shows(c, "a0", "ready"), scale(10000)));
+    assert_true(mwt_wait_for(status_shows(c, "a0", "ready"), mwt_scaled(10000)));
     /* a worker started after the restart joins the same plan */
     worker(c, "a2", "1");
     const char *three[] = {"a0", "a1", "a2", NULL};
-    assert_true(mwt_wait_for(plan_is(c, three), scale(15000)));
-    assert_true(mwt_wait_for(status_shows(c, "a2", "ready"), scale(5000)));
+    assert_true(mwt_wait_for(plan_is(c, three), mwt_scaled(15000)));
+    assert_true(mwt_wait_for(status_shows(c, "a2", "ready"), mwt_scaled(5000)));
     assert_true(status_shows(c, "a0", "ready"));
     /* nobody was expired for the outage: the world between them kept its identity */
     assert_false(has_event(c, "expire", "a0", NULL));
@@ -481,24 +475,27 @@ static void sigterm_worker_drains_removes_its_keys_and_exits_0(void **state)
     cluster_t *c = cluster_new("drain");
     coordinator(c);
     pid_t w = worker(c, "d0", "0");
-    assert_true(mwt_wait_for(status_shows(c, "d0", "ready"), scale(10000)));
+    assert_true(mwt_wait_for(status_shows(c, "d0", "ready"), mwt_scaled(10000)));
     kill(w, SIGTERM);
-    int status = mwt_wait_exit(w, scale(10000));
+    int status = mwt_wait_exit(w, mwt_scaled(10000));
     forget(c, w);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
+    char key[MW_KEY_MAX];
     redisReply *reply = NULL;
-    assert_int_equal(mw_redis_cmd(c->r, &reply, "EXISTS %sworker:d0", mw_redis_prefix(c->r)),
-                     MW_OK);
+    assert_int_equal(
+        mw_redis_cmd(c->r, &reply, "EXISTS %s", mw_key_worker(c->r, "d0", key, sizeof(key))),
+        MW_OK);
     assert_int_equal(reply->integer, 0);
     freeReplyObject(reply);
-    assert_int_equal(mw_redis_cmd(c->r, &reply, "ZSCORE %sworkers d0", mw_redis_prefix(c->r)),
-                     MW_OK);
+    assert_int_equal(
+        mw_redis_cmd(c->r, &reply, "ZSCORE %s d0", mw_key(c->r, MW_KEY_WORKERS, key, sizeof(key))),
+        MW_OK);
     assert_int_equal(reply->type, REDIS_REPLY_NIL);
     freeReplyObject(reply);
     assert_true(has_event(c, "drain", "d0", NULL));
     assert_true(has_event(c, "leave", "d0", NULL));
-    assert_true(mwt_wait_for(plan_lacks(c, "d0"), scale(3000)));
+    assert_true(mwt_wait_for(plan_lacks(c, "d0"), mwt_scaled(3000)));
     cluster_destroy(c);
 }
 
@@ -512,10 +509,10 @@ static void draining_worker_without_coordinator_leaves_within_a_second(void **st
     worker(c, "n0", "0");
     pid_t w = worker(c, "n1", "1");
     const char *both[] = {"n0", "n1", NULL};
-    assert_true(mwt_wait_for(plan_is(c, both), scale(10000)));
-    assert_true(mwt_wait_for(status_shows(c, "n1", "ready"), scale(5000)));
+    assert_true(mwt_wait_for(plan_is(c, both), mwt_scaled(10000)));
+    assert_true(mwt_wait_for(status_shows(c, "n1", "ready"), mwt_scaled(5000)));
     kill(coord, SIGTERM); /* releases the lease */
-    assert_true(WIFEXITED(mwt_wait_exit(coord, scale(5000))));
+    assert_true(WIFEXITED(mwt_wait_exit(coord, mwt_scaled(5000))));
     forget(c, coord);
     char leader[64];
     get_leader(c, leader, sizeof(leader));
@@ -523,7 +520,7 @@ static void draining_worker_without_coordinator_leaves_within_a_second(void **st
 
     int64_t t0 = mw_now_ms();
     kill(w, SIGTERM);
-    int status = mwt_wait_exit(w, scale(1000));
+    int status = mwt_wait_exit(w, mwt_scaled(1000));
     int64_t took = mw_now_ms() - t0;
     print_message("drained and left in %lld ms\n", (long long)took);
     if (status == -1)
@@ -545,22 +542,30 @@ static void bad_hashes_unknown_pipelines_and_malformed_plans_are_reported_not_fa
     pid_t good = worker(c, "g0", "0");
     const char *extra[] = {"--id=lost", "--stage=0", "--pipeline=Nope", NULL};
     spawn(c, "mw-worker", extra);
-    const char *p = mw_redis_prefix(c->r);
+    char key[MW_KEY_MAX];
     /* a hash someone else wrote, with a bad stage */
-    assert_int_equal(
-        mw_redis_cmd(c->r, NULL, "HSET %sworker:junk pipeline P stage sideways device cpu", p),
-        MW_OK);
-    assert_int_equal(mw_redis_cmd(c->r, NULL, "ZADD %sworkers 99999999999999 junk", p), MW_OK);
+    assert_int_equal(mw_redis_cmd(c->r, NULL, "HSET %s pipeline P stage sideways device cpu",
+                                  mw_key_worker(c->r, "junk", key, sizeof(key))),
+                     MW_OK);
+    assert_int_equal(mw_redis_cmd(c->r, NULL, "ZADD %s 99999999999999 junk",
+                                  mw_key(c->r, MW_KEY_WORKERS, key, sizeof(key))),
+                     MW_OK);
     assert_true(
-        mwt_wait_for(has_event(c, "reject", "lost", "unknown pipeline 'Nope'"), scale(5000)));
-    assert_true(mwt_wait_for(has_event(c, "reject", "junk", "stage"), scale(5000)));
-    assert_true(mwt_wait_for(status_shows(c, "g0", "ready"), scale(5000)));
+        mwt_wait_for(has_event(c, "reject", "lost", "unknown pipeline 'Nope'"), mwt_scaled(5000)));
+    assert_true(mwt_wait_for(has_event(c, "reject", "junk", "stage"), mwt_scaled(5000)));
+    assert_true(mwt_wait_for(status_shows(c, "g0", "ready"), mwt_scaled(5000)));
 
     /* a malformed plan: workers report it and keep running */
-    assert_int_equal(mw_redis_cmd(c->r, NULL, "SET %splan {\"epoch\":99", p), MW_OK);
-    assert_int_equal(mw_redis_cmd(c->r, NULL, "SET %splan:version 99:1", p), MW_OK);
-    assert_int_equal(mw_redis_cmd(c->r, NULL, "PUBLISH %splan:notify 99:1", p), MW_OK);
-    assert_true(mwt_wait_for(has_event(c, "bad_plan", "g0", "not valid JSON"), scale(5000)));
+    assert_int_equal(mw_redis_cmd(c->r, NULL, "SET %s {\"epoch\":99",
+                                  mw_key(c->r, MW_KEY_PLAN, key, sizeof(key))),
+                     MW_OK);
+    assert_int_equal(mw_redis_cmd(c->r, NULL, "SET %s 99:1",
+                                  mw_key(c->r, MW_KEY_PLAN_VERSION, key, sizeof(key))),
+                     MW_OK);
+    assert_int_equal(mw_redis_cmd(c->r, NULL, "PUBLISH %s 99:1",
+                                  mw_key(c->r, MW_KEY_PLAN_NOTIFY, key, sizeof(key))),
+                     MW_OK);
+    assert_true(mwt_wait_for(has_event(c, "bad_plan", "g0", "not valid JSON"), mwt_scaled(5000)));
     assert_int_equal(waitpid(good, NULL, WNOHANG), 0);
     assert_int_equal(waitpid(coord, NULL, WNOHANG), 0);
     cluster_destroy(c);

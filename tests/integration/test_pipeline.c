@@ -27,22 +27,6 @@ static void start_workers(mwt_pipeline_t *p, int per_stage)
     }
 }
 
-/* Every request has exactly one committed result and it equals the reference. */
-static void check_exactly_once(mwt_tally_t *t, int n, int (*bad)(int i))
-{
-    int missing = 0, dup = 0, mismatch = 0, wrong_status = 0;
-    for (int i = 0; i < n; i++) {
-        missing += t->count[i] == 0;
-        dup += t->count[i] > 1;
-        mismatch += t->mismatch[i] > 0;
-        wrong_status += (bad != NULL && bad(i)) ? t->errors[i] != t->count[i] : t->errors[i] > 0;
-    }
-    if (missing || dup || mismatch || wrong_status || t->foreign)
-        fail_msg("results: %d missing, %d duplicated, %d differ from the reference, %d with the "
-                 "wrong status, %d foreign (of %d requests, %d records)",
-                 missing, dup, mismatch, wrong_status, t->foreign, n, t->total);
-}
-
 static void pipeline_3x2_answers_each_request_exactly_once_bit_exact(void **state)
 {
     const int n = 5000;
@@ -76,8 +60,7 @@ static void pipeline_3x2_answers_each_request_exactly_once_bit_exact(void **stat
     mw_redis_destroy(r);
     /* Stop serving (drain: commit what is done), then read every committed record. */
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
-    mwt_pipeline_read(p, "results", &t, n, expected, -1, mwt_scaled(20000));
-    check_exactly_once(&t, n, NULL);
+    mwt_pipeline_check_exactly_once(p, &t, n, expected, NULL, NULL);
 
     mwt_tally_fini(&t);
     free(expected);
@@ -104,9 +87,8 @@ static void malformed_requests_get_one_error_result_and_one_dlq_copy(void **stat
         nbad += one_in_ten(i);
     assert_int_equal(mwt_pipeline_read(p, "dlq", &dlq, n, NULL, nbad, mwt_scaled(30000)), nbad);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
-    mwt_pipeline_read(p, "results", &t, n, expected, -1, mwt_scaled(20000));
     mwt_pipeline_read(p, "dlq", &dlq, n, NULL, -1, mwt_scaled(20000));
-    check_exactly_once(&t, n, one_in_ten);
+    mwt_pipeline_check_exactly_once(p, &t, n, expected, one_in_ten, NULL);
     for (int i = 0; i < n; i++)
         if (dlq.count[i] != one_in_ten(i))
             fail_msg("request %d: %d DLQ copies, want %d", i, dlq.count[i], one_in_ten(i));
@@ -130,9 +112,8 @@ static void at_least_once_delivery_answers_every_request(void **state)
     mwt_tally_t t = {0};
     assert_int_equal(mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(60000)), n);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
-    mwt_pipeline_read(p, "results", &t, n, expected, -1, mwt_scaled(20000));
     /* Without failures nothing is produced twice, even without transactions. */
-    check_exactly_once(&t, n, NULL);
+    mwt_pipeline_check_exactly_once(p, &t, n, expected, NULL, NULL);
 
     mwt_tally_fini(&t);
     free(expected);

@@ -6,6 +6,7 @@
 #include "clock.h"
 #include "err.h"
 #include "cluster/events.h"
+#include "cluster/keys.h"
 #include "harness.h"
 #include "mwt_pipeline.h"
 #include "cluster/plan_doc.h"
@@ -68,26 +69,13 @@ static int teardown(void **state)
     return 0;
 }
 
-/* An integer field of worker:{id}, or -1. */
-static int64_t worker_field(fixture_t *f, const char *id, const char *field)
-{
-    redisReply *reply = NULL;
-    int64_t v = -1;
-    if (mw_redis_cmd(f->r, &reply, "HGET %sworker:%s %s", mw_redis_prefix(f->r), id, field) ==
-            MW_OK &&
-        reply->type == REDIS_REPLY_STRING)
-        v = atoll(reply->str);
-    if (reply != NULL)
-        freeReplyObject(reply);
-    return v;
-}
-
 /* A string key of the cluster into buf ("" when absent). */
-static void cluster_get(fixture_t *f, const char *key, char *buf, size_t size)
+static void cluster_get(fixture_t *f, mw_key_t key, char *buf, size_t size)
 {
+    char name[MW_KEY_MAX];
     redisReply *reply = NULL;
     buf[0] = '\0';
-    if (mw_redis_cmd(f->r, &reply, "GET %s%s", mw_redis_prefix(f->r), key) == MW_OK &&
+    if (mw_redis_cmd(f->r, &reply, "GET %s", mw_key(f->r, key, name, sizeof(name))) == MW_OK &&
         reply->type == REDIS_REPLY_STRING)
         snprintf(buf, size, "%s", reply->str);
     if (reply != NULL)
@@ -107,8 +95,8 @@ static int worker_serving(fixture_t *f, const char *id)
     for (size_t i = 0; i < plan->nworlds; i++)
         worlds += mw_plan_world_has(&plan->worlds[i], id, NULL);
     int ok = pw != NULL && !pw->draining && worlds > 0 &&
-             worker_field(f, id, "plan_version") == plan->version &&
-             worker_field(f, id, "worlds_up") == worlds;
+             mwt_worker_field(f->r, id, "plan_version") == plan->version &&
+             mwt_worker_field(f->r, id, "worlds_up") == worlds;
     mw_plan_destroy(plan);
     return ok;
 }
@@ -134,35 +122,13 @@ static int pump_until(fixture_t *f, int *sent, int n, int want, int64_t timeout_
     return f->t.distinct >= want;
 }
 
-/* After the workers stopped: every request has exactly one committed result,
- * equal to the reference, none an error. Returns the largest attempt count. */
-static int64_t check_exactly_once(fixture_t *f, int n)
-{
-    mwt_tally_t *t = &f->t;
-    mwt_pipeline_read(f->p, "results", t, n, f->expected, -1, mwt_scaled(30000));
-    int missing = 0, dup = 0, mismatch = 0, errors = 0;
-    int64_t attempts = 0;
-    for (int i = 0; i < n; i++) {
-        missing += t->count[i] == 0;
-        dup += t->count[i] > 1;
-        mismatch += t->mismatch[i] > 0;
-        errors += t->errors[i] > 0;
-        if (t->attempts_max[i] > attempts)
-            attempts = t->attempts_max[i];
-    }
-    if (missing || dup || mismatch || errors || t->foreign)
-        fail_msg("results: %d missing, %d duplicated, %d differ from the reference, %d errors, "
-                 "%d foreign (of %d requests, %d records)",
-                 missing, dup, mismatch, errors, t->foreign, n, t->total);
-    return attempts;
-}
-
 /* A counter of stats:{pipeline} (0 when absent). */
 static int64_t pipeline_stat(fixture_t *f, const char *field)
 {
+    char key[MW_KEY_MAX];
     redisReply *reply = NULL;
     int64_t v = 0;
-    if (mw_redis_cmd(f->r, &reply, "HGET %sstats:%s %s", mw_redis_prefix(f->r), f->p->name,
+    if (mw_redis_cmd(f->r, &reply, "HGET %s %s", mw_key_stats(f->r, f->p->name, key, sizeof(key)),
                      field) == MW_OK &&
         reply->type == REDIS_REPLY_STRING)
         v = atoll(reply->str);
@@ -227,7 +193,7 @@ static void sigstopped_mid_stage_worker_is_routed_around_then_rejoins(void **sta
                               mwt_scaled(1500) + mwt_scaled(2000)};
     for (int round = 0; round < 2; round++) {
         int first = sent;
-        int64_t processed_before = worker_field(f, "w1-0", "processed");
+        int64_t processed_before = mwt_worker_field(f->r, "w1-0", "processed");
         mwt_pipeline_signal(p, victim, SIGSTOP);
         int64_t until = mw_now_ms() + stops[round];
         while (mw_now_ms() < until)
@@ -261,23 +227,22 @@ static void sigstopped_mid_stage_worker_is_routed_around_then_rejoins(void **sta
             pump(f, &sent, n, 10, 50);
         assert_true(worker_serving(f, "w1-0"));
         int64_t rejoined = mw_now_ms() - t_cont;
-        int64_t base = worker_field(f, "w1-0", "processed");
+        int64_t base = mwt_worker_field(f->r, "w1-0", "processed");
         deadline = mw_now_ms() + mwt_scaled(30000);
-        while (worker_field(f, "w1-0", "processed") <= base && mw_now_ms() < deadline)
+        while (mwt_worker_field(f->r, "w1-0", "processed") <= base && mw_now_ms() < deadline)
             pump(f, &sent, n, 20, 50);
         print_message("stop %d: w1-0 serving again %lld ms after SIGCONT (processed %lld -> %lld "
                       "-> %lld)\n",
                       round, (long long)rejoined, (long long)processed_before, (long long)base,
-                      (long long)worker_field(f, "w1-0", "processed"));
-        assert_true(worker_field(f, "w1-0", "processed") > base);
+                      (long long)mwt_worker_field(f->r, "w1-0", "processed"));
+        assert_true(mwt_worker_field(f->r, "w1-0", "processed") > base);
     }
     assert_true(sent < n); /* the pace never ran out of requests */
     assert_int_equal(
         mwt_pipeline_read(p, "results", &f->t, n, f->expected, sent, mwt_scaled(60000)), sent);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
-    int64_t replayed = 0, attempts = check_exactly_once(f, sent);
-    for (int i = 0; i < sent; i++)
-        replayed += f->t.attempts_max[i] > 1;
+    int64_t attempts = 0;
+    int replayed = mwt_pipeline_check_exactly_once(p, &f->t, sent, f->expected, NULL, &attempts);
     /* The re-dispatches are visible to operators: events and counters. */
     print_message("%lld requests answered by a later attempt (up to %lld); replay events count "
                   "%lld, stats %lld\n",
@@ -362,7 +327,7 @@ static void worker_added_to_bottleneck_stage_raises_throughput(void **state)
     assert_int_equal(
         mwt_pipeline_read(f->p, "results", &f->t, n, f->expected, n, mwt_scaled(60000)), n);
     assert_int_equal(mwt_pipeline_stop_workers(f->p, mwt_scaled(20000)), 0);
-    check_exactly_once(f, n);
+    mwt_pipeline_check_exactly_once(f->p, &f->t, n, f->expected, NULL, NULL);
 }
 
 static void sigterm_under_load_drains_and_aborts_nothing(void **state)
@@ -375,7 +340,7 @@ static void sigterm_under_load_drains_and_aborts_nothing(void **state)
     assert_true(mwt_wait_for(worker_serving(f, "w1-0"), mwt_scaled(20000)));
     int sent = 0;
     assert_true(pump_until(f, &sent, n, 500, mwt_scaled(60000)));
-    assert_true(worker_field(f, "w1-0", "processed") > 0); /* it was carrying load */
+    assert_true(mwt_worker_field(f->r, "w1-0", "processed") > 0); /* it was carrying load */
     kill(-p->pids[victim], SIGTERM);
     int64_t t0 = mw_now_ms();
     int status = -1;
@@ -396,7 +361,9 @@ static void sigterm_under_load_drains_and_aborts_nothing(void **state)
                      n);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
     /* Drained, not aborted: no request needed a second attempt. */
-    assert_int_equal(check_exactly_once(f, n), 1);
+    int64_t attempts = 0;
+    mwt_pipeline_check_exactly_once(f->p, &f->t, n, f->expected, NULL, &attempts);
+    assert_int_equal(attempts, 1);
 }
 
 static void killed_coordinator_does_not_pause_serving_and_a_standby_takes_over(void **state)
@@ -406,8 +373,8 @@ static void killed_coordinator_does_not_pause_serving_and_a_standby_takes_over(v
     mwt_pipeline_t *p = f->p;
     char leader[128], now[128], epoch0[32], epoch1[32], pv[64];
     assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(30000)));
-    cluster_get(f, "coordinator", leader, sizeof(leader));
-    cluster_get(f, "epoch", epoch0, sizeof(epoch0));
+    cluster_get(f, MW_KEY_COORDINATOR, leader, sizeof(leader));
+    cluster_get(f, MW_KEY_EPOCH, epoch0, sizeof(epoch0));
     assert_true(leader[0] != '\0');
     mwt_pipeline_coordinator(p); /* the standby */
     int sent = 0;
@@ -430,7 +397,7 @@ static void killed_coordinator_does_not_pause_serving_and_a_standby_takes_over(v
             d = f->t.distinct;
         }
         if (took_over < 0) {
-            cluster_get(f, "coordinator", now, sizeof(now));
+            cluster_get(f, MW_KEY_COORDINATOR, now, sizeof(now));
             if (now[0] != '\0' && strcmp(now, leader) != 0)
                 took_over = t - t_kill;
         }
@@ -442,21 +409,21 @@ static void killed_coordinator_does_not_pause_serving_and_a_standby_takes_over(v
                   (long long)gap, (long long)took_over);
     assert_true(gap < mwt_scaled(750));
     /* The standby leads under a new epoch and publishes the plan under it. */
-    assert_true(mwt_wait_for((cluster_get(f, "coordinator", now, sizeof(now)),
+    assert_true(mwt_wait_for((cluster_get(f, MW_KEY_COORDINATOR, now, sizeof(now)),
                               now[0] != '\0' && strcmp(now, leader) != 0),
                              mwt_scaled(10000)));
-    cluster_get(f, "epoch", epoch1, sizeof(epoch1));
+    cluster_get(f, MW_KEY_EPOCH, epoch1, sizeof(epoch1));
     assert_true(atoll(epoch1) > atoll(epoch0));
-    assert_true(
-        mwt_wait_for((cluster_get(f, "plan:version", pv, sizeof(pv)), atoll(pv) == atoll(epoch1)),
-                     mwt_scaled(10000)));
+    assert_true(mwt_wait_for(
+        (cluster_get(f, MW_KEY_PLAN_VERSION, pv, sizeof(pv)), atoll(pv) == atoll(epoch1)),
+        mwt_scaled(10000)));
 
     while (sent < n)
         pump(f, &sent, n, 50, 20);
     assert_int_equal(mwt_pipeline_read(p, "results", &f->t, n, f->expected, n, mwt_scaled(60000)),
                      n);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
-    check_exactly_once(f, n);
+    mwt_pipeline_check_exactly_once(f->p, &f->t, n, f->expected, NULL, NULL);
 }
 
 static void kafka_restart_mid_run_loses_and_duplicates_nothing(void **state)
@@ -478,7 +445,7 @@ static void kafka_restart_mid_run_loses_and_duplicates_nothing(void **state)
                   (long long)(mw_now_ms() - t0));
     assert_int_equal(got, n);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
-    check_exactly_once(f, n);
+    mwt_pipeline_check_exactly_once(f->p, &f->t, n, f->expected, NULL, NULL);
 }
 
 static int one_in_ten(int i)
@@ -499,19 +466,18 @@ static void data_plane_activity_reaches_stats_and_events(void **state)
     assert_true(pipeline_stat(f, "rows") >= 3 * (n - n / 10));
     assert_true(pipeline_stat(f, "processed") > 0);
     assert_true(pipeline_stat(f, "processed") <= pipeline_stat(f, "rows"));
-    assert_true(worker_field(f, "w1-0", "processed") > 0);
+    assert_true(mwt_worker_field(f->r, "w1-0", "processed") > 0);
+    char key[MW_KEY_MAX];
+    mw_key_worker_stats(f->r, "w0-0", key, sizeof(key));
     redisReply *reply = NULL;
-    assert_int_equal(
-        mw_redis_cmd(f->r, &reply, "HGET %sworker:w0-0:stats results", mw_redis_prefix(f->r)),
-        MW_OK);
+    assert_int_equal(mw_redis_cmd(f->r, &reply, "HGET %s results", key), MW_OK);
     assert_int_equal(reply->type, REDIS_REPLY_STRING);
     assert_int_equal(atoll(reply->str), n);
     freeReplyObject(reply);
     assert_true(mwt_wait_for(events_total(f, "dlq") == n / 10, mwt_scaled(10000)));
     /* A worker that leaves takes its stats key along. */
     assert_int_equal(mwt_pipeline_stop_workers(f->p, mwt_scaled(20000)), 0);
-    assert_int_equal(
-        mw_redis_cmd(f->r, &reply, "EXISTS %sworker:w0-0:stats", mw_redis_prefix(f->r)), MW_OK);
+    assert_int_equal(mw_redis_cmd(f->r, &reply, "EXISTS %s", key), MW_OK);
     assert_int_equal(reply->integer, 0);
     freeReplyObject(reply);
 }

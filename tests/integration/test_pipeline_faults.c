@@ -29,26 +29,6 @@ static void start_workers(mwt_pipeline_t *p, int per_stage)
     }
 }
 
-/* Reads every committed result after the workers stopped; returns requests
- * answered more than once by a later attempt (the replays). */
-static int check_exactly_once(mwt_pipeline_t *p, mwt_tally_t *t, int n, const float *expected)
-{
-    mwt_pipeline_read(p, "results", t, n, expected, -1, mwt_scaled(30000));
-    int missing = 0, dup = 0, mismatch = 0, errors = 0, replayed = 0;
-    for (int i = 0; i < n; i++) {
-        missing += t->count[i] == 0;
-        dup += t->count[i] > 1;
-        mismatch += t->mismatch[i] > 0;
-        errors += t->errors[i] > 0;
-        replayed += t->attempts_max[i] > 1;
-    }
-    if (missing || dup || mismatch || errors || t->foreign)
-        fail_msg("results: %d missing, %d duplicated, %d differ from the reference, %d errors, "
-                 "%d foreign (of %d requests, %d records)",
-                 missing, dup, mismatch, errors, t->foreign, n, t->total);
-    return replayed;
-}
-
 static void killed_origin_loses_and_duplicates_nothing(void **state)
 {
     const int n = 3000;
@@ -70,7 +50,7 @@ static void killed_origin_loses_and_duplicates_nothing(void **state)
                   (long long)(mw_now_ms() - t0));
     assert_int_equal(got, n);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
-    int replayed = check_exactly_once(p, &t, n, expected);
+    int replayed = mwt_pipeline_check_exactly_once(p, &t, n, expected, NULL, NULL);
     print_message("%d requests answered by a later attempt\n", replayed);
 
     mwt_tally_fini(&t);
@@ -116,7 +96,7 @@ static void chaos_kill_every_2s_keeps_exactly_once(void **state)
     print_message("%d kills; %d/%d answered\n", kills, got, n);
     assert_int_equal(got, n);
     assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
-    int replayed = check_exactly_once(p, &t, n, expected);
+    int replayed = mwt_pipeline_check_exactly_once(p, &t, n, expected, NULL, NULL);
     print_message("replays: %d of %d requests answered by attempt > 1\n", replayed, n);
 
     mwt_tally_fini(&t);

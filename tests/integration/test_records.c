@@ -23,15 +23,6 @@
 
 #define MAX_MSGS 256
 
-static int64_t scale(void)
-{
-    const char *s = getenv("MW_TEST_TIMEOUT_SCALE");
-    const char *b = getenv("MW_BUILD");
-    if (s != NULL && atoi(s) > 0)
-        return atoi(s);
-    return b != NULL && strstr(b, "san") != NULL ? 3 : 1;
-}
-
 static const char *bootstrap(void)
 {
     return getenv("MWTEST_KAFKA_BOOTSTRAP");
@@ -106,7 +97,7 @@ static rd_kafka_t *consumer_from_beginning(const char *topic, int partitions)
 static int consume(rd_kafka_t *rk, rd_kafka_message_t **msgs, int n, int64_t timeout_ms)
 {
     int got = 0;
-    int64_t deadline = mw_now_ms() + timeout_ms * scale();
+    int64_t deadline = mw_now_ms() + mwt_scaled(timeout_ms);
     while (got < n && mw_now_ms() < deadline) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
         if (m == NULL)
@@ -288,7 +279,7 @@ static void kcat_malformed_requests_are_rejected_and_copied_to_the_dlq(void **st
                          MW_OK);
         mw_record_fini(&rec);
     }
-    assert_int_equal(rd_kafka_flush(producer, 30000 * scale()), RD_KAFKA_RESP_ERR_NO_ERROR);
+    assert_int_equal(rd_kafka_flush(producer, mwt_scaled(30000)), RD_KAFKA_RESP_ERR_NO_ERROR);
 
     /* The DLQ holds each original record with its headers plus the reason. */
     rd_kafka_t *dc = consumer_from_beginning(dlq, 1);
@@ -420,7 +411,7 @@ static void mwctl_submit_wait_reports_client_and_in_pipeline_latency(void **stat
     snprintf(cmd, sizeof(cmd),
              "exec %s --kafka.bootstrap.servers=%s submit --pipeline %s --generate 5 --shape 1,4 "
              "--id-prefix w- --wait --timeout-s %d >%s 2>&1",
-             mwt_bin("mwctl"), bootstrap(), p, (int)(60 * scale()), outfile);
+             mwt_bin("mwctl"), bootstrap(), p, (int)mwt_scaled(60), outfile);
     char *const argv[] = {"/bin/sh", "-c", cmd, NULL};
     pid_t pid = mwt_spawn(argv);
     assert_true(pid > 0);
@@ -456,8 +447,8 @@ static void mwctl_submit_wait_reports_client_and_in_pipeline_latency(void **stat
         mw_record_fini(&rec);
         mw_request_fini(&req);
     }
-    assert_int_equal(rd_kafka_flush(producer, 30000 * scale()), RD_KAFKA_RESP_ERR_NO_ERROR);
-    int st = mwt_wait_exit(pid, 90000 * scale());
+    assert_int_equal(rd_kafka_flush(producer, mwt_scaled(30000)), RD_KAFKA_RESP_ERR_NO_ERROR);
+    int st = mwt_wait_exit(pid, mwt_scaled(90000));
     assert_true(st != -1);
     char out[4096] = "";
     FILE *f = fopen(outfile, "r");

@@ -11,10 +11,10 @@
 
 #include <cmocka.h>
 
-#define TIMEOUT_MS (1500 * wt_scale())
-#define SLACK_MS   (300 * wt_scale()) /* the watchdog's tick plus scheduling noise */
-#define JOIN_MS    (30000 * wt_scale())
-#define OP_MS      (60000 * wt_scale())
+#define TIMEOUT_MS mwt_scaled(1500)
+#define SLACK_MS   mwt_scaled(300) /* the watchdog's tick plus scheduling noise */
+#define JOIN_MS    mwt_scaled(30000)
+#define OP_MS      mwt_scaled(60000)
 #define AB_BYTES   (256u << 10)
 #define AC_BYTES   (16u << 20)
 #define MAX_ACKS   200000
@@ -383,7 +383,7 @@ static void new_world_joins_while_another_is_saturated(void **state)
            "longest gap %lld ms\n",
            (long long)(t_ready - t0), (long long)(t1 - t_ready), inside, (long long)gap);
     assert_true(inside >= 1);
-    assert_true(gap < 500 * wt_scale());
+    assert_true(gap < mwt_scaled(500));
     free(buf);
     stream_finish(&s, ts, b);
     struct msg stop = {0, 0};

@@ -10,8 +10,8 @@
 
 #define NWORLDS 100
 #define NBYTES  4096
-#define JOIN_MS (30000 * wt_scale())
-#define OP_MS   (60000 * wt_scale())
+#define JOIN_MS mwt_scaled(30000)
+#define OP_MS   mwt_scaled(60000)
 
 static const char *world_name(int i)
 {

@@ -18,8 +18,8 @@
 
 #include <cmocka.h>
 
-#define JOIN_MS (30000 * wt_scale())
-#define OP_MS   (60000 * wt_scale())
+#define JOIN_MS mwt_scaled(30000)
+#define OP_MS   mwt_scaled(60000)
 
 static const size_t sizes[] = {1, 3, 64, 1000, 4096, 65537, 1u << 20, (8u << 20) + 5, 64u << 20};
 #define NSIZES (sizeof(sizes) / sizeof(sizes[0]))
@@ -333,7 +333,7 @@ static int try_hello(const char *addr, const char *name, int64_t epoch, const ui
     assert_int_equal(send(fd, frame, len, MSG_NOSIGNAL), (ssize_t)len);
     struct pollfd p = {.fd = fd, .events = POLLIN};
     int refused = 0;
-    if (poll(&p, 1, (int)(5000 * wt_scale())) == 1) {
+    if (poll(&p, 1, (int)mwt_scaled(5000)) == 1) {
         char b[64];
         ssize_t n = recv(fd, b, sizeof(b), 0);
         refused = n == 0 || (n < 0 && errno == ECONNRESET);
@@ -405,7 +405,7 @@ static void wrong_secret_connection_is_refused_and_world_unaffected(void **state
     assert_int_equal(mw_world_wait_ready(w, JOIN_MS, err, sizeof(err)), 0);
     /* the record is single-use: gone once the world is ready */
     assert_true(mwt_wait_for(mw_rdv_fetch(r, name, 1, text, sizeof(text)) == MW_ENOTFOUND,
-                             5000 * wt_scale()));
+                             mwt_scaled(5000)));
     /* the right secret for a rank already present is refused too */
     assert_true(try_hello(rec.addr, name, 1, rec.secret, 0));
     assert_int_equal(mw_world_state(w), MW_WORLD_READY);
@@ -434,7 +434,7 @@ static void join_deadline_names_world_and_missing_ranks(void **state)
     mw_world_opts_t o = {.name = name, .epoch = 3, .size = 3, .rank = 0, .timeout_ms = 300};
     int64_t t0 = mw_now_ms();
     assert_int_equal(mw_world_join(ctx, &o, &w, err, sizeof(err)), 0);
-    assert_int_equal(mw_world_wait_ready(w, 10000 * wt_scale(), err, sizeof(err)), MW_ETIMEDOUT);
+    assert_int_equal(mw_world_wait_ready(w, mwt_scaled(10000), err, sizeof(err)), MW_ETIMEDOUT);
     assert_true(mw_now_ms() - t0 >= 300);
     assert_non_null(strstr(err, name));
     assert_non_null(strstr(err, "missing ranks 1,2"));
@@ -450,7 +450,7 @@ static void join_deadline_names_world_and_missing_ranks(void **state)
     const char *name2 = mwt_name("orphan");
     mw_world_opts_t o2 = {.name = name2, .epoch = 1, .size = 2, .rank = 1, .timeout_ms = 300};
     assert_int_equal(mw_world_join(ctx, &o2, &w, err, sizeof(err)), 0);
-    assert_int_equal(mw_world_wait_ready(w, 10000 * wt_scale(), err, sizeof(err)), MW_ETIMEDOUT);
+    assert_int_equal(mw_world_wait_ready(w, mwt_scaled(10000), err, sizeof(err)), MW_ETIMEDOUT);
     assert_non_null(strstr(err, name2));
     assert_non_null(strstr(err, "missing rank 0"));
     assert_non_null(strstr(err, "not published"));

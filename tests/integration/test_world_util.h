@@ -16,16 +16,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* Timeouts stretch under sanitizers (tests/run.sh: ×3 for *san* builds). */
-static inline int64_t wt_scale(void)
-{
-    const char *s = getenv("MW_TEST_TIMEOUT_SCALE");
-    if (s != NULL && atoi(s) > 0)
-        return atoi(s);
-    const char *b = getenv("MW_BUILD");
-    return b != NULL && strstr(b, "san") != NULL ? 3 : 1;
-}
-
 static inline uint64_t wt_mix(uint64_t x)
 {
     x += 0x9e3779b97f4a7c15ull;

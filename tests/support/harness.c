@@ -18,6 +18,15 @@ void mwt_sleep_ms(int64_t ms)
         ;
 }
 
+int64_t mwt_scaled(int64_t ms)
+{
+    const char *s = getenv("MW_TEST_TIMEOUT_SCALE");
+    if (s != NULL && atoll(s) > 0)
+        return ms * atoll(s);
+    const char *b = getenv("MW_BUILD");
+    return ms * (b != NULL && strstr(b, "san") != NULL ? 3 : 1);
+}
+
 static const char *env_or_die(const char *name)
 {
     const char *v = getenv(name);

@@ -11,6 +11,10 @@
 
 void mwt_sleep_ms(int64_t ms);
 
+/* ms stretched for slow builds: times MW_TEST_TIMEOUT_SCALE (tests/run.sh sets it),
+ * or, when that is unset, times 3 for sanitizer builds (MW_BUILD containing "san"). */
+int64_t mwt_scaled(int64_t ms);
+
 /* Evaluates cond until it is true or timeout_ms passes; yields 1 or 0. */
 #define mwt_wait_for(cond, timeout_ms)                                                             \
     __extension__({                                                                                \

@@ -4,17 +4,23 @@
 
 #include "err.h"
 #include "harness.h"
+#include "cluster/keys.h"
 #include "kafka.h"
 #include "model/model.h"
 #include "topics/record.h"
 #include "topics/topics.h"
 
+#include <setjmp.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <cmocka.h>
 
 #define IN_FEATURES  16
 #define HIDDEN       32
@@ -24,14 +30,6 @@ static void die(const char *what, const char *err)
 {
     fprintf(stderr, "mwt_pipeline: %s: %s\n", what, err);
     abort();
-}
-
-int64_t mwt_scaled(int64_t ms)
-{
-    const char *s = getenv("MW_TEST_TIMEOUT_SCALE");
-    const char *b = getenv("MW_BUILD");
-    int64_t k = s != NULL ? atoll(s) : (b != NULL && strstr(b, "san") != NULL ? 3 : 1);
-    return ms * (k > 0 ? k : 1);
 }
 
 static pid_t spawn(mwt_pipeline_t *p, const char *prog, const char *const *extra1,
@@ -184,9 +182,11 @@ int mwt_pipeline_stop_workers(mwt_pipeline_t *p, int64_t timeout_ms)
 
 long long mwt_worker_field(mw_redis_t *r, const char *id, const char *field)
 {
+    char key[MW_KEY_MAX];
     redisReply *rep = NULL;
     long long v = -1;
-    if (mw_redis_cmd(r, &rep, "HGET %sworker:%s %s", mw_redis_prefix(r), id, field) == MW_OK &&
+    if (mw_redis_cmd(r, &rep, "HGET %s %s", mw_key_worker(r, id, key, sizeof(key)), field) ==
+            MW_OK &&
         rep != NULL && rep->type == REDIS_REPLY_STRING)
         v = atoll(rep->str);
     if (rep != NULL)
@@ -443,4 +443,28 @@ void mwt_tally_fini(mwt_tally_t *t)
     free(t->first_offset);
     free(t->latency_us);
     memset(t, 0, sizeof(*t));
+}
+
+int mwt_pipeline_check_exactly_once(mwt_pipeline_t *p, mwt_tally_t *t, int n, const float *expected,
+                                    int (*bad)(int i), int64_t *attempts_max)
+{
+    mwt_pipeline_read(p, "results", t, n, expected, -1, mwt_scaled(30000));
+    int missing = 0, dup = 0, mismatch = 0, wrong_status = 0, replayed = 0;
+    int64_t attempts = 0;
+    for (int i = 0; i < n; i++) {
+        missing += t->count[i] == 0;
+        dup += t->count[i] > 1;
+        mismatch += t->mismatch[i] > 0;
+        wrong_status += (bad != NULL && bad(i)) ? t->errors[i] != t->count[i] : t->errors[i] > 0;
+        replayed += t->attempts_max[i] > 1;
+        if (t->attempts_max[i] > attempts)
+            attempts = t->attempts_max[i];
+    }
+    if (missing || dup || mismatch || wrong_status || t->foreign)
+        fail_msg("results: %d missing, %d duplicated, %d differ from the reference, %d with the "
+                 "wrong status, %d foreign (of %d requests, %d records)",
+                 missing, dup, mismatch, wrong_status, t->foreign, n, t->total);
+    if (attempts_max != NULL)
+        *attempts_max = attempts;
+    return replayed;
 }

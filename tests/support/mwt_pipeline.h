@@ -98,7 +98,13 @@ int mwt_pipeline_read(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int
                       const float *expected, int want_distinct, int64_t timeout_ms);
 void mwt_tally_fini(mwt_tally_t *t);
 
-/* Timeouts stretched for sanitizer builds (MW_TEST_TIMEOUT_SCALE, or 3 for *san* builds). */
-int64_t mwt_scaled(int64_t ms);
+/* After the workers stopped: reads the rest of <name>.results into t (to the end
+ * of every partition), then fails the test unless each request [0, n) has
+ * exactly one committed result, equal to expected, an error result exactly when
+ * bad(i) (bad NULL: none is bad), and t holds no foreign record. Returns the
+ * requests answered by a later attempt (mw-attempts > 1); *attempts_max, when
+ * not NULL, gets the largest attempt count. */
+int mwt_pipeline_check_exactly_once(mwt_pipeline_t *p, mwt_tally_t *t, int n, const float *expected,
+                                    int (*bad)(int i), int64_t *attempts_max);
 
 #endif

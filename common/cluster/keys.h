@@ -1,0 +1,39 @@
+/* Every Redis key and channel of a cluster (README "Redis keys"), built in one
+ * place from the prefix "mw:{cluster}:". The world rendezvous key
+ * (world:{name}:{epoch}) is built by world/rendezvous.c. */
+#ifndef MW_KEYS_H
+#define MW_KEYS_H
+
+#include "redis.h"
+
+#include <stddef.h>
+
+/* Room for any key below: a 67-byte prefix, "worker:", a worker id, ":stats". */
+#define MW_KEY_MAX 192
+
+/* The keys without a parameter. */
+typedef enum {
+    MW_KEY_WORKERS,      /* workers: sorted set, score = last heartbeat */
+    MW_KEY_COORDINATOR,  /* coordinator: the lease */
+    MW_KEY_EPOCH,        /* epoch: the fencing epoch */
+    MW_KEY_COORDINATORS, /* coordinators: sorted set, every coordinator seen */
+    MW_KEY_PLAN,         /* plan: the plan JSON */
+    MW_KEY_PLAN_VERSION, /* plan:version: "<epoch>:<version>" of plan */
+    MW_KEY_PLAN_NOTIFY,  /* plan:notify: pub/sub channel of plan notices */
+    MW_KEY_EVENTS,       /* events: stream */
+} mw_key_t;
+
+/* Writes key k of r's cluster into buf (size >= MW_KEY_MAX); returns buf. */
+const char *mw_key(const mw_redis_t *r, mw_key_t k, char *buf, size_t size);
+
+/* worker:{id}, the worker's hash. With id "" it is the prefix of every worker
+ * hash, which Lua scripts complete with an id. Returns buf. */
+const char *mw_key_worker(const mw_redis_t *r, const char *id, char *buf, size_t size);
+
+/* worker:{id}:stats, the worker's data-plane counters. Returns buf. */
+const char *mw_key_worker_stats(const mw_redis_t *r, const char *id, char *buf, size_t size);
+
+/* stats:{pipeline}, the pipeline's totals. Returns buf. */
+const char *mw_key_stats(const mw_redis_t *r, const char *pipeline, char *buf, size_t size);
+
+#endif
