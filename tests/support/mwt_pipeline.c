@@ -260,6 +260,26 @@ void mwt_request_input(int i, float *x)
     }
 }
 
+int mwt_request_rows(const mwt_pipeline_t *p, int i)
+{
+    return p->rows_max > 1 ? 1 + (int)(((unsigned)i * 2654435761u >> 7) % (unsigned)p->rows_max)
+                           : 1;
+}
+
+/* Request i's rows, stacked, into x (room for rows_max rows); returns the rows. */
+static int request_rows_input(const mwt_pipeline_t *p, int i, float *x)
+{
+    int rows = mwt_request_rows(p, i);
+    for (int r = 0; r < rows; r++)
+        mwt_request_input(i + r * MWT_ROW_STRIDE, x + (size_t)r * IN_FEATURES);
+    return rows;
+}
+
+static int rows_stride(const mwt_pipeline_t *p)
+{
+    return p->rows_max > 1 ? p->rows_max : 1;
+}
+
 static void produce(mwt_pipeline_t *p, const char *topic, const mw_record_t *rec)
 {
     char err[256];
@@ -277,13 +297,15 @@ static void produce(mwt_pipeline_t *p, const char *topic, const mw_record_t *rec
 void mwt_pipeline_submit(mwt_pipeline_t *p, int first, int n, int (*bad)(int i))
 {
     char topic[160], key[32], err[256];
-    float x[IN_FEATURES];
+    float *x = calloc((size_t)rows_stride(p) * IN_FEATURES, sizeof(float));
+    if (x == NULL)
+        die("submit", "out of memory");
     snprintf(topic, sizeof(topic), "%s.requests", p->name);
     for (int i = first; i < first + n; i++) {
         mw_record_t rec;
         mw_record_init(&rec);
         mwt_request_key(i, key, sizeof(key));
-        mwt_request_input(i, x);
+        int rows = request_rows_input(p, i, x);
         if (bad != NULL && bad(i)) {
             static const char *const dtypes[] = {NULL, "f99", "f32", "f32"};
             static const char *const shapes[] = {"1,16", "1,16", "1,16", "1,15"};
@@ -297,8 +319,10 @@ void mwt_pipeline_submit(mwt_pipeline_t *p, int first, int n, int (*bad)(int i))
                 mw_record_add_header(&rec, "mw-dtype", dtypes[kind], strlen(dtypes[kind]));
             mw_record_add_header(&rec, "mw-shape", shapes[kind], strlen(shapes[kind]));
         } else {
-            mw_tensor_desc_t desc = {.dtype = MW_DTYPE_F32, .ndim = 2, .shape = {1, IN_FEATURES}};
-            if (mw_request_encode(&rec, key, strlen(key), &desc, x, sizeof(x), 0, 0, err,
+            mw_tensor_desc_t desc = {
+                .dtype = MW_DTYPE_F32, .ndim = 2, .shape = {rows, IN_FEATURES}};
+            if (mw_request_encode(&rec, key, strlen(key), &desc, x,
+                                  (size_t)rows * IN_FEATURES * sizeof(float), 0, 0, err,
                                   sizeof(err)) != MW_OK)
                 die("encode", err);
         }
@@ -306,6 +330,7 @@ void mwt_pipeline_submit(mwt_pipeline_t *p, int first, int n, int (*bad)(int i))
         mw_record_fini(&rec);
         rd_kafka_poll(p->producer, 0);
     }
+    free(x);
     if (rd_kafka_flush(p->producer, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
         die("flush", "requests not delivered");
 }
@@ -315,19 +340,21 @@ float *mwt_pipeline_reference(mwt_pipeline_t *p, int n)
     char err[512];
     mw_model_t *m = NULL;
     mw_stage_t *st = NULL;
-    float x[IN_FEATURES];
-    float *y = calloc((size_t)n * OUT_FEATURES, sizeof(float));
+    size_t stride = (size_t)rows_stride(p);
+    float *x = calloc(stride * IN_FEATURES, sizeof(float));
+    float *y = calloc((size_t)n * stride * OUT_FEATURES, sizeof(float));
     mw_model_set_threads(1);
-    if (y == NULL || mw_model_open(p->model_path, &m, err, sizeof(err)) != MW_OK ||
-        mw_stage_new(m, 0, mw_model_num_layers(m), 1, -1, &st, err, sizeof(err)) != MW_OK)
+    if (x == NULL || y == NULL || mw_model_open(p->model_path, &m, err, sizeof(err)) != MW_OK ||
+        mw_stage_new(m, 0, mw_model_num_layers(m), (int)stride, -1, &st, err, sizeof(err)) != MW_OK)
         die("reference", err);
     for (int i = 0; i < n; i++) {
-        mwt_request_input(i, x);
-        if (mw_stage_forward(st, x, 1, y + (size_t)i * OUT_FEATURES) != MW_OK)
+        int rows = request_rows_input(p, i, x);
+        if (mw_stage_forward(st, x, rows, y + (size_t)i * stride * OUT_FEATURES) != MW_OK)
             die("reference", "forward failed");
     }
     mw_stage_destroy(st);
     mw_model_destroy(m);
+    free(x);
     return y;
 }
 
@@ -417,9 +444,12 @@ int mwt_pipeline_read(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int
                 t->mismatch[i]++;
             } else if (!res.ok) {
                 t->errors[i]++;
-            } else if (expected != NULL && (res.nbytes != (size_t)p->out_features * sizeof(float) ||
-                                            memcmp(res.data, expected + (size_t)i * p->out_features,
-                                                   res.nbytes) != 0)) {
+            } else if (expected != NULL &&
+                       (res.nbytes !=
+                            (size_t)mwt_request_rows(p, i) * p->out_features * sizeof(float) ||
+                        memcmp(res.data,
+                               expected + (size_t)i * (size_t)rows_stride(p) * p->out_features,
+                               res.nbytes) != 0)) {
                 t->mismatch[i]++;
             }
             if (res.attempts > t->attempts_max[i])

@@ -27,6 +27,7 @@ typedef struct mwt_pipeline {
     int stages[MWT_MAX_WORKERS];
     int nworkers;
     const char *const *worker_flags; /* extra flags for every worker (NULL-terminated) */
+    int rows_max; /* request i has mwt_request_rows(p, i) rows, 1..rows_max (0: one) */
     rd_kafka_t *producer;
 } mwt_pipeline_t;
 
@@ -64,16 +65,20 @@ long long mwt_worker_field(mw_redis_t *r, const char *id, const char *field);
 /* SIGTERM to every worker, then waits for each to exit (0 when all exited 0). */
 int mwt_pipeline_stop_workers(mwt_pipeline_t *p, int64_t timeout_ms);
 
-/* Request i: key "r%06d", input [1, 16] f32, deterministic. */
+/* Request i: key "r%06d", input [rows, 16] f32, deterministic (row r of
+ * request i is mwt_request_input(i + r * MWT_ROW_STRIDE)). */
+#define MWT_ROW_STRIDE 1000003
 void mwt_request_key(int i, char *buf, size_t size);
 void mwt_request_input(int i, float *x);
+int mwt_request_rows(const mwt_pipeline_t *p, int i);
 
 /* Produces requests [first, first+n); request i is malformed when bad(i)
  * (a missing header, a bad dtype, a size mismatch or a shape the model
  * rejects, by i % 4). Flushes. */
 void mwt_pipeline_submit(mwt_pipeline_t *p, int first, int n, int (*bad)(int i));
 
-/* Expected output rows [n][out_features] of the unsplit model at batch 1. */
+/* Expected outputs of the unsplit model, each request computed alone: request
+ * i's rows at row i * max(1, rows_max), [out_features] each. */
 float *mwt_pipeline_reference(mwt_pipeline_t *p, int n);
 
 /* What a topic holds, per request index. */
