@@ -21,7 +21,7 @@
  * stats are published between wake-ups. */
 #define ENGINE_WAIT_MS 10
 
-void dp_fatal(mw_dataplane_t *dp, int err, const char *fmt, ...)
+void mw_dp_fatal(mw_dataplane_t *dp, int err, const char *fmt, ...)
 {
     char msg[256];
     va_list ap;
@@ -53,8 +53,8 @@ static uint64_t random_u64(void)
 
 /* ------------------------------------------------------------- compute */
 
-int dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *data,
-               mw_tensor_desc_t *out_desc, const void **out, char *errstr, size_t errstr_size)
+int mw_dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *data,
+                  mw_tensor_desc_t *out_desc, const void **out, char *errstr, size_t errstr_size)
 {
     uint64_t nbytes;
     if (mw_tensor_nbytes(desc, &nbytes) != MW_OK)
@@ -98,7 +98,7 @@ static void xfer_free(dp_xfer_t *x)
     free(x);
 }
 
-int dp_link_send(mw_dataplane_t *dp, dp_link_t *l, const mw_hop_t *hop, void *buf)
+int mw_dp_link_send(mw_dataplane_t *dp, dp_link_t *l, const mw_hop_t *hop, void *buf)
 {
     (void)dp;
     uint8_t frame[MW_WORLD_HEADER_MAX];
@@ -177,7 +177,7 @@ static void send_abort(mw_dataplane_t *dp, dp_link_t *up, const mw_hop_t *about,
     a.nbytes = 0;
     mw_log(MW_LOG_DEBUG, FAC, "abort of batch %s#%llu upstream to %s: %s", a.origin,
            (unsigned long long)a.batch, up->peer, why);
-    if (dp_link_send(dp, up, &a, NULL) == MW_OK)
+    if (mw_dp_link_send(dp, up, &a, NULL) == MW_OK)
         dp->counters.aborts++;
 }
 
@@ -256,7 +256,7 @@ static long reach_index(char (*names)[MW_HOP_ORIGIN_MAX], size_t n, const char *
     return -1;
 }
 
-int dp_reaches(const mw_dataplane_t *dp, const dp_link_t *l, const char *origin)
+int mw_dp_reaches(const mw_dataplane_t *dp, const dp_link_t *l, const char *origin)
 {
     const dp_reach_t *r = dp->reach;
     if (r == NULL)
@@ -333,7 +333,7 @@ out_free:
 
 /* ------------------------------------------------------------ forward */
 
-dp_link_t *dp_pick_downstream(mw_dataplane_t *dp, const char *origin, int *full)
+dp_link_t *mw_dp_pick_downstream(mw_dataplane_t *dp, const char *origin, int *full)
 {
     dp_link_t *best = NULL;
     int next = (dp->stage + 1) % dp->nstages;
@@ -341,7 +341,7 @@ dp_link_t *dp_pick_downstream(mw_dataplane_t *dp, const char *origin, int *full)
     for (dp_link_t *l = dp->links; l != NULL; l = l->next) {
         if (l->dead || l->peer_stage != next)
             continue;
-        if (next == 0 ? strcmp(l->peer, origin) != 0 : !dp_reaches(dp, l, origin))
+        if (next == 0 ? strcmp(l->peer, origin) != 0 : !mw_dp_reaches(dp, l, origin))
             continue;
         mw_world_state_t st = mw_world_state(l->w);
         if (st == MW_WORLD_JOINING) {
@@ -369,8 +369,8 @@ static void forward(mw_dataplane_t *dp, const mw_hop_t *hop, void *buf, dp_link_
                     int64_t expires_ms)
 {
     int full;
-    dp_link_t *down = dp_pick_downstream(dp, hop->origin, &full);
-    if (down != NULL && dp_link_send(dp, down, hop, buf) == MW_OK) {
+    dp_link_t *down = mw_dp_pick_downstream(dp, hop->origin, &full);
+    if (down != NULL && mw_dp_link_send(dp, down, hop, buf) == MW_OK) {
         route_add(dp, hop, up, down);
         return;
     }
@@ -406,7 +406,7 @@ static int flush_held(mw_dataplane_t *dp, int64_t now)
         int full;
         dp_link_t *down = NULL;
         if (h->expires_ms > now && (h->up == NULL || !h->up->dead)) {
-            down = dp_pick_downstream(dp, h->hop.origin, &full);
+            down = mw_dp_pick_downstream(dp, h->hop.origin, &full);
             if (down == NULL && full)
                 break;
         }
@@ -416,7 +416,7 @@ static int flush_held(mw_dataplane_t *dp, int64_t now)
         if (down != NULL) {
             void *buf = h->buf;
             h->buf = NULL;
-            if (dp_link_send(dp, down, &h->hop, buf) == MW_OK)
+            if (mw_dp_link_send(dp, down, &h->hop, buf) == MW_OK)
                 route_add(dp, &h->hop, h->up, down);
             else
                 send_abort(dp, h->up, &h->hop, "send failed");
@@ -435,7 +435,7 @@ static void on_tensor(mw_dataplane_t *dp, dp_link_t *l, dp_xfer_t *x)
     char err[256];
     mw_hop_t *hop = &x->hop;
     if (dp->stage == 0 && hop->stage == dp->nstages - 1) {
-        dp_origin_on_result(dp, hop, x->buf);
+        mw_dp_origin_on_result(dp, hop, x->buf);
         return;
     }
     if (hop->stage != dp->stage - 1) {
@@ -446,7 +446,7 @@ static void on_tensor(mw_dataplane_t *dp, dp_link_t *l, dp_xfer_t *x)
     }
     mw_tensor_desc_t out_desc;
     const void *out;
-    if (dp_compute(dp, &hop->desc, x->buf, &out_desc, &out, err, sizeof(err)) != MW_OK) {
+    if (mw_dp_compute(dp, &hop->desc, x->buf, &out_desc, &out, err, sizeof(err)) != MW_OK) {
         mw_log(MW_LOG_WARN, FAC, "stage %d failed on batch %s#%llu: %s", dp->stage, hop->origin,
                (unsigned long long)hop->batch, err);
         send_abort(dp, l, hop, err);
@@ -478,7 +478,7 @@ static void on_header(mw_dataplane_t *dp, dp_link_t *l, size_t len)
     }
     if (hop.type == MW_HOP_ABORT) {
         if (dp->stage == 0)
-            dp_origin_on_abort(dp, &hop, "aborted downstream");
+            mw_dp_origin_on_abort(dp, &hop, "aborted downstream");
         else
             route_abort(dp, &hop);
         return;
@@ -531,7 +531,7 @@ static void link_down(mw_dataplane_t *dp, dp_link_t *l, const char *why)
     }
     l->nsends = 0;
     if (dp->stage == 0)
-        dp_origin_link_down(dp, l);
+        mw_dp_origin_link_down(dp, l);
     routes_sweep(dp, l, mw_now_ms());
     for (dp_held_t *h = dp->held_head; h != NULL; h = h->next)
         if (h->up == l)
@@ -707,7 +707,7 @@ static int drain_cmds(mw_dataplane_t *dp)
     return n;
 }
 
-void dp_wake(mw_dataplane_t *dp)
+void mw_dp_wake(mw_dataplane_t *dp)
 {
     uint64_t one = 1;
     ssize_t n = write(dp->wakefd, &one, sizeof(one));
@@ -720,7 +720,7 @@ static void push_cmd(mw_dataplane_t *dp, dp_cmd_t *c)
     c->next = dp->cmds;
     dp->cmds = c;
     pthread_mutex_unlock(&dp->lock);
-    dp_wake(dp);
+    mw_dp_wake(dp);
 }
 
 void mw_dataplane_world_added(mw_dataplane_t *dp, mw_world_t *w, const char *peer_id,
@@ -803,7 +803,7 @@ static int pump_links(mw_dataplane_t *dp)
     return n + flush_held(dp, mw_now_ms());
 }
 
-int dp_pump(mw_dataplane_t *dp)
+int mw_dp_pump(mw_dataplane_t *dp)
 {
     int n = drain_cmds(dp) + pump_links(dp);
     publish_stats(dp);
@@ -818,7 +818,7 @@ static void engine_wait(mw_dataplane_t *dp)
     struct pollfd fds[2] = {
         {.fd = dp->wakefd, .events = POLLIN},
         {.fd = dp->worlds != NULL ? mw_worlds_done_fd(dp->worlds) : -1, .events = POLLIN}};
-    int timeout = dp->origin != NULL ? dp_origin_wait_ms(dp, ENGINE_WAIT_MS) : ENGINE_WAIT_MS;
+    int timeout = dp->origin != NULL ? mw_dp_origin_wait_ms(dp, ENGINE_WAIT_MS) : ENGINE_WAIT_MS;
     if (timeout > 0)
         poll(fds, 2, timeout);
 }
@@ -837,15 +837,15 @@ static void *engine_main(void *arg)
     mw_dataplane_t *dp = arg;
     char err[512];
     int drained = 0;
-    if (dp->origin != NULL && dp_origin_connect(dp, err, sizeof(err)) != MW_OK)
-        dp_fatal(dp, MW_EKAFKA, "%s", err);
+    if (dp->origin != NULL && mw_dp_origin_connect(dp, err, sizeof(err)) != MW_OK)
+        mw_dp_fatal(dp, MW_EKAFKA, "%s", err);
     for (;;) {
         engine_clear_wakeups(dp);
         pthread_mutex_lock(&dp->lock);
         int stop = dp->stop, fatal = dp->fatal != 0, draining = dp->draining;
         pthread_mutex_unlock(&dp->lock);
         if (draining && !drained && dp->origin != NULL && !fatal) {
-            dp_origin_drain(dp);
+            mw_dp_origin_drain(dp);
             drained = 1;
         }
         int n = drain_cmds(dp);
@@ -859,14 +859,14 @@ static void *engine_main(void *arg)
                 dp->next_sweep_ms = now + 500;
             }
             if (dp->origin != NULL)
-                n += dp_origin_step(dp);
+                n += mw_dp_origin_step(dp);
         }
         publish_stats(dp);
         if (n == 0)
             engine_wait(dp);
     }
     if (dp->origin != NULL)
-        dp_origin_close(dp);
+        mw_dp_origin_close(dp);
     publish_stats(dp);
     return NULL;
 }
@@ -971,7 +971,7 @@ int mw_dataplane_new(const mw_config_t *cfg, const mw_dataplane_opts_t *opts, mw
     dp->incarnation = random_u64();
     if ((rc = open_stage(dp, opts, errstr, errstr_size)) != MW_OK)
         goto out_free;
-    if (dp->stage == 0 && (rc = dp_origin_new(dp, errstr, errstr_size)) != MW_OK)
+    if (dp->stage == 0 && (rc = mw_dp_origin_new(dp, errstr, errstr_size)) != MW_OK)
         goto out_free;
     if (pthread_create(&dp->thread, NULL, engine_main, dp) != 0) {
         rc = mw_errf(MW_ENOMEM, errstr, errstr_size, "data plane: cannot start its thread");
@@ -993,11 +993,11 @@ void mw_dataplane_destroy(mw_dataplane_t *dp)
         pthread_mutex_lock(&dp->lock);
         dp->stop = 1;
         pthread_mutex_unlock(&dp->lock);
-        dp_wake(dp);
+        mw_dp_wake(dp);
         pthread_join(dp->thread, NULL);
     }
     drain_cmds(dp);
-    dp_origin_destroy(dp);
+    mw_dp_origin_destroy(dp);
     while (dp->links != NULL) {
         dp_link_t *l = dp->links;
         dp->links = l->next;
@@ -1032,10 +1032,10 @@ void mw_dataplane_drain(mw_dataplane_t *dp)
     pthread_mutex_lock(&dp->lock);
     dp->draining = 1;
     pthread_mutex_unlock(&dp->lock);
-    dp_wake(dp);
+    mw_dp_wake(dp);
 }
 
-void dp_latency_add(mw_dataplane_t *dp, int64_t us)
+void mw_dp_latency_add(mw_dataplane_t *dp, int64_t us)
 {
     int64_t now = mw_now_ms();
     pthread_mutex_lock(&dp->lock);

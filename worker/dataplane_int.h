@@ -131,20 +131,20 @@ struct mw_dataplane {
 };
 
 /* Records a fatal error: the engine stops serving and mw_dataplane_error reports it. */
-void dp_fatal(mw_dataplane_t *dp, int err, const char *fmt, ...)
+void mw_dp_fatal(mw_dataplane_t *dp, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Runs the stage on a tensor; on success *out (stage-owned, valid until the
  * next run) holds the result. */
-int dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *data,
-               mw_tensor_desc_t *out_desc, const void **out, char *errstr, size_t errstr_size);
+int mw_dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *data,
+                  mw_tensor_desc_t *out_desc, const void **out, char *errstr, size_t errstr_size);
 
 /* Posts a header and, for TENSOR hops, the tensor buf (taken over, freed when
  * sent). MW_EBROKEN when the link cannot take it (buf is freed then too). */
-int dp_link_send(mw_dataplane_t *dp, dp_link_t *l, const mw_hop_t *hop, void *buf);
+int mw_dp_link_send(mw_dataplane_t *dp, dp_link_t *l, const mw_hop_t *hop, void *buf);
 
 /* 1 when a downstream world to the peer of l can still reach origin. */
-int dp_reaches(const mw_dataplane_t *dp, const dp_link_t *l, const char *origin);
+int mw_dp_reaches(const mw_dataplane_t *dp, const dp_link_t *l, const char *origin);
 
 /* The router of the origin and of every stage: the world for a batch of
  * stage dp->stage on its way to origin. After the last stage that is a world
@@ -154,35 +154,35 @@ int dp_reaches(const mw_dataplane_t *dp, const dp_link_t *l, const char *origin)
  * there is none; *full is then set when such a world exists but is full or
  * still joining (hold the batch rather than abort it: the abort would only
  * come back here). */
-dp_link_t *dp_pick_downstream(mw_dataplane_t *dp, const char *origin, int *full);
+dp_link_t *mw_dp_pick_downstream(mw_dataplane_t *dp, const char *origin, int *full);
 
 /* Records the latency of a committed ok result (engine thread). */
-void dp_latency_add(mw_dataplane_t *dp, int64_t us);
+void mw_dp_latency_add(mw_dataplane_t *dp, int64_t us);
 
 /* Wakes the engine from its wait (any thread). */
-void dp_wake(mw_dataplane_t *dp);
+void mw_dp_wake(mw_dataplane_t *dp);
 
 /* Serves commands and world traffic (not Kafka) once; for long waits inside
  * the origin's Kafka code, so that the worlds keep moving. Returns the work done. */
-int dp_pump(mw_dataplane_t *dp);
+int mw_dp_pump(mw_dataplane_t *dp);
 
 /* origin.c: the stage-0 side. */
-int dp_origin_new(mw_dataplane_t *dp, char *errstr, size_t errstr_size);
+int mw_dp_origin_new(mw_dataplane_t *dp, char *errstr, size_t errstr_size);
 /* How long the engine may sleep, at most max_ms, before the origin's next
  * commit or request check is due. */
-int dp_origin_wait_ms(mw_dataplane_t *dp, int max_ms);
+int mw_dp_origin_wait_ms(mw_dataplane_t *dp, int max_ms);
 /* Engine thread, first thing: creates the Kafka clients and subscribes. */
-int dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size);
+int mw_dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size);
 /* Pauses consumption for good (draining). */
-void dp_origin_drain(mw_dataplane_t *dp);
-void dp_origin_destroy(mw_dataplane_t *dp);
+void mw_dp_origin_drain(mw_dataplane_t *dp);
+void mw_dp_origin_destroy(mw_dataplane_t *dp);
 /* One engine pass: consume, dispatch, timeouts, release and commit; returns
  * the amount of work done (0: idle). */
-int dp_origin_step(mw_dataplane_t *dp);
-void dp_origin_on_result(mw_dataplane_t *dp, const mw_hop_t *hop, const void *buf);
-void dp_origin_on_abort(mw_dataplane_t *dp, const mw_hop_t *hop, const char *why);
-void dp_origin_link_down(mw_dataplane_t *dp, dp_link_t *l);
+int mw_dp_origin_step(mw_dataplane_t *dp);
+void mw_dp_origin_on_result(mw_dataplane_t *dp, const mw_hop_t *hop, const void *buf);
+void mw_dp_origin_on_abort(mw_dataplane_t *dp, const mw_hop_t *hop, const char *why);
+void mw_dp_origin_link_down(mw_dataplane_t *dp, dp_link_t *l);
 /* Final commit and consumer close, before the links go. */
-void dp_origin_close(mw_dataplane_t *dp);
+void mw_dp_origin_close(mw_dataplane_t *dp);
 
 #endif

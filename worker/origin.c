@@ -292,8 +292,8 @@ static int batch_compute(mw_dataplane_t *dp, uint32_t k, uint64_t rows, mw_tenso
 {
     dp_origin_t *o = dp->origin;
     if (k == 1)
-        return dp_compute(dp, &o->pick[0]->in.desc, o->pick[0]->in.data, out_desc, out, errstr,
-                          errstr_size);
+        return mw_dp_compute(dp, &o->pick[0]->in.desc, o->pick[0]->in.data, out_desc, out, errstr,
+                             errstr_size);
     const mw_tensor_desc_t *hd = &o->pick[0]->in.desc;
     mw_tensor_desc_t desc = {
         .dtype = hd->dtype, .ndim = 2, .shape = {(int64_t)rows, hd->shape[hd->ndim - 1]}};
@@ -312,7 +312,7 @@ static int batch_compute(mw_dataplane_t *dp, uint32_t k, uint64_t rows, mw_tenso
         memcpy(at, o->pick[i]->in.data, o->pick[i]->in.nbytes);
         at += o->pick[i]->in.nbytes;
     }
-    return dp_compute(dp, &desc, o->gather, out_desc, out, errstr, errstr_size);
+    return mw_dp_compute(dp, &desc, o->gather, out_desc, out, errstr, errstr_size);
 }
 
 /* Records the k picked requests as batch id, their rows in pick order. */
@@ -347,7 +347,7 @@ static uint32_t dispatch_batch(mw_dataplane_t *dp)
     dp_link_t *down = NULL;
     uint32_t k = batch_pick(dp, &rows);
     if (k == 0 ||
-        (dp->nstages > 1 && (down = dp_pick_downstream(dp, dp->worker_id, &full)) == NULL))
+        (dp->nstages > 1 && (down = mw_dp_pick_downstream(dp, dp->worker_id, &full)) == NULL))
         return 0;
     mw_tensor_desc_t od;
     const void *out;
@@ -379,7 +379,7 @@ static uint32_t dispatch_batch(mw_dataplane_t *dp)
                     .desc = od,
                     .nbytes = nbytes};
     snprintf(hop.origin, sizeof(hop.origin), "%s", dp->worker_id);
-    if (dp_link_send(dp, down, &hop, buf) != MW_OK) {
+    if (mw_dp_link_send(dp, down, &hop, buf) != MW_OK) {
         free(b);
         return 0; /* the world is going down; the next pass picks another */
     }
@@ -424,7 +424,7 @@ static void redispatch(mw_dataplane_t *dp, dp_req_t *r, const char *why)
     wait_for_batch(dp->origin, r);
 }
 
-void dp_origin_on_result(mw_dataplane_t *dp, const mw_hop_t *hop, const void *buf)
+void mw_dp_origin_on_result(mw_dataplane_t *dp, const mw_hop_t *hop, const void *buf)
 {
     if (hop->incarnation != dp->incarnation || strcmp(hop->origin, dp->worker_id) != 0)
         return; /* for an earlier process of this worker */
@@ -435,7 +435,7 @@ void dp_origin_on_result(mw_dataplane_t *dp, const mw_hop_t *hop, const void *bu
     free(b);
 }
 
-void dp_origin_on_abort(mw_dataplane_t *dp, const mw_hop_t *hop, const char *why)
+void mw_dp_origin_on_abort(mw_dataplane_t *dp, const mw_hop_t *hop, const char *why)
 {
     if (hop->incarnation != dp->incarnation)
         return;
@@ -450,7 +450,7 @@ void dp_origin_on_abort(mw_dataplane_t *dp, const mw_hop_t *hop, const char *why
     free(b);
 }
 
-void dp_origin_link_down(mw_dataplane_t *dp, dp_link_t *l)
+void mw_dp_origin_link_down(mw_dataplane_t *dp, dp_link_t *l)
 {
     dp_origin_t *o = dp->origin;
     if (o == NULL)
@@ -549,7 +549,7 @@ static int release(mw_dataplane_t *dp)
             if (o->transactional && !o->txn_open) {
                 rd_kafka_error_t *e = rd_kafka_begin_transaction(o->producer);
                 if (e != NULL) {
-                    dp_fatal(dp, MW_EKAFKA, "begin transaction: %s", rd_kafka_error_string(e));
+                    mw_dp_fatal(dp, MW_EKAFKA, "begin transaction: %s", rd_kafka_error_string(e));
                     rd_kafka_error_destroy(e);
                     return n;
                 }
@@ -591,7 +591,7 @@ static void retire_produced(mw_dataplane_t *dp)
             dp->counters.results++;
             dp->counters.errors += !r->ok;
             if (r->ok)
-                dp_latency_add(dp, r->latency_us);
+                mw_dp_latency_add(dp, r->latency_us);
             req_free(o, r);
         }
     }
@@ -603,7 +603,7 @@ static void txn_abort(mw_dataplane_t *dp, const char *why)
     mw_log(MW_LOG_WARN, FAC, "aborting the results transaction: %s", why);
     rd_kafka_error_t *e = rd_kafka_abort_transaction(o->producer, (int)dp->cfg.kafka_timeout_ms);
     if (e != NULL) {
-        dp_fatal(dp, MW_EKAFKA, "abort transaction: %s", rd_kafka_error_string(e));
+        mw_dp_fatal(dp, MW_EKAFKA, "abort transaction: %s", rd_kafka_error_string(e));
         rd_kafka_error_destroy(e);
     }
     o->txn_open = 0;
@@ -636,7 +636,7 @@ static void commit(mw_dataplane_t *dp)
                        (long long)offsets->elems[i].offset);
             retire_produced(dp);
         } else if (rd_kafka_error_is_fatal(e)) {
-            dp_fatal(dp, MW_EFENCED, "results transaction: %s", rd_kafka_error_string(e));
+            mw_dp_fatal(dp, MW_EFENCED, "results transaction: %s", rd_kafka_error_string(e));
         } else if (rd_kafka_error_txn_requires_abort(e)) {
             txn_abort(dp, rd_kafka_error_string(e));
         } else {
@@ -673,7 +673,7 @@ static void commit(mw_dataplane_t *dp)
  * at auto.offset.reset (answering it all again) when its assignment changes
  * while such a fetch waits on a transaction. Blocks the origin's Kafka side
  * (up to twice kafka_client.timeout_ms, then it takes the last committed
- * offsets) while the worlds keep being served (dp_pump). */
+ * offsets) while the worlds keep being served (mw_dp_pump). */
 static void fetch_offsets(mw_dataplane_t *dp, rd_kafka_topic_partition_list_t *parts)
 {
     dp_origin_t *o = dp->origin;
@@ -738,7 +738,7 @@ static void fetch_offsets(mw_dataplane_t *dp, rd_kafka_topic_partition_list_t *p
                    parts->cnt, why);
         /* Meanwhile the worlds keep moving: results come back, aborts go on. */
         for (int64_t until = mw_now_ms() + 250; mw_now_ms() < until;)
-            if (dp_pump(dp) == 0) {
+            if (mw_dp_pump(dp) == 0) {
                 struct timespec ts = {.tv_sec = 0, .tv_nsec = 500 * 1000};
                 nanosleep(&ts, NULL);
             }
@@ -976,7 +976,7 @@ static int check_requests(mw_dataplane_t *dp, int64_t now)
     return n;
 }
 
-int dp_origin_step(mw_dataplane_t *dp)
+int mw_dp_origin_step(mw_dataplane_t *dp)
 {
     dp_origin_t *o = dp->origin;
     int n = 0;
@@ -1022,7 +1022,7 @@ int dp_origin_step(mw_dataplane_t *dp)
     return n;
 }
 
-int dp_origin_wait_ms(mw_dataplane_t *dp, int max_ms)
+int mw_dp_origin_wait_ms(mw_dataplane_t *dp, int max_ms)
 {
     dp_origin_t *o = dp->origin;
     int64_t now = mw_now_ms(), due = now + max_ms;
@@ -1041,7 +1041,7 @@ int dp_origin_wait_ms(mw_dataplane_t *dp, int max_ms)
 
 /* ------------------------------------------------------------- lifecycle */
 
-int dp_origin_new(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
+int mw_dp_origin_new(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
 {
     dp_origin_t *o = calloc(1, sizeof(*o));
     if (o == NULL)
@@ -1058,7 +1058,7 @@ int dp_origin_new(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
     return MW_OK;
 }
 
-int dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
+int mw_dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
 {
     dp_origin_t *o = dp->origin;
     char txn_id[512], group[128];
@@ -1091,14 +1091,14 @@ int dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
     return MW_OK;
 }
 
-void dp_origin_drain(mw_dataplane_t *dp)
+void mw_dp_origin_drain(mw_dataplane_t *dp)
 {
     dp->origin->draining = 1;
     mw_log(MW_LOG_INFO, FAC, "draining: %s paused, finishing %lld request(s)",
            dp->origin->t_requests, (long long)dp->origin->ninflight);
 }
 
-void dp_origin_close(mw_dataplane_t *dp)
+void mw_dp_origin_close(mw_dataplane_t *dp)
 {
     dp_origin_t *o = dp->origin;
     if (o == NULL || o->consumer == NULL)
@@ -1111,7 +1111,7 @@ void dp_origin_close(mw_dataplane_t *dp)
         txn_abort(dp, "closing");
 }
 
-void dp_origin_destroy(mw_dataplane_t *dp)
+void mw_dp_origin_destroy(mw_dataplane_t *dp)
 {
     dp_origin_t *o = dp->origin;
     if (o == NULL)
