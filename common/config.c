@@ -107,8 +107,11 @@ static const struct cfg_key keys[] = {
           "on SIGTERM, longest wait for in-flight requests before leaving"),
     CFG_S("model.path", model_path, "",
           "reference model file (safetensors) when the pipeline spec names none"),
-    CFG_I("worker.max_inflight", worker_max_inflight, "256", 1, 1000000,
+    CFG_I("worker.max_inflight", worker_max_inflight, "4096", 1, 1000000,
           "requests an origin holds at once; when full it pauses its Kafka partitions"),
+    CFG_I("worker.max_inflight_bytes", worker_max_inflight_bytes, "268435456", 1, INT64_C(1) << 40,
+          "bytes of request records an origin holds at once (the window is full at either "
+          "limit)"),
     CFG_I("worker.queue_depth", worker_queue_depth, "64", 1, 1000000,
           "unfinished sends per world; a full world makes the router pick another"),
     CFG_I("batch.max_rows", batch_max_rows, "256", 1, 65536,

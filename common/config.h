@@ -60,6 +60,7 @@ typedef struct mw_config {
     /* data plane (worker/dataplane.c, worker/origin.c) */
     char model_path[MW_CFG_STR_MAX];    /* model.path: used when the pipeline names no model */
     int64_t worker_max_inflight;        /* worker.max_inflight: origin window (pauses input) */
+    int64_t worker_max_inflight_bytes;  /* worker.max_inflight_bytes: its size in bytes */
     int64_t worker_queue_depth;         /* worker.queue_depth: unfinished sends per world */
     int64_t batch_max_rows;             /* batch.max_rows: rows per stage call, per request */
     int64_t batch_max_delay_us;         /* batch.max_delay_us: origin waits to fill a batch */

@@ -95,8 +95,8 @@ struct dp_origin {
     dp_part_t *parts;
     dp_req_t *hash[REQ_BUCKETS];
     dp_batch_t *batches[BATCH_BUCKETS];
-    dp_req_t *wait_head, *wait_tail; /* RQ_WAIT requests, oldest first */
-    int64_t ninflight;
+    dp_req_t *wait_head, *wait_tail;   /* RQ_WAIT requests, oldest first */
+    int64_t ninflight, inflight_bytes; /* requests held, and their records' bytes */
     uint64_t next_seq, next_batch;
     dp_req_t **pick; /* the requests of the batch being formed (batch.max_rows) */
     float *gather;   /* its stacked rows, when it has more than one request */
@@ -154,6 +154,7 @@ static void req_free(dp_origin_t *o, dp_req_t *r)
     req_unhash(o, r);
     leave_state(o, r);
     o->ninflight--;
+    o->inflight_bytes -= (int64_t)(r->msg->len + r->msg->key_len);
     mw_request_fini(&r->in);
     rd_kafka_message_destroy(r->msg);
     free(r->out);
@@ -874,6 +875,7 @@ static void on_message(mw_dataplane_t *dp, rd_kafka_message_t *msg)
     r->hnext = o->hash[r->seq % REQ_BUCKETS];
     o->hash[r->seq % REQ_BUCKETS] = r;
     o->ninflight++;
+    o->inflight_bytes += (int64_t)(msg->len + msg->key_len);
 
     int64_t now = mw_now_ms();
     uint64_t max_rows = (uint64_t)dp->cfg.batch_max_rows;
@@ -898,11 +900,20 @@ static void on_message(mw_dataplane_t *dp, rd_kafka_message_t *msg)
         wait_for_batch(o, r);
 }
 
+/* 1 when the origin holds at least num/den of worker.max_inflight requests or
+ * of worker.max_inflight_bytes bytes of request records: at 1/1 its window
+ * is full. */
+static int window_at(const mw_dataplane_t *dp, int64_t num, int64_t den)
+{
+    const dp_origin_t *o = dp->origin;
+    return o->ninflight * den >= dp->cfg.worker_max_inflight * num ||
+           o->inflight_bytes * den >= dp->cfg.worker_max_inflight_bytes * num;
+}
+
 static void flow_control(mw_dataplane_t *dp, int64_t now)
 {
     dp_origin_t *o = dp->origin;
-    int64_t max = dp->cfg.worker_max_inflight;
-    if (o->ninflight < max)
+    if (!window_at(dp, 1, 1))
         o->full_since_ms = -1;
     else if (o->full_since_ms < 0)
         o->full_since_ms = now;
@@ -912,7 +923,7 @@ static void flow_control(mw_dataplane_t *dp, int64_t now)
      * second for its next fetch), and resumed at three quarters; always
      * paused while draining. */
     int want = o->draining || (o->full_since_ms >= 0 && now - o->full_since_ms >= PAUSE_AFTER_MS) ||
-               (o->paused && o->ninflight > max - (max + 3) / 4);
+               (o->paused && window_at(dp, 3, 4));
     o->paused = want;
     /* Only partitions that delivered a message are paused, and only those
      * paused here are resumed: librdkafka may restart others at an older
@@ -984,14 +995,14 @@ int mw_dp_origin_step(mw_dataplane_t *dp)
     /* Polled even when paused or draining (rebalances are served from here),
      * but then at most one message per FULL_POLL_MS; not while the window is
      * full but not yet paused: that would take requests beyond it. */
-    int full = o->draining || o->ninflight >= dp->cfg.worker_max_inflight;
+    int full = o->draining || window_at(dp, 1, 1);
     int hold = full && !o->paused && !o->draining;
     for (int i = 0; i < POLL_BATCH && !hold && (!full || now >= o->next_full_poll_ms); i++) {
         if (full) {
             o->next_full_poll_ms = now + FULL_POLL_MS;
             if (i > 0)
                 break;
-        } else if (o->ninflight >= dp->cfg.worker_max_inflight) {
+        } else if (window_at(dp, 1, 1)) {
             break;
         }
         rd_kafka_message_t *msg = rd_kafka_consumer_poll(o->consumer, 0);

@@ -278,7 +278,8 @@ static void worker_added_to_bottleneck_stage_raises_throughput(void **state)
      * (per stage call) is per request. */
     static const char *const slow[] = {"--worker.compute_delay_us=5000", "--batch.max_rows=1",
                                        NULL};
-    static const char *const unbatched[] = {"--batch.max_rows=1", NULL};
+    static const char *const unbatched[] = {"--batch.max_rows=1", "--worker.max_inflight=256",
+                                            NULL};
     fixture_t *f = calloc(1, sizeof(*f));
     char err[256];
     assert_non_null(f);
@@ -308,11 +309,11 @@ static void worker_added_to_bottleneck_stage_raises_throughput(void **state)
         mwt_pipeline_read(f->p, "results", &f->t, n, f->expected, n, 50);
     assert_true(worker_serving(f, "w1-1"));
     int64_t ready_ms = mw_now_ms() - t0;
-    /* Results leave in input order, and the origin's window (worker.max_inflight)
+    /* Results leave in input order, and the origin's window (worker.max_inflight, 256)
      * is queued at w1-0 when w1-1 arrives: until w1-0 has worked through that
      * queue, the window frees at w1-0's pace alone. Measure after one turnover of
      * the window at the old rate, plus half a second. */
-    window_rate(f, n, (int64_t)(1000.0 * (double)f->p->cfg.worker_max_inflight / before) + 500);
+    window_rate(f, n, (int64_t)(1000.0 * 256 / before) + 500);
     int left = n - f->t.distinct;
     double after = window_rate(f, n, 3000);
     print_message("throughput %.0f/s before, %.0f/s after w1-1 became ready (%lld ms after its "
