@@ -1,0 +1,464 @@
+/* Batched serving at saturation on `make run`'s pipeline shape (2 stages x 2 CPU
+ * workers, make run's model, f32 [R, 64] requests, 4 partitions), with real
+ * processes on the Redis and Kafka of tests/run.sh: throughput against a Kafka
+ * exactly-once relay on the same broker (consume, produce the value unchanged,
+ * commit a transaction with the input offsets every 100 ms; no compute), requests/s
+ * and rows/s at 1, 8 and 64 rows per request, mean rows per stage call, and the
+ * stage-0 workers' CPU per request. JSON lines on stdout. */
+#include "clock.h"
+#include "err.h"
+#include "harness.h"
+#include "kafka.h"
+#include "model/model.h"
+#include "mwt_batch.h"
+#include "mwt_load.h"
+#include "mwt_pipeline.h"
+#include "redis.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BENCH      "bench_batch"
+#define BENCH_JSON "pipeline"
+#define SETUP_MS   60000
+#define PARTITIONS 4
+#define WIDTH      64  /* make run's model: --inputs 64 */
+#define MAX_ROWS   64  /* the largest request measured */
+#define COMMIT_MS  100 /* results.commit_interval_ms's default */
+#define STAGES     2
+#define PER_STAGE  2
+#define WORKERS    (STAGES * PER_STAGE)
+
+enum { REPS = 3 };
+
+static void die(const char *what, const char *err)
+{
+    fprintf(stderr, "%s: %s: %s\n", BENCH, what, err);
+    exit(1);
+}
+
+static void emit(const char *metric, double value, const char *unit, const char *extra)
+{
+    printf("{\"bench\": \"%s\", \"metric\": \"%s\", \"value\": %.3f, \"unit\": \"%s\"%s}\n",
+           BENCH_JSON, metric, value, unit, extra ? extra : "");
+    fflush(stdout);
+}
+
+/* --- the relay: Kafka's exactly-once floor ------------------------------------ */
+
+/* One member of the relay's consumer group with a transactional producer of its
+ * own, as an origin worker has. */
+typedef struct relay {
+    const char *in, *out, *group;
+    char txn_id[200];
+    const atomic_int *stop, *go; /* go = 0: pause the partitions */
+    atomic_int assigned;         /* partitions assigned now */
+    atomic_int consuming;        /* 0 once paused */
+    rd_kafka_t *cons, *prod;
+    int txn_open;
+    pthread_t th;
+} relay_t;
+
+/* Commits the open transaction with the consumed position of every assigned
+ * partition, as an origin commits its results with their input offsets. */
+static void relay_commit(relay_t *rl)
+{
+    if (!rl->txn_open)
+        return;
+    rd_kafka_topic_partition_list_t *pos = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_assignment(rl->cons, &pos);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        err = rd_kafka_position(rl->cons, pos);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        die("relay position", rd_kafka_err2str(err));
+    rd_kafka_consumer_group_metadata_t *cgmd = rd_kafka_consumer_group_metadata(rl->cons);
+    rd_kafka_error_t *e = rd_kafka_send_offsets_to_transaction(rl->prod, pos, cgmd, 30000);
+    rd_kafka_consumer_group_metadata_destroy(cgmd);
+    rd_kafka_topic_partition_list_destroy(pos);
+    if (e == NULL)
+        e = rd_kafka_commit_transaction(rl->prod, 30000);
+    if (e != NULL)
+        die("relay commit", rd_kafka_error_string(e));
+    rl->txn_open = 0;
+}
+
+/* The consumer is cooperative-sticky (mw_kafka_consumer_new): what was relayed
+ * from revoked partitions is committed while they are still ours. */
+static void relay_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                            rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    relay_t *rl = opaque;
+    rd_kafka_error_t *e;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        e = rd_kafka_incremental_assign(rk, parts);
+        atomic_fetch_add(&rl->assigned, parts->cnt);
+    } else {
+        relay_commit(rl);
+        e = rd_kafka_incremental_unassign(rk, parts);
+        atomic_fetch_sub(&rl->assigned, parts->cnt);
+    }
+    if (e != NULL)
+        die("relay rebalance", rd_kafka_error_string(e));
+}
+
+/* Each record consumed is produced to rl->out (same partition, key, headers
+ * and value) inside a transaction committed every COMMIT_MS. */
+static void relay_one(relay_t *rl, const rd_kafka_message_t *m)
+{
+    if (!rl->txn_open) {
+        rd_kafka_error_t *e = rd_kafka_begin_transaction(rl->prod);
+        if (e != NULL)
+            die("relay begin", rd_kafka_error_string(e));
+        rl->txn_open = 1;
+    }
+    rd_kafka_headers_t *hdrs = NULL;
+    if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        hdrs = rd_kafka_headers_copy(hdrs);
+    rd_kafka_resp_err_t err;
+    /* The headers go to the producer on success, stay ours on failure. */
+    while ((err = rd_kafka_producev(
+                rl->prod, RD_KAFKA_V_TOPIC(rl->out), RD_KAFKA_V_PARTITION(m->partition),
+                RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(m->payload, m->len),
+                RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        rd_kafka_poll(rl->prod, 10);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        die("relay produce", rd_kafka_err2str(err));
+}
+
+/* Pauses or resumes every assigned partition (the consumer, polled, still
+ * serves rebalances). */
+static void relay_pause(relay_t *rl, int pause)
+{
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_assignment(rl->cons, &parts);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        err = pause ? rd_kafka_pause_partitions(rl->cons, parts)
+                    : rd_kafka_resume_partitions(rl->cons, parts);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        die("relay pause", rd_kafka_err2str(err));
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
+static void *relay_run(void *arg)
+{
+    relay_t *rl = arg;
+    char err[512];
+    mw_config_t cfg;
+    mwt_config(&cfg);
+    mw_kafka_hooks_t hooks = {.rebalance_cb = relay_rebalance, .opaque = rl};
+    rl->prod = mw_kafka_producer_new(&cfg, rl->txn_id, NULL, err, sizeof(err));
+    if (rl->prod == NULL)
+        die("relay producer", err);
+    rl->cons = mw_kafka_consumer_new(&cfg, rl->group, &hooks, err, sizeof(err));
+    mw_config_fini(&cfg);
+    if (rl->cons == NULL)
+        die("relay consumer", err);
+    rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(sub, rl->in, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t rerr = rd_kafka_subscribe(rl->cons, sub);
+    rd_kafka_topic_partition_list_destroy(sub);
+    if (rerr != RD_KAFKA_RESP_ERR_NO_ERROR)
+        die("relay subscribe", rd_kafka_err2str(rerr));
+    int64_t last_commit = mw_now_ms();
+    atomic_store(&rl->consuming, 1);
+    while (!atomic_load(rl->stop)) {
+        int go = atomic_load(rl->go);
+        if (go != atomic_load(&rl->consuming)) {
+            relay_commit(rl);
+            relay_pause(rl, !go);
+            atomic_store(&rl->consuming, go);
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rl->cons, 5);
+        if (m != NULL) {
+            if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+                relay_one(rl, m);
+            rd_kafka_message_destroy(m);
+        }
+        rd_kafka_poll(rl->prod, 0);
+        if (mw_now_ms() - last_commit >= COMMIT_MS) {
+            relay_commit(rl);
+            last_commit = mw_now_ms();
+        }
+    }
+    relay_commit(rl);
+    mw_kafka_destroy(rl->cons); /* leaves the group: revokes (nothing left to commit) */
+    mw_kafka_destroy(rl->prod);
+    return NULL;
+}
+
+/* --- the pipeline ----------------------------------------------------------- */
+
+typedef struct bench {
+    mwt_pipeline_t *p;
+    mw_redis_t *r;
+    mwt_load_t l;
+    char ids[WORKERS][32];
+    long long rows_sent; /* rows of every request submitted to the pipeline */
+} bench_t;
+
+/* Per stage: worker:{id}:stats processed (stage calls) and rows, summed. */
+typedef struct usage {
+    long long calls[STAGES], rows[STAGES];
+} usage_t;
+
+static mwt_pipeline_t *live; /* killed when the program exits early (die) */
+
+static void kill_live(void)
+{
+    mwt_pipeline_destroy(live);
+}
+
+static void usage_read(bench_t *b, usage_t *u)
+{
+    char id[64];
+    memset(u, 0, sizeof(*u));
+    for (int i = 0; i < b->p->nworkers; i++) {
+        snprintf(id, sizeof(id), "%s:stats", b->ids[i]); /* worker:{id}:stats */
+        long long calls = mwt_worker_field(b->r, id, "processed");
+        long long rows = mwt_worker_field(b->r, id, "rows");
+        u->calls[b->p->stages[i]] += calls > 0 ? calls : 0;
+        u->rows[b->p->stages[i]] += rows > 0 ? rows : 0;
+    }
+}
+
+/* Waits until the workers' counters (written at each heartbeat) hold every row
+ * submitted so far, then reads them. */
+static void usage_settled(bench_t *b, usage_t *u)
+{
+    if (!mwt_wait_for((usage_read(b, u), u->rows[0] >= b->rows_sent && u->rows[1] >= b->rows_sent),
+                      10000))
+        fprintf(stderr, "%s: worker counters behind: %lld and %lld of %lld rows\n", BENCH,
+                u->rows[0], u->rows[1], b->rows_sent);
+}
+
+/* CPU ticks of the workers of one stage. */
+static double stage_ticks(const mwt_pipeline_t *p, int stage)
+{
+    double t = 0;
+    for (int i = 0; i < p->nworkers; i++)
+        if (p->stages[i] == stage && p->pids[i] > 0)
+            t += mwt_cpu_ticks(p->pids[i]);
+    return t;
+}
+
+/* make run's model: mwctl model init --layers 6 --hidden 256 --inputs 64
+ * --outputs 10 --seed 7 (gelu, no layer norm, no residual). */
+static void pipeline_start(bench_t *b)
+{
+    char err[256];
+    mw_model_spec_t spec = {.layers = 6,
+                            .inputs = WIDTH,
+                            .hidden = 256,
+                            .outputs = 10,
+                            .seed = 7,
+                            .activation = MW_ACT_GELU};
+    b->p = mwt_pipeline_new_model("batch", STAGES, &spec, PARTITIONS, mwt_load_elastic_flags);
+    live = b->p;
+    if (atexit(kill_live) != 0)
+        die("atexit", "refused");
+    for (int s = 0; s < STAGES; s++)
+        for (int k = 0; k < PER_STAGE; k++) {
+            char *id = b->ids[b->p->nworkers];
+            snprintf(id, sizeof(b->ids[0]), "s%d-%d", s, k);
+            mwt_pipeline_worker(b->p, s, id);
+        }
+    b->r = mw_redis_new(&b->p->cfg, 0, err, sizeof(err));
+    if (b->r == NULL)
+        die("redis", err);
+    if (!mwt_wait_for(mwt_pipeline_origins_assigned(b->p) == PER_STAGE, SETUP_MS))
+        die("pipeline", "the origins did not both get partitions");
+    mwt_batch_init(&b->l, b->p->name, WIDTH, MAX_ROWS, PARTITIONS, 0);
+    mwt_batch_submit(&b->l, 20, 1, PARTITIONS);
+    rd_kafka_flush(b->l.prod, 60000);
+    if (mwt_load_collect(&b->l, 20, SETUP_MS) < 20)
+        die("pipeline", "warm-up requests unanswered");
+    b->rows_sent = 20;
+}
+
+/* A burst of n requests of `rows` rows on the pipeline; adds its workers' CPU
+ * ticks to ticks[stage]. */
+static mwt_batch_rate_t pipeline_burst(bench_t *b, int n, int rows, double *ticks)
+{
+    double t0[STAGES];
+    for (int s = 0; s < STAGES; s++)
+        t0[s] = stage_ticks(b->p, s);
+    mwt_batch_rate_t r = mwt_batch_burst(&b->l, n, rows, PARTITIONS);
+    for (int s = 0; s < STAGES; s++)
+        ticks[s] += stage_ticks(b->p, s) - t0[s];
+    b->rows_sent += (long long)n * rows;
+    return r;
+}
+
+/* throughput_req_s, throughput_rows_s, batch_rows_mean per stage and
+ * stage0_cpu_us_per_request of REPS bursts of n requests of `rows` rows. */
+static void report(const bench_t *b, int rows, int n, double *req_s, double *first_last,
+                   const usage_t *u0, const usage_t *u1, const double *ticks)
+{
+    char extra[900];
+    double m = mwt_median(req_s, REPS), fl = mwt_median(first_last, REPS);
+    snprintf(extra, sizeof(extra),
+             ", \"rows_per_request\": %d, \"requests\": %d, \"runs\": %d, \"first_to_last_req_s\": "
+             "%.1f, \"errors\": %d, \"note\": \"2 stages x 2 CPU workers, make run's model, "
+             "f32 [%d, %d] requests over 4 partitions, defaults (batch.max_rows 256, "
+             "batch.max_delay_us 0, exactly-once); median of %d bursts of n requests produced "
+             "at once; value: committed results (read_committed) per second between the 10th "
+             "and the 90th percentile result\"",
+             rows, n, REPS, fl, b->l.errors, rows, WIDTH, REPS);
+    emit("throughput_req_s", m, "req/s", extra);
+    snprintf(extra, sizeof(extra), ", \"rows_per_request\": %d", rows);
+    emit("throughput_rows_s", m * rows, "rows/s", extra);
+    for (int s = 0; s < STAGES; s++) {
+        long long calls = u1->calls[s] - u0->calls[s], nrows = u1->rows[s] - u0->rows[s];
+        snprintf(extra, sizeof(extra),
+                 ", \"rows_per_request\": %d, \"stage\": %d, \"stage_calls\": %lld, \"rows\": "
+                 "%lld, \"note\": \"rows / processed of worker:{id}:stats over the bursts, "
+                 "summed over the stage's 2 workers\"",
+                 rows, s, calls, nrows);
+        emit("batch_rows_mean", calls > 0 ? (double)nrows / (double)calls : 0, "rows", extra);
+    }
+    double us_per_tick = 1e6 / (double)sysconf(_SC_CLK_TCK), served = (double)n * REPS;
+    snprintf(extra, sizeof(extra),
+             ", \"rows_per_request\": %d, \"stage1_cpu_us_per_request\": %.1f, \"note\": \"user "
+             "+ system CPU time (/proc/<pid>/stat) of the 2 stage-0 workers (origins: Kafka "
+             "consume, batching, stage 0, results transaction) over the bursts, per request "
+             "served\"",
+             rows, ticks[1] * us_per_tick / served);
+    emit("stage0_cpu_us_per_request", ticks[0] * us_per_tick / served, "us", extra);
+}
+
+/* n requests produced to the relay's input while its partitions are paused
+ * (produced while it runs, the load would limit it), then released: their
+ * rate from then. */
+static mwt_batch_rate_t relay_burst(mwt_load_t *lr, relay_t *rl, atomic_int *go, int n)
+{
+    atomic_store(go, 0);
+    if (!mwt_wait_for(!atomic_load(&rl[0].consuming) && !atomic_load(&rl[1].consuming), SETUP_MS))
+        die("relay", "did not pause");
+    int first = atomic_load(&lr->next);
+    mwt_batch_submit(lr, n, 1, PARTITIONS);
+    if (rd_kafka_flush(lr->prod, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        die("relay", "requests not delivered");
+    double t0 = mwt_now_us();
+    atomic_store(go, 1);
+    int got = mwt_load_collect(lr, first + n, 300000);
+    if (got < first + n)
+        die("relay", "results missing");
+    return mwt_batch_rate(lr, first, n, t0);
+}
+
+/* Rows per request 1, against the relay on topics of the same shape, measured
+ * interleaved. */
+static void bench_vs_relay(bench_t *b)
+{
+    const int n = 50000, nr = 300000; /* relay: over a second of its commits */
+    const char *prefix = mwt_name("relay");
+    char in[200], out[200], group[200];
+    snprintf(in, sizeof(in), "%s.requests", prefix);
+    snprintf(out, sizeof(out), "%s.results", prefix);
+    snprintf(group, sizeof(group), "%s.group", prefix);
+    const char *names[] = {in, out};
+    mwt_batch_create_topics(names, 2, PARTITIONS);
+    atomic_int stop = 0, go = 1;
+    relay_t rl[PER_STAGE]; /* as many members as origins */
+    for (int i = 0; i < PER_STAGE; i++) {
+        memset(&rl[i], 0, sizeof(rl[i]));
+        rl[i].in = in;
+        rl[i].out = out;
+        rl[i].group = group;
+        rl[i].stop = &stop;
+        rl[i].go = &go;
+        snprintf(rl[i].txn_id, sizeof(rl[i].txn_id), "%s.txn%d", prefix, i);
+        if (pthread_create(&rl[i].th, NULL, relay_run, &rl[i]) != 0)
+            die("relay", "no thread");
+    }
+    if (!mwt_wait_for(atomic_load(&rl[0].assigned) > 0 && atomic_load(&rl[1].assigned) > 0 &&
+                          atomic_load(&rl[0].assigned) + atomic_load(&rl[1].assigned) == PARTITIONS,
+                      SETUP_MS))
+        die("relay", "the members did not both get partitions");
+    mwt_load_t lr;
+    mwt_batch_init(&lr, prefix, WIDTH, 1, PARTITIONS, 1);
+    double warm[STAGES] = {0};
+    relay_burst(&lr, rl, &go, nr / 10); /* warm-up, both */
+    pipeline_burst(b, n / 10, 1, warm);
+
+    usage_t u0, u1;
+    usage_settled(b, &u0);
+    double ticks[STAGES] = {0};
+    double pr[REPS], pfl[REPS], rr[REPS], rfl[REPS];
+    for (int r = 0; r < REPS; r++) { /* alternate which goes first */
+        mwt_batch_rate_t p, q;
+        if (r % 2 == 0) {
+            p = pipeline_burst(b, n, 1, ticks);
+            q = relay_burst(&lr, rl, &go, nr);
+        } else {
+            q = relay_burst(&lr, rl, &go, nr);
+            p = pipeline_burst(b, n, 1, ticks);
+        }
+        pr[r] = p.steady_req_s;
+        pfl[r] = p.first_last_req_s;
+        rr[r] = q.steady_req_s;
+        rfl[r] = q.first_last_req_s;
+    }
+    usage_settled(b, &u1);
+    atomic_store(&stop, 1);
+    for (int i = 0; i < PER_STAGE; i++)
+        pthread_join(rl[i].th, NULL);
+    mwt_load_fini(&lr);
+
+    double mp = mwt_median(pr, REPS), mr = mwt_median(rr, REPS), mrfl = mwt_median(rfl, REPS);
+    char extra[1400];
+    snprintf(extra, sizeof(extra),
+             ", \"baseline\": %.1f, \"ratio\": %.4f, \"baseline_first_to_last_req_s\": %.1f, "
+             "\"rows_per_request\": 1, \"requests\": %d, \"baseline_requests\": %d, \"runs\": "
+             "%d, \"note\": \"value: the pipeline (2 stages x 2 CPU workers, make run's model, "
+             "f32 [1, 64] requests over 4 partitions, defaults), bursts produced while it runs "
+             "(the load outpaces it); baseline: a relay on topics of the same shape in this "
+             "process (2 members of a consumer group, each with a transactional producer: "
+             "consume, produce key, headers and value unchanged, send_offsets_to_transaction + "
+             "commit_transaction every 100 ms; no compute), the same requests produced while it "
+             "is paused, then released (produced while it runs, the load would limit it): Kafka's "
+             "exactly-once floor on this broker; both: committed results (read_committed) per "
+             "second between the 10th and the 90th percentile result; medians of %d "
+             "interleaved bursts\"",
+             mr, mp / mr, mrfl, n, nr, REPS, REPS);
+    emit("throughput_vs_eos_relay", mp, "req/s", extra);
+    report(b, 1, n, pr, pfl, &u0, &u1, ticks);
+}
+
+/* Rows per request 8 and 64 on the same pipeline. */
+static void bench_rows(bench_t *b, int rows, int n)
+{
+    double warm[STAGES] = {0};
+    pipeline_burst(b, n / 10, rows, warm);
+    usage_t u0, u1;
+    usage_settled(b, &u0);
+    double ticks[STAGES] = {0}, rs[REPS], fl[REPS];
+    for (int r = 0; r < REPS; r++) {
+        mwt_batch_rate_t q = pipeline_burst(b, n, rows, ticks);
+        rs[r] = q.steady_req_s;
+        fl[r] = q.first_last_req_s;
+    }
+    usage_settled(b, &u1);
+    report(b, rows, n, rs, fl, &u0, &u1, ticks);
+}
+
+int main(void)
+{
+    srand((unsigned)getpid());
+    bench_t b = {0};
+    pipeline_start(&b);
+    bench_vs_relay(&b);
+    bench_rows(&b, 8, 20000);
+    bench_rows(&b, 64, 5000);
+    mwt_load_fini(&b.l);
+    mw_redis_destroy(b.r);
+    live = NULL;
+    mwt_pipeline_destroy(b.p);
+    return 0;
+}

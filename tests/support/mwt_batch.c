@@ -1,0 +1,130 @@
+/* Benchmark support for batched serving (see mwt_batch.h). */
+#include "mwt_batch.h"
+
+#include "err.h"
+#include "harness.h"
+#include "kafka.h"
+#include "topics/record.h"
+#include "topics/topics.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void die(const char *what, const char *err)
+{
+    fprintf(stderr, "mwt_batch: %s: %s\n", what, err);
+    exit(1);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+void mwt_batch_create_topics(const char *const *names, int n, int partitions)
+{
+    char err[512];
+    mw_config_t cfg;
+    mwt_config(&cfg);
+    rd_kafka_t *rk = mw_topics_admin_new(&cfg, err, sizeof(err));
+    mw_config_fini(&cfg);
+    if (rk == NULL)
+        die("admin", err);
+    for (int i = 0; i < n; i++)
+        if (mw_kafka_create_topic(rk, names[i], partitions, 30000, err, sizeof(err)) != MW_OK)
+            die(names[i], err);
+    mw_kafka_destroy(rk);
+}
+
+void mwt_batch_init(mwt_load_t *l, const char *topic_prefix, int in_features, int max_rows,
+                    int partitions, int raw)
+{
+    /* One buffer of max_rows rows; a request of R rows sends its first R. */
+    mwt_load_init(l, topic_prefix, in_features * max_rows, raw);
+    l->in_features = in_features;
+    l->req_bytes = (size_t)in_features * sizeof(float);
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(partitions);
+    for (int i = 0; i < partitions; i++)
+        rd_kafka_topic_partition_list_add(parts, l->results, i)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_resp_err_t err = rd_kafka_assign(l->cons, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        die("assign", rd_kafka_err2str(err));
+}
+
+void mwt_batch_submit(mwt_load_t *l, int n, int rows, int partitions)
+{
+    char key[32], err[256];
+    mw_tensor_desc_t desc = {.dtype = MW_DTYPE_F32, .ndim = 2, .shape = {rows, l->in_features}};
+    for (int k = 0; k < n; k++) {
+        int i = atomic_load(&l->next);
+        if (i >= MWT_LOAD_MAX_REQ)
+            die("submit", "too many requests");
+        snprintf(key, sizeof(key), "r%07d", i);
+        mw_record_t rec;
+        mw_record_init(&rec);
+        if (mw_request_encode(&rec, key, strlen(key), &desc, l->input, (size_t)rows * l->req_bytes,
+                              0, 0, err, sizeof(err)) != MW_OK)
+            die("encode", err);
+        l->sent[i] = mwt_now_us();
+        int rc;
+        while ((rc = mw_record_produce(l->prod, l->requests, i % partitions, &rec, NULL, err,
+                                       sizeof(err))) == MW_EAGAIN)
+            rd_kafka_poll(l->prod, 10);
+        if (rc != MW_OK)
+            die("produce", err);
+        mw_record_fini(&rec);
+        atomic_store(&l->next, i + 1);
+        rd_kafka_poll(l->prod, 0);
+    }
+}
+
+typedef struct burst_arg {
+    mwt_load_t *l;
+    int n, rows, partitions;
+} burst_arg_t;
+
+static void *burst_produce(void *arg)
+{
+    burst_arg_t *b = arg;
+    mwt_batch_submit(b->l, b->n, b->rows, b->partitions);
+    if (rd_kafka_flush(b->l->prod, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        die("burst", "requests not delivered");
+    return NULL;
+}
+
+mwt_batch_rate_t mwt_batch_rate(const mwt_load_t *l, int first, int n, double t0)
+{
+    double *t = malloc((size_t)n * sizeof(double));
+    if (t == NULL)
+        die("rate", "out of memory");
+    memcpy(t, l->got + first, (size_t)n * sizeof(double));
+    qsort(t, (size_t)n, sizeof(*t), cmp_double);
+    /* Arrival times from the 10th to the 90th percentile: the steady state,
+     * without the first commit's wait and the tail. */
+    int lo = n / 10, hi = n - 1 - n / 10;
+    mwt_batch_rate_t r = {
+        .steady_req_s = (hi - lo) / ((t[hi] - t[lo]) / 1e6),
+        .first_last_req_s = n / ((t[n - 1] - t0) / 1e6),
+    };
+    free(t);
+    return r;
+}
+
+mwt_batch_rate_t mwt_batch_burst(mwt_load_t *l, int n, int rows, int partitions)
+{
+    int first = atomic_load(&l->next);
+    burst_arg_t b = {.l = l, .n = n, .rows = rows, .partitions = partitions};
+    pthread_t th;
+    double t0 = mwt_now_us();
+    if (pthread_create(&th, NULL, burst_produce, &b) != 0)
+        die("burst", "no thread");
+    int got = mwt_load_collect(l, first + n, 300000);
+    pthread_join(th, NULL);
+    if (got < first + n)
+        die("burst", "results missing");
+    return mwt_batch_rate(l, first, n, t0);
+}

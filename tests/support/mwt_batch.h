@@ -1,0 +1,37 @@
+/* Benchmark support for batched serving: topics with several partitions, and a
+ * mwt_load_t whose requests have several rows ([rows, in_features]), spread
+ * over every partition, with results read from every partition. Fails the
+ * program (exit 1) on setup errors. */
+#ifndef MWT_BATCH_H
+#define MWT_BATCH_H
+
+#include "mwt_load.h"
+
+/* Creates topics of `partitions` partitions each. */
+void mwt_batch_create_topics(const char *const *names, int n, int partitions);
+
+/* mwt_load_init for requests of up to max_rows rows of in_features f32 on
+ * <topic_prefix>.requests/.results of `partitions` partitions: the results
+ * consumer reads every partition from the beginning. Free with mwt_load_fini. */
+void mwt_batch_init(mwt_load_t *l, const char *topic_prefix, int in_features, int max_rows,
+                    int partitions, int raw);
+
+/* Produces n requests of f32 [rows, in_features] (rows <= max_rows), request i
+ * to partition i % partitions; does not flush. Thread-safe against
+ * mwt_load_collect. */
+void mwt_batch_submit(mwt_load_t *l, int n, int rows, int partitions);
+
+/* Throughput of requests [first, first + n) of l, all answered, from t0
+ * (mwt_now_us). */
+typedef struct mwt_batch_rate {
+    double steady_req_s;     /* between the 10th and the 90th percentile result */
+    double first_last_req_s; /* n over t0 -> last result */
+} mwt_batch_rate_t;
+
+mwt_batch_rate_t mwt_batch_rate(const mwt_load_t *l, int first, int n, double t0);
+
+/* n requests of `rows` rows produced at once (by a thread of their own, while
+ * this one reads results): their rate from the first produce. */
+mwt_batch_rate_t mwt_batch_burst(mwt_load_t *l, int n, int rows, int partitions);
+
+#endif
