@@ -21,7 +21,7 @@
 #define FAC               "origin"
 #define REQ_BUCKETS       4096
 #define BATCH_BUCKETS     1024
-#define POLL_BATCH        64
+#define POLL_MIN          64 /* messages taken per engine pass, at least */
 #define FULL_POLL_MS      50
 #define COMMIT_MIN_GAP_MS 10
 #define PAUSE_AFTER_MS    250
@@ -997,7 +997,9 @@ int mw_dp_origin_step(mw_dataplane_t *dp)
      * full but not yet paused: that would take requests beyond it. */
     int full = o->draining || window_at(dp, 1, 1);
     int hold = full && !o->paused && !o->draining;
-    for (int i = 0; i < POLL_BATCH && !hold && (!full || now >= o->next_full_poll_ms); i++) {
+    /* Up to a full batch per pass, so that batches are not cut at the poll. */
+    int64_t poll_max = dp->cfg.batch_max_rows > POLL_MIN ? dp->cfg.batch_max_rows : POLL_MIN;
+    for (int64_t i = 0; i < poll_max && !hold && (!full || now >= o->next_full_poll_ms); i++) {
         if (full) {
             o->next_full_poll_ms = now + FULL_POLL_MS;
             if (i > 0)
