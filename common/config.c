@@ -125,8 +125,10 @@ static const struct cfg_key keys[] = {
           "exactly-once: results and input offsets in one Kafka transaction; at-least-once: "
           "produce, then commit offsets"),
     CFG_I("results.commit_interval_ms", results_commit_interval_ms, "100", 1, 600000,
-          "longest a released result waits for its results transaction to start (one starts as "
-          "soon as results are released and the last commit ended 10 ms ago)"),
+          "longest a released result waits for its results transaction to start"),
+    CFG_I("results.commit_min_gap_ms", results_commit_min_gap_ms, "10", 0, 600000,
+          "group commit: a results transaction starts as soon as results are released and the "
+          "previous one ended this long ago (at most results.commit_interval_ms)"),
     CFG_I("request.max_attempts", request_max_attempts, "3", 1, 1000,
           "dispatches of one request before it fails with an error result and a DLQ copy"),
     CFG_I("request.timeout_ms", request_timeout_ms, "30000", 1, 86400000,

@@ -66,7 +66,8 @@ typedef struct mw_config {
     int64_t batch_max_delay_us;         /* batch.max_delay_us: origin waits to fill a batch */
     int64_t worker_compute_delay_us;    /* worker.compute_delay_us: testing, slower stage */
     char results_delivery[16];          /* results.delivery: exactly-once | at-least-once */
-    int64_t results_commit_interval_ms; /* results.commit_interval_ms: one transaction each */
+    int64_t results_commit_interval_ms; /* results.commit_interval_ms: longest wait to commit */
+    int64_t results_commit_min_gap_ms;  /* results.commit_min_gap_ms: between two commits */
     int64_t request_max_attempts;       /* request.max_attempts */
     int64_t request_timeout_ms;         /* request.timeout_ms: default deadline */
     int64_t request_attempt_timeout_ms; /* request.attempt_timeout_ms: retry unanswered */

@@ -18,13 +18,12 @@
 #include <string.h>
 #include <time.h>
 
-#define FAC               "origin"
-#define REQ_BUCKETS       4096
-#define BATCH_BUCKETS     1024
-#define POLL_MIN          64 /* messages taken per engine pass, at least */
-#define FULL_POLL_MS      50
-#define COMMIT_MIN_GAP_MS 10
-#define PAUSE_AFTER_MS    250
+#define FAC            "origin"
+#define REQ_BUCKETS    4096
+#define BATCH_BUCKETS  1024
+#define POLL_MIN       64 /* messages taken per engine pass, at least */
+#define FULL_POLL_MS   50
+#define PAUSE_AFTER_MS 250
 
 enum { RQ_WAIT = 1, RQ_SENT, RQ_DONE };
 
@@ -951,8 +950,8 @@ static void flow_control(mw_dataplane_t *dp, int64_t now)
  * commit ended at least the gap ago. Commits run on this thread, so none is in
  * flight meanwhile: under load each one carries everything released while the
  * previous one committed, and a lone result waits for one commit. The gap is
- * COMMIT_MIN_GAP_MS, or results.commit_interval_ms when that is shorter: the
- * longest a released result waits for its transaction to start. */
+ * results.commit_min_gap_ms, or results.commit_interval_ms when that is
+ * shorter: the longest a released result waits for its transaction to start. */
 static int commit_due(mw_dataplane_t *dp, int64_t now)
 {
     dp_origin_t *o = dp->origin;
@@ -1025,9 +1024,9 @@ int mw_dp_origin_step(mw_dataplane_t *dp)
     n += dispatch_waiting(dp);
     rd_kafka_poll(o->producer, 0);
     if (commit_due(dp, now)) {
-        int64_t gap = dp->cfg.results_commit_interval_ms < COMMIT_MIN_GAP_MS
+        int64_t gap = dp->cfg.results_commit_interval_ms < dp->cfg.results_commit_min_gap_ms
                           ? dp->cfg.results_commit_interval_ms
-                          : COMMIT_MIN_GAP_MS;
+                          : dp->cfg.results_commit_min_gap_ms;
         commit(dp);
         o->next_commit_ms = mw_now_ms() + gap;
     }

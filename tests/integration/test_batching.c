@@ -1,7 +1,9 @@
-/* Batching with real processes: requests above batch.max_rows are refused
- * before any compute, a batch that is not full waits at most
- * batch.max_delay_us, and a world that breaks under batches in flight has each
- * of their requests answered once, by its second attempt. */
+/* Batching and group commit with real processes: requests above
+ * batch.max_rows are refused before any compute, a batch that is not full
+ * waits at most batch.max_delay_us, a world that breaks under batches in
+ * flight has each of their requests answered once, by its second attempt, and
+ * a lone request's result is committed without waiting for
+ * results.commit_interval_ms. */
 #include "clock.h"
 #include "harness.h"
 #include "mwt_pipeline.h"
@@ -90,8 +92,9 @@ static void lone_request_waits_for_a_fuller_batch_at_most_batch_max_delay(void *
 
 static void broken_world_under_batches_answers_each_request_once_by_attempt_2(void **state)
 {
-    const int n = 600;
-    /* Stage 1 takes 100 ms per batch, so that batches queue there. */
+    const int n = 3000;
+    /* Stage 1 takes 100 ms per batch, so that batches (of up to 256 rows, about
+     * 30 in all) queue there: more than a second of work per worker. */
     static const char *const slow[] = {"--worker.compute_delay_us=100000", NULL};
     mwt_pipeline_t *p = mwt_pipeline_new("break", 3, 6, 1, NULL);
     *state = p; /* killed by stop_pipeline() even when the test fails */
@@ -121,6 +124,37 @@ static void broken_world_under_batches_answers_each_request_once_by_attempt_2(vo
     free(expected);
 }
 
+static void lone_request_is_committed_without_waiting_for_the_commit_interval(void **state)
+{
+    /* A 5 s interval: a timer would make each request wait 2.5 s on average. */
+    static const char *const flags[] = {"--results.commit_interval_ms=5000", NULL};
+    mwt_pipeline_t *p = mwt_pipeline_new("group", 2, 4, 1, flags);
+    *state = p; /* killed by stop_pipeline() even when the test fails */
+    mwt_pipeline_worker(p, 0, "w0");
+    mwt_pipeline_worker(p, 1, "w1");
+    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, mwt_scaled(30000)));
+    float *expected = mwt_pipeline_reference(p, 4);
+
+    mwt_tally_t t = {0};
+    mwt_pipeline_submit(p, 0, 1, NULL); /* the first one finds the pipeline cold */
+    assert_int_equal(mwt_pipeline_read(p, "results", &t, 4, expected, 1, mwt_scaled(30000)), 1);
+    for (int i = 1; i < 4; i++) {
+        int64_t t0 = mw_now_ms();
+        mwt_pipeline_submit(p, i, 1, NULL);
+        assert_int_equal(mwt_pipeline_read(p, "results", &t, 4, expected, i + 1, mwt_scaled(30000)),
+                         i + 1);
+        int64_t ms = mw_now_ms() - t0;
+        print_message("request %d: produced to committed result read in %lld ms\n", i,
+                      (long long)ms);
+        assert_true(ms < mwt_scaled(1000));
+    }
+    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
+    mwt_pipeline_check_exactly_once(p, &t, 4, expected, NULL, NULL);
+
+    mwt_tally_fini(&t);
+    free(expected);
+}
+
 /* Kills the test's processes and frees its pipeline, passed or failed. */
 static int stop_pipeline(void **state)
 {
@@ -137,6 +171,8 @@ int main(void)
         cmocka_unit_test_teardown(lone_request_waits_for_a_fuller_batch_at_most_batch_max_delay,
                                   stop_pipeline),
         cmocka_unit_test_teardown(broken_world_under_batches_answers_each_request_once_by_attempt_2,
+                                  stop_pipeline),
+        cmocka_unit_test_teardown(lone_request_is_committed_without_waiting_for_the_commit_interval,
                                   stop_pipeline),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
