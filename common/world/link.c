@@ -5,6 +5,7 @@
 #include "clock.h"
 #include "world_int.h"
 
+#include "bytes.h"
 #include "err.h"
 #include "log.h"
 
@@ -296,7 +297,7 @@ static void conn_hello(mw_worlds_t *ctx, struct mw_conn *c)
     if (h.keepalive_ms > 0 && h.keepalive_ms < l->ping_ms)
         l->ping_ms = h.keepalive_ms; /* the peer's watchdog is shorter than ours */
     uint8_t ack[4];
-    mw_frame_put32(ack, (uint32_t)ctx->keepalive_ms);
+    mw_le32_put(ack, (uint32_t)ctx->keepalive_ms);
     mw_tcp_send_control(l, MW_FRAME_HELLO_ACK, ack, sizeof(ack));
     mw_world_link_up(w, l);
 }
@@ -412,8 +413,7 @@ mw_link_t *mw_tcp_link_connect(mw_world_t *w, int peer, const char *addr, char *
 static void txq_push(mw_link_t *l, mw_op_t *op)
 {
     uint32_t seq = l->tx_seq++;
-    for (int i = 0; i < 4; i++)
-        op->hdr[12 + i] = (uint8_t)(seq >> (8 * i));
+    mw_le32_put(op->hdr + 12, seq);
     op->next = NULL;
     op->off = 0;
     op->queued = 1;
@@ -701,7 +701,7 @@ static int rx_begin(mw_link_t *l)
     case MW_FRAME_HELLO_ACK:
         if (l->state != LINK_HELLO_SENT)
             goto unexpected;
-        uint32_t ka = mw_frame_get32(l->rx_meta);
+        uint32_t ka = mw_le32_get(l->rx_meta);
         if (ka > 0 && ka < l->ping_ms)
             l->ping_ms = ka;
         l->state = LINK_UP;
