@@ -1,7 +1,8 @@
-/* TCP backend of worlds: the listener, hello handshake with secret check, and
- * per-link non-blocking frame transmission and reception on the progress
- * thread. Payloads go from and into the callers' buffers directly (one
- * sendmsg for header + payload; recv straight into the posted buffer). */
+/* The link layer of worlds, under every backend: the listener, hello
+ * handshake with secret check, and per-link non-blocking frame transmission
+ * and reception on the progress thread. Payloads go from and into the
+ * callers' buffers directly (one sendmsg for header + payload; recv straight
+ * into the posted buffer). */
 #include "clock.h"
 #include "world_int.h"
 
@@ -91,7 +92,7 @@ static void epoll_set(mw_worlds_t *ctx, int fd, void *ptr, uint32_t *cur, uint32
     *cur = want;
 }
 
-int mw_tcp_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size)
+int mw_link_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size)
 {
     struct sockaddr_storage ss;
     socklen_t len;
@@ -152,7 +153,7 @@ static void conn_close(mw_worlds_t *ctx, struct mw_conn *c)
     }
 }
 
-void mw_tcp_accept(mw_worlds_t *ctx)
+void mw_link_accept(mw_worlds_t *ctx)
 {
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
@@ -298,11 +299,11 @@ static void conn_hello(mw_worlds_t *ctx, struct mw_conn *c)
         l->ping_ms = h.keepalive_ms; /* the peer's watchdog is shorter than ours */
     uint8_t ack[4];
     mw_le32_put(ack, (uint32_t)ctx->keepalive_ms);
-    mw_tcp_send_control(l, MW_FRAME_HELLO_ACK, ack, sizeof(ack));
+    mw_link_send_control(l, MW_FRAME_HELLO_ACK, ack, sizeof(ack));
     mw_world_link_up(w, l);
 }
 
-void mw_tcp_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events)
+void mw_link_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events)
 {
     (void)events;
     if (c->fd < 0)
@@ -333,14 +334,14 @@ void mw_tcp_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events)
         conn_hello(ctx, c);
 }
 
-void mw_tcp_conns_tick(mw_worlds_t *ctx, int64_t now)
+void mw_link_conns_tick(mw_worlds_t *ctx, int64_t now)
 {
     for (struct mw_conn *c = ctx->conns; c != NULL; c = c->next)
         if (c->fd >= 0 && now - c->accepted_ms > ctx->timeout_ms)
             refuse(ctx, c, NULL, "no HELLO within world.timeout_ms");
 }
 
-void mw_tcp_conns_free(mw_worlds_t *ctx, int all)
+void mw_link_conns_free(mw_worlds_t *ctx, int all)
 {
     struct mw_conn **pp = &ctx->conns;
     while (*pp != NULL) {
@@ -373,8 +374,8 @@ static void link_update_events(mw_link_t *l)
     epoll_set(l->w->ctx, l->fd, l, &l->events, want);
 }
 
-mw_link_t *mw_tcp_link_connect(mw_world_t *w, int peer, const char *addr, char *errstr,
-                               size_t errstr_size)
+mw_link_t *mw_link_connect(mw_world_t *w, int peer, const char *addr, char *errstr,
+                           size_t errstr_size)
 {
     struct sockaddr_storage ss;
     socklen_t len;
@@ -427,8 +428,9 @@ static void txq_push(mw_link_t *l, mw_op_t *op)
 }
 
 static void link_tx(mw_link_t *l);
+static void link_left(mw_link_t *l);
 
-void mw_tcp_send_control(mw_link_t *l, uint8_t type, const uint8_t *meta, size_t meta_len)
+void mw_link_send_control(mw_link_t *l, uint8_t type, const uint8_t *meta, size_t meta_len)
 {
     mw_op_t *op = calloc(1, sizeof(*op));
     if (op != NULL) {
@@ -731,7 +733,7 @@ static int rx_begin(mw_link_t *l)
         if (l->state != LINK_UP)
             goto unexpected;
         rx_frame_done(l);
-        mw_tcp_link_left(l);
+        link_left(l);
         return 0;
     case MW_FRAME_HEADER:
         break;
@@ -847,7 +849,7 @@ static void rx_resume(mw_link_t *l)
     link_rx(l);
 }
 
-void mw_tcp_link_post(mw_link_t *l, mw_op_t *op)
+void mw_link_post(mw_link_t *l, mw_op_t *op)
 {
     mw_world_t *w = l->w;
     if (l->state != LINK_UP) {
@@ -904,7 +906,7 @@ void mw_tcp_link_post(mw_link_t *l, mw_op_t *op)
         rx_resume(l);
 }
 
-void mw_tcp_link_event(mw_link_t *l, uint32_t events)
+void mw_link_event(mw_link_t *l, uint32_t events)
 {
     if (l->fd < 0)
         return;
@@ -953,7 +955,7 @@ void mw_tcp_link_event(mw_link_t *l, uint32_t events)
         link_tx(l);
 }
 
-void mw_tcp_link_tick(mw_link_t *l, int64_t now)
+void mw_link_tick(mw_link_t *l, int64_t now)
 {
     mw_world_t *w = l->w;
     mw_worlds_t *ctx = w->ctx;
@@ -993,7 +995,7 @@ static void fail_queue(mw_world_t *w, mw_op_t *op, const char *e)
         mw_world_req_done(w, op->req, MW_ECLOSED, e);
 }
 
-void mw_tcp_link_left(mw_link_t *l)
+static void link_left(mw_link_t *l)
 {
     mw_world_t *w = l->w;
     char e[400];
@@ -1006,11 +1008,11 @@ void mw_tcp_link_left(mw_link_t *l)
     fail_queue(w, l->recv_coll_q, e);
     if (l->rx_op != NULL)
         mw_world_req_done(w, l->rx_op->req, MW_ECLOSED, e);
-    mw_tcp_link_close(l, MW_ECLOSED);
+    mw_link_close(l, MW_ECLOSED);
     mw_world_peer_left(w, l);
 }
 
-void mw_tcp_link_bye(mw_link_t *l)
+void mw_link_bye(mw_link_t *l)
 {
     if (l->fd < 0 || l->state != LINK_UP || l->txq != NULL)
         return;
@@ -1021,7 +1023,7 @@ void mw_tcp_link_bye(mw_link_t *l)
     (void)n; /* best effort: without it the peer sees a plain close */
 }
 
-void mw_tcp_link_close(mw_link_t *l, int rc)
+void mw_link_close(mw_link_t *l, int rc)
 {
     mw_world_t *w = l->w;
     if (l->fd >= 0) {
@@ -1060,12 +1062,12 @@ void mw_tcp_link_close(mw_link_t *l, int rc)
     l->rx_got = 0;
 }
 
-void mw_tcp_link_free(mw_link_t *l)
+void mw_link_free(mw_link_t *l)
 {
     if (l == NULL)
         return;
     if (l->fd >= 0)
-        mw_tcp_link_close(l, MW_ECLOSED);
+        mw_link_close(l, MW_ECLOSED);
     free(l->rx_meta);
     free(l);
 }

@@ -78,7 +78,7 @@ static void world_unref(mw_world_t *w)
         return;
     if (w->links != NULL)
         for (int p = 0; p < w->size; p++)
-            mw_tcp_link_free(w->links[p]);
+            mw_link_free(w->links[p]);
     free(w->links);
     if (w->ops != NULL && w->ops->destroy != NULL)
         w->ops->destroy(w);
@@ -369,7 +369,7 @@ static void fail_everything(mw_world_t *w, int rc)
     if (w->links != NULL)
         for (int p = 0; p < w->size; p++)
             if (w->links[p] != NULL)
-                mw_tcp_link_close(w->links[p], rc);
+                mw_link_close(w->links[p], rc);
     while (w->preready != NULL) {
         mw_op_t *op = w->preready;
         w->preready = op->next;
@@ -426,13 +426,13 @@ static void world_close(mw_worlds_t *ctx, mw_world_t *w)
         if (w->state == MW_WORLD_READY && w->links != NULL)
             for (int p = 0; p < w->size; p++)
                 if (w->links[p] != NULL)
-                    mw_tcp_link_bye(w->links[p]);
+                    mw_link_bye(w->links[p]);
         set_state(w, MW_WORLD_CLOSED, MW_ECLOSED, text);
         fail_everything(w, MW_ECLOSED);
     } else if (w->links != NULL) {
         for (int p = 0; p < w->size; p++)
             if (w->links[p] != NULL)
-                mw_tcp_link_close(w->links[p], MW_ECLOSED);
+                mw_link_close(w->links[p], MW_ECLOSED);
     }
     if (!w->in_engine)
         return;
@@ -531,7 +531,7 @@ static void route_op(mw_world_t *w, mw_op_t *op)
         }
         return;
     }
-    mw_tcp_link_post(w->links[op->peer], op);
+    mw_link_post(w->links[op->peer], op);
 }
 
 /* --- the join state machine (progress thread) -------------------------------------- */
@@ -602,13 +602,13 @@ static void send_hello(mw_world_t *w, mw_link_t *l)
         mw_world_break(w, MW_EINVAL, "cannot encode HELLO");
         return;
     }
-    mw_tcp_send_control(l, MW_FRAME_HELLO, meta, (size_t)n);
+    mw_link_send_control(l, MW_FRAME_HELLO, meta, (size_t)n);
 }
 
 static void connect_peer(mw_world_t *w, int peer, const char *addr)
 {
     char err[256];
-    mw_link_t *l = mw_tcp_link_connect(w, peer, addr, err, sizeof(err));
+    mw_link_t *l = mw_link_connect(w, peer, addr, err, sizeof(err));
     if (l == NULL) {
         if (peer == 0)
             mw_world_connect_failed(w, w->links[0], err);
@@ -642,7 +642,7 @@ void mw_world_link_up(mw_world_t *w, mw_link_t *l)
             return;
         }
         for (int p = 1; p < w->size; p++)
-            mw_tcp_send_control(w->links[p], MW_FRAME_PEERS, meta, (size_t)n);
+            mw_link_send_control(w->links[p], MW_FRAME_PEERS, meta, (size_t)n);
     }
     if (w->state == MW_WORLD_JOINING)
         links_done(w);
@@ -667,7 +667,7 @@ void mw_world_connect_failed(mw_world_t *w, mw_link_t *l, const char *why)
     }
     if (w->rank != 0 && l != NULL && l->peer == 0 && w->join_phase == JOIN_CONNECT) {
         /* a stale record, or rank 0 restarting: fetch the record again */
-        mw_tcp_link_close(l, MW_EAGAIN);
+        mw_link_close(l, MW_EAGAIN);
         l->state = LINK_NONE;
         w->join_phase = JOIN_FETCH;
         w->fetch_failures++;
@@ -833,9 +833,9 @@ static void tick(mw_worlds_t *ctx, int64_t now)
         }
         for (int p = 0; p < w->size && w->links != NULL; p++)
             if (w->links[p] != NULL && (w->state == MW_WORLD_JOINING || w->state == MW_WORLD_READY))
-                mw_tcp_link_tick(w->links[p], now);
+                mw_link_tick(w->links[p], now);
     }
-    mw_tcp_conns_tick(ctx, now);
+    mw_link_conns_tick(ctx, now);
 }
 
 static void deliver_callbacks(mw_worlds_t *ctx)
@@ -854,7 +854,7 @@ static void deliver_callbacks(mw_worlds_t *ctx)
 
 static void reap(mw_worlds_t *ctx)
 {
-    mw_tcp_conns_free(ctx, 0);
+    mw_link_conns_free(ctx, 0);
     while (ctx->reap != NULL) {
         mw_world_t *w = ctx->reap;
         ctx->reap = w->next_reap;
@@ -881,11 +881,11 @@ static void *progress_main(void *arg)
                 (void)r;
                 __atomic_store_n(&ctx->wake_pending, 0, __ATOMIC_RELEASE);
             } else if (kind == EV_LISTEN) {
-                mw_tcp_accept(ctx);
+                mw_link_accept(ctx);
             } else if (kind == EV_CONN) {
-                mw_tcp_conn_event(ctx, evs[i].data.ptr, evs[i].events);
+                mw_link_conn_event(ctx, evs[i].data.ptr, evs[i].events);
             } else if (kind == EV_LINK) {
-                mw_tcp_link_event(evs[i].data.ptr, evs[i].events);
+                mw_link_event(evs[i].data.ptr, evs[i].events);
             }
         }
         drain_cmds(ctx);
@@ -908,7 +908,7 @@ static void *progress_main(void *arg)
         world_close(ctx, ctx->worlds);
     deliver_callbacks(ctx);
     reap(ctx);
-    mw_tcp_conns_free(ctx, 1);
+    mw_link_conns_free(ctx, 1);
     return NULL;
 }
 
@@ -952,7 +952,7 @@ mw_worlds_t *mw_worlds_new(const mw_config_t *cfg, char *errstr, size_t errstr_s
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &ctx->wake_kind};
     epoll_ctl(ctx->epfd, EPOLL_CTL_ADD, ctx->wakefd, &ev);
-    if (mw_tcp_listen(ctx, errstr, errstr_size) != MW_OK)
+    if (mw_link_listen(ctx, errstr, errstr_size) != MW_OK)
         goto out_free;
     if (pthread_create(&ctx->thread, NULL, progress_main, ctx) != 0) {
         mw_errf(MW_EIO, errstr, errstr_size, "cannot start the progress thread");

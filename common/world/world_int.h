@@ -1,6 +1,6 @@
 /* Worlds, internal: context, world, link, operation and request structures
- * shared by world.c (API, state machine, threads, watchdog), world_tcp.c
- * (sockets and frames) and the backend ops table (world_nccl.c).
+ * shared by world.c (API, state machine, threads, watchdog), link.c (the link
+ * layer: sockets and frames) and the backends' ops tables (nccl.c).
  *
  * Locking. ctx->lock guards the command queue, the event queue and the
  * rendezvous jobs; w->lock guards a world's state/error and its requests'
@@ -269,7 +269,7 @@ struct mw_worlds {
 
 #define MW_EVENTS_MAX 1024
 
-/* world.c, for world_tcp.c and backends (progress thread). */
+/* world.c, for link.c and backends (progress thread). */
 void mw_world_break(mw_world_t *w, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void mw_world_op_done(mw_world_t *w, mw_op_t *op, int rc);
@@ -279,22 +279,21 @@ void mw_world_peers_received(mw_world_t *w, char (*addrs)[MW_FRAME_ADDR_MAX + 1]
 void mw_world_connect_failed(mw_world_t *w, mw_link_t *l, const char *why);
 void mw_world_peer_left(mw_world_t *w, mw_link_t *l);
 
-/* world_tcp.c (progress thread). */
-int mw_tcp_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size);
-void mw_tcp_accept(mw_worlds_t *ctx);
-void mw_tcp_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events);
-void mw_tcp_conns_tick(mw_worlds_t *ctx, int64_t now);
-void mw_tcp_conns_free(mw_worlds_t *ctx, int all);
-mw_link_t *mw_tcp_link_connect(mw_world_t *w, int peer, const char *addr, char *errstr,
-                               size_t errstr_size);
-void mw_tcp_link_event(mw_link_t *l, uint32_t events);
-void mw_tcp_link_post(mw_link_t *l, mw_op_t *op);
-void mw_tcp_link_tick(mw_link_t *l, int64_t now);
-void mw_tcp_link_close(mw_link_t *l, int rc);
-void mw_tcp_link_left(mw_link_t *l);
-void mw_tcp_link_bye(mw_link_t *l);
-void mw_tcp_link_free(mw_link_t *l);
-void mw_tcp_send_control(mw_link_t *l, uint8_t type, const uint8_t *meta, size_t meta_len);
+/* link.c (progress thread). */
+int mw_link_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size);
+void mw_link_accept(mw_worlds_t *ctx);
+void mw_link_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events);
+void mw_link_conns_tick(mw_worlds_t *ctx, int64_t now);
+void mw_link_conns_free(mw_worlds_t *ctx, int all);
+mw_link_t *mw_link_connect(mw_world_t *w, int peer, const char *addr, char *errstr,
+                           size_t errstr_size);
+void mw_link_event(mw_link_t *l, uint32_t events);
+void mw_link_post(mw_link_t *l, mw_op_t *op);
+void mw_link_tick(mw_link_t *l, int64_t now);
+void mw_link_close(mw_link_t *l, int rc);
+void mw_link_bye(mw_link_t *l);
+void mw_link_free(mw_link_t *l);
+void mw_link_send_control(mw_link_t *l, uint8_t type, const uint8_t *meta, size_t meta_len);
 /* The open world (name, epoch) that accepts rank below_rank: one of rank <
  * below_rank (a process may hold several ranks of one world). */
 mw_world_t *mw_world_find(mw_worlds_t *ctx, const char *name, int64_t epoch, int below_rank);
