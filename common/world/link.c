@@ -48,10 +48,10 @@ static void tune_socket(mw_worlds_t *ctx, int fd)
 {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (ctx->sockbuf > 0) {
+    if (ctx->opts.socket_buffer_bytes > 0) {
         /* SO_*BUFFORCE works with CAP_NET_ADMIN beyond the sysctl maximum;
          * otherwise the kernel caps the plain option at net.core.*mem_max. */
-        int v = ctx->sockbuf;
+        int v = ctx->opts.socket_buffer_bytes;
         if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof(v)) != 0)
             setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
         if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &v, sizeof(v)) != 0)
@@ -97,8 +97,8 @@ int mw_link_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size)
     struct sockaddr_storage ss;
     socklen_t len;
     char addr[MW_FRAME_ADDR_MAX + 1];
-    const char *host = ctx->cfg.world_listen_host;
-    snprintf(addr, sizeof(addr), "%.100s:%lld", host, (long long)ctx->cfg.world_listen_port);
+    const char *host = ctx->opts.listen_host;
+    snprintf(addr, sizeof(addr), "%.100s:%d", host, ctx->opts.listen_port);
     if (parse_addr(addr, &ss, &len) != MW_OK)
         return mw_errf(MW_EINVAL, errstr, errstr_size,
                        "world.listen_host '%s' is not a numeric IP address", host);
@@ -117,10 +117,9 @@ int mw_link_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size)
     getsockname(fd, (struct sockaddr *)&bound, &blen);
     int port = ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
                                                 : ((struct sockaddr_in6 *)&bound)->sin6_port);
-    const char *adv = ctx->cfg.world_advertise_host[0] ? ctx->cfg.world_advertise_host : host;
+    const char *adv = ctx->opts.advertise_host[0] ? ctx->opts.advertise_host : host;
     char hostname[256];
-    if (!ctx->cfg.world_advertise_host[0] &&
-        (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)) {
+    if (!ctx->opts.advertise_host[0] && (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)) {
         /* advertise the hostname's first address: peers need a numeric one */
         struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res;
         adv = "127.0.0.1";
@@ -218,7 +217,7 @@ static mw_link_t *link_new(mw_world_t *w, int peer)
         return NULL;
     int64_t now = mw_now_ms();
     l->last_rx_ms = l->last_tx_ms = l->tx_progress_ms = now;
-    l->ping_ms = w->ctx->keepalive_ms;
+    l->ping_ms = w->ctx->opts.keepalive_ms;
     return l;
 }
 
@@ -298,7 +297,7 @@ static void conn_hello(mw_worlds_t *ctx, struct mw_conn *c)
     if (h.keepalive_ms > 0 && h.keepalive_ms < l->ping_ms)
         l->ping_ms = h.keepalive_ms; /* the peer's watchdog is shorter than ours */
     uint8_t ack[4];
-    mw_le32_put(ack, (uint32_t)ctx->keepalive_ms);
+    mw_le32_put(ack, (uint32_t)ctx->opts.keepalive_ms);
     mw_link_send_control(l, MW_FRAME_HELLO_ACK, ack, sizeof(ack));
     mw_world_link_up(w, l);
 }
@@ -337,7 +336,7 @@ void mw_link_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events)
 void mw_link_conns_tick(mw_worlds_t *ctx, int64_t now)
 {
     for (struct mw_conn *c = ctx->conns; c != NULL; c = c->next)
-        if (c->fd >= 0 && now - c->accepted_ms > ctx->timeout_ms)
+        if (c->fd >= 0 && now - c->accepted_ms > ctx->opts.timeout_ms)
             refuse(ctx, c, NULL, "no HELLO within world.timeout_ms");
 }
 
@@ -802,8 +801,9 @@ static void link_rx(mw_link_t *l)
             if (l->rx_got < MW_FRAME_HDR_SIZE)
                 continue;
             char err[256];
-            int rc = mw_frame_hdr_decode(l->rx_hdr_buf, MW_FRAME_HDR_SIZE, w->ctx->max_tensor_bytes,
-                                         &l->rx_hdr, err, sizeof(err));
+            int rc =
+                mw_frame_hdr_decode(l->rx_hdr_buf, MW_FRAME_HDR_SIZE, w->ctx->opts.max_tensor_bytes,
+                                    &l->rx_hdr, err, sizeof(err));
             if (rc != MW_OK) {
                 mw_world_break(w, rc, "bad frame from rank %d: %s", l->peer, err);
                 break;
@@ -963,7 +963,7 @@ void mw_link_tick(mw_link_t *l, int64_t now)
         return;
     /* measured from the last byte moved, which precedes the failure: the
      * tick is subtracted so that detection lands within world.timeout_ms */
-    int64_t limit = ctx->timeout_ms - ctx->tick_ms;
+    int64_t limit = ctx->opts.timeout_ms - ctx->tick_ms;
     if (l->txq != NULL && now - l->tx_progress_ms > limit) {
         mw_world_break(w, MW_EBROKEN,
                        "send to rank %d made no progress for %lld ms (peer stopped, hung or "

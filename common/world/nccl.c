@@ -245,7 +245,7 @@ static int nccl_poll(mw_world_t *w, int64_t now, char *errstr, size_t errstr_siz
         struct nreq *n = nw->inflight;
         cudaError_t e = cudaEventQuery(n->ev);
         if (e == cudaErrorNotReady) {
-            if (now - n->posted_ms > w->ctx->timeout_ms)
+            if (now - n->posted_ms > w->ctx->opts.timeout_ms)
                 return mw_errf(MW_EBROKEN, errstr, errstr_size,
                                "NCCL operation made no progress for %lld ms (a peer is dead, "
                                "stopped or not taking part)",

@@ -207,7 +207,7 @@ static int64_t rdv_run(mw_worlds_t *ctx, mw_redis_t **r, mw_rdv_job_t *job)
     if (job->type != RDV_REMOVE && !world_joining(job->w))
         return -1;
     if (*r == NULL) {
-        *r = mw_redis_new(&ctx->cfg, 1, err, sizeof(err));
+        *r = mw_redis_new(&ctx->redis_cfg, 1, err, sizeof(err));
         if (*r == NULL) {
             __atomic_store_n(&job->w->rdv_last_rc, MW_EUNAVAIL, __ATOMIC_RELAXED);
             return 100;
@@ -591,7 +591,7 @@ static void send_hello(mw_world_t *w, mw_link_t *l)
     mw_frame_hello_t h = {.epoch = w->epoch,
                           .size = (uint32_t)w->size,
                           .rank = (uint32_t)w->rank,
-                          .keepalive_ms = (uint32_t)w->ctx->keepalive_ms,
+                          .keepalive_ms = (uint32_t)w->ctx->opts.keepalive_ms,
                           .secret_len = MW_RDV_SECRET_BYTES};
     memcpy(h.secret, w->rdv.secret, MW_RDV_SECRET_BYTES);
     snprintf(h.name, sizeof(h.name), "%s", w->name);
@@ -914,28 +914,27 @@ static void *progress_main(void *arg)
 
 /* --- the context --------------------------------------------------------------------- */
 
-mw_worlds_t *mw_worlds_new(const mw_config_t *cfg, char *errstr, size_t errstr_size)
+mw_worlds_t *mw_worlds_new(const mw_world_options_t *opts, char *errstr, size_t errstr_size)
 {
     mw_worlds_t *ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL) {
         mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
         return NULL;
     }
-    ctx->cfg = *cfg;
-    ctx->cfg.kafka = NULL; /* not ours, not needed */
-    ctx->cfg.kafka_count = 0;
-    ctx->timeout_ms = cfg->world_timeout_ms;
-    ctx->keepalive_ms = cfg->world_keepalive_ms;
-    if (ctx->keepalive_ms > ctx->timeout_ms / 3)
-        ctx->keepalive_ms = ctx->timeout_ms / 3;
-    ctx->tick_ms =
-        ctx->timeout_ms / 20 < ctx->keepalive_ms / 4 ? ctx->timeout_ms / 20 : ctx->keepalive_ms / 4;
+    if (mw_config_copy(&ctx->redis_cfg, opts->redis, errstr, errstr_size) != MW_OK) {
+        free(ctx);
+        return NULL;
+    }
+    ctx->opts = *opts;
+    ctx->opts.redis = &ctx->redis_cfg;
+    if (ctx->opts.keepalive_ms > ctx->opts.timeout_ms / 3)
+        ctx->opts.keepalive_ms = ctx->opts.timeout_ms / 3;
+    int64_t timeout_ms = ctx->opts.timeout_ms, keepalive_ms = ctx->opts.keepalive_ms;
+    ctx->tick_ms = timeout_ms / 20 < keepalive_ms / 4 ? timeout_ms / 20 : keepalive_ms / 4;
     if (ctx->tick_ms < 2)
         ctx->tick_ms = 2;
     if (ctx->tick_ms > 50)
         ctx->tick_ms = 50;
-    ctx->max_tensor_bytes = (uint64_t)cfg->world_max_tensor_bytes;
-    ctx->sockbuf = (int)cfg->world_socket_buffer_bytes;
     ctx->wake_kind = EV_WAKE;
     ctx->listen_kind = EV_LISTEN;
     ctx->listenfd = ctx->wakefd = ctx->donefd = -1;
@@ -969,7 +968,7 @@ mw_worlds_t *mw_worlds_new(const mw_config_t *cfg, char *errstr, size_t errstr_s
     }
     ctx->threads_started = 1;
     mw_log(MW_LOG_DEBUG, "world", "worlds listening at %s (timeout %lld ms, keepalive %lld ms)",
-           ctx->address, (long long)ctx->timeout_ms, (long long)ctx->keepalive_ms);
+           ctx->address, (long long)ctx->opts.timeout_ms, (long long)ctx->opts.keepalive_ms);
     return ctx;
 out_free:
     if (ctx->listenfd >= 0)
@@ -984,6 +983,7 @@ out_free:
     pthread_mutex_destroy(&ctx->lock);
     pthread_cond_destroy(&ctx->cond);
     pthread_cond_destroy(&ctx->rdv_cond);
+    mw_config_fini(&ctx->redis_cfg);
     free(ctx);
     return NULL;
 }
@@ -1009,6 +1009,7 @@ void mw_worlds_destroy(mw_worlds_t *ctx)
     pthread_mutex_destroy(&ctx->lock);
     pthread_cond_destroy(&ctx->cond);
     pthread_cond_destroy(&ctx->rdv_cond);
+    mw_config_fini(&ctx->redis_cfg);
     free(ctx);
 }
 
@@ -1104,7 +1105,7 @@ int mw_world_join(mw_worlds_t *ctx, const mw_world_opts_t *opts, mw_world_t **ou
     w->state = MW_WORLD_JOINING;
     w->join_start_ms = mw_now_ms();
     w->join_deadline_ms =
-        w->join_start_ms + (opts->timeout_ms > 0 ? opts->timeout_ms : ctx->timeout_ms);
+        w->join_start_ms + (opts->timeout_ms > 0 ? opts->timeout_ms : ctx->opts.timeout_ms);
     if (w->rank == 0 && w->size > 1 &&
         getrandom(w->rdv.secret, MW_RDV_SECRET_BYTES, 0) != MW_RDV_SECRET_BYTES) {
         world_unref(w);
@@ -1314,7 +1315,7 @@ int mw_world_isend(mw_world_t *w, int peer, const mw_tensor_desc_t *desc, const 
     *req = NULL;
     if (!check_peer(w, peer) || mw_tensor_nbytes(desc, &nbytes) != MW_OK || buf == NULL)
         return MW_EINVAL;
-    if (nbytes > w->ctx->max_tensor_bytes)
+    if (nbytes > w->ctx->opts.max_tensor_bytes)
         return MW_ETOOBIG;
     int mlen = mw_frame_tensor_meta_encode(desc, meta);
     mw_world_req_t *r = req_new(w, REQ_SEND, 1, 0);
@@ -1400,7 +1401,7 @@ int mw_world_ibroadcast(mw_world_t *w, int root, const mw_tensor_desc_t *desc, v
     *req = NULL;
     if (root < 0 || root >= w->size || mw_tensor_nbytes(desc, &nbytes) != MW_OK || buf == NULL)
         return MW_EINVAL;
-    if (nbytes > w->ctx->max_tensor_bytes)
+    if (nbytes > w->ctx->opts.max_tensor_bytes)
         return MW_ETOOBIG;
     int backend = w->ops->post != NULL;
     int nops = backend ? 1 : (w->rank == root ? w->size - 1 : 1);
@@ -1436,7 +1437,7 @@ int mw_world_iall_reduce(mw_world_t *w, mw_reduce_op_t op, const mw_tensor_desc_
     if ((op != MW_REDUCE_SUM && op != MW_REDUCE_MAX) || desc->dtype != MW_DTYPE_F32 ||
         mw_tensor_nbytes(desc, &nbytes) != MW_OK || buf == NULL)
         return MW_EINVAL;
-    if (nbytes > w->ctx->max_tensor_bytes)
+    if (nbytes > w->ctx->opts.max_tensor_bytes)
         return MW_ETOOBIG;
     int backend = w->ops->post != NULL;
     int nops = w->size == 1 ? 0 : backend ? 1 : 2 * (w->size - 1);

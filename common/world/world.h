@@ -88,9 +88,24 @@ typedef struct mw_world_opts {
     int device;                 /* CUDA device for the NCCL backend */
 } mw_world_opts_t;
 
-/* Creates a context from cfg's world.* and redis.* keys (cfg is copied) and
- * starts its threads. Caller frees with mw_worlds_destroy. */
-mw_worlds_t *mw_worlds_new(const mw_config_t *cfg, char *errstr, size_t errstr_size);
+#define MW_WORLD_HOST_MAX 255
+
+/* What a context needs from its application (mw_config_world_options fills
+ * it from the world.* keys). */
+typedef struct mw_world_options {
+    int64_t timeout_ms;        /* failure-detection bound: watchdog, join deadline, HELLO */
+    int64_t keepalive_ms;      /* ping interval on idle links (at most timeout_ms / 3) */
+    uint64_t max_tensor_bytes; /* largest tensor sent or accepted */
+    int socket_buffer_bytes;   /* send and receive buffers of links (0: the kernel's) */
+    char listen_host[MW_WORLD_HOST_MAX + 1];    /* numeric IP address to listen on */
+    int listen_port;                            /* 0: any */
+    char advertise_host[MW_WORLD_HOST_MAX + 1]; /* for peers ("": the listen host) */
+    const mw_config_t *redis; /* the rendezvous's Redis: redis.* and cluster.name */
+} mw_world_options_t;
+
+/* Creates a context and starts its threads; opts (and opts->redis) are
+ * copied. Caller frees with mw_worlds_destroy. */
+mw_worlds_t *mw_worlds_new(const mw_world_options_t *opts, char *errstr, size_t errstr_size);
 
 /* Destroys every world still open (as mw_world_destroy), stops the threads,
  * frees the context. Accepts NULL. Not from an event callback. */

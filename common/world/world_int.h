@@ -229,10 +229,9 @@ typedef struct mw_rdv_job {
 } mw_rdv_job_t;
 
 struct mw_worlds {
-    mw_config_t cfg;
-    int64_t timeout_ms, keepalive_ms, tick_ms;
-    uint64_t max_tensor_bytes;
-    int sockbuf;
+    mw_world_options_t opts; /* keepalive_ms capped; redis points at redis_cfg */
+    mw_config_t redis_cfg;
+    int64_t tick_ms;
     char address[MW_FRAME_ADDR_MAX + 1];
 
     int epfd;
