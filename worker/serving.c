@@ -149,8 +149,7 @@ void mw_serving_apply(mw_serving_t *s, const mw_plan_t *plan, const mw_reconcile
                              .epoch = pw->gen != 0 ? pw->gen : plan->epoch,
                              .size = pw->nmembers,
                              .rank = rank,
-                             .backend = strcmp(pw->backend, "nccl") == 0 ? MW_BACKEND_NCCL
-                                                                         : MW_BACKEND_TCP,
+                             .backend = pw->backend,
                              .device = 0};
         sw->next = s->worlds;
         s->worlds = sw; /* kept even when the join fails: reported broken, issued again */

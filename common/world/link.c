@@ -40,8 +40,6 @@ struct mw_conn {
     uint8_t buf[MW_FRAME_HDR_SIZE + MW_FRAME_META_MAX];
 };
 
-const mw_world_backend_ops_t mw_world_tcp_ops = {.name = "tcp"};
-
 /* --- sockets -------------------------------------------------------------- */
 
 static void tune_socket(mw_worlds_t *ctx, int fd)
@@ -409,6 +407,33 @@ mw_link_t *mw_link_connect(mw_world_t *w, int peer, const char *addr, char *errs
     return l;
 }
 
+void mw_link_op_send(mw_op_t *op, int peer, uint8_t type, const uint8_t *meta, size_t meta_len,
+                     const void *payload, uint64_t payload_len)
+{
+    mw_frame_hdr_t h = {.version = MW_FRAME_VERSION,
+                        .type = type,
+                        .meta_len = (uint32_t)meta_len,
+                        .payload_len = payload_len};
+    mw_frame_hdr_encode(&h, op->hdr);
+    if (meta_len > 0)
+        memcpy(op->hdr + MW_FRAME_HDR_SIZE, meta, meta_len);
+    op->hdr_len = MW_FRAME_HDR_SIZE + meta_len;
+    op->kind = OP_SEND;
+    op->ftype = type;
+    op->peer = peer;
+    op->payload = payload;
+    op->payload_len = payload_len;
+}
+
+void mw_link_op_recv(mw_op_t *op, int peer, uint8_t type, void *buf, uint64_t cap)
+{
+    op->kind = OP_RECV;
+    op->ftype = type;
+    op->peer = peer;
+    op->buf = buf;
+    op->cap = cap;
+}
+
 /* Appends op to the transmit queue, numbering its frame. */
 static void txq_push(mw_link_t *l, mw_op_t *op)
 {
@@ -446,14 +471,7 @@ void mw_link_send_control(mw_link_t *l, uint8_t type, const uint8_t *meta, size_
         return;
     }
     op->owned = 1;
-    op->kind = OP_SEND;
-    op->ftype = type;
-    op->peer = l->peer;
-    mw_frame_hdr_t h = {.version = MW_FRAME_VERSION, .type = type, .meta_len = (uint32_t)meta_len};
-    mw_frame_hdr_encode(&h, op->hdr);
-    if (meta_len)
-        memcpy(op->hdr + MW_FRAME_HDR_SIZE, meta, meta_len);
-    op->hdr_len = MW_FRAME_HDR_SIZE + meta_len;
+    mw_link_op_send(op, l->peer, type, meta, meta_len, NULL, 0);
     txq_push(l, op);
     if (l->state != LINK_CONNECTING)
         link_tx(l);

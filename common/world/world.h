@@ -47,11 +47,6 @@ typedef enum {
 } mw_world_state_t;
 
 typedef enum {
-    MW_BACKEND_TCP = 0,
-    MW_BACKEND_NCCL = 1,
-} mw_world_backend_t;
-
-typedef enum {
     MW_REDUCE_SUM = 0,
     MW_REDUCE_MAX = 1,
 } mw_reduce_op_t;
@@ -77,11 +72,11 @@ typedef struct mw_world_event {
 typedef void (*mw_world_event_fn)(const mw_world_event_t *ev, void *user);
 
 typedef struct mw_world_opts {
-    const char *name; /* world name, 1..MW_WORLD_NAME_MAX bytes of [A-Za-z0-9._:-] */
-    int64_t epoch;    /* with name, identifies one incarnation of the world */
-    int size;         /* members, 1..MW_WORLD_SIZE_MAX */
-    int rank;         /* 0..size-1; rank 0 publishes the rendezvous record */
-    mw_world_backend_t backend;
+    const char *name;           /* world name, 1..MW_WORLD_NAME_MAX bytes of [A-Za-z0-9._:-] */
+    int64_t epoch;              /* with name, identifies one incarnation of the world */
+    int size;                   /* members, 1..MW_WORLD_SIZE_MAX */
+    int rank;                   /* 0..size-1; rank 0 publishes the rendezvous record */
+    const char *backend;        /* "tcp" (NULL too) or "nccl" (DESIGN §4) */
     int64_t timeout_ms;         /* the join must complete within this; <= 0: world.timeout_ms */
     mw_world_event_fn on_event; /* optional */
     void *user;                 /* passed to on_event and in events */

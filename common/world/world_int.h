@@ -75,7 +75,8 @@ enum req_kind {
 };
 
 struct mw_world_req {
-    mw_world_t *w; /* holds a reference */
+    mw_world_t *w;        /* holds a reference */
+    mw_world_req_t *next; /* progress thread: in w->preready */
     int kind;
     /* under w->lock */
     int status;      /* MW_EAGAIN while pending */
@@ -84,16 +85,14 @@ struct mw_world_req {
     char errstr[512];
     uint64_t bytes;
     mw_tensor_desc_t desc;
-    /* all-reduce */
-    mw_reduce_op_t redop;
-    int root;         /* broadcast */
-    float *result;    /* the caller's buffer */
-    uint8_t *scratch; /* (size-1) slots of nbytes, by peer order */
-    uint64_t nbytes;
-    mw_cmd_t cmd; /* how it is posted */
-    /* backend data (NCCL: a CUDA event) */
-    void *be;
-    int be_pending; /* the backend still owns the request */
+    /* what a tensor or collective request asks of the backend */
+    int peer;             /* send, recv */
+    void *buf;            /* the caller's buffer (read only for sends) */
+    uint64_t nbytes;      /* the tensor's bytes; a receive's capacity */
+    int root;             /* broadcast */
+    mw_reduce_op_t redop; /* all-reduce */
+    uint8_t *scratch;     /* all-reduce over links: (size-1) slots of nbytes, by peer order */
+    mw_cmd_t cmd;         /* how it is posted */
     int nops;
     mw_op_t *ops;
     uint8_t data[]; /* send_header's copy */
@@ -144,34 +143,46 @@ struct mw_link {
     int unexp_count;
 };
 
-/* Backend operations: the generic machinery runs links, rendezvous and
- * header frames for every backend; a backend may take over tensors and
- * collectives. Hooks run on the progress thread unless noted. */
+/* Backend operations, one const table per backend, found by name. The engine
+ * runs links, rendezvous and header frames for every backend; the backend
+ * moves tensors and collectives. Hooks run on the progress thread unless
+ * noted; optional ones may be NULL. */
 typedef struct mw_world_backend_ops {
     const char *name;
-    /* API thread, at join: allocate w->be. */
+    /* optional; API thread, at join: allocate w->be. */
     int (*create)(mw_world_t *w, char *errstr, size_t errstr_size);
-    /* rank 0, before publishing: backend data for the rendezvous record. */
+    /* optional; rank 0, before publishing: backend data for the rendezvous record. */
     int (*rendezvous_data)(mw_world_t *w, uint8_t *out, size_t cap, size_t *len, char *errstr,
                            size_t errstr_size);
-    /* every rank, once all links are up: start the backend's communicator;
-     * data is rank 0's rendezvous data. */
+    /* optional (NULL: ready once the links are up); every rank, once all links
+     * are up: start the backend's communicator; data is rank 0's rendezvous data. */
     int (*start)(mw_world_t *w, const uint8_t *data, size_t len, char *errstr, size_t errstr_size);
-    /* every tick while joining after start, and while ready: 0 ready/fine,
-     * MW_EAGAIN still starting, else an error that breaks the world. */
+    /* optional; every tick while joining after start, and while ready: 0
+     * ready/fine, MW_EAGAIN still starting, else an error that breaks the world. */
     int (*poll)(mw_world_t *w, int64_t now_ms, char *errstr, size_t errstr_size);
-    /* takes a tensor or collective request (NULL: frames over the links). */
+    /* API thread: lays out a tensor or collective request (kind, peer, desc,
+     * buf, nbytes, root, redop) as operations with mw_world_req_ops; none
+     * completes the request at once. */
+    int (*prepare)(mw_world_t *w, mw_world_req_t *req);
+    /* world READY: starts a prepared request; each operation completes through
+     * mw_world_op_done. An error fails the whole request (nothing was taken). */
     int (*post)(mw_world_t *w, mw_world_req_t *req, char *errstr, size_t errstr_size);
-    /* the world broke or closed: abort the communicator, fail its requests. */
+    /* API thread, no lock held, every operation done: reduces an all-reduce
+     * whose parts prepare gathered in req->scratch (needed when it does). */
+    void (*reduce)(mw_world_req_t *req);
+    /* optional; the world broke or closed: abort the communicator, fail its requests. */
     void (*abort)(mw_world_t *w);
-    /* API thread, last reference gone: free w->be. */
+    /* optional; API thread, last reference gone: free w->be. */
     void (*destroy)(mw_world_t *w);
 } mw_world_backend_ops_t;
 
-extern const mw_world_backend_ops_t mw_world_tcp_ops;
-#ifdef MW_HAVE_NCCL
-extern const mw_world_backend_ops_t mw_world_nccl_ops;
-#endif
+extern const mw_world_backend_ops_t mw_world_tcp_ops;  /* tcp.c */
+extern const mw_world_backend_ops_t mw_world_nccl_ops; /* nccl.c, when built */
+
+/* backend.c: the backend called name, or NULL with errstr saying why (unknown,
+ * or not built into this binary). */
+const mw_world_backend_ops_t *mw_world_backend_find(const char *name, char *errstr,
+                                                    size_t errstr_size);
 
 enum join_phase { JOIN_PUBLISH = 1, JOIN_FETCH, JOIN_CONNECT, JOIN_MESH, JOIN_BACKEND, JOIN_DONE };
 
@@ -181,7 +192,6 @@ struct mw_world {
     char name[MW_WORLD_NAME_MAX + 1];
     int64_t epoch;
     int size, rank;
-    mw_world_backend_t backend;
     const mw_world_backend_ops_t *ops;
     void *be;
     mw_world_event_fn on_event;
@@ -207,8 +217,8 @@ struct mw_world {
     char join_note[160]; /* why the join is waiting, for the deadline error */
     mw_rdv_record_t rdv;
     int rdv_published, rdv_removed;
-    mw_link_t **links;                 /* [size], NULL for self */
-    mw_op_t *preready, *preready_tail; /* posted before READY */
+    mw_link_t **links;                        /* [size], NULL for self */
+    mw_world_req_t *preready, *preready_tail; /* posted before READY */
     char (*peer_addrs)[MW_FRAME_ADDR_MAX + 1];
     mw_world_t *next_in_engine;
     mw_world_t *next_reap;
@@ -273,12 +283,20 @@ void mw_world_break(mw_world_t *w, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void mw_world_op_done(mw_world_t *w, mw_op_t *op, int rc);
 void mw_world_req_done(mw_world_t *w, mw_world_req_t *req, int rc, const char *errstr);
+/* API thread: gives req nops operations (prepare hooks). */
+int mw_world_req_ops(mw_world_req_t *req, int nops);
 void mw_world_link_up(mw_world_t *w, mw_link_t *l);
 void mw_world_peers_received(mw_world_t *w, char (*addrs)[MW_FRAME_ADDR_MAX + 1], int count);
 void mw_world_connect_failed(mw_world_t *w, mw_link_t *l, const char *why);
 void mw_world_peer_left(mw_world_t *w, mw_link_t *l);
 
 /* link.c (progress thread). */
+/* Fills op as a frame of type for peer: header and metadata encoded into
+ * op->hdr, the payload borrowed (any thread, before posting). */
+void mw_link_op_send(mw_op_t *op, int peer, uint8_t type, const uint8_t *meta, size_t meta_len,
+                     const void *payload, uint64_t payload_len);
+/* Fills op as a receive of the next frame of type from peer into buf. */
+void mw_link_op_recv(mw_op_t *op, int peer, uint8_t type, void *buf, uint64_t cap);
 int mw_link_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size);
 void mw_link_accept(mw_worlds_t *ctx);
 void mw_link_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events);

@@ -118,7 +118,7 @@ static inline mw_world_t *wt_join(mw_worlds_t *ctx, const char *name, int64_t ep
                          .epoch = epoch,
                          .size = size,
                          .rank = rank,
-                         .backend = MW_BACKEND_TCP,
+                         .backend = "tcp",
                          .timeout_ms = timeout_ms};
     if (mw_world_join(ctx, &o, &w, err, sizeof(err)) != 0) {
         fprintf(stderr, "join %s: %s\n", name, err);
