@@ -231,14 +231,6 @@ static void refuse(mw_worlds_t *ctx, struct mw_conn *c, const mw_frame_hello_t *
     conn_close(ctx, c);
 }
 
-static int secret_equal(const uint8_t *a, const uint8_t *b, size_t n)
-{
-    uint8_t d = 0;
-    for (size_t i = 0; i < n; i++)
-        d |= a[i] ^ b[i];
-    return d == 0;
-}
-
 static void conn_hello(mw_worlds_t *ctx, struct mw_conn *c)
 {
     mw_frame_hello_t h;
@@ -248,28 +240,8 @@ static void conn_hello(mw_worlds_t *ctx, struct mw_conn *c)
         refuse(ctx, c, NULL, err);
         return;
     }
-    mw_world_t *w = mw_world_find(ctx, h.name, h.epoch, (int)h.rank);
+    mw_world_t *w = mw_world_admit(ctx, &h, err, sizeof(err));
     if (w == NULL) {
-        refuse(ctx, c, &h, "no such world here");
-        return;
-    }
-    /* the secret first, so that nothing else is revealed without it */
-    if (w->join_phase < JOIN_CONNECT && w->rank != 0) {
-        refuse(ctx, c, &h, "world has no secret yet");
-        return;
-    }
-    if (h.secret_len != MW_RDV_SECRET_BYTES ||
-        !secret_equal(h.secret, w->rdv.secret, MW_RDV_SECRET_BYTES)) {
-        refuse(ctx, c, &h, "wrong secret");
-        return;
-    }
-    if ((int)h.size != w->size) {
-        snprintf(err, sizeof(err), "size %u, the world has %d", h.size, w->size);
-        refuse(ctx, c, &h, err);
-        return;
-    }
-    if ((int)h.rank <= w->rank) {
-        snprintf(err, sizeof(err), "rank %u must connect out, not in, to rank %d", h.rank, w->rank);
         refuse(ctx, c, &h, err);
         return;
     }
@@ -297,7 +269,8 @@ static void conn_hello(mw_worlds_t *ctx, struct mw_conn *c)
     uint8_t ack[4];
     mw_le32_put(ack, (uint32_t)ctx->opts.keepalive_ms);
     mw_link_send_control(l, MW_FRAME_HELLO_ACK, ack, sizeof(ack));
-    mw_world_link_up(w, l);
+    l->last_rx_ms = l->last_tx_ms = mw_now_ms();
+    mw_world_on_link_up(w, l);
 }
 
 void mw_link_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events)
@@ -484,7 +457,7 @@ static void link_fail(mw_link_t *l, int err, const char *what, int e)
         char why[200];
         snprintf(why, sizeof(why), "%s rank %d at %s: %s", what, l->peer, l->addr,
                  e ? strerror(e) : "connection closed");
-        mw_world_connect_failed(w, l, why);
+        mw_world_on_connect_failed(w, l, why);
         return;
     }
     if (e == 0)
@@ -725,7 +698,8 @@ static int rx_begin(mw_link_t *l)
             l->ping_ms = ka;
         l->state = LINK_UP;
         rx_frame_done(l);
-        mw_world_link_up(w, l);
+        l->last_rx_ms = l->last_tx_ms = mw_now_ms();
+        mw_world_on_link_up(w, l);
         return l->fd >= 0;
     case MW_FRAME_PEERS: {
         if (l->peer != 0 || w->rank == 0 || w->peer_addrs != NULL)
@@ -743,7 +717,7 @@ static int rx_begin(mw_link_t *l)
             return 0;
         }
         rx_frame_done(l);
-        mw_world_peers_received(w, w->peer_addrs, n);
+        mw_world_on_peers(w, w->peer_addrs, n);
         return l->fd >= 0;
     }
     case MW_FRAME_BYE:
@@ -1027,7 +1001,7 @@ static void link_left(mw_link_t *l)
     if (l->rx_op != NULL)
         mw_world_req_done(w, l->rx_op->req, MW_ECLOSED, e);
     mw_link_close(l, MW_ECLOSED);
-    mw_world_peer_left(w, l);
+    mw_world_on_peer_left(w);
 }
 
 void mw_link_bye(mw_link_t *l)
@@ -1078,6 +1052,17 @@ void mw_link_close(mw_link_t *l, int rc)
     l->unexp_count = 0;
     l->phase = RX_HDR;
     l->rx_got = 0;
+}
+
+void mw_link_reset(mw_link_t *l)
+{
+    mw_link_close(l, MW_EAGAIN);
+    l->state = LINK_NONE;
+}
+
+int mw_link_is_up(const mw_link_t *l)
+{
+    return l != NULL && l->state == LINK_UP;
 }
 
 void mw_link_free(mw_link_t *l)

@@ -410,13 +410,12 @@ void mw_world_break(mw_world_t *w, int err, const char *fmt, ...)
     fail_everything(w, err);
 }
 
-void mw_world_peer_left(mw_world_t *w, mw_link_t *l)
+void mw_world_on_peer_left(mw_world_t *w)
 {
-    (void)l;
     if (w->state != MW_WORLD_JOINING && w->state != MW_WORLD_READY)
         return;
     for (int p = 0; p < w->size; p++)
-        if (p != w->rank && w->links[p] != NULL && w->links[p]->state == LINK_UP)
+        if (p != w->rank && mw_link_is_up(w->links[p]))
             return; /* others remain: only operations with the departed rank fail */
     char text[512];
     snprintf(text, sizeof(text), "world %s epoch %lld (rank %d): every other member left", w->name,
@@ -456,13 +455,46 @@ static void world_close(mw_worlds_t *ctx, mw_world_t *w)
     ctx->reap = w;
 }
 
-mw_world_t *mw_world_find(mw_worlds_t *ctx, const char *name, int64_t epoch, int below_rank)
+static int secret_equal(const uint8_t *a, const uint8_t *b, size_t n)
 {
-    for (mw_world_t *w = ctx->worlds; w != NULL; w = w->next_in_engine)
-        if (w->epoch == epoch && w->rank < below_rank && strcmp(w->name, name) == 0 &&
+    uint8_t d = 0;
+    for (size_t i = 0; i < n; i++)
+        d |= a[i] ^ b[i];
+    return d == 0;
+}
+
+mw_world_t *mw_world_admit(mw_worlds_t *ctx, const mw_frame_hello_t *h, char *why, size_t why_size)
+{
+    /* a process may hold several ranks of one world: the one that accepts
+     * h->rank is one of a lower rank */
+    mw_world_t *w = ctx->worlds;
+    for (; w != NULL; w = w->next_in_engine)
+        if (w->epoch == h->epoch && w->rank < (int)h->rank && strcmp(w->name, h->name) == 0 &&
             (w->state == MW_WORLD_JOINING || w->state == MW_WORLD_READY))
-            return w;
-    return NULL;
+            break;
+    if (w == NULL) {
+        snprintf(why, why_size, "no such world here");
+        return NULL;
+    }
+    /* the secret first, so that nothing else is revealed without it */
+    if (w->join_phase < JOIN_CONNECT && w->rank != 0) {
+        snprintf(why, why_size, "world has no secret yet");
+        return NULL;
+    }
+    if (h->secret_len != MW_RDV_SECRET_BYTES ||
+        !secret_equal(h->secret, w->rdv.secret, MW_RDV_SECRET_BYTES)) {
+        snprintf(why, why_size, "wrong secret");
+        return NULL;
+    }
+    if ((int)h->size != w->size) {
+        snprintf(why, why_size, "size %u, the world has %d", h->size, w->size);
+        return NULL;
+    }
+    if ((int)h->rank <= w->rank) {
+        snprintf(why, why_size, "rank %u must connect out, not in, to rank %d", h->rank, w->rank);
+        return NULL;
+    }
+    return w;
 }
 
 /* --- requests (engine side) ------------------------------------------------------- */
@@ -544,7 +576,7 @@ static void route_req(mw_world_t *w, mw_world_req_t *req)
 static int all_links_up(mw_world_t *w)
 {
     for (int p = 0; p < w->size; p++)
-        if (p != w->rank && (w->links[p] == NULL || w->links[p]->state != LINK_UP))
+        if (p != w->rank && !mw_link_is_up(w->links[p]))
             return 0;
     return 1;
 }
@@ -611,7 +643,7 @@ static void connect_peer(mw_world_t *w, int peer, const char *addr)
     mw_link_t *l = mw_link_connect(w, peer, addr, err, sizeof(err));
     if (l == NULL) {
         if (peer == 0)
-            mw_world_connect_failed(w, w->links[0], err);
+            mw_world_on_connect_failed(w, w->links[0], err);
         else
             mw_world_break(w, MW_EBROKEN, "%s", err);
         return;
@@ -619,9 +651,8 @@ static void connect_peer(mw_world_t *w, int peer, const char *addr)
     send_hello(w, l);
 }
 
-void mw_world_link_up(mw_world_t *w, mw_link_t *l)
+void mw_world_on_link_up(mw_world_t *w, mw_link_t *l)
 {
-    l->last_rx_ms = l->last_tx_ms = mw_now_ms();
     if (w->state != MW_WORLD_JOINING)
         return;
     if (w->rank != 0 && l->peer == 0) {
@@ -648,7 +679,7 @@ void mw_world_link_up(mw_world_t *w, mw_link_t *l)
         links_done(w);
 }
 
-void mw_world_peers_received(mw_world_t *w, char (*addrs)[MW_FRAME_ADDR_MAX + 1], int count)
+void mw_world_on_peers(mw_world_t *w, char (*addrs)[MW_FRAME_ADDR_MAX + 1], int count)
 {
     (void)count;
     if (w->state != MW_WORLD_JOINING)
@@ -659,7 +690,7 @@ void mw_world_peers_received(mw_world_t *w, char (*addrs)[MW_FRAME_ADDR_MAX + 1]
         links_done(w);
 }
 
-void mw_world_connect_failed(mw_world_t *w, mw_link_t *l, const char *why)
+void mw_world_on_connect_failed(mw_world_t *w, mw_link_t *l, const char *why)
 {
     if (w->state != MW_WORLD_JOINING) {
         mw_world_break(w, MW_EBROKEN, "%s", why);
@@ -667,8 +698,7 @@ void mw_world_connect_failed(mw_world_t *w, mw_link_t *l, const char *why)
     }
     if (w->rank != 0 && l != NULL && l->peer == 0 && w->join_phase == JOIN_CONNECT) {
         /* a stale record, or rank 0 restarting: fetch the record again */
-        mw_link_close(l, MW_EAGAIN);
-        l->state = LINK_NONE;
+        mw_link_reset(l);
         w->join_phase = JOIN_FETCH;
         w->fetch_failures++;
         snprintf(w->join_note, sizeof(w->join_note), "%s", why);
@@ -730,7 +760,7 @@ static void join_timeout(mw_world_t *w, int64_t now)
     int n = 0;
     missing[0] = '\0';
     for (int p = 0; p < w->size && len + 16 < sizeof(missing); p++) {
-        if (p == w->rank || (w->links[p] != NULL && w->links[p]->state == LINK_UP))
+        if (p == w->rank || mw_link_is_up(w->links[p]))
             continue;
         len += (size_t)snprintf(missing + len, sizeof(missing) - len, "%s%d", n++ ? "," : "", p);
     }

@@ -278,41 +278,64 @@ struct mw_worlds {
 
 #define MW_EVENTS_MAX 1024
 
-/* world.c, for link.c and backends (progress thread). */
-void mw_world_break(mw_world_t *w, int err, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-void mw_world_op_done(mw_world_t *w, mw_op_t *op, int rc);
-void mw_world_req_done(mw_world_t *w, mw_world_req_t *req, int rc, const char *errstr);
-/* API thread: gives req nops operations (prepare hooks). */
-int mw_world_req_ops(mw_world_req_t *req, int nops);
-void mw_world_link_up(mw_world_t *w, mw_link_t *l);
-void mw_world_peers_received(mw_world_t *w, char (*addrs)[MW_FRAME_ADDR_MAX + 1], int count);
-void mw_world_connect_failed(mw_world_t *w, mw_link_t *l, const char *why);
-void mw_world_peer_left(mw_world_t *w, mw_link_t *l);
+/* --- the link layer (link.c) -------------------------------------------------
+ * Under every backend: the listener, the HELLO handshake, and one link per
+ * peer carrying frames. Called by the engine and by the tcp backend, on the
+ * progress thread unless noted; it reports back only through the engine's
+ * side of the seam below. */
 
-/* link.c (progress thread). */
 /* Fills op as a frame of type for peer: header and metadata encoded into
  * op->hdr, the payload borrowed (any thread, before posting). */
 void mw_link_op_send(mw_op_t *op, int peer, uint8_t type, const uint8_t *meta, size_t meta_len,
                      const void *payload, uint64_t payload_len);
-/* Fills op as a receive of the next frame of type from peer into buf. */
+/* Fills op as a receive of the next frame of type from peer into buf (any thread). */
 void mw_link_op_recv(mw_op_t *op, int peer, uint8_t type, void *buf, uint64_t cap);
+
+/* The context's listener (ctx->address) and the connections it accepted
+ * that have not said HELLO yet. */
 int mw_link_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size);
 void mw_link_accept(mw_worlds_t *ctx);
 void mw_link_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events);
 void mw_link_conns_tick(mw_worlds_t *ctx, int64_t now);
 void mw_link_conns_free(mw_worlds_t *ctx, int all);
+
+/* Links: w->links[peer], created by mw_link_connect (outgoing, to a lower
+ * rank) or by an admitted HELLO (incoming). */
 mw_link_t *mw_link_connect(mw_world_t *w, int peer, const char *addr, char *errstr,
                            size_t errstr_size);
 void mw_link_event(mw_link_t *l, uint32_t events);
 void mw_link_post(mw_link_t *l, mw_op_t *op);
-void mw_link_tick(mw_link_t *l, int64_t now);
-void mw_link_close(mw_link_t *l, int rc);
-void mw_link_bye(mw_link_t *l);
-void mw_link_free(mw_link_t *l);
 void mw_link_send_control(mw_link_t *l, uint8_t type, const uint8_t *meta, size_t meta_len);
-/* The open world (name, epoch) that accepts rank below_rank: one of rank <
- * below_rank (a process may hold several ranks of one world). */
-mw_world_t *mw_world_find(mw_worlds_t *ctx, const char *name, int64_t epoch, int below_rank);
+void mw_link_tick(mw_link_t *l, int64_t now); /* watchdog and keepalive */
+void mw_link_bye(mw_link_t *l);               /* best effort: the peer sees an orderly leave */
+void mw_link_close(mw_link_t *l, int rc);     /* fails its operations with rc */
+void mw_link_reset(mw_link_t *l);             /* closed, and may connect again */
+int mw_link_is_up(const mw_link_t *l);        /* NULL: 0 */
+void mw_link_free(mw_link_t *l);              /* accepts NULL */
+
+/* --- the engine's side of the seam (world.c) ---------------------------------
+ * All the link layer and the backends call back into: completions, failures,
+ * and what a link learns during the join. Progress thread unless noted. */
+
+/* Breaks w: state BROKEN, every operation fails, owner told (no-op unless open). */
+void mw_world_break(mw_world_t *w, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* One operation of a request finished with rc (control frames are freed). */
+void mw_world_op_done(mw_world_t *w, mw_op_t *op, int rc);
+/* Sets a pending request's error text ahead of its operations' completion. */
+void mw_world_req_done(mw_world_t *w, mw_world_req_t *req, int rc, const char *errstr);
+/* API thread: gives req nops operations (prepare hooks). */
+int mw_world_req_ops(mw_world_req_t *req, int nops);
+/* The open world that accepts a HELLO, or NULL with why (no such world,
+ * wrong secret, ...): the link layer refuses the connection then. */
+mw_world_t *mw_world_admit(mw_worlds_t *ctx, const mw_frame_hello_t *h, char *why, size_t why_size);
+/* A link finished its handshake. */
+void mw_world_on_link_up(mw_world_t *w, mw_link_t *l);
+/* Rank 0's list of every member's address arrived (ranks > 0). */
+void mw_world_on_peers(mw_world_t *w, char (*addrs)[MW_FRAME_ADDR_MAX + 1], int count);
+/* An outgoing link failed before its handshake completed. */
+void mw_world_on_connect_failed(mw_world_t *w, mw_link_t *l, const char *why);
+/* A peer left in order (BYE). */
+void mw_world_on_peer_left(mw_world_t *w);
 
 #endif
