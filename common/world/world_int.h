@@ -1,6 +1,9 @@
-/* Worlds, internal: context, world, link, operation and request structures
- * shared by world.c (API, state machine, threads, watchdog), link.c (the link
- * layer: sockets and frames) and the backends' ops tables (nccl.c).
+/* Worlds, internal. Three layers: the engine (world.c: API, join state
+ * machine, threads, requests), the link layer under every backend (link.c:
+ * sockets, HELLO, frames, watchdog) and the backends (tcp.c, nccl.c: ops
+ * tables, found through backend.c). This header holds their shared
+ * structures, the backend ops table, the link layer's functions and the
+ * engine's side of the seam, the only calls back up.
  *
  * Locking. ctx->lock guards the command queue, the event queue and the
  * rendezvous jobs; w->lock guards a world's state/error and its requests'
