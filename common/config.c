@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include "err.h"
+#include "world/world.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -293,6 +294,33 @@ void mw_config_fini(mw_config_t *cfg)
     free(cfg->kafka);
     cfg->kafka = NULL;
     cfg->kafka_count = 0;
+}
+
+int mw_config_copy(mw_config_t *dst, const mw_config_t *src, char *errstr, size_t errstr_size)
+{
+    *dst = *src;
+    dst->kafka = NULL;
+    dst->kafka_count = 0;
+    for (size_t i = 0; i < src->kafka_count; i++) {
+        int rc = set_kafka(dst, src->kafka[i].key, src->kafka[i].value, errstr, errstr_size);
+        if (rc != MW_OK) {
+            mw_config_fini(dst);
+            return rc;
+        }
+    }
+    return MW_OK;
+}
+
+void mw_config_world_options(const mw_config_t *cfg, mw_world_options_t *opts)
+{
+    *opts = (mw_world_options_t){.timeout_ms = cfg->world_timeout_ms,
+                                 .keepalive_ms = cfg->world_keepalive_ms,
+                                 .max_tensor_bytes = (uint64_t)cfg->world_max_tensor_bytes,
+                                 .socket_buffer_bytes = (int)cfg->world_socket_buffer_bytes,
+                                 .listen_port = (int)cfg->world_listen_port,
+                                 .redis = cfg};
+    snprintf(opts->listen_host, sizeof(opts->listen_host), "%s", cfg->world_listen_host);
+    snprintf(opts->advertise_host, sizeof(opts->advertise_host), "%s", cfg->world_advertise_host);
 }
 
 /* ------------------------------------------------------------------ file */

@@ -953,17 +953,8 @@ int mw_dataplane_new(const mw_config_t *cfg, const mw_dataplane_opts_t *opts, mw
         rc = mw_errf(MW_EIO, errstr, errstr_size, "data plane: eventfd: %s", strerror(errno));
         goto out_free;
     }
-    /* A deep copy: the kafka pairs are copied one by one. */
-    dp->cfg = *cfg;
-    dp->cfg.kafka = NULL;
-    dp->cfg.kafka_count = 0;
-    for (size_t i = 0; i < cfg->kafka_count; i++) {
-        char key[300];
-        snprintf(key, sizeof(key), "kafka.%s", cfg->kafka[i].key);
-        if ((rc = mw_config_set(&dp->cfg, key, cfg->kafka[i].value, "copy", errstr, errstr_size)) !=
-            MW_OK)
-            goto out_free;
-    }
+    if ((rc = mw_config_copy(&dp->cfg, cfg, errstr, errstr_size)) != MW_OK)
+        goto out_free;
     snprintf(dp->worker_id, sizeof(dp->worker_id), "%s", opts->worker_id);
     snprintf(dp->pipeline, sizeof(dp->pipeline), "%s", opts->pipeline);
     dp->stage = opts->stage;

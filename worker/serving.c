@@ -41,7 +41,9 @@ int mw_serving_new(const mw_config_t *cfg, const char *worker_id, mw_serving_t *
     s->cfg_src = cfg;
     snprintf(s->id, sizeof(s->id), "%s", worker_id);
     s->stage = -1;
-    s->ctx = mw_worlds_new(cfg, errstr, errstr_size);
+    mw_world_options_t wo;
+    mw_config_world_options(cfg, &wo);
+    s->ctx = mw_worlds_new(&wo, errstr, errstr_size);
     if (s->ctx == NULL) {
         free(s);
         return MW_EIO;
@@ -147,8 +149,7 @@ void mw_serving_apply(mw_serving_t *s, const mw_plan_t *plan, const mw_reconcile
                              .epoch = pw->gen != 0 ? pw->gen : plan->epoch,
                              .size = pw->nmembers,
                              .rank = rank,
-                             .backend = strcmp(pw->backend, "nccl") == 0 ? MW_BACKEND_NCCL
-                                                                         : MW_BACKEND_TCP,
+                             .backend = pw->backend,
                              .device = 0};
         sw->next = s->worlds;
         s->worlds = sw; /* kept even when the join fails: reported broken, issued again */

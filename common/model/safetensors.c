@@ -1,6 +1,7 @@
 /* safetensors reader (cJSON header, every byte range checked, data mapped) and writer. */
 #include "safetensors.h"
 
+#include "bytes.h"
 #include "err.h"
 
 #include <cjson/cJSON.h>
@@ -41,14 +42,6 @@ static const char *const st_unsupported[] = {"BOOL",    "I8",      "U16",     "I
 const char *mw_safetensors_dtype_name(mw_dtype_t dtype)
 {
     return (unsigned)dtype < MW_DTYPE_COUNT ? st_dtype_names[dtype] : NULL;
-}
-
-static uint64_t le64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
 }
 
 /* A JSON number that is an exact non-negative integer below 2^53. */
@@ -239,7 +232,7 @@ static int parse(const char *label, const unsigned char *buf, size_t len, mw_saf
         return mw_errf(MW_EINVAL, errstr, errstr_size,
                        "%s: truncated: %zu bytes, shorter than the 8-byte header length", label,
                        len);
-    uint64_t hlen = le64(buf);
+    uint64_t hlen = mw_le64_get(buf);
     if (hlen > MW_SAFETENSORS_MAX_HEADER)
         return mw_errf(MW_EINVAL, errstr, errstr_size,
                        "%s: header length %llu exceeds the %u-byte limit", label,
@@ -535,8 +528,7 @@ int mw_st_writer_new(const char *path, const mw_st_entry_t *entries, size_t n,
         rc = mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
         goto out_free;
     }
-    for (int i = 0; i < 8; i++)
-        hdr[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
+    mw_le64_put(hdr, (uint64_t)hlen);
     memcpy(hdr + 8, json, jlen);
     memset(hdr + 8 + jlen, ' ', hlen - jlen);
     int wr = write_all(w->fd, hdr, 8 + hlen);

@@ -1,42 +1,10 @@
 /* World wire format: encoding and strict, bounds-checked decoding (see frame.h). */
 #include "frame.h"
 
+#include "bytes.h"
 #include "err.h"
 
 #include <string.h>
-
-static void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
 
 const char *mw_frame_type_name(int type)
 {
@@ -64,13 +32,13 @@ const char *mw_frame_type_name(int type)
 
 void mw_frame_hdr_encode(const mw_frame_hdr_t *h, uint8_t *out)
 {
-    put32(out, MW_FRAME_MAGIC);
+    mw_le32_put(out, MW_FRAME_MAGIC);
     out[4] = h->version;
     out[5] = h->type;
-    put16(out + 6, h->flags);
-    put32(out + 8, h->meta_len);
-    put32(out + 12, h->seq);
-    put64(out + 16, h->payload_len);
+    mw_le16_put(out + 6, h->flags);
+    mw_le32_put(out + 8, h->meta_len);
+    mw_le32_put(out + 12, h->seq);
+    mw_le64_put(out + 16, h->payload_len);
 }
 
 int mw_frame_hdr_decode(const uint8_t *buf, size_t len, uint64_t max_payload, mw_frame_hdr_t *h,
@@ -78,15 +46,15 @@ int mw_frame_hdr_decode(const uint8_t *buf, size_t len, uint64_t max_payload, mw
 {
     if (len < MW_FRAME_HDR_SIZE)
         return mw_errf(MW_EPROTO, errstr, errstr_size, "truncated frame header (%zu bytes)", len);
-    uint32_t magic = get32(buf);
+    uint32_t magic = mw_le32_get(buf);
     if (magic != MW_FRAME_MAGIC)
         return mw_errf(MW_EPROTO, errstr, errstr_size, "bad frame magic 0x%08x", magic);
     h->version = buf[4];
     h->type = buf[5];
-    h->flags = get16(buf + 6);
-    h->meta_len = get32(buf + 8);
-    h->seq = get32(buf + 12);
-    h->payload_len = get64(buf + 16);
+    h->flags = mw_le16_get(buf + 6);
+    h->meta_len = mw_le32_get(buf + 8);
+    h->seq = mw_le32_get(buf + 12);
+    h->payload_len = mw_le64_get(buf + 16);
     if (h->version != MW_FRAME_VERSION)
         return mw_errf(MW_EPROTO, errstr, errstr_size, "unsupported frame version %u (want %u)",
                        h->version, MW_FRAME_VERSION);
@@ -146,7 +114,7 @@ int mw_frame_tensor_meta_encode(const mw_tensor_desc_t *desc, uint8_t *out)
     out[1] = (uint8_t)desc->ndim;
     out[2] = out[3] = 0;
     for (int i = 0; i < desc->ndim; i++)
-        put64(out + 4 + 8 * i, (uint64_t)desc->shape[i]);
+        mw_le64_put(out + 4 + 8 * i, (uint64_t)desc->shape[i]);
     return 4 + 8 * desc->ndim;
 }
 
@@ -169,7 +137,7 @@ int mw_frame_tensor_meta_decode(const uint8_t *meta, size_t len, mw_tensor_desc_
     desc->dtype = (mw_dtype_t)meta[0];
     desc->ndim = meta[1];
     for (int i = 0; i < desc->ndim; i++) {
-        uint64_t d = get64(meta + 4 + 8 * i);
+        uint64_t d = mw_le64_get(meta + 4 + 8 * i);
         if (d == 0 || d > (uint64_t)INT64_MAX)
             return mw_errf(MW_EPROTO, errstr, errstr_size, "tensor dimension %d is %llu", i,
                            (unsigned long long)d);
@@ -182,7 +150,7 @@ int mw_frame_tensor_meta_decode(const uint8_t *meta, size_t len, mw_tensor_desc_
 
 int mw_frame_coll_meta_encode(const mw_frame_coll_t *c, uint8_t *out)
 {
-    put32(out, c->seq);
+    mw_le32_put(out, c->seq);
     out[4] = c->kind;
     out[5] = c->redop;
     out[6] = out[7] = 0;
@@ -195,7 +163,7 @@ int mw_frame_coll_meta_decode(const uint8_t *meta, size_t len, mw_frame_coll_t *
 {
     if (len < 8)
         return mw_errf(MW_EPROTO, errstr, errstr_size, "truncated collective metadata");
-    c->seq = get32(meta);
+    c->seq = mw_le32_get(meta);
     c->kind = meta[4];
     c->redop = meta[5];
     if (c->kind < MW_COLL_BROADCAST || c->kind > MW_COLL_BARRIER)
@@ -218,15 +186,15 @@ int mw_frame_hello_encode(const mw_frame_hello_t *hello, uint8_t *out, size_t ca
     if (need > cap)
         return MW_ETOOBIG;
     uint8_t *p = out;
-    put64(p, (uint64_t)hello->epoch);
-    put32(p + 8, hello->size);
-    put32(p + 12, hello->rank);
-    put32(p + 16, hello->keepalive_ms);
+    mw_le64_put(p, (uint64_t)hello->epoch);
+    mw_le32_put(p + 8, hello->size);
+    mw_le32_put(p + 12, hello->rank);
+    mw_le32_put(p + 16, hello->keepalive_ms);
     p += 20;
     *p++ = hello->secret_len;
     memcpy(p, hello->secret, hello->secret_len);
     p += hello->secret_len;
-    put16(p, (uint16_t)name_len);
+    mw_le16_put(p, (uint16_t)name_len);
     p += 2;
     memcpy(p, hello->name, name_len);
     p += name_len;
@@ -243,10 +211,10 @@ int mw_frame_hello_decode(const uint8_t *meta, size_t len, mw_frame_hello_t *hel
     memset(hello, 0, sizeof(*hello));
     if (end - p < 21)
         goto truncated;
-    hello->epoch = (int64_t)get64(p);
-    hello->size = get32(p + 8);
-    hello->rank = get32(p + 12);
-    hello->keepalive_ms = get32(p + 16);
+    hello->epoch = (int64_t)mw_le64_get(p);
+    hello->size = mw_le32_get(p + 8);
+    hello->rank = mw_le32_get(p + 12);
+    hello->keepalive_ms = mw_le32_get(p + 16);
     p += 20;
     hello->secret_len = *p++;
     if (hello->secret_len > MW_FRAME_SECRET_MAX)
@@ -256,7 +224,7 @@ int mw_frame_hello_decode(const uint8_t *meta, size_t len, mw_frame_hello_t *hel
         goto truncated;
     memcpy(hello->secret, p, hello->secret_len);
     p += hello->secret_len;
-    size_t name_len = get16(p);
+    size_t name_len = mw_le16_get(p);
     p += 2;
     if (name_len == 0 || name_len > MW_FRAME_NAME_MAX)
         return mw_errf(MW_EPROTO, errstr, errstr_size, "hello world name of %zu bytes", name_len);
@@ -285,7 +253,7 @@ int mw_frame_peers_encode(const char *const *addrs, int count, uint8_t *out, siz
     if (count < 0 || count > MW_FRAME_PEERS_MAX || cap < 2)
         return MW_EINVAL;
     size_t off = 2;
-    put16(out, (uint16_t)count);
+    mw_le16_put(out, (uint16_t)count);
     for (int i = 0; i < count; i++) {
         size_t n = strlen(addrs[i]);
         if (n > MW_FRAME_ADDR_MAX)
@@ -304,7 +272,7 @@ int mw_frame_peers_decode(const uint8_t *meta, size_t len, char (*addrs)[MW_FRAM
 {
     if (len < 2)
         return mw_errf(MW_EPROTO, errstr, errstr_size, "truncated peers metadata");
-    int count = get16(meta);
+    int count = mw_le16_get(meta);
     if (count > max || count > MW_FRAME_PEERS_MAX)
         return mw_errf(MW_EPROTO, errstr, errstr_size, "peers frame lists %d ranks (max %d)", count,
                        max);
@@ -325,15 +293,6 @@ int mw_frame_peers_decode(const uint8_t *meta, size_t len, char (*addrs)[MW_FRAM
         return mw_errf(MW_EPROTO, errstr, errstr_size, "peers metadata has %zu trailing bytes",
                        len - off);
     return count;
-}
-
-uint32_t mw_frame_get32(const uint8_t *p)
-{
-    return get32(p);
-}
-void mw_frame_put32(uint8_t *p, uint32_t v)
-{
-    put32(p, v);
 }
 
 int mw_frame_check(const mw_frame_hdr_t *h, const uint8_t *meta, char *errstr, size_t errstr_size)

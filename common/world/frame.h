@@ -121,10 +121,6 @@ int mw_frame_peers_decode(const uint8_t *meta, size_t len, char (*addrs)[MW_FRAM
  * point for "is this a well-formed frame". */
 int mw_frame_check(const mw_frame_hdr_t *h, const uint8_t *meta, char *errstr, size_t errstr_size);
 
-/* Little-endian u32 helpers (HELLO_ACK metadata). */
-uint32_t mw_frame_get32(const uint8_t *p);
-void mw_frame_put32(uint8_t *p, uint32_t v);
-
 /* "HELLO", "TENSOR", ... or "unknown". */
 const char *mw_frame_type_name(int type);
 

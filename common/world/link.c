@@ -1,10 +1,12 @@
-/* TCP backend of worlds: the listener, hello handshake with secret check, and
- * per-link non-blocking frame transmission and reception on the progress
- * thread. Payloads go from and into the callers' buffers directly (one
- * sendmsg for header + payload; recv straight into the posted buffer). */
+/* The link layer of worlds, under every backend: the listener, hello
+ * handshake with secret check, and per-link non-blocking frame transmission
+ * and reception on the progress thread. Payloads go from and into the
+ * callers' buffers directly (one sendmsg for header + payload; recv straight
+ * into the posted buffer). */
 #include "clock.h"
 #include "world_int.h"
 
+#include "bytes.h"
 #include "err.h"
 #include "log.h"
 
@@ -38,18 +40,16 @@ struct mw_conn {
     uint8_t buf[MW_FRAME_HDR_SIZE + MW_FRAME_META_MAX];
 };
 
-const mw_world_backend_ops_t mw_world_tcp_ops = {.name = "tcp"};
-
 /* --- sockets -------------------------------------------------------------- */
 
 static void tune_socket(mw_worlds_t *ctx, int fd)
 {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (ctx->sockbuf > 0) {
+    if (ctx->opts.socket_buffer_bytes > 0) {
         /* SO_*BUFFORCE works with CAP_NET_ADMIN beyond the sysctl maximum;
          * otherwise the kernel caps the plain option at net.core.*mem_max. */
-        int v = ctx->sockbuf;
+        int v = ctx->opts.socket_buffer_bytes;
         if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof(v)) != 0)
             setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
         if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &v, sizeof(v)) != 0)
@@ -90,13 +90,13 @@ static void epoll_set(mw_worlds_t *ctx, int fd, void *ptr, uint32_t *cur, uint32
     *cur = want;
 }
 
-int mw_tcp_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size)
+int mw_link_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size)
 {
     struct sockaddr_storage ss;
     socklen_t len;
     char addr[MW_FRAME_ADDR_MAX + 1];
-    const char *host = ctx->cfg.world_listen_host;
-    snprintf(addr, sizeof(addr), "%.100s:%lld", host, (long long)ctx->cfg.world_listen_port);
+    const char *host = ctx->opts.listen_host;
+    snprintf(addr, sizeof(addr), "%.100s:%d", host, ctx->opts.listen_port);
     if (parse_addr(addr, &ss, &len) != MW_OK)
         return mw_errf(MW_EINVAL, errstr, errstr_size,
                        "world.listen_host '%s' is not a numeric IP address", host);
@@ -115,10 +115,9 @@ int mw_tcp_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size)
     getsockname(fd, (struct sockaddr *)&bound, &blen);
     int port = ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
                                                 : ((struct sockaddr_in6 *)&bound)->sin6_port);
-    const char *adv = ctx->cfg.world_advertise_host[0] ? ctx->cfg.world_advertise_host : host;
+    const char *adv = ctx->opts.advertise_host[0] ? ctx->opts.advertise_host : host;
     char hostname[256];
-    if (!ctx->cfg.world_advertise_host[0] &&
-        (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)) {
+    if (!ctx->opts.advertise_host[0] && (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)) {
         /* advertise the hostname's first address: peers need a numeric one */
         struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res;
         adv = "127.0.0.1";
@@ -151,7 +150,7 @@ static void conn_close(mw_worlds_t *ctx, struct mw_conn *c)
     }
 }
 
-void mw_tcp_accept(mw_worlds_t *ctx)
+void mw_link_accept(mw_worlds_t *ctx)
 {
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
@@ -216,7 +215,7 @@ static mw_link_t *link_new(mw_world_t *w, int peer)
         return NULL;
     int64_t now = mw_now_ms();
     l->last_rx_ms = l->last_tx_ms = l->tx_progress_ms = now;
-    l->ping_ms = w->ctx->keepalive_ms;
+    l->ping_ms = w->ctx->opts.keepalive_ms;
     return l;
 }
 
@@ -232,14 +231,6 @@ static void refuse(mw_worlds_t *ctx, struct mw_conn *c, const mw_frame_hello_t *
     conn_close(ctx, c);
 }
 
-static int secret_equal(const uint8_t *a, const uint8_t *b, size_t n)
-{
-    uint8_t d = 0;
-    for (size_t i = 0; i < n; i++)
-        d |= a[i] ^ b[i];
-    return d == 0;
-}
-
 static void conn_hello(mw_worlds_t *ctx, struct mw_conn *c)
 {
     mw_frame_hello_t h;
@@ -249,28 +240,8 @@ static void conn_hello(mw_worlds_t *ctx, struct mw_conn *c)
         refuse(ctx, c, NULL, err);
         return;
     }
-    mw_world_t *w = mw_world_find(ctx, h.name, h.epoch, (int)h.rank);
+    mw_world_t *w = mw_world_admit(ctx, &h, err, sizeof(err));
     if (w == NULL) {
-        refuse(ctx, c, &h, "no such world here");
-        return;
-    }
-    /* the secret first, so that nothing else is revealed without it */
-    if (w->join_phase < JOIN_CONNECT && w->rank != 0) {
-        refuse(ctx, c, &h, "world has no secret yet");
-        return;
-    }
-    if (h.secret_len != MW_RDV_SECRET_BYTES ||
-        !secret_equal(h.secret, w->rdv.secret, MW_RDV_SECRET_BYTES)) {
-        refuse(ctx, c, &h, "wrong secret");
-        return;
-    }
-    if ((int)h.size != w->size) {
-        snprintf(err, sizeof(err), "size %u, the world has %d", h.size, w->size);
-        refuse(ctx, c, &h, err);
-        return;
-    }
-    if ((int)h.rank <= w->rank) {
-        snprintf(err, sizeof(err), "rank %u must connect out, not in, to rank %d", h.rank, w->rank);
         refuse(ctx, c, &h, err);
         return;
     }
@@ -296,12 +267,13 @@ static void conn_hello(mw_worlds_t *ctx, struct mw_conn *c)
     if (h.keepalive_ms > 0 && h.keepalive_ms < l->ping_ms)
         l->ping_ms = h.keepalive_ms; /* the peer's watchdog is shorter than ours */
     uint8_t ack[4];
-    mw_frame_put32(ack, (uint32_t)ctx->keepalive_ms);
-    mw_tcp_send_control(l, MW_FRAME_HELLO_ACK, ack, sizeof(ack));
-    mw_world_link_up(w, l);
+    mw_le32_put(ack, (uint32_t)ctx->opts.keepalive_ms);
+    mw_link_send_control(l, MW_FRAME_HELLO_ACK, ack, sizeof(ack));
+    l->last_rx_ms = l->last_tx_ms = mw_now_ms();
+    mw_world_on_link_up(w, l);
 }
 
-void mw_tcp_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events)
+void mw_link_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events)
 {
     (void)events;
     if (c->fd < 0)
@@ -332,14 +304,14 @@ void mw_tcp_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events)
         conn_hello(ctx, c);
 }
 
-void mw_tcp_conns_tick(mw_worlds_t *ctx, int64_t now)
+void mw_link_conns_tick(mw_worlds_t *ctx, int64_t now)
 {
     for (struct mw_conn *c = ctx->conns; c != NULL; c = c->next)
-        if (c->fd >= 0 && now - c->accepted_ms > ctx->timeout_ms)
+        if (c->fd >= 0 && now - c->accepted_ms > ctx->opts.timeout_ms)
             refuse(ctx, c, NULL, "no HELLO within world.timeout_ms");
 }
 
-void mw_tcp_conns_free(mw_worlds_t *ctx, int all)
+void mw_link_conns_free(mw_worlds_t *ctx, int all)
 {
     struct mw_conn **pp = &ctx->conns;
     while (*pp != NULL) {
@@ -372,8 +344,8 @@ static void link_update_events(mw_link_t *l)
     epoll_set(l->w->ctx, l->fd, l, &l->events, want);
 }
 
-mw_link_t *mw_tcp_link_connect(mw_world_t *w, int peer, const char *addr, char *errstr,
-                               size_t errstr_size)
+mw_link_t *mw_link_connect(mw_world_t *w, int peer, const char *addr, char *errstr,
+                           size_t errstr_size)
 {
     struct sockaddr_storage ss;
     socklen_t len;
@@ -408,12 +380,38 @@ mw_link_t *mw_tcp_link_connect(mw_world_t *w, int peer, const char *addr, char *
     return l;
 }
 
+void mw_link_op_send(mw_op_t *op, int peer, uint8_t type, const uint8_t *meta, size_t meta_len,
+                     const void *payload, uint64_t payload_len)
+{
+    mw_frame_hdr_t h = {.version = MW_FRAME_VERSION,
+                        .type = type,
+                        .meta_len = (uint32_t)meta_len,
+                        .payload_len = payload_len};
+    mw_frame_hdr_encode(&h, op->hdr);
+    if (meta_len > 0)
+        memcpy(op->hdr + MW_FRAME_HDR_SIZE, meta, meta_len);
+    op->hdr_len = MW_FRAME_HDR_SIZE + meta_len;
+    op->kind = OP_SEND;
+    op->ftype = type;
+    op->peer = peer;
+    op->payload = payload;
+    op->payload_len = payload_len;
+}
+
+void mw_link_op_recv(mw_op_t *op, int peer, uint8_t type, void *buf, uint64_t cap)
+{
+    op->kind = OP_RECV;
+    op->ftype = type;
+    op->peer = peer;
+    op->buf = buf;
+    op->cap = cap;
+}
+
 /* Appends op to the transmit queue, numbering its frame. */
 static void txq_push(mw_link_t *l, mw_op_t *op)
 {
     uint32_t seq = l->tx_seq++;
-    for (int i = 0; i < 4; i++)
-        op->hdr[12 + i] = (uint8_t)(seq >> (8 * i));
+    mw_le32_put(op->hdr + 12, seq);
     op->next = NULL;
     op->off = 0;
     op->queued = 1;
@@ -427,8 +425,9 @@ static void txq_push(mw_link_t *l, mw_op_t *op)
 }
 
 static void link_tx(mw_link_t *l);
+static void link_left(mw_link_t *l);
 
-void mw_tcp_send_control(mw_link_t *l, uint8_t type, const uint8_t *meta, size_t meta_len)
+void mw_link_send_control(mw_link_t *l, uint8_t type, const uint8_t *meta, size_t meta_len)
 {
     mw_op_t *op = calloc(1, sizeof(*op));
     if (op != NULL) {
@@ -445,14 +444,7 @@ void mw_tcp_send_control(mw_link_t *l, uint8_t type, const uint8_t *meta, size_t
         return;
     }
     op->owned = 1;
-    op->kind = OP_SEND;
-    op->ftype = type;
-    op->peer = l->peer;
-    mw_frame_hdr_t h = {.version = MW_FRAME_VERSION, .type = type, .meta_len = (uint32_t)meta_len};
-    mw_frame_hdr_encode(&h, op->hdr);
-    if (meta_len)
-        memcpy(op->hdr + MW_FRAME_HDR_SIZE, meta, meta_len);
-    op->hdr_len = MW_FRAME_HDR_SIZE + meta_len;
+    mw_link_op_send(op, l->peer, type, meta, meta_len, NULL, 0);
     txq_push(l, op);
     if (l->state != LINK_CONNECTING)
         link_tx(l);
@@ -465,7 +457,7 @@ static void link_fail(mw_link_t *l, int err, const char *what, int e)
         char why[200];
         snprintf(why, sizeof(why), "%s rank %d at %s: %s", what, l->peer, l->addr,
                  e ? strerror(e) : "connection closed");
-        mw_world_connect_failed(w, l, why);
+        mw_world_on_connect_failed(w, l, why);
         return;
     }
     if (e == 0)
@@ -701,12 +693,13 @@ static int rx_begin(mw_link_t *l)
     case MW_FRAME_HELLO_ACK:
         if (l->state != LINK_HELLO_SENT)
             goto unexpected;
-        uint32_t ka = mw_frame_get32(l->rx_meta);
+        uint32_t ka = mw_le32_get(l->rx_meta);
         if (ka > 0 && ka < l->ping_ms)
             l->ping_ms = ka;
         l->state = LINK_UP;
         rx_frame_done(l);
-        mw_world_link_up(w, l);
+        l->last_rx_ms = l->last_tx_ms = mw_now_ms();
+        mw_world_on_link_up(w, l);
         return l->fd >= 0;
     case MW_FRAME_PEERS: {
         if (l->peer != 0 || w->rank == 0 || w->peer_addrs != NULL)
@@ -724,14 +717,14 @@ static int rx_begin(mw_link_t *l)
             return 0;
         }
         rx_frame_done(l);
-        mw_world_peers_received(w, w->peer_addrs, n);
+        mw_world_on_peers(w, w->peer_addrs, n);
         return l->fd >= 0;
     }
     case MW_FRAME_BYE:
         if (l->state != LINK_UP)
             goto unexpected;
         rx_frame_done(l);
-        mw_tcp_link_left(l);
+        link_left(l);
         return 0;
     case MW_FRAME_HEADER:
         break;
@@ -800,8 +793,9 @@ static void link_rx(mw_link_t *l)
             if (l->rx_got < MW_FRAME_HDR_SIZE)
                 continue;
             char err[256];
-            int rc = mw_frame_hdr_decode(l->rx_hdr_buf, MW_FRAME_HDR_SIZE, w->ctx->max_tensor_bytes,
-                                         &l->rx_hdr, err, sizeof(err));
+            int rc =
+                mw_frame_hdr_decode(l->rx_hdr_buf, MW_FRAME_HDR_SIZE, w->ctx->opts.max_tensor_bytes,
+                                    &l->rx_hdr, err, sizeof(err));
             if (rc != MW_OK) {
                 mw_world_break(w, rc, "bad frame from rank %d: %s", l->peer, err);
                 break;
@@ -847,7 +841,7 @@ static void rx_resume(mw_link_t *l)
     link_rx(l);
 }
 
-void mw_tcp_link_post(mw_link_t *l, mw_op_t *op)
+void mw_link_post(mw_link_t *l, mw_op_t *op)
 {
     mw_world_t *w = l->w;
     if (l->state != LINK_UP) {
@@ -904,7 +898,7 @@ void mw_tcp_link_post(mw_link_t *l, mw_op_t *op)
         rx_resume(l);
 }
 
-void mw_tcp_link_event(mw_link_t *l, uint32_t events)
+void mw_link_event(mw_link_t *l, uint32_t events)
 {
     if (l->fd < 0)
         return;
@@ -953,7 +947,7 @@ void mw_tcp_link_event(mw_link_t *l, uint32_t events)
         link_tx(l);
 }
 
-void mw_tcp_link_tick(mw_link_t *l, int64_t now)
+void mw_link_tick(mw_link_t *l, int64_t now)
 {
     mw_world_t *w = l->w;
     mw_worlds_t *ctx = w->ctx;
@@ -961,7 +955,7 @@ void mw_tcp_link_tick(mw_link_t *l, int64_t now)
         return;
     /* measured from the last byte moved, which precedes the failure: the
      * tick is subtracted so that detection lands within world.timeout_ms */
-    int64_t limit = ctx->timeout_ms - ctx->tick_ms;
+    int64_t limit = ctx->opts.timeout_ms - ctx->tick_ms;
     if (l->txq != NULL && now - l->tx_progress_ms > limit) {
         mw_world_break(w, MW_EBROKEN,
                        "send to rank %d made no progress for %lld ms (peer stopped, hung or "
@@ -993,7 +987,7 @@ static void fail_queue(mw_world_t *w, mw_op_t *op, const char *e)
         mw_world_req_done(w, op->req, MW_ECLOSED, e);
 }
 
-void mw_tcp_link_left(mw_link_t *l)
+static void link_left(mw_link_t *l)
 {
     mw_world_t *w = l->w;
     char e[400];
@@ -1006,11 +1000,11 @@ void mw_tcp_link_left(mw_link_t *l)
     fail_queue(w, l->recv_coll_q, e);
     if (l->rx_op != NULL)
         mw_world_req_done(w, l->rx_op->req, MW_ECLOSED, e);
-    mw_tcp_link_close(l, MW_ECLOSED);
-    mw_world_peer_left(w, l);
+    mw_link_close(l, MW_ECLOSED);
+    mw_world_on_peer_left(w);
 }
 
-void mw_tcp_link_bye(mw_link_t *l)
+void mw_link_bye(mw_link_t *l)
 {
     if (l->fd < 0 || l->state != LINK_UP || l->txq != NULL)
         return;
@@ -1021,7 +1015,7 @@ void mw_tcp_link_bye(mw_link_t *l)
     (void)n; /* best effort: without it the peer sees a plain close */
 }
 
-void mw_tcp_link_close(mw_link_t *l, int rc)
+void mw_link_close(mw_link_t *l, int rc)
 {
     mw_world_t *w = l->w;
     if (l->fd >= 0) {
@@ -1060,12 +1054,23 @@ void mw_tcp_link_close(mw_link_t *l, int rc)
     l->rx_got = 0;
 }
 
-void mw_tcp_link_free(mw_link_t *l)
+void mw_link_reset(mw_link_t *l)
+{
+    mw_link_close(l, MW_EAGAIN);
+    l->state = LINK_NONE;
+}
+
+int mw_link_is_up(const mw_link_t *l)
+{
+    return l != NULL && l->state == LINK_UP;
+}
+
+void mw_link_free(mw_link_t *l)
 {
     if (l == NULL)
         return;
     if (l->fd >= 0)
-        mw_tcp_link_close(l, MW_ECLOSED);
+        mw_link_close(l, MW_ECLOSED);
     free(l->rx_meta);
     free(l);
 }

@@ -1,7 +1,7 @@
 /* NCCL backend of worlds (built when CUDA and NCCL are found): tensors and
  * collectives on a non-blocking NCCL communicator with one CUDA stream per
  * world. The ncclUniqueId travels in the Redis rendezvous record; links,
- * header frames, keepalives and the secret are the generic TCP machinery.
+ * header frames, keepalives and the secret are the link layer's (link.c).
  * Nothing here blocks the progress thread: communicator init and enqueues are
  * polled with ncclCommGetAsyncError, completions with cudaEventQuery, and a
  * failure or a stuck operation ends in ncclCommAbort. */
@@ -114,25 +114,24 @@ static int issue(mw_world_t *w, struct nreq *n, char *errstr, size_t errstr_size
 {
     struct nccl_world *nw = NB(w);
     mw_world_req_t *req = n->req;
-    mw_op_t *op = &req->ops[0];
     ncclResult_t r;
     switch (req->kind) {
     case REQ_SEND:
-        r = ncclSend(op->payload, op->payload_len, ncclUint8, op->peer, nw->comm, nw->stream);
+        r = ncclSend(req->buf, req->nbytes, ncclUint8, req->peer, nw->comm, nw->stream);
         break;
     case REQ_RECV:
         /* NCCL needs the exact size: capacity must equal the sent tensor's bytes */
-        r = ncclRecv(op->buf, op->cap, ncclUint8, op->peer, nw->comm, nw->stream);
-        req->bytes = op->cap;
+        r = ncclRecv(req->buf, req->nbytes, ncclUint8, req->peer, nw->comm, nw->stream);
+        req->bytes = req->nbytes;
         req->desc =
-            (mw_tensor_desc_t){.dtype = MW_DTYPE_U8, .ndim = 1, .shape = {(int64_t)op->cap}};
+            (mw_tensor_desc_t){.dtype = MW_DTYPE_U8, .ndim = 1, .shape = {(int64_t)req->nbytes}};
         break;
     case REQ_BROADCAST:
-        r = ncclBroadcast(req->result, req->result, req->nbytes, ncclUint8, req->root, nw->comm,
+        r = ncclBroadcast(req->buf, req->buf, req->nbytes, ncclUint8, req->root, nw->comm,
                           nw->stream);
         break;
     case REQ_ALL_REDUCE:
-        r = ncclAllReduce(req->result, req->result, req->nbytes / sizeof(float), ncclFloat32,
+        r = ncclAllReduce(req->buf, req->buf, req->nbytes / sizeof(float), ncclFloat32,
                           req->redop == MW_REDUCE_SUM ? ncclSum : ncclMax, nw->comm, nw->stream);
         break;
     default: /* barrier */
@@ -155,6 +154,12 @@ static int issue(mw_world_t *w, struct nreq *n, char *errstr, size_t errstr_size
         nw->inflight_tail->next = n;
     nw->inflight_tail = n;
     return MW_OK;
+}
+
+/* One operation stands for the whole request: the stream completes it. */
+static int nccl_prepare(mw_world_t *w, mw_world_req_t *req)
+{
+    return mw_world_req_ops(req, w->size == 1 ? 0 : 1);
 }
 
 static int nccl_post(mw_world_t *w, mw_world_req_t *req, char *errstr, size_t errstr_size)
@@ -245,7 +250,7 @@ static int nccl_poll(mw_world_t *w, int64_t now, char *errstr, size_t errstr_siz
         struct nreq *n = nw->inflight;
         cudaError_t e = cudaEventQuery(n->ev);
         if (e == cudaErrorNotReady) {
-            if (now - n->posted_ms > w->ctx->timeout_ms)
+            if (now - n->posted_ms > w->ctx->opts.timeout_ms)
                 return mw_errf(MW_EBROKEN, errstr, errstr_size,
                                "NCCL operation made no progress for %lld ms (a peer is dead, "
                                "stopped or not taking part)",
@@ -315,6 +320,7 @@ const mw_world_backend_ops_t mw_world_nccl_ops = {
     .rendezvous_data = nccl_rendezvous_data,
     .start = nccl_start,
     .poll = nccl_poll,
+    .prepare = nccl_prepare,
     .post = nccl_post,
     .abort = nccl_abort,
     .destroy = nccl_destroy,

@@ -78,7 +78,7 @@ static void world_unref(mw_world_t *w)
         return;
     if (w->links != NULL)
         for (int p = 0; p < w->size; p++)
-            mw_tcp_link_free(w->links[p]);
+            mw_link_free(w->links[p]);
     free(w->links);
     if (w->ops != NULL && w->ops->destroy != NULL)
         w->ops->destroy(w);
@@ -207,7 +207,7 @@ static int64_t rdv_run(mw_worlds_t *ctx, mw_redis_t **r, mw_rdv_job_t *job)
     if (job->type != RDV_REMOVE && !world_joining(job->w))
         return -1;
     if (*r == NULL) {
-        *r = mw_redis_new(&ctx->cfg, 1, err, sizeof(err));
+        *r = mw_redis_new(&ctx->redis_cfg, 1, err, sizeof(err));
         if (*r == NULL) {
             __atomic_store_n(&job->w->rdv_last_rc, MW_EUNAVAIL, __ATOMIC_RELAXED);
             return 100;
@@ -364,16 +364,25 @@ static void set_state(mw_world_t *w, mw_world_state_t state, int err, const char
     done_ring(w->ctx);
 }
 
+/* Completes every operation of req with rc (the owner may free req after). */
+static void req_fail_ops(mw_world_t *w, mw_world_req_t *req, int rc)
+{
+    mw_op_t *ops = req->ops;
+    int nops = req->nops;
+    for (int i = 0; i < nops; i++)
+        mw_world_op_done(w, &ops[i], rc);
+}
+
 static void fail_everything(mw_world_t *w, int rc)
 {
     if (w->links != NULL)
         for (int p = 0; p < w->size; p++)
             if (w->links[p] != NULL)
-                mw_tcp_link_close(w->links[p], rc);
+                mw_link_close(w->links[p], rc);
     while (w->preready != NULL) {
-        mw_op_t *op = w->preready;
-        w->preready = op->next;
-        mw_world_op_done(w, op, rc);
+        mw_world_req_t *req = w->preready;
+        w->preready = req->next;
+        req_fail_ops(w, req, rc);
     }
     w->preready_tail = NULL;
     if (w->ops->abort != NULL)
@@ -401,13 +410,12 @@ void mw_world_break(mw_world_t *w, int err, const char *fmt, ...)
     fail_everything(w, err);
 }
 
-void mw_world_peer_left(mw_world_t *w, mw_link_t *l)
+void mw_world_on_peer_left(mw_world_t *w)
 {
-    (void)l;
     if (w->state != MW_WORLD_JOINING && w->state != MW_WORLD_READY)
         return;
     for (int p = 0; p < w->size; p++)
-        if (p != w->rank && w->links[p] != NULL && w->links[p]->state == LINK_UP)
+        if (p != w->rank && mw_link_is_up(w->links[p]))
             return; /* others remain: only operations with the departed rank fail */
     char text[512];
     snprintf(text, sizeof(text), "world %s epoch %lld (rank %d): every other member left", w->name,
@@ -426,13 +434,13 @@ static void world_close(mw_worlds_t *ctx, mw_world_t *w)
         if (w->state == MW_WORLD_READY && w->links != NULL)
             for (int p = 0; p < w->size; p++)
                 if (w->links[p] != NULL)
-                    mw_tcp_link_bye(w->links[p]);
+                    mw_link_bye(w->links[p]);
         set_state(w, MW_WORLD_CLOSED, MW_ECLOSED, text);
         fail_everything(w, MW_ECLOSED);
     } else if (w->links != NULL) {
         for (int p = 0; p < w->size; p++)
             if (w->links[p] != NULL)
-                mw_tcp_link_close(w->links[p], MW_ECLOSED);
+                mw_link_close(w->links[p], MW_ECLOSED);
     }
     if (!w->in_engine)
         return;
@@ -447,13 +455,46 @@ static void world_close(mw_worlds_t *ctx, mw_world_t *w)
     ctx->reap = w;
 }
 
-mw_world_t *mw_world_find(mw_worlds_t *ctx, const char *name, int64_t epoch, int below_rank)
+static int secret_equal(const uint8_t *a, const uint8_t *b, size_t n)
 {
-    for (mw_world_t *w = ctx->worlds; w != NULL; w = w->next_in_engine)
-        if (w->epoch == epoch && w->rank < below_rank && strcmp(w->name, name) == 0 &&
+    uint8_t d = 0;
+    for (size_t i = 0; i < n; i++)
+        d |= a[i] ^ b[i];
+    return d == 0;
+}
+
+mw_world_t *mw_world_admit(mw_worlds_t *ctx, const mw_frame_hello_t *h, char *why, size_t why_size)
+{
+    /* a process may hold several ranks of one world: the one that accepts
+     * h->rank is one of a lower rank */
+    mw_world_t *w = ctx->worlds;
+    for (; w != NULL; w = w->next_in_engine)
+        if (w->epoch == h->epoch && w->rank < (int)h->rank && strcmp(w->name, h->name) == 0 &&
             (w->state == MW_WORLD_JOINING || w->state == MW_WORLD_READY))
-            return w;
-    return NULL;
+            break;
+    if (w == NULL) {
+        snprintf(why, why_size, "no such world here");
+        return NULL;
+    }
+    /* the secret first, so that nothing else is revealed without it */
+    if (w->join_phase < JOIN_CONNECT && w->rank != 0) {
+        snprintf(why, why_size, "world has no secret yet");
+        return NULL;
+    }
+    if (h->secret_len != MW_RDV_SECRET_BYTES ||
+        !secret_equal(h->secret, w->rdv.secret, MW_RDV_SECRET_BYTES)) {
+        snprintf(why, why_size, "wrong secret");
+        return NULL;
+    }
+    if ((int)h->size != w->size) {
+        snprintf(why, why_size, "size %u, the world has %d", h->size, w->size);
+        return NULL;
+    }
+    if ((int)h->rank <= w->rank) {
+        snprintf(why, why_size, "rank %u must connect out, not in, to rank %d", h->rank, w->rank);
+        return NULL;
+    }
+    return w;
 }
 
 /* --- requests (engine side) ------------------------------------------------------- */
@@ -501,37 +542,33 @@ void mw_world_op_done(mw_world_t *w, mw_op_t *op, int rc)
         done_ring(w->ctx);
 }
 
-static int is_backend_req(mw_world_t *w, mw_world_req_t *req)
-{
-    return w->ops->post != NULL && req->kind != REQ_SEND_HEADER && req->kind != REQ_RECV_HEADER;
-}
-
-static void route_op(mw_world_t *w, mw_op_t *op)
+/* Hands a posted request to the link (header frames) or to the backend
+ * (tensors and collectives); holds it while the world joins. */
+static void route_req(mw_world_t *w, mw_world_req_t *req)
 {
     if (w->state == MW_WORLD_BROKEN || w->state == MW_WORLD_CLOSED) {
-        mw_world_op_done(w, op, w->err);
+        req_fail_ops(w, req, w->err);
         return;
     }
     if (w->state == MW_WORLD_JOINING) {
-        op->next = NULL;
+        req->next = NULL;
         if (w->preready == NULL)
-            w->preready = op;
+            w->preready = req;
         else
-            w->preready_tail->next = op;
-        w->preready_tail = op;
+            w->preready_tail->next = req;
+        w->preready_tail = req;
         return;
     }
-    mw_world_req_t *req = op->req;
-    if (req != NULL && is_backend_req(w, req)) {
-        char err[256];
-        int rc = w->ops->post(w, req, err, sizeof(err));
-        if (rc != MW_OK) {
-            mw_world_req_done(w, req, rc, err);
-            mw_world_op_done(w, op, rc);
-        }
+    if (req->kind == REQ_SEND_HEADER || req->kind == REQ_RECV_HEADER) {
+        mw_link_post(w->links[req->ops[0].peer], &req->ops[0]);
         return;
     }
-    mw_tcp_link_post(w->links[op->peer], op);
+    char err[256];
+    int rc = w->ops->post(w, req, err, sizeof(err));
+    if (rc != MW_OK) {
+        mw_world_req_done(w, req, rc, err);
+        req_fail_ops(w, req, rc);
+    }
 }
 
 /* --- the join state machine (progress thread) -------------------------------------- */
@@ -539,7 +576,7 @@ static void route_op(mw_world_t *w, mw_op_t *op)
 static int all_links_up(mw_world_t *w)
 {
     for (int p = 0; p < w->size; p++)
-        if (p != w->rank && (w->links[p] == NULL || w->links[p]->state != LINK_UP))
+        if (p != w->rank && !mw_link_is_up(w->links[p]))
             return 0;
     return 1;
 }
@@ -556,17 +593,12 @@ static void world_ready(mw_world_t *w)
         w->rdv_removed = 1; /* the secret is single-use: take it out of Redis */
         rdv_push(w->ctx, RDV_REMOVE, w, 0);
     }
-    mw_op_t *op = w->preready;
+    mw_world_req_t *req = w->preready;
     w->preready = w->preready_tail = NULL;
-    while (op != NULL && w->state == MW_WORLD_READY) {
-        mw_op_t *next = op->next;
-        route_op(w, op);
-        op = next;
-    }
-    while (op != NULL) { /* the world broke while routing */
-        mw_op_t *next = op->next;
-        mw_world_op_done(w, op, w->err);
-        op = next;
+    while (req != NULL) {
+        mw_world_req_t *next = req->next;
+        route_req(w, req); /* fails it when the world broke meanwhile */
+        req = next;
     }
 }
 
@@ -591,7 +623,7 @@ static void send_hello(mw_world_t *w, mw_link_t *l)
     mw_frame_hello_t h = {.epoch = w->epoch,
                           .size = (uint32_t)w->size,
                           .rank = (uint32_t)w->rank,
-                          .keepalive_ms = (uint32_t)w->ctx->keepalive_ms,
+                          .keepalive_ms = (uint32_t)w->ctx->opts.keepalive_ms,
                           .secret_len = MW_RDV_SECRET_BYTES};
     memcpy(h.secret, w->rdv.secret, MW_RDV_SECRET_BYTES);
     snprintf(h.name, sizeof(h.name), "%s", w->name);
@@ -602,16 +634,16 @@ static void send_hello(mw_world_t *w, mw_link_t *l)
         mw_world_break(w, MW_EINVAL, "cannot encode HELLO");
         return;
     }
-    mw_tcp_send_control(l, MW_FRAME_HELLO, meta, (size_t)n);
+    mw_link_send_control(l, MW_FRAME_HELLO, meta, (size_t)n);
 }
 
 static void connect_peer(mw_world_t *w, int peer, const char *addr)
 {
     char err[256];
-    mw_link_t *l = mw_tcp_link_connect(w, peer, addr, err, sizeof(err));
+    mw_link_t *l = mw_link_connect(w, peer, addr, err, sizeof(err));
     if (l == NULL) {
         if (peer == 0)
-            mw_world_connect_failed(w, w->links[0], err);
+            mw_world_on_connect_failed(w, w->links[0], err);
         else
             mw_world_break(w, MW_EBROKEN, "%s", err);
         return;
@@ -619,9 +651,8 @@ static void connect_peer(mw_world_t *w, int peer, const char *addr)
     send_hello(w, l);
 }
 
-void mw_world_link_up(mw_world_t *w, mw_link_t *l)
+void mw_world_on_link_up(mw_world_t *w, mw_link_t *l)
 {
-    l->last_rx_ms = l->last_tx_ms = mw_now_ms();
     if (w->state != MW_WORLD_JOINING)
         return;
     if (w->rank != 0 && l->peer == 0) {
@@ -642,13 +673,13 @@ void mw_world_link_up(mw_world_t *w, mw_link_t *l)
             return;
         }
         for (int p = 1; p < w->size; p++)
-            mw_tcp_send_control(w->links[p], MW_FRAME_PEERS, meta, (size_t)n);
+            mw_link_send_control(w->links[p], MW_FRAME_PEERS, meta, (size_t)n);
     }
     if (w->state == MW_WORLD_JOINING)
         links_done(w);
 }
 
-void mw_world_peers_received(mw_world_t *w, char (*addrs)[MW_FRAME_ADDR_MAX + 1], int count)
+void mw_world_on_peers(mw_world_t *w, char (*addrs)[MW_FRAME_ADDR_MAX + 1], int count)
 {
     (void)count;
     if (w->state != MW_WORLD_JOINING)
@@ -659,7 +690,7 @@ void mw_world_peers_received(mw_world_t *w, char (*addrs)[MW_FRAME_ADDR_MAX + 1]
         links_done(w);
 }
 
-void mw_world_connect_failed(mw_world_t *w, mw_link_t *l, const char *why)
+void mw_world_on_connect_failed(mw_world_t *w, mw_link_t *l, const char *why)
 {
     if (w->state != MW_WORLD_JOINING) {
         mw_world_break(w, MW_EBROKEN, "%s", why);
@@ -667,8 +698,7 @@ void mw_world_connect_failed(mw_world_t *w, mw_link_t *l, const char *why)
     }
     if (w->rank != 0 && l != NULL && l->peer == 0 && w->join_phase == JOIN_CONNECT) {
         /* a stale record, or rank 0 restarting: fetch the record again */
-        mw_tcp_link_close(l, MW_EAGAIN);
-        l->state = LINK_NONE;
+        mw_link_reset(l);
         w->join_phase = JOIN_FETCH;
         w->fetch_failures++;
         snprintf(w->join_note, sizeof(w->join_note), "%s", why);
@@ -730,7 +760,7 @@ static void join_timeout(mw_world_t *w, int64_t now)
     int n = 0;
     missing[0] = '\0';
     for (int p = 0; p < w->size && len + 16 < sizeof(missing); p++) {
-        if (p == w->rank || (w->links[p] != NULL && w->links[p]->state == LINK_UP))
+        if (p == w->rank || mw_link_is_up(w->links[p]))
             continue;
         len += (size_t)snprintf(missing + len, sizeof(missing) - len, "%s%d", n++ ? "," : "", p);
     }
@@ -754,14 +784,9 @@ static void handle_cmd(mw_worlds_t *ctx, mw_cmd_t *cmd)
     case CMD_JOIN:
         join_start(ctx, w);
         break;
-    case CMD_POST: {
-        mw_world_req_t *req = cmd->req;
-        mw_op_t *ops = req->ops;
-        int n = is_backend_req(w, req) && req->nops > 0 ? 1 : req->nops;
-        for (int i = 0; i < n; i++)
-            route_op(w, &ops[i]);
+    case CMD_POST:
+        route_req(w, cmd->req);
         break;
-    }
     case CMD_ABORT:
         mw_world_break(w, MW_EABORTED, "aborted: %s", cmd->text ? cmd->text : "by its owner");
         break;
@@ -833,9 +858,9 @@ static void tick(mw_worlds_t *ctx, int64_t now)
         }
         for (int p = 0; p < w->size && w->links != NULL; p++)
             if (w->links[p] != NULL && (w->state == MW_WORLD_JOINING || w->state == MW_WORLD_READY))
-                mw_tcp_link_tick(w->links[p], now);
+                mw_link_tick(w->links[p], now);
     }
-    mw_tcp_conns_tick(ctx, now);
+    mw_link_conns_tick(ctx, now);
 }
 
 static void deliver_callbacks(mw_worlds_t *ctx)
@@ -854,7 +879,7 @@ static void deliver_callbacks(mw_worlds_t *ctx)
 
 static void reap(mw_worlds_t *ctx)
 {
-    mw_tcp_conns_free(ctx, 0);
+    mw_link_conns_free(ctx, 0);
     while (ctx->reap != NULL) {
         mw_world_t *w = ctx->reap;
         ctx->reap = w->next_reap;
@@ -881,11 +906,11 @@ static void *progress_main(void *arg)
                 (void)r;
                 __atomic_store_n(&ctx->wake_pending, 0, __ATOMIC_RELEASE);
             } else if (kind == EV_LISTEN) {
-                mw_tcp_accept(ctx);
+                mw_link_accept(ctx);
             } else if (kind == EV_CONN) {
-                mw_tcp_conn_event(ctx, evs[i].data.ptr, evs[i].events);
+                mw_link_conn_event(ctx, evs[i].data.ptr, evs[i].events);
             } else if (kind == EV_LINK) {
-                mw_tcp_link_event(evs[i].data.ptr, evs[i].events);
+                mw_link_event(evs[i].data.ptr, evs[i].events);
             }
         }
         drain_cmds(ctx);
@@ -908,34 +933,33 @@ static void *progress_main(void *arg)
         world_close(ctx, ctx->worlds);
     deliver_callbacks(ctx);
     reap(ctx);
-    mw_tcp_conns_free(ctx, 1);
+    mw_link_conns_free(ctx, 1);
     return NULL;
 }
 
 /* --- the context --------------------------------------------------------------------- */
 
-mw_worlds_t *mw_worlds_new(const mw_config_t *cfg, char *errstr, size_t errstr_size)
+mw_worlds_t *mw_worlds_new(const mw_world_options_t *opts, char *errstr, size_t errstr_size)
 {
     mw_worlds_t *ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL) {
         mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
         return NULL;
     }
-    ctx->cfg = *cfg;
-    ctx->cfg.kafka = NULL; /* not ours, not needed */
-    ctx->cfg.kafka_count = 0;
-    ctx->timeout_ms = cfg->world_timeout_ms;
-    ctx->keepalive_ms = cfg->world_keepalive_ms;
-    if (ctx->keepalive_ms > ctx->timeout_ms / 3)
-        ctx->keepalive_ms = ctx->timeout_ms / 3;
-    ctx->tick_ms =
-        ctx->timeout_ms / 20 < ctx->keepalive_ms / 4 ? ctx->timeout_ms / 20 : ctx->keepalive_ms / 4;
+    if (mw_config_copy(&ctx->redis_cfg, opts->redis, errstr, errstr_size) != MW_OK) {
+        free(ctx);
+        return NULL;
+    }
+    ctx->opts = *opts;
+    ctx->opts.redis = &ctx->redis_cfg;
+    if (ctx->opts.keepalive_ms > ctx->opts.timeout_ms / 3)
+        ctx->opts.keepalive_ms = ctx->opts.timeout_ms / 3;
+    int64_t timeout_ms = ctx->opts.timeout_ms, keepalive_ms = ctx->opts.keepalive_ms;
+    ctx->tick_ms = timeout_ms / 20 < keepalive_ms / 4 ? timeout_ms / 20 : keepalive_ms / 4;
     if (ctx->tick_ms < 2)
         ctx->tick_ms = 2;
     if (ctx->tick_ms > 50)
         ctx->tick_ms = 50;
-    ctx->max_tensor_bytes = (uint64_t)cfg->world_max_tensor_bytes;
-    ctx->sockbuf = (int)cfg->world_socket_buffer_bytes;
     ctx->wake_kind = EV_WAKE;
     ctx->listen_kind = EV_LISTEN;
     ctx->listenfd = ctx->wakefd = ctx->donefd = -1;
@@ -952,7 +976,7 @@ mw_worlds_t *mw_worlds_new(const mw_config_t *cfg, char *errstr, size_t errstr_s
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &ctx->wake_kind};
     epoll_ctl(ctx->epfd, EPOLL_CTL_ADD, ctx->wakefd, &ev);
-    if (mw_tcp_listen(ctx, errstr, errstr_size) != MW_OK)
+    if (mw_link_listen(ctx, errstr, errstr_size) != MW_OK)
         goto out_free;
     if (pthread_create(&ctx->thread, NULL, progress_main, ctx) != 0) {
         mw_errf(MW_EIO, errstr, errstr_size, "cannot start the progress thread");
@@ -969,7 +993,7 @@ mw_worlds_t *mw_worlds_new(const mw_config_t *cfg, char *errstr, size_t errstr_s
     }
     ctx->threads_started = 1;
     mw_log(MW_LOG_DEBUG, "world", "worlds listening at %s (timeout %lld ms, keepalive %lld ms)",
-           ctx->address, (long long)ctx->timeout_ms, (long long)ctx->keepalive_ms);
+           ctx->address, (long long)ctx->opts.timeout_ms, (long long)ctx->opts.keepalive_ms);
     return ctx;
 out_free:
     if (ctx->listenfd >= 0)
@@ -984,6 +1008,7 @@ out_free:
     pthread_mutex_destroy(&ctx->lock);
     pthread_cond_destroy(&ctx->cond);
     pthread_cond_destroy(&ctx->rdv_cond);
+    mw_config_fini(&ctx->redis_cfg);
     free(ctx);
     return NULL;
 }
@@ -1009,6 +1034,7 @@ void mw_worlds_destroy(mw_worlds_t *ctx)
     pthread_mutex_destroy(&ctx->lock);
     pthread_cond_destroy(&ctx->cond);
     pthread_cond_destroy(&ctx->rdv_cond);
+    mw_config_fini(&ctx->redis_cfg);
     free(ctx);
 }
 
@@ -1066,18 +1092,11 @@ int mw_world_join(mw_worlds_t *ctx, const mw_world_opts_t *opts, mw_world_t **ou
         return mw_errf(MW_EINVAL, errstr, errstr_size,
                        "world %s: rank %d of size %d (size must be 1..%d)", opts->name, opts->rank,
                        opts->size, MW_WORLD_SIZE_MAX);
-    const mw_world_backend_ops_t *ops = &mw_world_tcp_ops;
-    if (opts->backend == MW_BACKEND_NCCL) {
-#ifdef MW_HAVE_NCCL
-        ops = &mw_world_nccl_ops;
-#else
-        return mw_errf(MW_EINVAL, errstr, errstr_size,
-                       "world %s: the NCCL backend is not built (no CUDA/NCCL found)", opts->name);
-#endif
-    } else if (opts->backend != MW_BACKEND_TCP) {
-        return mw_errf(MW_EINVAL, errstr, errstr_size, "world %s: unknown backend %d", opts->name,
-                       (int)opts->backend);
-    }
+    char why[200];
+    const mw_world_backend_ops_t *ops =
+        mw_world_backend_find(opts->backend != NULL ? opts->backend : "tcp", why, sizeof(why));
+    if (ops == NULL)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "world %s: %s", opts->name, why);
     mw_world_t *w = calloc(1, sizeof(*w));
     mw_cmd_t *cmd = calloc(1, sizeof(*cmd));
     if (w == NULL || cmd == NULL ||
@@ -1094,8 +1113,6 @@ int mw_world_join(mw_worlds_t *ctx, const mw_world_opts_t *opts, mw_world_t **ou
     w->epoch = opts->epoch;
     w->size = opts->size;
     w->rank = opts->rank;
-    w->backend = opts->backend;
-    w->ops = ops;
     w->on_event = opts->on_event;
     w->user = opts->user;
     w->device = opts->device;
@@ -1104,7 +1121,7 @@ int mw_world_join(mw_worlds_t *ctx, const mw_world_opts_t *opts, mw_world_t **ou
     w->state = MW_WORLD_JOINING;
     w->join_start_ms = mw_now_ms();
     w->join_deadline_ms =
-        w->join_start_ms + (opts->timeout_ms > 0 ? opts->timeout_ms : ctx->timeout_ms);
+        w->join_start_ms + (opts->timeout_ms > 0 ? opts->timeout_ms : ctx->opts.timeout_ms);
     if (w->rank == 0 && w->size > 1 &&
         getrandom(w->rdv.secret, MW_RDV_SECRET_BYTES, 0) != MW_RDV_SECRET_BYTES) {
         world_unref(w);
@@ -1114,12 +1131,12 @@ int mw_world_join(mw_worlds_t *ctx, const mw_world_opts_t *opts, mw_world_t **ou
     if (ops->create != NULL) {
         int rc = ops->create(w, errstr, errstr_size);
         if (rc != MW_OK) {
-            w->ops = &mw_world_tcp_ops; /* nothing of the backend to destroy */
-            world_unref(w);
+            world_unref(w); /* w->ops unset: nothing of the backend to destroy */
             free(cmd);
             return rc;
         }
     }
+    w->ops = ops;
     world_ref(w); /* the engine's */
     cmd->type = CMD_JOIN;
     cmd->heap = 1;
@@ -1215,12 +1232,26 @@ void mw_world_destroy(mw_world_t *w)
 
 /* --- requests (API side) ------------------------------------------------------------------ */
 
+int mw_world_req_ops(mw_world_req_t *req, int nops)
+{
+    if (nops > 0 && (req->ops = calloc((size_t)nops, sizeof(mw_op_t))) == NULL)
+        return MW_ENOMEM;
+    req->nops = nops;
+    req->pending_ops = nops;
+    for (int i = 0; i < nops; i++) {
+        req->ops[i].req = req;
+        req->ops[i].hdr = req->ops[i].hdr_inline;
+    }
+    return MW_OK;
+}
+
+/* A request of kind with nops operations (none: the backend lays them out). */
 static mw_world_req_t *req_new(mw_world_t *w, int kind, int nops, size_t extra)
 {
     mw_world_req_t *req = calloc(1, sizeof(*req) + extra);
     if (req == NULL)
         return NULL;
-    if (nops > 0 && (req->ops = calloc((size_t)nops, sizeof(mw_op_t))) == NULL) {
+    if (mw_world_req_ops(req, nops) != MW_OK) {
         free(req);
         return NULL;
     }
@@ -1228,12 +1259,6 @@ static mw_world_req_t *req_new(mw_world_t *w, int kind, int nops, size_t extra)
     world_ref(w);
     req->kind = kind;
     req->status = MW_EAGAIN;
-    req->nops = nops;
-    req->pending_ops = nops;
-    for (int i = 0; i < nops; i++) {
-        req->ops[i].req = req;
-        req->ops[i].hdr = req->ops[i].hdr_inline;
-    }
     return req;
 }
 
@@ -1274,75 +1299,54 @@ static int req_post(mw_world_t *w, mw_world_req_t *req, mw_world_req_t **out)
     return MW_OK;
 }
 
-static void op_send(mw_op_t *op, int peer, uint8_t type, const uint8_t *meta, size_t meta_len,
-                    const void *payload, uint64_t payload_len)
-{
-    mw_frame_hdr_t h = {.version = MW_FRAME_VERSION,
-                        .type = type,
-                        .meta_len = (uint32_t)meta_len,
-                        .payload_len = payload_len};
-    mw_frame_hdr_encode(&h, op->hdr);
-    if (meta_len > 0)
-        memcpy(op->hdr + MW_FRAME_HDR_SIZE, meta, meta_len);
-    op->hdr_len = MW_FRAME_HDR_SIZE + meta_len;
-    op->kind = OP_SEND;
-    op->ftype = type;
-    op->peer = peer;
-    op->payload = payload;
-    op->payload_len = payload_len;
-}
-
-static void op_recv(mw_op_t *op, int peer, uint8_t type, void *buf, uint64_t cap)
-{
-    op->kind = OP_RECV;
-    op->ftype = type;
-    op->peer = peer;
-    op->buf = buf;
-    op->cap = cap;
-}
-
 static int check_peer(mw_world_t *w, int peer)
 {
     return peer >= 0 && peer < w->size && peer != w->rank;
+}
+
+/* Has the backend lay out a tensor or collective request, then posts it. */
+static int req_submit(mw_world_t *w, mw_world_req_t *req, mw_world_req_t **out)
+{
+    int rc = w->ops->prepare(w, req);
+    if (rc != MW_OK) {
+        req_release(req);
+        return rc;
+    }
+    return req_post(w, req, out);
 }
 
 int mw_world_isend(mw_world_t *w, int peer, const mw_tensor_desc_t *desc, const void *buf,
                    mw_world_req_t **req)
 {
     uint64_t nbytes;
-    uint8_t meta[MW_FRAME_TENSOR_META];
     *req = NULL;
     if (!check_peer(w, peer) || mw_tensor_nbytes(desc, &nbytes) != MW_OK || buf == NULL)
         return MW_EINVAL;
-    if (nbytes > w->ctx->max_tensor_bytes)
+    if (nbytes > w->ctx->opts.max_tensor_bytes)
         return MW_ETOOBIG;
-    int mlen = mw_frame_tensor_meta_encode(desc, meta);
-    mw_world_req_t *r = req_new(w, REQ_SEND, 1, 0);
+    mw_world_req_t *r = req_new(w, REQ_SEND, 0, 0);
     if (r == NULL)
         return MW_ENOMEM;
+    r->peer = peer;
     r->desc = *desc;
     r->bytes = nbytes;
-    op_send(&r->ops[0], peer, MW_FRAME_TENSOR, meta, (size_t)mlen, buf, nbytes);
-    return req_post(w, r, req);
-}
-
-/* Posts a receive of the next frame of frame_type from peer into buf. */
-static int post_recv(mw_world_t *w, int kind, uint8_t frame_type, int peer, void *buf,
-                     size_t capacity, mw_world_req_t **req)
-{
-    *req = NULL;
-    if (!check_peer(w, peer) || (buf == NULL && capacity > 0))
-        return MW_EINVAL;
-    mw_world_req_t *r = req_new(w, kind, 1, 0);
-    if (r == NULL)
-        return MW_ENOMEM;
-    op_recv(&r->ops[0], peer, frame_type, buf, capacity);
-    return req_post(w, r, req);
+    r->buf = (void *)buf; /* read only */
+    r->nbytes = nbytes;
+    return req_submit(w, r, req);
 }
 
 int mw_world_irecv(mw_world_t *w, int peer, void *buf, size_t capacity, mw_world_req_t **req)
 {
-    return post_recv(w, REQ_RECV, MW_FRAME_TENSOR, peer, buf, capacity, req);
+    *req = NULL;
+    if (!check_peer(w, peer) || (buf == NULL && capacity > 0))
+        return MW_EINVAL;
+    mw_world_req_t *r = req_new(w, REQ_RECV, 0, 0);
+    if (r == NULL)
+        return MW_ENOMEM;
+    r->peer = peer;
+    r->buf = buf;
+    r->nbytes = capacity;
+    return req_submit(w, r, req);
 }
 
 int mw_world_isend_header(mw_world_t *w, int peer, const void *data, size_t len,
@@ -1359,38 +1363,20 @@ int mw_world_isend_header(mw_world_t *w, int peer, const void *data, size_t len,
     if (len > 0)
         memcpy(r->data, data, len);
     r->bytes = len;
-    op_send(&r->ops[0], peer, MW_FRAME_HEADER, NULL, 0, r->data, len);
+    mw_link_op_send(&r->ops[0], peer, MW_FRAME_HEADER, NULL, 0, r->data, len);
     return req_post(w, r, req);
 }
 
 int mw_world_irecv_header(mw_world_t *w, int peer, void *buf, size_t capacity, mw_world_req_t **req)
 {
-    return post_recv(w, REQ_RECV_HEADER, MW_FRAME_HEADER, peer, buf, capacity, req);
-}
-
-static uint32_t next_coll_seq(mw_world_t *w)
-{
-    pthread_mutex_lock(&w->lock);
-    uint32_t seq = w->coll_seq++;
-    pthread_mutex_unlock(&w->lock);
-    return seq;
-}
-
-static void op_coll_send(mw_op_t *op, int peer, const mw_frame_coll_t *c, const void *buf,
-                         uint64_t nbytes)
-{
-    uint8_t meta[8 + MW_FRAME_TENSOR_META];
-    int mlen = mw_frame_coll_meta_encode(c, meta);
-    op_send(op, peer, MW_FRAME_COLL, meta, (size_t)mlen, buf, nbytes);
-}
-
-static void op_coll_recv(mw_op_t *op, int peer, const mw_frame_coll_t *c, void *buf,
-                         uint64_t nbytes)
-{
-    op_recv(op, peer, MW_FRAME_COLL, buf, nbytes);
-    op->coll_seq = c->seq;
-    op->coll_kind = c->kind;
-    op->coll_expect = nbytes;
+    *req = NULL;
+    if (!check_peer(w, peer) || (buf == NULL && capacity > 0))
+        return MW_EINVAL;
+    mw_world_req_t *r = req_new(w, REQ_RECV_HEADER, 1, 0);
+    if (r == NULL)
+        return MW_ENOMEM;
+    mw_link_op_recv(&r->ops[0], peer, MW_FRAME_HEADER, buf, capacity);
+    return req_post(w, r, req);
 }
 
 int mw_world_ibroadcast(mw_world_t *w, int root, const mw_tensor_desc_t *desc, void *buf,
@@ -1400,32 +1386,17 @@ int mw_world_ibroadcast(mw_world_t *w, int root, const mw_tensor_desc_t *desc, v
     *req = NULL;
     if (root < 0 || root >= w->size || mw_tensor_nbytes(desc, &nbytes) != MW_OK || buf == NULL)
         return MW_EINVAL;
-    if (nbytes > w->ctx->max_tensor_bytes)
+    if (nbytes > w->ctx->opts.max_tensor_bytes)
         return MW_ETOOBIG;
-    int backend = w->ops->post != NULL;
-    int nops = backend ? 1 : (w->rank == root ? w->size - 1 : 1);
-    if (w->size == 1)
-        nops = 0;
-    mw_world_req_t *r = req_new(w, REQ_BROADCAST, nops, 0);
+    mw_world_req_t *r = req_new(w, REQ_BROADCAST, 0, 0);
     if (r == NULL)
         return MW_ENOMEM;
     r->desc = *desc;
     r->bytes = nbytes;
-    r->result = buf;
+    r->buf = buf;
     r->nbytes = nbytes;
-    mw_frame_coll_t c = {.seq = next_coll_seq(w), .kind = MW_COLL_BROADCAST, .desc = *desc};
     r->root = root;
-    if (!backend && nops > 0) {
-        if (w->rank == root) {
-            int i = 0;
-            for (int p = 0; p < w->size; p++)
-                if (p != root)
-                    op_coll_send(&r->ops[i++], p, &c, buf, nbytes);
-        } else {
-            op_coll_recv(&r->ops[0], root, &c, buf, nbytes);
-        }
-    }
-    return req_post(w, r, req);
+    return req_submit(w, r, req);
 }
 
 int mw_world_iall_reduce(mw_world_t *w, mw_reduce_op_t op, const mw_tensor_desc_t *desc, void *buf,
@@ -1436,88 +1407,26 @@ int mw_world_iall_reduce(mw_world_t *w, mw_reduce_op_t op, const mw_tensor_desc_
     if ((op != MW_REDUCE_SUM && op != MW_REDUCE_MAX) || desc->dtype != MW_DTYPE_F32 ||
         mw_tensor_nbytes(desc, &nbytes) != MW_OK || buf == NULL)
         return MW_EINVAL;
-    if (nbytes > w->ctx->max_tensor_bytes)
+    if (nbytes > w->ctx->opts.max_tensor_bytes)
         return MW_ETOOBIG;
-    int backend = w->ops->post != NULL;
-    int nops = w->size == 1 ? 0 : backend ? 1 : 2 * (w->size - 1);
-    mw_world_req_t *r = req_new(w, REQ_ALL_REDUCE, nops, 0);
+    mw_world_req_t *r = req_new(w, REQ_ALL_REDUCE, 0, 0);
     if (r == NULL)
         return MW_ENOMEM;
     r->desc = *desc;
     r->bytes = nbytes;
     r->redop = op;
-    r->result = buf;
+    r->buf = buf;
     r->nbytes = nbytes;
-    if (backend || w->size == 1) {
-        if (backend)
-            r->finalizing = -1; /* the backend reduces: nothing to finish */
-        return req_post(w, r, req);
-    }
-    r->scratch = malloc((size_t)(w->size - 1) * nbytes);
-    if (r->scratch == NULL) {
-        req_release(r);
-        return MW_ENOMEM;
-    }
-    mw_frame_coll_t c = {
-        .seq = next_coll_seq(w), .kind = MW_COLL_ALL_REDUCE, .redop = (uint8_t)op, .desc = *desc};
-    int i = 0;
-    for (int p = 0; p < w->size; p++) {
-        if (p == w->rank)
-            continue;
-        int slot = p < w->rank ? p : p - 1;
-        op_coll_send(&r->ops[i++], p, &c, buf, nbytes);
-        op_coll_recv(&r->ops[i++], p, &c, r->scratch + (size_t)slot * nbytes, nbytes);
-    }
-    return req_post(w, r, req);
+    return req_submit(w, r, req);
 }
 
 int mw_world_ibarrier(mw_world_t *w, mw_world_req_t **req)
 {
     *req = NULL;
-    int backend = w->ops->post != NULL;
-    int nops = w->size == 1 ? 0 : backend ? 1 : 2 * (w->size - 1);
-    mw_world_req_t *r = req_new(w, REQ_BARRIER, nops, 0);
+    mw_world_req_t *r = req_new(w, REQ_BARRIER, 0, 0);
     if (r == NULL)
         return MW_ENOMEM;
-    if (backend || nops == 0)
-        return req_post(w, r, req);
-    mw_frame_coll_t c = {.seq = next_coll_seq(w),
-                         .kind = MW_COLL_BARRIER,
-                         .desc = {.dtype = MW_DTYPE_U8, .ndim = 0}};
-    int i = 0;
-    for (int p = 0; p < w->size; p++) {
-        if (p == w->rank)
-            continue;
-        op_coll_send(&r->ops[i++], p, &c, NULL, 0);
-        op_coll_recv(&r->ops[i++], p, &c, NULL, 0);
-    }
-    return req_post(w, r, req);
-}
-
-/* The rank-ordered reduction of a finished TCP all-reduce: identical on every member. */
-static void all_reduce_finish(mw_world_req_t *req)
-{
-    mw_world_t *w = req->w;
-    size_t n = (size_t)(req->nbytes / sizeof(float));
-    float *out = req->result;
-    const float *src[MW_WORLD_SIZE_MAX] = {NULL};
-    for (int p = 0; p < w->size; p++) {
-        int slot = p < w->rank ? p : p - 1;
-        /* scratch is malloc'd (aligned for float) and holds peers' f32 tensors. */
-        /* cppcheck-suppress invalidPointerCast */
-        src[p] = p == w->rank ? NULL : (const float *)(req->scratch + (size_t)slot * req->nbytes);
-    }
-    for (size_t i = 0; i < n; i++) {
-        float acc = src[0] ? src[0][i] : out[i];
-        for (int p = 1; p < w->size; p++) {
-            float v = src[p] ? src[p][i] : out[i];
-            if (req->redop == MW_REDUCE_SUM)
-                acc = acc + v;
-            else if (v > acc || acc != acc)
-                acc = v;
-        }
-        out[i] = acc;
-    }
+    return req_submit(w, r, req);
 }
 
 /* With w->lock held: the request's result or MW_EAGAIN; runs the all-reduce
@@ -1525,7 +1434,7 @@ static void all_reduce_finish(mw_world_req_t *req)
 static int req_poll_locked(mw_world_req_t *req)
 {
     mw_world_t *w = req->w;
-    if (req->pending_ops > 0 || req->be_pending)
+    if (req->pending_ops > 0)
         return MW_EAGAIN;
     if (req->status == MW_EAGAIN && req->kind == REQ_ALL_REDUCE) {
         if (req->finalizing != 0 || req->scratch == NULL) {
@@ -1536,7 +1445,7 @@ static int req_poll_locked(mw_world_req_t *req)
         }
         req->finalizing = 1;
         pthread_mutex_unlock(&w->lock);
-        all_reduce_finish(req);
+        w->ops->reduce(req);
         pthread_mutex_lock(&w->lock);
         req->finalizing = -1;
         req->status = MW_OK;
@@ -1597,13 +1506,13 @@ void mw_world_req_free(mw_world_req_t *req)
         return;
     mw_world_t *w = req->w;
     pthread_mutex_lock(&w->lock);
-    int pending = req->pending_ops > 0 || req->be_pending;
+    int pending = req->pending_ops > 0;
     pthread_mutex_unlock(&w->lock);
     if (pending) {
         /* the engine may be writing into the buffer: the stream cannot continue */
         mw_world_abort(w, "a pending request was freed");
         pthread_mutex_lock(&w->lock);
-        while (req->pending_ops > 0 || req->be_pending)
+        while (req->pending_ops > 0)
             pthread_cond_wait(&w->cond, &w->lock);
         pthread_mutex_unlock(&w->lock);
     }

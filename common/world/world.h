@@ -47,11 +47,6 @@ typedef enum {
 } mw_world_state_t;
 
 typedef enum {
-    MW_BACKEND_TCP = 0,
-    MW_BACKEND_NCCL = 1,
-} mw_world_backend_t;
-
-typedef enum {
     MW_REDUCE_SUM = 0,
     MW_REDUCE_MAX = 1,
 } mw_reduce_op_t;
@@ -77,20 +72,35 @@ typedef struct mw_world_event {
 typedef void (*mw_world_event_fn)(const mw_world_event_t *ev, void *user);
 
 typedef struct mw_world_opts {
-    const char *name; /* world name, 1..MW_WORLD_NAME_MAX bytes of [A-Za-z0-9._:-] */
-    int64_t epoch;    /* with name, identifies one incarnation of the world */
-    int size;         /* members, 1..MW_WORLD_SIZE_MAX */
-    int rank;         /* 0..size-1; rank 0 publishes the rendezvous record */
-    mw_world_backend_t backend;
+    const char *name;           /* world name, 1..MW_WORLD_NAME_MAX bytes of [A-Za-z0-9._:-] */
+    int64_t epoch;              /* with name, identifies one incarnation of the world */
+    int size;                   /* members, 1..MW_WORLD_SIZE_MAX */
+    int rank;                   /* 0..size-1; rank 0 publishes the rendezvous record */
+    const char *backend;        /* "tcp" (NULL too) or "nccl" (DESIGN §4) */
     int64_t timeout_ms;         /* the join must complete within this; <= 0: world.timeout_ms */
     mw_world_event_fn on_event; /* optional */
     void *user;                 /* passed to on_event and in events */
     int device;                 /* CUDA device for the NCCL backend */
 } mw_world_opts_t;
 
-/* Creates a context from cfg's world.* and redis.* keys (cfg is copied) and
- * starts its threads. Caller frees with mw_worlds_destroy. */
-mw_worlds_t *mw_worlds_new(const mw_config_t *cfg, char *errstr, size_t errstr_size);
+#define MW_WORLD_HOST_MAX 255
+
+/* What a context needs from its application (mw_config_world_options fills
+ * it from the world.* keys). */
+typedef struct mw_world_options {
+    int64_t timeout_ms;        /* failure-detection bound: watchdog, join deadline, HELLO */
+    int64_t keepalive_ms;      /* ping interval on idle links (at most timeout_ms / 3) */
+    uint64_t max_tensor_bytes; /* largest tensor sent or accepted */
+    int socket_buffer_bytes;   /* send and receive buffers of links (0: the kernel's) */
+    char listen_host[MW_WORLD_HOST_MAX + 1];    /* numeric IP address to listen on */
+    int listen_port;                            /* 0: any */
+    char advertise_host[MW_WORLD_HOST_MAX + 1]; /* for peers ("": the listen host) */
+    const mw_config_t *redis; /* the rendezvous's Redis: redis.* and cluster.name */
+} mw_world_options_t;
+
+/* Creates a context and starts its threads; opts (and opts->redis) are
+ * copied. Caller frees with mw_worlds_destroy. */
+mw_worlds_t *mw_worlds_new(const mw_world_options_t *opts, char *errstr, size_t errstr_size);
 
 /* Destroys every world still open (as mw_world_destroy), stops the threads,
  * frees the context. Accepts NULL. Not from an event callback. */

@@ -1,6 +1,9 @@
-/* Worlds, internal: context, world, link, operation and request structures
- * shared by world.c (API, state machine, threads, watchdog), world_tcp.c
- * (sockets and frames) and the backend ops table (world_nccl.c).
+/* Worlds, internal. Three layers: the engine (world.c: API, join state
+ * machine, threads, requests), the link layer under every backend (link.c:
+ * sockets, HELLO, frames, watchdog) and the backends (tcp.c, nccl.c: ops
+ * tables, found through backend.c). This header holds their shared
+ * structures, the backend ops table, the link layer's functions and the
+ * engine's side of the seam, the only calls back up.
  *
  * Locking. ctx->lock guards the command queue, the event queue and the
  * rendezvous jobs; w->lock guards a world's state/error and its requests'
@@ -75,7 +78,8 @@ enum req_kind {
 };
 
 struct mw_world_req {
-    mw_world_t *w; /* holds a reference */
+    mw_world_t *w;        /* holds a reference */
+    mw_world_req_t *next; /* progress thread: in w->preready */
     int kind;
     /* under w->lock */
     int status;      /* MW_EAGAIN while pending */
@@ -84,16 +88,14 @@ struct mw_world_req {
     char errstr[512];
     uint64_t bytes;
     mw_tensor_desc_t desc;
-    /* all-reduce */
-    mw_reduce_op_t redop;
-    int root;         /* broadcast */
-    float *result;    /* the caller's buffer */
-    uint8_t *scratch; /* (size-1) slots of nbytes, by peer order */
-    uint64_t nbytes;
-    mw_cmd_t cmd; /* how it is posted */
-    /* backend data (NCCL: a CUDA event) */
-    void *be;
-    int be_pending; /* the backend still owns the request */
+    /* what a tensor or collective request asks of the backend */
+    int peer;             /* send, recv */
+    void *buf;            /* the caller's buffer (read only for sends) */
+    uint64_t nbytes;      /* the tensor's bytes; a receive's capacity */
+    int root;             /* broadcast */
+    mw_reduce_op_t redop; /* all-reduce */
+    uint8_t *scratch;     /* all-reduce over links: (size-1) slots of nbytes, by peer order */
+    mw_cmd_t cmd;         /* how it is posted */
     int nops;
     mw_op_t *ops;
     uint8_t data[]; /* send_header's copy */
@@ -144,34 +146,46 @@ struct mw_link {
     int unexp_count;
 };
 
-/* Backend operations: the generic machinery runs links, rendezvous and
- * header frames for every backend; a backend may take over tensors and
- * collectives. Hooks run on the progress thread unless noted. */
+/* Backend operations, one const table per backend, found by name. The engine
+ * runs links, rendezvous and header frames for every backend; the backend
+ * moves tensors and collectives. Hooks run on the progress thread unless
+ * noted; optional ones may be NULL. */
 typedef struct mw_world_backend_ops {
     const char *name;
-    /* API thread, at join: allocate w->be. */
+    /* optional; API thread, at join: allocate w->be. */
     int (*create)(mw_world_t *w, char *errstr, size_t errstr_size);
-    /* rank 0, before publishing: backend data for the rendezvous record. */
+    /* optional; rank 0, before publishing: backend data for the rendezvous record. */
     int (*rendezvous_data)(mw_world_t *w, uint8_t *out, size_t cap, size_t *len, char *errstr,
                            size_t errstr_size);
-    /* every rank, once all links are up: start the backend's communicator;
-     * data is rank 0's rendezvous data. */
+    /* optional (NULL: ready once the links are up); every rank, once all links
+     * are up: start the backend's communicator; data is rank 0's rendezvous data. */
     int (*start)(mw_world_t *w, const uint8_t *data, size_t len, char *errstr, size_t errstr_size);
-    /* every tick while joining after start, and while ready: 0 ready/fine,
-     * MW_EAGAIN still starting, else an error that breaks the world. */
+    /* optional; every tick while joining after start, and while ready: 0
+     * ready/fine, MW_EAGAIN still starting, else an error that breaks the world. */
     int (*poll)(mw_world_t *w, int64_t now_ms, char *errstr, size_t errstr_size);
-    /* takes a tensor or collective request (NULL: frames over the links). */
+    /* API thread: lays out a tensor or collective request (kind, peer, desc,
+     * buf, nbytes, root, redop) as operations with mw_world_req_ops; none
+     * completes the request at once. */
+    int (*prepare)(mw_world_t *w, mw_world_req_t *req);
+    /* world READY: starts a prepared request; each operation completes through
+     * mw_world_op_done. An error fails the whole request (nothing was taken). */
     int (*post)(mw_world_t *w, mw_world_req_t *req, char *errstr, size_t errstr_size);
-    /* the world broke or closed: abort the communicator, fail its requests. */
+    /* API thread, no lock held, every operation done: reduces an all-reduce
+     * whose parts prepare gathered in req->scratch (needed when it does). */
+    void (*reduce)(mw_world_req_t *req);
+    /* optional; the world broke or closed: abort the communicator, fail its requests. */
     void (*abort)(mw_world_t *w);
-    /* API thread, last reference gone: free w->be. */
+    /* optional; API thread, last reference gone: free w->be. */
     void (*destroy)(mw_world_t *w);
 } mw_world_backend_ops_t;
 
-extern const mw_world_backend_ops_t mw_world_tcp_ops;
-#ifdef MW_HAVE_NCCL
-extern const mw_world_backend_ops_t mw_world_nccl_ops;
-#endif
+extern const mw_world_backend_ops_t mw_world_tcp_ops;  /* tcp.c */
+extern const mw_world_backend_ops_t mw_world_nccl_ops; /* nccl.c, when built */
+
+/* backend.c: the backend called name, or NULL with errstr saying why (unknown,
+ * or not built into this binary). */
+const mw_world_backend_ops_t *mw_world_backend_find(const char *name, char *errstr,
+                                                    size_t errstr_size);
 
 enum join_phase { JOIN_PUBLISH = 1, JOIN_FETCH, JOIN_CONNECT, JOIN_MESH, JOIN_BACKEND, JOIN_DONE };
 
@@ -181,7 +195,6 @@ struct mw_world {
     char name[MW_WORLD_NAME_MAX + 1];
     int64_t epoch;
     int size, rank;
-    mw_world_backend_t backend;
     const mw_world_backend_ops_t *ops;
     void *be;
     mw_world_event_fn on_event;
@@ -207,8 +220,8 @@ struct mw_world {
     char join_note[160]; /* why the join is waiting, for the deadline error */
     mw_rdv_record_t rdv;
     int rdv_published, rdv_removed;
-    mw_link_t **links;                 /* [size], NULL for self */
-    mw_op_t *preready, *preready_tail; /* posted before READY */
+    mw_link_t **links;                        /* [size], NULL for self */
+    mw_world_req_t *preready, *preready_tail; /* posted before READY */
     char (*peer_addrs)[MW_FRAME_ADDR_MAX + 1];
     mw_world_t *next_in_engine;
     mw_world_t *next_reap;
@@ -229,10 +242,9 @@ typedef struct mw_rdv_job {
 } mw_rdv_job_t;
 
 struct mw_worlds {
-    mw_config_t cfg;
-    int64_t timeout_ms, keepalive_ms, tick_ms;
-    uint64_t max_tensor_bytes;
-    int sockbuf;
+    mw_world_options_t opts; /* keepalive_ms capped; redis points at redis_cfg */
+    mw_config_t redis_cfg;
+    int64_t tick_ms;
     char address[MW_FRAME_ADDR_MAX + 1];
 
     int epfd;
@@ -269,34 +281,64 @@ struct mw_worlds {
 
 #define MW_EVENTS_MAX 1024
 
-/* world.c, for world_tcp.c and backends (progress thread). */
+/* --- the link layer (link.c) -------------------------------------------------
+ * Under every backend: the listener, the HELLO handshake, and one link per
+ * peer carrying frames. Called by the engine and by the tcp backend, on the
+ * progress thread unless noted; it reports back only through the engine's
+ * side of the seam below. */
+
+/* Fills op as a frame of type for peer: header and metadata encoded into
+ * op->hdr, the payload borrowed (any thread, before posting). */
+void mw_link_op_send(mw_op_t *op, int peer, uint8_t type, const uint8_t *meta, size_t meta_len,
+                     const void *payload, uint64_t payload_len);
+/* Fills op as a receive of the next frame of type from peer into buf (any thread). */
+void mw_link_op_recv(mw_op_t *op, int peer, uint8_t type, void *buf, uint64_t cap);
+
+/* The context's listener (ctx->address) and the connections it accepted
+ * that have not said HELLO yet. */
+int mw_link_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size);
+void mw_link_accept(mw_worlds_t *ctx);
+void mw_link_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events);
+void mw_link_conns_tick(mw_worlds_t *ctx, int64_t now);
+void mw_link_conns_free(mw_worlds_t *ctx, int all);
+
+/* Links: w->links[peer], created by mw_link_connect (outgoing, to a lower
+ * rank) or by an admitted HELLO (incoming). */
+mw_link_t *mw_link_connect(mw_world_t *w, int peer, const char *addr, char *errstr,
+                           size_t errstr_size);
+void mw_link_event(mw_link_t *l, uint32_t events);
+void mw_link_post(mw_link_t *l, mw_op_t *op);
+void mw_link_send_control(mw_link_t *l, uint8_t type, const uint8_t *meta, size_t meta_len);
+void mw_link_tick(mw_link_t *l, int64_t now); /* watchdog and keepalive */
+void mw_link_bye(mw_link_t *l);               /* best effort: the peer sees an orderly leave */
+void mw_link_close(mw_link_t *l, int rc);     /* fails its operations with rc */
+void mw_link_reset(mw_link_t *l);             /* closed, and may connect again */
+int mw_link_is_up(const mw_link_t *l);        /* NULL: 0 */
+void mw_link_free(mw_link_t *l);              /* accepts NULL */
+
+/* --- the engine's side of the seam (world.c) ---------------------------------
+ * All the link layer and the backends call back into: completions, failures,
+ * and what a link learns during the join. Progress thread unless noted. */
+
+/* Breaks w: state BROKEN, every operation fails, owner told (no-op unless open). */
 void mw_world_break(mw_world_t *w, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* One operation of a request finished with rc (control frames are freed). */
 void mw_world_op_done(mw_world_t *w, mw_op_t *op, int rc);
+/* Sets a pending request's error text ahead of its operations' completion. */
 void mw_world_req_done(mw_world_t *w, mw_world_req_t *req, int rc, const char *errstr);
-void mw_world_link_up(mw_world_t *w, mw_link_t *l);
-void mw_world_peers_received(mw_world_t *w, char (*addrs)[MW_FRAME_ADDR_MAX + 1], int count);
-void mw_world_connect_failed(mw_world_t *w, mw_link_t *l, const char *why);
-void mw_world_peer_left(mw_world_t *w, mw_link_t *l);
-
-/* world_tcp.c (progress thread). */
-int mw_tcp_listen(mw_worlds_t *ctx, char *errstr, size_t errstr_size);
-void mw_tcp_accept(mw_worlds_t *ctx);
-void mw_tcp_conn_event(mw_worlds_t *ctx, struct mw_conn *c, uint32_t events);
-void mw_tcp_conns_tick(mw_worlds_t *ctx, int64_t now);
-void mw_tcp_conns_free(mw_worlds_t *ctx, int all);
-mw_link_t *mw_tcp_link_connect(mw_world_t *w, int peer, const char *addr, char *errstr,
-                               size_t errstr_size);
-void mw_tcp_link_event(mw_link_t *l, uint32_t events);
-void mw_tcp_link_post(mw_link_t *l, mw_op_t *op);
-void mw_tcp_link_tick(mw_link_t *l, int64_t now);
-void mw_tcp_link_close(mw_link_t *l, int rc);
-void mw_tcp_link_left(mw_link_t *l);
-void mw_tcp_link_bye(mw_link_t *l);
-void mw_tcp_link_free(mw_link_t *l);
-void mw_tcp_send_control(mw_link_t *l, uint8_t type, const uint8_t *meta, size_t meta_len);
-/* The open world (name, epoch) that accepts rank below_rank: one of rank <
- * below_rank (a process may hold several ranks of one world). */
-mw_world_t *mw_world_find(mw_worlds_t *ctx, const char *name, int64_t epoch, int below_rank);
+/* API thread: gives req nops operations (prepare hooks). */
+int mw_world_req_ops(mw_world_req_t *req, int nops);
+/* The open world that accepts a HELLO, or NULL with why (no such world,
+ * wrong secret, ...): the link layer refuses the connection then. */
+mw_world_t *mw_world_admit(mw_worlds_t *ctx, const mw_frame_hello_t *h, char *why, size_t why_size);
+/* A link finished its handshake. */
+void mw_world_on_link_up(mw_world_t *w, mw_link_t *l);
+/* Rank 0's list of every member's address arrived (ranks > 0). */
+void mw_world_on_peers(mw_world_t *w, char (*addrs)[MW_FRAME_ADDR_MAX + 1], int count);
+/* An outgoing link failed before its handshake completed. */
+void mw_world_on_connect_failed(mw_world_t *w, mw_link_t *l, const char *why);
+/* A peer left in order (BYE). */
+void mw_world_on_peer_left(mw_world_t *w);
 
 #endif

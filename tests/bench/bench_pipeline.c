@@ -306,8 +306,10 @@ static void bench_handoff_only(void)
     char err[256];
     mw_config_t cfg;
     mwt_config(&cfg);
-    mw_worlds_t *c0 = mw_worlds_new(&cfg, err, sizeof(err));
-    mw_worlds_t *c1 = c0 != NULL ? mw_worlds_new(&cfg, err, sizeof(err)) : NULL;
+    mw_world_options_t wo;
+    mw_config_world_options(&cfg, &wo);
+    mw_worlds_t *c0 = mw_worlds_new(&wo, err, sizeof(err));
+    mw_worlds_t *c1 = c0 != NULL ? mw_worlds_new(&wo, err, sizeof(err)) : NULL;
     if (c1 == NULL)
         die("worlds", err);
     mw_world_t *w0 = NULL, *w1 = NULL;

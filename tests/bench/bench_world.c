@@ -70,7 +70,9 @@ static mw_worlds_t *ctx_new(int64_t timeout_ms, int64_t keepalive_ms)
     mw_config_set(&cfg, "world.timeout_ms", v, "bench", err, sizeof(err));
     snprintf(v, sizeof(v), "%lld", (long long)keepalive_ms);
     mw_config_set(&cfg, "world.keepalive_ms", v, "bench", err, sizeof(err));
-    mw_worlds_t *ctx = mw_worlds_new(&cfg, err, sizeof(err));
+    mw_world_options_t wo;
+    mw_config_world_options(&cfg, &wo);
+    mw_worlds_t *ctx = mw_worlds_new(&wo, err, sizeof(err));
     mw_config_fini(&cfg);
     if (ctx == NULL)
         die("mw_worlds_new", err);

@@ -52,8 +52,7 @@ static int seam_setup(void **state)
     s->ctx_src = wt_ctx(5000);
     s->ctx_dp = wt_ctx(5000);
     snprintf(name, sizeof(name), "%s.s0-src--s1-w1", mwt_name("seam"));
-    mw_world_opts_t o = {
-        .name = name, .epoch = 1, .size = 2, .backend = MW_BACKEND_TCP, .timeout_ms = 5000};
+    mw_world_opts_t o = {.name = name, .epoch = 1, .size = 2, .backend = "tcp", .timeout_ms = 5000};
     o.rank = 0;
     assert_int_equal(mw_world_join(s->ctx_src, &o, &s->w_src, err, sizeof(err)), MW_OK);
     o.rank = 1;

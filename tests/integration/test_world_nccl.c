@@ -20,7 +20,7 @@ static mw_world_t *nccl_join(mw_worlds_t *ctx, const char *name, int size, int r
                          .epoch = 1,
                          .size = size,
                          .rank = rank,
-                         .backend = MW_BACKEND_NCCL,
+                         .backend = "nccl",
                          .timeout_ms = mwt_scaled(20000)};
     if (mw_world_join(ctx, &o, &w, err, sizeof(err)) != 0)
         fail_msg("join %s rank %d of %d: %s", name, rank, size, err);

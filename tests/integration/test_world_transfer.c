@@ -464,7 +464,7 @@ static void join_deadline_names_world_and_missing_ranks(void **state)
     /* invalid options fail at once */
     mw_world_opts_t bad = {.name = "bad name", .size = 2};
     assert_int_equal(mw_world_join(ctx, &bad, &w, err, sizeof(err)), MW_EINVAL);
-    mw_world_opts_t nccl = {.name = "x", .size = 1, .backend = MW_BACKEND_NCCL};
+    mw_world_opts_t nccl = {.name = "x", .size = 1, .backend = "nccl"};
 #ifndef MW_HAVE_NCCL
     assert_int_equal(mw_world_join(ctx, &nccl, &w, err, sizeof(err)), MW_EINVAL);
     assert_non_null(strstr(err, "NCCL"));

@@ -87,7 +87,9 @@ static inline mw_worlds_t *wt_ctx(int64_t timeout_ms)
     mw_config_t cfg;
     char err[256];
     wt_config(&cfg, timeout_ms);
-    mw_worlds_t *ctx = mw_worlds_new(&cfg, err, sizeof(err));
+    mw_world_options_t wo;
+    mw_config_world_options(&cfg, &wo);
+    mw_worlds_t *ctx = mw_worlds_new(&wo, err, sizeof(err));
     mw_config_fini(&cfg);
     if (ctx == NULL) {
         fprintf(stderr, "mw_worlds_new: %s\n", err);
@@ -106,7 +108,7 @@ static inline mw_world_t *wt_join(mw_worlds_t *ctx, const char *name, int64_t ep
                          .epoch = epoch,
                          .size = size,
                          .rank = rank,
-                         .backend = MW_BACKEND_TCP,
+                         .backend = "tcp",
                          .timeout_ms = timeout_ms};
     if (mw_world_join(ctx, &o, &w, err, sizeof(err)) != 0) {
         fprintf(stderr, "join %s: %s\n", name, err);

@@ -174,6 +174,20 @@ static void kafka_keys_pass_through_and_are_validated(void **state)
     assert_non_null(strstr(err, "kafka.no.such.property"));
 }
 
+static void copy_owns_its_kafka_pairs(void **state)
+{
+    (void)state;
+    mw_config_t cfg, copy;
+    mw_config_init(&cfg);
+    assert_int_equal(mw_config_set(&cfg, "kafka.acks", "all", "test", err, sizeof(err)), MW_OK);
+    assert_int_equal(mw_config_set(&cfg, "redis.port", "6390", "test", err, sizeof(err)), MW_OK);
+    assert_int_equal(mw_config_copy(&copy, &cfg, err, sizeof(err)), MW_OK);
+    mw_config_fini(&cfg);
+    assert_int_equal(copy.redis_port, 6390);
+    assert_string_equal(mw_config_kafka_get(&copy, "acks"), "all");
+    mw_config_fini(&copy);
+}
+
 static void flag_without_value_is_rejected(void **state)
 {
     (void)state;
@@ -234,6 +248,7 @@ int main(void)
         cmocka_unit_test(flags_override_env_which_overrides_file),
         cmocka_unit_test(env_error_names_the_variable),
         cmocka_unit_test(kafka_keys_pass_through_and_are_validated),
+        cmocka_unit_test(copy_owns_its_kafka_pairs),
         cmocka_unit_test(flag_without_value_is_rejected),
         cmocka_unit_test(help_lists_every_key_with_default),
         cmocka_unit_test(readme_table_matches_the_key_table),
