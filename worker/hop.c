@@ -3,40 +3,13 @@
  *   u64 batch, u64 nbytes, u8 origin_len, i64 shape[ndim], origin */
 #include "hop.h"
 
+#include "bytes.h"
 #include "err.h"
 
 #include <string.h>
 
 #define HOP_MAGIC "MWH2"
 #define HOP_FIXED (4 + 4 + 4 + 8 + 8 + 8 + 1)
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++)
-        v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
 
 int mw_hop_encode(const mw_hop_t *hop, uint8_t *buf, size_t size)
 {
@@ -55,14 +28,14 @@ int mw_hop_encode(const mw_hop_t *hop, uint8_t *buf, size_t size)
     p[5] = (uint8_t)hop->stage;
     p[6] = (uint8_t)ndim;
     p[7] = (uint8_t)(hop->type == MW_HOP_TENSOR ? hop->desc.dtype : 0);
-    put_u32(p + 8, hop->nrequests);
-    put_u64(p + 12, hop->incarnation);
-    put_u64(p + 20, hop->batch);
-    put_u64(p + 28, hop->type == MW_HOP_TENSOR ? hop->nbytes : 0);
+    mw_le32_put(p + 8, hop->nrequests);
+    mw_le64_put(p + 12, hop->incarnation);
+    mw_le64_put(p + 20, hop->batch);
+    mw_le64_put(p + 28, hop->type == MW_HOP_TENSOR ? hop->nbytes : 0);
     p[36] = (uint8_t)olen;
     p += HOP_FIXED;
     for (int i = 0; i < ndim; i++, p += 8)
-        put_u64(p, (uint64_t)hop->desc.shape[i]);
+        mw_le64_put(p, (uint64_t)hop->desc.shape[i]);
     memcpy(p, hop->origin, olen);
     return (int)len;
 }
@@ -76,10 +49,10 @@ int mw_hop_decode(mw_hop_t *hop, const uint8_t *buf, size_t len, char *errstr, s
     hop->type = (mw_hop_type_t)buf[4];
     hop->stage = buf[5];
     int ndim = buf[6];
-    hop->nrequests = get_u32(buf + 8);
-    hop->incarnation = get_u64(buf + 12);
-    hop->batch = get_u64(buf + 20);
-    hop->nbytes = get_u64(buf + 28);
+    hop->nrequests = mw_le32_get(buf + 8);
+    hop->incarnation = mw_le64_get(buf + 12);
+    hop->batch = mw_le64_get(buf + 20);
+    hop->nbytes = mw_le64_get(buf + 28);
     size_t olen = buf[36];
     if (hop->type != MW_HOP_TENSOR && hop->type != MW_HOP_ABORT)
         return mw_errf(MW_EPROTO, errstr, errstr_size, "hop frame: unknown type %d", buf[4]);
@@ -97,7 +70,7 @@ int mw_hop_decode(mw_hop_t *hop, const uint8_t *buf, size_t len, char *errstr, s
     const uint8_t *p = buf + HOP_FIXED;
     hop->desc.ndim = ndim;
     for (int i = 0; i < ndim; i++, p += 8) {
-        uint64_t d = get_u64(p);
+        uint64_t d = mw_le64_get(p);
         if (d == 0 || d > (UINT64_C(1) << 40))
             return mw_errf(MW_EPROTO, errstr, errstr_size, "hop frame: bad dimension %d", i);
         hop->desc.shape[i] = (int64_t)d;
