@@ -105,13 +105,20 @@ static void wait_req(mw_world_req_t *r)
     mw_world_req_free(r);
 }
 
-/* k messages of s bytes from rank `from` to the other, window requests in flight. */
+/* k messages of s bytes from the sending side, window requests in flight,
+ * then a one-byte header back once the receiver has them all. The sender
+ * posts that receive before it streams: the peer may leave the world as soon
+ * as it has acknowledged, and a frame still waiting for a receive when its
+ * sender leaves is dropped with the link. */
 static void stream(mw_world_t *w, int sending, uint8_t *buf, size_t s, int k)
 {
+    char err[512], b = 1;
     int win = window(s);
-    mw_world_req_t *reqs[32] = {0};
+    mw_world_req_t *reqs[32] = {0}, *ack = NULL;
     mw_tensor_desc_t d = {.dtype = MW_DTYPE_U8, .ndim = 1, .shape = {(int64_t)s}};
     int peer = 1 - mw_world_rank(w);
+    if (sending && mw_world_irecv_header(w, peer, &b, 1, &ack) != 0)
+        die("ack", "cannot post its receive");
     for (int i = 0; i < k; i++) {
         int slot = i % win;
         if (reqs[slot] != NULL)
@@ -125,16 +132,9 @@ static void stream(mw_world_t *w, int sending, uint8_t *buf, size_t s, int k)
     for (int i = 0; i < win; i++)
         if (reqs[i] != NULL)
             wait_req(reqs[i]);
-}
-
-static void ack(mw_world_t *w, int sending)
-{
-    char err[512], b = 1;
-    size_t len;
-    int peer = 1 - mw_world_rank(w);
-    int rc = sending ? mw_world_recv_header(w, peer, &b, 1, &len, TIMEOUT_MS, err, sizeof(err))
-                     : mw_world_send_header(w, peer, &b, 1, TIMEOUT_MS, err, sizeof(err));
-    if (rc != 0)
+    if (sending)
+        wait_req(ack);
+    else if (mw_world_send_header(w, peer, &b, 1, TIMEOUT_MS, err, sizeof(err)) != 0)
         die("ack", err);
 }
 
@@ -222,7 +222,6 @@ static void world_session(mw_world_t *w, int parent, uint8_t *buf, double *lat, 
                 lat[i * REPS + rep] = (double)(mw_now_us() - t0) / lat_iters(s) / 2;
             t0 = mw_now_us();
             stream(w, parent, buf, s, bw_msgs(s));
-            ack(w, parent);
             if (parent)
                 bw[i * REPS + rep] = (double)s * bw_msgs(s) / (double)(mw_now_us() - t0);
         }
@@ -242,7 +241,6 @@ static void *agg_main(void *arg)
 {
     struct agg *a = arg;
     stream(a->w, a->sending, a->buf, 1u << 20, a->msgs);
-    ack(a->w, a->sending);
     return NULL;
 }
 
@@ -347,11 +345,9 @@ static void run(int parent, int raw_fd)
             /* the peer sends, this process receives */
             int64_t t0 = mw_now_us();
             stream(wb, !parent, buf, s, k);
-            ack(wb, !parent);
             vb[rep] = (double)OVH_BYTES / (double)(mw_now_us() - t0);
             t0 = mw_now_us();
             stream(wf, !parent, buf, s, k);
-            ack(wf, !parent);
             vf[rep] = (double)OVH_BYTES / (double)(mw_now_us() - t0);
         }
         if (parent) {
