@@ -53,6 +53,18 @@ static uint64_t random_u64(void)
 
 /* ------------------------------------------------------------- compute */
 
+float *mw_dp_input(mw_dataplane_t *dp, uint64_t nbytes)
+{
+    if (dp->in_aligned_cap < nbytes) {
+        float *p = realloc(dp->in_aligned, nbytes);
+        if (p == NULL)
+            return NULL;
+        dp->in_aligned = p;
+        dp->in_aligned_cap = nbytes;
+    }
+    return dp->in_aligned;
+}
+
 int mw_dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *data,
                   mw_tensor_desc_t *out_desc, const void **out, char *errstr, size_t errstr_size)
 {
@@ -61,15 +73,11 @@ int mw_dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *
         return mw_errf(MW_EINVAL, errstr, errstr_size, "tensor too large");
     /* Kafka values and receive buffers carry no alignment guarantee for f32. */
     if (((uintptr_t)data % sizeof(float)) != 0) {
-        if (dp->in_aligned_cap < nbytes) {
-            float *p = realloc(dp->in_aligned, nbytes);
-            if (p == NULL)
-                return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
-            dp->in_aligned = p;
-            dp->in_aligned_cap = nbytes;
-        }
-        memcpy(dp->in_aligned, data, nbytes);
-        data = dp->in_aligned;
+        float *in = mw_dp_input(dp, nbytes);
+        if (in == NULL)
+            return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+        memcpy(in, data, nbytes);
+        data = in;
     }
     int rc = mw_stage_run(dp->st, desc, data, out_desc, out, errstr, errstr_size);
     uint64_t numel;

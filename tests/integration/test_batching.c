@@ -30,7 +30,7 @@ static void request_over_batch_max_rows_gets_an_error_result_and_a_dlq_copy(void
     const int n = 400;
     static const char *const flags[] = {"--batch.max_rows=8", NULL};
     mwt_pipeline_t *p = mwt_pipeline_new("over", 2, 4, 2, flags);
-    *state = p; /* killed by stop_pipeline() even when the test fails */
+    *state = p; /* killed by mwt_pipeline_teardown() even when the test fails */
     p->rows_max = 16;
     over_p = p;
     mwt_pipeline_worker(p, 0, "w0");
@@ -63,7 +63,7 @@ static void lone_request_waits_for_a_fuller_batch_at_most_batch_max_delay(void *
     const int64_t delay_ms = 300;
     static const char *const flags[] = {"--batch.max_delay_us=300000", NULL};
     mwt_pipeline_t *p = mwt_pipeline_new("delay", 2, 4, 1, flags);
-    *state = p; /* killed by stop_pipeline() even when the test fails */
+    *state = p; /* killed by mwt_pipeline_teardown() even when the test fails */
     mwt_pipeline_worker(p, 0, "w0");
     mwt_pipeline_worker(p, 1, "w1");
     assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, mwt_scaled(30000)));
@@ -97,7 +97,7 @@ static void broken_world_under_batches_answers_each_request_once_by_attempt_2(vo
      * 30 in all) queue there: more than a second of work per worker. */
     static const char *const slow[] = {"--worker.compute_delay_us=100000", NULL};
     mwt_pipeline_t *p = mwt_pipeline_new("break", 3, 6, 1, NULL);
-    *state = p; /* killed by stop_pipeline() even when the test fails */
+    *state = p; /* killed by mwt_pipeline_teardown() even when the test fails */
     p->rows_max = 4;
     mwt_pipeline_worker(p, 0, "w0");
     p->worker_flags = slow;
@@ -129,7 +129,7 @@ static void lone_request_is_committed_without_waiting_for_the_commit_interval(vo
     /* A 5 s interval: a timer would make each request wait 2.5 s on average. */
     static const char *const flags[] = {"--results.commit_interval_ms=5000", NULL};
     mwt_pipeline_t *p = mwt_pipeline_new("group", 2, 4, 1, flags);
-    *state = p; /* killed by stop_pipeline() even when the test fails */
+    *state = p; /* killed by mwt_pipeline_teardown() even when the test fails */
     mwt_pipeline_worker(p, 0, "w0");
     mwt_pipeline_worker(p, 1, "w1");
     assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, mwt_scaled(30000)));
@@ -155,25 +155,17 @@ static void lone_request_is_committed_without_waiting_for_the_commit_interval(vo
     free(expected);
 }
 
-/* Kills the test's processes and frees its pipeline, passed or failed. */
-static int stop_pipeline(void **state)
-{
-    mwt_pipeline_destroy(*state);
-    *state = NULL;
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(request_over_batch_max_rows_gets_an_error_result_and_a_dlq_copy,
-                                  stop_pipeline),
+                                  mwt_pipeline_teardown),
         cmocka_unit_test_teardown(lone_request_waits_for_a_fuller_batch_at_most_batch_max_delay,
-                                  stop_pipeline),
+                                  mwt_pipeline_teardown),
         cmocka_unit_test_teardown(broken_world_under_batches_answers_each_request_once_by_attempt_2,
-                                  stop_pipeline),
+                                  mwt_pipeline_teardown),
         cmocka_unit_test_teardown(lone_request_is_committed_without_waiting_for_the_commit_interval,
-                                  stop_pipeline),
+                                  mwt_pipeline_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,7 +23,7 @@
 static void python_client_gets_the_reference_output_for_each_request(void **state)
 {
     mwt_pipeline_t *p = mwt_pipeline_new("py", 2, 4, 1, NULL);
-    *state = p; /* killed by stop_pipeline() even when the test fails */
+    *state = p; /* killed by mwt_pipeline_teardown() even when the test fails */
     mwt_pipeline_worker(p, 0, "py-s0");
     mwt_pipeline_worker(p, 1, "py-s1");
     float *expected = mwt_pipeline_reference(p, N_REQUESTS);
@@ -79,18 +79,11 @@ static void python_client_gets_the_reference_output_for_each_request(void **stat
     free(expected);
 }
 
-static int stop_pipeline(void **state)
-{
-    mwt_pipeline_destroy(*state);
-    *state = NULL;
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(python_client_gets_the_reference_output_for_each_request,
-                                  stop_pipeline),
+                                  mwt_pipeline_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

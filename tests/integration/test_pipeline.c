@@ -15,24 +15,12 @@
 
 #include <cmocka.h>
 
-/* Starts 2 workers per stage. */
-static void start_workers(mwt_pipeline_t *p, int per_stage)
-{
-    char id[64];
-    for (int s = 0; s < p->nstages; s++) {
-        for (int k = 0; k < per_stage; k++) {
-            snprintf(id, sizeof(id), "w%d-%d", s, k);
-            mwt_pipeline_worker(p, s, id);
-        }
-    }
-}
-
 static void pipeline_3x2_answers_each_request_exactly_once_bit_exact(void **state)
 {
     const int n = 5000;
     mwt_pipeline_t *p = mwt_pipeline_new("p1", 3, 6, 4, NULL);
-    *state = p; /* killed by stop_pipeline() even when the test fails */
-    start_workers(p, 2);
+    *state = p; /* killed by mwt_pipeline_teardown() even when the test fails */
+    mwt_pipeline_workers(p, 2);
     float *expected = mwt_pipeline_reference(p, n);
     /* Both origins serve: each holds some of the 4 partitions. */
     assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(30000)));
@@ -75,8 +63,8 @@ static void malformed_requests_get_one_error_result_and_one_dlq_copy(void **stat
 {
     const int n = 1000;
     mwt_pipeline_t *p = mwt_pipeline_new("p8", 3, 6, 2, NULL);
-    *state = p; /* killed by stop_pipeline() even when the test fails */
-    start_workers(p, 1);
+    *state = p; /* killed by mwt_pipeline_teardown() even when the test fails */
+    mwt_pipeline_workers(p, 1);
     float *expected = mwt_pipeline_reference(p, n);
     mwt_pipeline_submit(p, 0, n, one_in_ten);
 
@@ -104,8 +92,8 @@ static void at_least_once_delivery_answers_every_request(void **state)
     const int n = 500;
     static const char *const flags[] = {"--results.delivery=at-least-once", NULL};
     mwt_pipeline_t *p = mwt_pipeline_new("alo", 3, 6, 2, flags);
-    *state = p; /* killed by stop_pipeline() even when the test fails */
-    start_workers(p, 1);
+    *state = p; /* killed by mwt_pipeline_teardown() even when the test fails */
+    mwt_pipeline_workers(p, 1);
     float *expected = mwt_pipeline_reference(p, n);
     mwt_pipeline_submit(p, 0, n, NULL);
 
@@ -119,22 +107,15 @@ static void at_least_once_delivery_answers_every_request(void **state)
     free(expected);
 }
 
-/* Kills the test's processes and frees its pipeline, passed or failed. */
-static int stop_pipeline(void **state)
-{
-    mwt_pipeline_destroy(*state);
-    *state = NULL;
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(pipeline_3x2_answers_each_request_exactly_once_bit_exact,
-                                  stop_pipeline),
+                                  mwt_pipeline_teardown),
         cmocka_unit_test_teardown(malformed_requests_get_one_error_result_and_one_dlq_copy,
-                                  stop_pipeline),
-        cmocka_unit_test_teardown(at_least_once_delivery_answers_every_request, stop_pipeline),
+                                  mwt_pipeline_teardown),
+        cmocka_unit_test_teardown(at_least_once_delivery_answers_every_request,
+                                  mwt_pipeline_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

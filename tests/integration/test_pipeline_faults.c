@@ -19,23 +19,12 @@
 
 static const char *const fault_flags[] = {"--request.max_attempts=20", NULL};
 
-static void start_workers(mwt_pipeline_t *p, int per_stage)
-{
-    char id[64];
-    for (int s = 0; s < p->nstages; s++) {
-        for (int k = 0; k < per_stage; k++) {
-            snprintf(id, sizeof(id), "w%d-%d", s, k);
-            mwt_pipeline_worker(p, s, id);
-        }
-    }
-}
-
 static void killed_origin_loses_and_duplicates_nothing(void **state)
 {
     const int n = 3000;
     mwt_pipeline_t *p = mwt_pipeline_new("p3", 3, 6, 4, fault_flags);
-    *state = p; /* killed by stop_pipeline() even when the test fails */
-    start_workers(p, 2);
+    *state = p; /* killed by mwt_pipeline_teardown() even when the test fails */
+    mwt_pipeline_workers(p, 2);
     float *expected = mwt_pipeline_reference(p, n);
     assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(30000)));
     mwt_pipeline_submit(p, 0, n, NULL);
@@ -62,9 +51,9 @@ static void chaos_kill_every_2s_keeps_exactly_once_with_1_to_64_row_requests(voi
 {
     const int n = 6000, per_tick = 100;
     mwt_pipeline_t *p = mwt_pipeline_new("p2", 3, 6, 4, fault_flags);
-    *state = p; /* killed by stop_pipeline() even when the test fails */
+    *state = p; /* killed by mwt_pipeline_teardown() even when the test fails */
     p->rows_max = 64;
-    start_workers(p, 2);
+    mwt_pipeline_workers(p, 2);
     float *expected = mwt_pipeline_reference(p, n);
     assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(30000)));
     srand(2); /* the same victims every run */
@@ -105,20 +94,13 @@ static void chaos_kill_every_2s_keeps_exactly_once_with_1_to_64_row_requests(voi
     free(expected);
 }
 
-/* Kills the test's processes and frees its pipeline, passed or failed. */
-static int stop_pipeline(void **state)
-{
-    mwt_pipeline_destroy(*state);
-    *state = NULL;
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(killed_origin_loses_and_duplicates_nothing, stop_pipeline),
+        cmocka_unit_test_teardown(killed_origin_loses_and_duplicates_nothing,
+                                  mwt_pipeline_teardown),
         cmocka_unit_test_teardown(chaos_kill_every_2s_keeps_exactly_once_with_1_to_64_row_requests,
-                                  stop_pipeline),
+                                  mwt_pipeline_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -244,6 +244,24 @@ void mwt_pipeline_destroy(mwt_pipeline_t *p)
     free(p);
 }
 
+void mwt_pipeline_workers(mwt_pipeline_t *p, int per_stage)
+{
+    char id[64];
+    for (int s = 0; s < p->nstages; s++) {
+        for (int k = 0; k < per_stage; k++) {
+            snprintf(id, sizeof(id), "w%d-%d", s, k);
+            mwt_pipeline_worker(p, s, id);
+        }
+    }
+}
+
+int mwt_pipeline_teardown(void **state)
+{
+    mwt_pipeline_destroy(*state);
+    *state = NULL;
+    return 0;
+}
+
 void mwt_request_key(int i, char *buf, size_t size)
 {
     snprintf(buf, size, "r%06d", i);

@@ -50,8 +50,15 @@ pid_t mwt_pipeline_coordinator(mwt_pipeline_t *p);
 /* Kills every process (SIGKILL) and frees p. */
 void mwt_pipeline_destroy(mwt_pipeline_t *p);
 
+/* A cmocka teardown: destroys the pipeline in *state (kills its processes),
+ * whether the test passed or failed. */
+int mwt_pipeline_teardown(void **state);
+
 /* Starts a worker at stage with the given id; returns its index. */
 int mwt_pipeline_worker(mwt_pipeline_t *p, int stage, const char *id);
+
+/* per_stage workers at every stage, ids w<stage>-<k>. */
+void mwt_pipeline_workers(mwt_pipeline_t *p, int per_stage);
 
 /* Sends sig to worker i (its process group); with SIGKILL also reaps it. */
 void mwt_pipeline_signal(mwt_pipeline_t *p, int i, int sig);
