@@ -4,7 +4,9 @@
  * exactly-once relay on the same broker (consume, produce the value unchanged,
  * commit a transaction with the input offsets every 100 ms; no compute), requests/s
  * and rows/s at 1, 8 and 64 rows per request, mean rows per stage call, and the
- * stage-0 workers' CPU per request. JSON lines on stdout. */
+ * stage-0 workers' CPU per request. JSON lines on stdout.
+ *
+ * MW_BENCH_ONLY=relay|rows runs one part only. */
 #include "clock.h"
 #include "err.h"
 #include "harness.h"
@@ -207,11 +209,12 @@ typedef struct usage {
     long long calls[STAGES], rows[STAGES];
 } usage_t;
 
-static mwt_pipeline_t *live; /* killed when the program exits early (die) */
+static mwt_pipeline_t *live[2]; /* killed when the program exits early (die) */
 
 static void kill_live(void)
 {
-    mwt_pipeline_destroy(live);
+    for (int i = 0; i < 2; i++)
+        mwt_pipeline_destroy(live[i]);
 }
 
 static void usage_read(bench_t *b, usage_t *u)
@@ -248,8 +251,9 @@ static double stage_ticks(const mwt_pipeline_t *p, int stage)
 }
 
 /* make run's model: mwctl model init --layers 6 --hidden 256 --inputs 64
- * --outputs 10 --seed 7 (gelu, no layer norm, no residual). */
-static void pipeline_start(bench_t *b)
+ * --outputs 10 --seed 7 (gelu, no layer norm, no residual), in a cluster of
+ * its own (so that a second pipeline can run beside it), workers with `flags`. */
+static void pipeline_start(bench_t *b, const char *suffix, const char *const *flags)
 {
     char err[256];
     mw_model_spec_t spec = {.layers = 6,
@@ -258,10 +262,9 @@ static void pipeline_start(bench_t *b)
                             .outputs = 10,
                             .seed = 7,
                             .activation = MW_ACT_GELU};
-    b->p = mwt_pipeline_new_model("batch", STAGES, &spec, PARTITIONS, mwt_load_elastic_flags);
-    live = b->p;
-    if (atexit(kill_live) != 0)
-        die("atexit", "refused");
+    b->p = mwt_pipeline_new_model(suffix, STAGES, &spec, PARTITIONS, flags);
+    mwt_batch_own_cluster(b->p);
+    live[live[0] == NULL ? 0 : 1] = b->p;
     for (int s = 0; s < STAGES; s++)
         for (int k = 0; k < PER_STAGE; k++) {
             char *id = b->ids[b->p->nworkers];
@@ -279,6 +282,14 @@ static void pipeline_start(bench_t *b)
     if (mwt_load_collect(&b->l, 20, SETUP_MS) < 20)
         die("pipeline", "warm-up requests unanswered");
     b->rows_sent = 20;
+}
+
+static void pipeline_stop(bench_t *b)
+{
+    mwt_load_fini(&b->l);
+    mw_redis_destroy(b->r);
+    live[live[0] == b->p ? 0 : 1] = NULL;
+    mwt_pipeline_destroy(b->p);
 }
 
 /* A burst of n requests of `rows` rows on the pipeline; adds its workers' CPU
@@ -448,17 +459,26 @@ static void bench_rows(bench_t *b, int rows, int n)
     report(b, rows, n, rs, fl, &u0, &u1, ticks);
 }
 
+/* Whether MW_BENCH_ONLY (unset: every part) names part. */
+static int runs(const char *part)
+{
+    const char *only = getenv("MW_BENCH_ONLY");
+    return only == NULL || strcmp(only, part) == 0;
+}
+
 int main(void)
 {
     srand((unsigned)getpid());
+    if (atexit(kill_live) != 0)
+        die("atexit", "refused");
     bench_t b = {0};
-    pipeline_start(&b);
-    bench_vs_relay(&b);
-    bench_rows(&b, 8, 20000);
-    bench_rows(&b, 64, 5000);
-    mwt_load_fini(&b.l);
-    mw_redis_destroy(b.r);
-    live = NULL;
-    mwt_pipeline_destroy(b.p);
+    pipeline_start(&b, "batch", mwt_load_elastic_flags);
+    if (runs("relay"))
+        bench_vs_relay(&b);
+    if (runs("rows")) {
+        bench_rows(&b, 8, 20000);
+        bench_rows(&b, 64, 5000);
+    }
+    pipeline_stop(&b);
     return 0;
 }

@@ -8,6 +8,7 @@
 #include "topics/topics.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,4 +128,17 @@ mwt_batch_rate_t mwt_batch_burst(mwt_load_t *l, int n, int rows, int partitions)
     if (got < first + n)
         die("burst", "results missing");
     return mwt_batch_rate(l, first, n, t0);
+}
+
+void mwt_batch_own_cluster(mwt_pipeline_t *p)
+{
+    char err[256];
+    /* By pid too: the child may not have made its own process group yet. */
+    kill(p->coordinator, SIGKILL);
+    kill(-p->coordinator, SIGKILL);
+    mwt_wait_exit(p->coordinator, 5000);
+    if (mw_config_set(&p->cfg, "cluster.name", p->name, "bench", err, sizeof(err)) != MW_OK)
+        die("cluster.name", err);
+    p->coordinator = 0; /* the next is the first, not a standby */
+    p->coordinator = mwt_pipeline_coordinator(p);
 }

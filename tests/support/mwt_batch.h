@@ -1,7 +1,7 @@
 /* Benchmark support for batched serving: topics with several partitions, and a
  * mwt_load_t whose requests have several rows ([rows, in_features]), spread
- * over every partition, with results read from every partition. Fails the
- * program (exit 1) on setup errors. */
+ * over every partition, with results read from every partition; pipelines in
+ * clusters of their own. Fails the program (exit 1) on setup errors. */
 #ifndef MWT_BATCH_H
 #define MWT_BATCH_H
 
@@ -33,5 +33,11 @@ mwt_batch_rate_t mwt_batch_rate(const mwt_load_t *l, int first, int n, double t0
 /* n requests of `rows` rows produced at once (by a thread of their own, while
  * this one reads results): their rate from the first produce. */
 mwt_batch_rate_t mwt_batch_burst(mwt_load_t *l, int n, int rows, int partitions);
+
+/* Moves p, before any of its workers started, to a cluster of its own named
+ * after it (its coordinator is restarted there), so that pipelines of one
+ * program can run at once: one coordinator leads a cluster and plans only its
+ * spec. */
+void mwt_batch_own_cluster(mwt_pipeline_t *p);
 
 #endif
