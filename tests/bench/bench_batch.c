@@ -3,10 +3,12 @@
  * processes on the Redis and Kafka of tests/run.sh: throughput against a Kafka
  * exactly-once relay on the same broker (consume, produce the value unchanged,
  * commit a transaction with the input offsets every 100 ms; no compute), requests/s
- * and rows/s at 1, 8 and 64 rows per request, mean rows per stage call, and the
- * stage-0 workers' CPU per request. JSON lines on stdout.
+ * and rows/s at 1, 8 and 64 rows per request, mean rows per stage call, the
+ * stage-0 workers' CPU per request, and the latency of one request at a time
+ * and at half the saturation throughput. JSON lines on stdout.
  *
- * MW_BENCH_ONLY=relay|rows runs one part only. */
+ * MW_BENCH_ONLY=relay|rows|latency runs one part only (latency without
+ * relay measures the saturation throughput by one burst). */
 #include "clock.h"
 #include "err.h"
 #include "harness.h"
@@ -37,6 +39,10 @@
 #define WORKERS    (STAGES * PER_STAGE)
 
 enum { REPS = 3 };
+
+#define LONE      300 /* lone requests timed, after LONE_WARM */
+#define LONE_WARM 20
+#define HALF_S    10 /* seconds of paced load at half the saturation */
 
 static void die(const char *what, const char *err)
 {
@@ -364,8 +370,8 @@ static mwt_batch_rate_t relay_burst(mwt_load_t *lr, relay_t *rl, atomic_int *go,
 }
 
 /* Rows per request 1, against the relay on topics of the same shape, measured
- * interleaved. */
-static void bench_vs_relay(bench_t *b)
+ * interleaved. Returns the pipeline's throughput (median). */
+static double bench_vs_relay(bench_t *b)
 {
     const int n = 50000, nr = 300000; /* relay: over a second of its commits */
     const char *prefix = mwt_name("relay");
@@ -440,6 +446,7 @@ static void bench_vs_relay(bench_t *b)
              mr, mp / mr, mrfl, n, nr, REPS, REPS);
     emit("throughput_vs_eos_relay", mp, "req/s", extra);
     report(b, 1, n, pr, pfl, &u0, &u1, ticks);
+    return mp;
 }
 
 /* Rows per request 8 and 64 on the same pipeline. */
@@ -459,6 +466,66 @@ static void bench_rows(bench_t *b, int rows, int n)
     report(b, rows, n, rs, fl, &u0, &u1, ticks);
 }
 
+/* Lone requests: LONE_WARM, then n timed; their p50 and p99 in p[0], p[1]. */
+static void lone_latency(bench_t *b, int n, double *p)
+{
+    double lat[LONE];
+    mwt_batch_latency(&b->l, LONE_WARM, PARTITIONS, lat);
+    mwt_batch_latency(&b->l, n, PARTITIONS, lat);
+    b->rows_sent += LONE_WARM + n;
+    p[0] = mwt_percentile(lat, n, 50);
+    p[1] = mwt_percentile(lat, n, 99);
+}
+
+/* One request at a time, then paced open-loop load at half of sat_req_s (the
+ * saturation throughput; 0: not measured yet). */
+static void bench_latency(bench_t *b, double sat_req_s)
+{
+    if (sat_req_s == 0) {
+        double ticks[STAGES] = {0};
+        sat_req_s = pipeline_burst(b, 50000, 1, ticks).steady_req_s;
+    }
+    mwt_batch_linger0(&b->l);
+    double lone[2];
+    lone_latency(b, LONE, lone);
+    char extra[1200];
+    const char *note =
+        "\"note\": \"2 stages x 2 CPU workers, make run's model, f32 [1, 64] requests over 4 "
+        "partitions, defaults; one request at a time (produced by a producer with linger.ms 0 "
+        "once the previous result was read, partitions in turn), produce call -> result read "
+        "by a read_committed consumer (fetch.wait.max.ms 5)";
+    snprintf(extra, sizeof(extra), ", \"goal\": \"<= 15\", \"requests\": %d, \"warm_up\": %d, %s\"",
+             LONE, LONE_WARM, note);
+    emit("latency_lone_e2e_p50_ms", lone[0], "ms", extra);
+    snprintf(extra, sizeof(extra), ", \"goal\": \"<= 30\", \"requests\": %d, %s\"", LONE, note);
+    emit("latency_lone_e2e_p99_ms", lone[1], "ms", extra);
+
+    const int n = (int)(sat_req_s / 2 * HALF_S);
+    int first = atomic_load(&b->l.next);
+    double produced = mwt_batch_paced(&b->l, n, sat_req_s / 2, PARTITIONS);
+    b->rows_sent += n;
+    double *lat = malloc((size_t)n * sizeof(double));
+    if (lat == NULL)
+        die("latency", "out of memory");
+    for (int i = 0; i < n; i++)
+        lat[i] = (b->l.got[first + i] - b->l.sent[first + i]) / 1e3;
+    double p50 = mwt_percentile(lat, n, 50), p99 = mwt_percentile(lat, n, 99);
+    free(lat);
+    note = "\"note\": \"2 stages x 2 CPU workers, make run's model, f32 [1, 64] requests over 4 "
+           "partitions, defaults; requests produced open-loop (a producer with linger.ms 0, "
+           "request k due k / rate after the first) at half the saturation throughput of this "
+           "run (throughput_req_s at 1 row), produce call -> result read by a read_committed "
+           "consumer (fetch.wait.max.ms 5)";
+    snprintf(extra, sizeof(extra),
+             ", \"p50_ms\": %.2f, \"goal\": \"<= 60\", \"rate_req_s\": %.1f, \"produced_req_s\": "
+             "%.1f, \"saturation_req_s\": %.1f, \"requests\": %d, \"seconds\": %d, \"errors\": "
+             "%d, %s\"",
+             p50, sat_req_s / 2, produced, sat_req_s, n, HALF_S, b->l.errors, note);
+    emit("latency_half_load_e2e_p99_ms", p99, "ms", extra);
+    snprintf(extra, sizeof(extra), ", \"rate_req_s\": %.1f", sat_req_s / 2);
+    emit("latency_half_load_e2e_p50_ms", p50, "ms", extra);
+}
+
 /* Whether MW_BENCH_ONLY (unset: every part) names part. */
 static int runs(const char *part)
 {
@@ -473,12 +540,15 @@ int main(void)
         die("atexit", "refused");
     bench_t b = {0};
     pipeline_start(&b, "batch", mwt_load_elastic_flags);
+    double sat_req_s = 0;
     if (runs("relay"))
-        bench_vs_relay(&b);
+        sat_req_s = bench_vs_relay(&b);
     if (runs("rows")) {
         bench_rows(&b, 8, 20000);
         bench_rows(&b, 64, 5000);
     }
+    if (runs("latency"))
+        bench_latency(&b, sat_req_s);
     pipeline_stop(&b);
     return 0;
 }
