@@ -4,10 +4,12 @@
  * exactly-once relay on the same broker (consume, produce the value unchanged,
  * commit a transaction with the input offsets every 100 ms; no compute), requests/s
  * and rows/s at 1, 8 and 64 rows per request, mean rows per stage call, the
- * stage-0 workers' CPU per request, and the latency of one request at a time
- * and at half the saturation throughput. JSON lines on stdout.
+ * stage-0 workers' CPU per request, throughput with group commit (the default)
+ * against a pipeline whose workers commit at most every 100 ms (the timer of
+ * earlier versions), and the latency of one request at a time and at half the
+ * saturation throughput. JSON lines on stdout.
  *
- * MW_BENCH_ONLY=relay|rows|latency runs one part only (latency without
+ * MW_BENCH_ONLY=relay|rows|commit|latency runs one part only (latency without
  * relay measures the saturation throughput by one burst). */
 #include "clock.h"
 #include "err.h"
@@ -40,9 +42,10 @@
 
 enum { REPS = 3 };
 
-#define LONE      300 /* lone requests timed, after LONE_WARM */
-#define LONE_WARM 20
-#define HALF_S    10 /* seconds of paced load at half the saturation */
+#define LONE       300 /* lone requests timed, after LONE_WARM */
+#define LONE_WARM  20
+#define LONE_TIMER 100 /* on the timer pipeline: about 100 ms each */
+#define HALF_S     10  /* seconds of paced load at half the saturation */
 
 static void die(const char *what, const char *err)
 {
@@ -466,6 +469,16 @@ static void bench_rows(bench_t *b, int rows, int n)
     report(b, rows, n, rs, fl, &u0, &u1, ticks);
 }
 
+/* v[0..n) as a JSON list of integers. */
+static void list_format(char *buf, size_t size, const double *v, int n)
+{
+    size_t len = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < n && len < size; i++)
+        len += (size_t)snprintf(buf + len, size - len, "%s%.0f", i ? ", " : "", v[i]);
+    if (len < size)
+        snprintf(buf + len, size - len, "]");
+}
+
 /* Lone requests: LONE_WARM, then n timed; their p50 and p99 in p[0], p[1]. */
 static void lone_latency(bench_t *b, int n, double *p)
 {
@@ -477,9 +490,62 @@ static void lone_latency(bench_t *b, int n, double *p)
     p[1] = mwt_percentile(lat, n, 99);
 }
 
+/* Saturation throughput at one row per request with the default workers
+ * (group commit) against workers with results.commit_min_gap_ms 100 (about the
+ * 100 ms timer of earlier versions), a pipeline each, interleaved bursts; then
+ * the lone-request latency of the timer pipeline. Returns its p50. */
+static double bench_group_vs_timer(bench_t *b)
+{
+    const int n = 50000;
+    static const char *timer_flags[16];
+    int k = 0;
+    for (; mwt_load_elastic_flags[k] != NULL; k++)
+        timer_flags[k] = mwt_load_elastic_flags[k];
+    timer_flags[k] = "--results.commit_min_gap_ms=100";
+    bench_t t = {0};
+    pipeline_start(&t, "batch-timer", timer_flags);
+    double ticks[STAGES] = {0}, gr[REPS], tr[REPS];
+    pipeline_burst(&t, n / 10, 1, ticks); /* warm-up of the new pipeline */
+    for (int r = 0; r < REPS; r++) {      /* alternate which goes first */
+        if (r % 2 == 0) {
+            gr[r] = pipeline_burst(b, n, 1, ticks).steady_req_s;
+            tr[r] = pipeline_burst(&t, n, 1, ticks).steady_req_s;
+        } else {
+            tr[r] = pipeline_burst(&t, n, 1, ticks).steady_req_s;
+            gr[r] = pipeline_burst(b, n, 1, ticks).steady_req_s;
+        }
+    }
+    mwt_batch_linger0(&t.l);
+    double lone[2];
+    lone_latency(&t, LONE_TIMER, lone);
+    int errors = b->l.errors + t.l.errors;
+    pipeline_stop(&t);
+
+    char bursts[2][100];
+    list_format(bursts[0], sizeof(bursts[0]), gr, REPS);
+    list_format(bursts[1], sizeof(bursts[1]), tr, REPS);
+    double mg = mwt_median(gr, REPS), mt = mwt_median(tr, REPS);
+    char extra[1200];
+    snprintf(extra, sizeof(extra),
+             ", \"baseline\": %.1f, \"ratio\": %.4f, \"goal\": \"ratio >= 0.95\", \"bursts\": %s, "
+             "\"baseline_bursts\": %s, "
+             "\"rows_per_request\": 1, \"requests\": %d, \"runs\": %d, \"errors\": %d, \"note\": "
+             "\"value: the pipeline with default workers (group commit: results.commit_min_gap_ms "
+             "10); baseline: the same shape (2 stages x 2 CPU workers, make run's model, f32 [1, "
+             "64] requests over 4 partitions) with --results.commit_min_gap_ms=100 (about the "
+             "100 ms timer of earlier versions), both up at once, bursts taken in turn; "
+             "committed results (read_committed) per second between the 10th and the 90th "
+             "percentile result, "
+             "medians of %d interleaved bursts of n requests produced at once\"",
+             mt, mg / mt, bursts[0], bursts[1], n, REPS, errors, REPS);
+    emit("throughput_group_vs_timer_commit", mg, "req/s", extra);
+    return lone[0];
+}
+
 /* One request at a time, then paced open-loop load at half of sat_req_s (the
- * saturation throughput; 0: not measured yet). */
-static void bench_latency(bench_t *b, double sat_req_s)
+ * saturation throughput); timer_p50: the timer pipeline's lone p50 (0: not
+ * measured). */
+static void bench_latency(bench_t *b, double sat_req_s, double timer_p50)
 {
     if (sat_req_s == 0) {
         double ticks[STAGES] = {0};
@@ -488,14 +554,22 @@ static void bench_latency(bench_t *b, double sat_req_s)
     mwt_batch_linger0(&b->l);
     double lone[2];
     lone_latency(b, LONE, lone);
-    char extra[1200];
+    char extra[1200], base[160] = "";
+    if (timer_p50 > 0)
+        snprintf(base, sizeof(base),
+                 ", \"baseline\": %.2f, \"ratio\": %.4f, \"baseline_requests\": %d", timer_p50,
+                 lone[0] / timer_p50, LONE_TIMER);
     const char *note =
         "\"note\": \"2 stages x 2 CPU workers, make run's model, f32 [1, 64] requests over 4 "
         "partitions, defaults; one request at a time (produced by a producer with linger.ms 0 "
         "once the previous result was read, partitions in turn), produce call -> result read "
         "by a read_committed consumer (fetch.wait.max.ms 5)";
-    snprintf(extra, sizeof(extra), ", \"goal\": \"<= 15\", \"requests\": %d, \"warm_up\": %d, %s\"",
-             LONE, LONE_WARM, note);
+    snprintf(extra, sizeof(extra),
+             "%s, \"goal\": \"<= 15\", \"requests\": %d, \"warm_up\": %d, %s%s\"", base, LONE,
+             LONE_WARM, note,
+             timer_p50 > 0 ? "; baseline: the same with --results.commit_min_gap_ms=100 on the "
+                             "workers (about the 100 ms timer)"
+                           : "");
     emit("latency_lone_e2e_p50_ms", lone[0], "ms", extra);
     snprintf(extra, sizeof(extra), ", \"goal\": \"<= 30\", \"requests\": %d, %s\"", LONE, note);
     emit("latency_lone_e2e_p99_ms", lone[1], "ms", extra);
@@ -540,15 +614,17 @@ int main(void)
         die("atexit", "refused");
     bench_t b = {0};
     pipeline_start(&b, "batch", mwt_load_elastic_flags);
-    double sat_req_s = 0;
+    double sat_req_s = 0, timer_p50 = 0;
     if (runs("relay"))
         sat_req_s = bench_vs_relay(&b);
     if (runs("rows")) {
         bench_rows(&b, 8, 20000);
         bench_rows(&b, 64, 5000);
     }
+    if (runs("commit"))
+        timer_p50 = bench_group_vs_timer(&b);
     if (runs("latency"))
-        bench_latency(&b, sat_req_s);
+        bench_latency(&b, sat_req_s, timer_p50);
     pipeline_stop(&b);
     return 0;
 }
