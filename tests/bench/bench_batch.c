@@ -571,9 +571,9 @@ static void bench_latency(bench_t *b, double sat_req_s, const double *timer)
              "%s, \"goal\": \"<= 15\", \"requests\": %d, \"warm_up\": %d, %s%s\"", base, LONE,
              LONE_WARM, note,
              timer[0] > 0 ? "; baseline: the same with --results.commit_min_gap_ms=100 on the "
-                            "workers (about the 100 ms timer): a request waits for its origin's "
-                            "next commit, 100 ms after the last one, so p50 falls between the "
-                            "fast and the slow ones; see the mean"
+                            "workers (about the 100 ms timer), bimodal: a request whose origin "
+                            "committed less than 100 ms before waits out the rest, others do "
+                            "not, so its p50 lands in either mode; see its mean"
                           : "");
     emit("latency_lone_e2e_p50_ms", lone[0], "ms", extra);
     snprintf(extra, sizeof(extra),
