@@ -3,8 +3,14 @@
  * processes on the Redis and Kafka of tests/run.sh: throughput against a Kafka
  * exactly-once relay on the same broker (consume, produce the value unchanged,
  * commit a transaction with the input offsets every 100 ms; no compute), requests/s
- * and rows/s at 1, 8 and 64 rows per request, mean rows per stage call, and the
- * stage-0 workers' CPU per request. JSON lines on stdout. */
+ * and rows/s at 1, 8 and 64 rows per request, mean rows per stage call, the
+ * stage-0 workers' CPU per request, throughput with group commit (the default)
+ * against a pipeline whose workers commit at most every 100 ms (the timer of
+ * earlier versions), and the latency of one request at a time and at half the
+ * saturation throughput. JSON lines on stdout.
+ *
+ * MW_BENCH_ONLY=relay|rows|commit|latency runs one part only (latency without
+ * relay measures the saturation throughput by one burst). */
 #include "clock.h"
 #include "err.h"
 #include "harness.h"
@@ -35,6 +41,11 @@
 #define WORKERS    (STAGES * PER_STAGE)
 
 enum { REPS = 3 };
+
+#define LONE       300 /* lone requests timed, after LONE_WARM */
+#define LONE_WARM  20
+#define LONE_TIMER 100 /* on the timer pipeline: about 100 ms each */
+#define HALF_S     10  /* seconds of paced load at half the saturation */
 
 static void die(const char *what, const char *err)
 {
@@ -207,11 +218,12 @@ typedef struct usage {
     long long calls[STAGES], rows[STAGES];
 } usage_t;
 
-static mwt_pipeline_t *live; /* killed when the program exits early (die) */
+static mwt_pipeline_t *live[2]; /* killed when the program exits early (die) */
 
 static void kill_live(void)
 {
-    mwt_pipeline_destroy(live);
+    for (int i = 0; i < 2; i++)
+        mwt_pipeline_destroy(live[i]);
 }
 
 static void usage_read(bench_t *b, usage_t *u)
@@ -248,8 +260,9 @@ static double stage_ticks(const mwt_pipeline_t *p, int stage)
 }
 
 /* make run's model: mwctl model init --layers 6 --hidden 256 --inputs 64
- * --outputs 10 --seed 7 (gelu, no layer norm, no residual). */
-static void pipeline_start(bench_t *b)
+ * --outputs 10 --seed 7 (gelu, no layer norm, no residual), in a cluster of
+ * its own (so that a second pipeline can run beside it), workers with `flags`. */
+static void pipeline_start(bench_t *b, const char *suffix, const char *const *flags)
 {
     char err[256];
     mw_model_spec_t spec = {.layers = 6,
@@ -258,10 +271,9 @@ static void pipeline_start(bench_t *b)
                             .outputs = 10,
                             .seed = 7,
                             .activation = MW_ACT_GELU};
-    b->p = mwt_pipeline_new_model("batch", STAGES, &spec, PARTITIONS, mwt_load_elastic_flags);
-    live = b->p;
-    if (atexit(kill_live) != 0)
-        die("atexit", "refused");
+    b->p = mwt_pipeline_new_model(suffix, STAGES, &spec, PARTITIONS, flags);
+    mwt_batch_own_cluster(b->p);
+    live[live[0] == NULL ? 0 : 1] = b->p;
     for (int s = 0; s < STAGES; s++)
         for (int k = 0; k < PER_STAGE; k++) {
             char *id = b->ids[b->p->nworkers];
@@ -279,6 +291,14 @@ static void pipeline_start(bench_t *b)
     if (mwt_load_collect(&b->l, 20, SETUP_MS) < 20)
         die("pipeline", "warm-up requests unanswered");
     b->rows_sent = 20;
+}
+
+static void pipeline_stop(bench_t *b)
+{
+    mwt_load_fini(&b->l);
+    mw_redis_destroy(b->r);
+    live[live[0] == b->p ? 0 : 1] = NULL;
+    mwt_pipeline_destroy(b->p);
 }
 
 /* A burst of n requests of `rows` rows on the pipeline; adds its workers' CPU
@@ -353,8 +373,8 @@ static mwt_batch_rate_t relay_burst(mwt_load_t *lr, relay_t *rl, atomic_int *go,
 }
 
 /* Rows per request 1, against the relay on topics of the same shape, measured
- * interleaved. */
-static void bench_vs_relay(bench_t *b)
+ * interleaved. Returns the pipeline's throughput (median). */
+static double bench_vs_relay(bench_t *b)
 {
     const int n = 50000, nr = 300000; /* relay: over a second of its commits */
     const char *prefix = mwt_name("relay");
@@ -429,6 +449,7 @@ static void bench_vs_relay(bench_t *b)
              mr, mp / mr, mrfl, n, nr, REPS, REPS);
     emit("throughput_vs_eos_relay", mp, "req/s", extra);
     report(b, 1, n, pr, pfl, &u0, &u1, ticks);
+    return mp;
 }
 
 /* Rows per request 8 and 64 on the same pipeline. */
@@ -448,17 +469,169 @@ static void bench_rows(bench_t *b, int rows, int n)
     report(b, rows, n, rs, fl, &u0, &u1, ticks);
 }
 
+/* v[0..n) as a JSON list of integers. */
+static void list_format(char *buf, size_t size, const double *v, int n)
+{
+    size_t len = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < n && len < size; i++)
+        len += (size_t)snprintf(buf + len, size - len, "%s%.0f", i ? ", " : "", v[i]);
+    if (len < size)
+        snprintf(buf + len, size - len, "]");
+}
+
+/* Lone requests: LONE_WARM, then n timed; their p50, p99 and mean in p[0..2]. */
+static void lone_latency(bench_t *b, int n, double *p)
+{
+    double lat[LONE], sum = 0;
+    mwt_batch_latency(&b->l, LONE_WARM, PARTITIONS, lat);
+    mwt_batch_latency(&b->l, n, PARTITIONS, lat);
+    b->rows_sent += LONE_WARM + n;
+    for (int i = 0; i < n; i++)
+        sum += lat[i];
+    p[2] = sum / n;
+    p[0] = mwt_percentile(lat, n, 50);
+    p[1] = mwt_percentile(lat, n, 99);
+}
+
+/* Saturation throughput at one row per request with the default workers
+ * (group commit) against workers with results.commit_min_gap_ms 100 (about the
+ * 100 ms timer of earlier versions), a pipeline each, interleaved bursts; then
+ * the lone-request latency of the timer pipeline into timer[0..2] (p50, p99,
+ * mean). */
+static void bench_group_vs_timer(bench_t *b, double *timer)
+{
+    const int n = 50000;
+    static const char *timer_flags[16];
+    int k = 0;
+    for (; mwt_load_elastic_flags[k] != NULL; k++)
+        timer_flags[k] = mwt_load_elastic_flags[k];
+    timer_flags[k] = "--results.commit_min_gap_ms=100";
+    bench_t t = {0};
+    pipeline_start(&t, "batch-timer", timer_flags);
+    double ticks[STAGES] = {0}, gr[REPS], tr[REPS];
+    pipeline_burst(&t, n / 10, 1, ticks); /* warm-up of the new pipeline */
+    for (int r = 0; r < REPS; r++) {      /* alternate which goes first */
+        if (r % 2 == 0) {
+            gr[r] = pipeline_burst(b, n, 1, ticks).steady_req_s;
+            tr[r] = pipeline_burst(&t, n, 1, ticks).steady_req_s;
+        } else {
+            tr[r] = pipeline_burst(&t, n, 1, ticks).steady_req_s;
+            gr[r] = pipeline_burst(b, n, 1, ticks).steady_req_s;
+        }
+    }
+    mwt_batch_linger0(&t.l);
+    lone_latency(&t, LONE_TIMER, timer);
+    int errors = b->l.errors + t.l.errors;
+    pipeline_stop(&t);
+
+    char bursts[2][100];
+    list_format(bursts[0], sizeof(bursts[0]), gr, REPS);
+    list_format(bursts[1], sizeof(bursts[1]), tr, REPS);
+    double mg = mwt_median(gr, REPS), mt = mwt_median(tr, REPS);
+    char extra[1200];
+    snprintf(extra, sizeof(extra),
+             ", \"baseline\": %.1f, \"ratio\": %.4f, \"goal\": \"ratio >= 0.95\", \"bursts\": %s, "
+             "\"baseline_bursts\": %s, "
+             "\"rows_per_request\": 1, \"requests\": %d, \"runs\": %d, \"errors\": %d, \"note\": "
+             "\"value: the pipeline with default workers (group commit: results.commit_min_gap_ms "
+             "10); baseline: the same shape (2 stages x 2 CPU workers, make run's model, f32 [1, "
+             "64] requests over 4 partitions) with --results.commit_min_gap_ms=100 (about the "
+             "100 ms timer of earlier versions), both up at once, bursts taken in turn; "
+             "committed results (read_committed) per second between the 10th and the 90th "
+             "percentile result, "
+             "medians of %d interleaved bursts of n requests produced at once\"",
+             mt, mg / mt, bursts[0], bursts[1], n, REPS, errors, REPS);
+    emit("throughput_group_vs_timer_commit", mg, "req/s", extra);
+}
+
+/* One request at a time, then paced open-loop load at half of sat_req_s (the
+ * saturation throughput); timer: the timer pipeline's lone p50, p99 and mean
+ * (timer[0] 0: not measured). */
+static void bench_latency(bench_t *b, double sat_req_s, const double *timer)
+{
+    if (sat_req_s == 0) {
+        double ticks[STAGES] = {0};
+        sat_req_s = pipeline_burst(b, 50000, 1, ticks).steady_req_s;
+    }
+    mwt_batch_linger0(&b->l);
+    double lone[3];
+    lone_latency(b, LONE, lone);
+    char extra[1400], base[240] = "";
+    if (timer[0] > 0)
+        snprintf(base, sizeof(base),
+                 ", \"baseline\": %.2f, \"ratio\": %.4f, \"baseline_p99_ms\": %.2f, "
+                 "\"baseline_mean_ms\": %.2f, \"baseline_requests\": %d",
+                 timer[0], lone[0] / timer[0], timer[1], timer[2], LONE_TIMER);
+    const char *note =
+        "\"note\": \"2 stages x 2 CPU workers, make run's model, f32 [1, 64] requests over 4 "
+        "partitions, defaults; one request at a time (produced by a producer with linger.ms 0 "
+        "once the previous result was read, partitions in turn), produce call -> result read "
+        "by a read_committed consumer (fetch.wait.max.ms 5)";
+    snprintf(extra, sizeof(extra),
+             "%s, \"goal\": \"<= 15\", \"requests\": %d, \"warm_up\": %d, %s%s\"", base, LONE,
+             LONE_WARM, note,
+             timer[0] > 0 ? "; baseline: the same with --results.commit_min_gap_ms=100 on the "
+                            "workers (about the 100 ms timer), bimodal: a request whose origin "
+                            "committed less than 100 ms before waits out the rest, others do "
+                            "not, so its p50 lands in either mode; see its mean"
+                          : "");
+    emit("latency_lone_e2e_p50_ms", lone[0], "ms", extra);
+    snprintf(extra, sizeof(extra),
+             ", \"goal\": \"<= 30\", \"mean_ms\": %.2f, \"requests\": %d, %s\"", lone[2], LONE,
+             note);
+    emit("latency_lone_e2e_p99_ms", lone[1], "ms", extra);
+
+    const int n = (int)(sat_req_s / 2 * HALF_S);
+    int first = atomic_load(&b->l.next);
+    double produced = mwt_batch_paced(&b->l, n, sat_req_s / 2, PARTITIONS);
+    b->rows_sent += n;
+    double *lat = malloc((size_t)n * sizeof(double));
+    if (lat == NULL)
+        die("latency", "out of memory");
+    for (int i = 0; i < n; i++)
+        lat[i] = (b->l.got[first + i] - b->l.sent[first + i]) / 1e3;
+    double p50 = mwt_percentile(lat, n, 50), p99 = mwt_percentile(lat, n, 99);
+    free(lat);
+    note = "\"note\": \"2 stages x 2 CPU workers, make run's model, f32 [1, 64] requests over 4 "
+           "partitions, defaults; requests produced open-loop (a producer with linger.ms 0, "
+           "request k due k / rate after the first) at half the saturation throughput of this "
+           "run (throughput_req_s at 1 row), produce call -> result read by a read_committed "
+           "consumer (fetch.wait.max.ms 5)";
+    snprintf(extra, sizeof(extra),
+             ", \"p50_ms\": %.2f, \"goal\": \"<= 60\", \"rate_req_s\": %.1f, \"produced_req_s\": "
+             "%.1f, \"saturation_req_s\": %.1f, \"requests\": %d, \"seconds\": %d, \"errors\": "
+             "%d, %s\"",
+             p50, sat_req_s / 2, produced, sat_req_s, n, HALF_S, b->l.errors, note);
+    emit("latency_half_load_e2e_p99_ms", p99, "ms", extra);
+    snprintf(extra, sizeof(extra), ", \"rate_req_s\": %.1f", sat_req_s / 2);
+    emit("latency_half_load_e2e_p50_ms", p50, "ms", extra);
+}
+
+/* Whether MW_BENCH_ONLY (unset: every part) names part. */
+static int runs(const char *part)
+{
+    const char *only = getenv("MW_BENCH_ONLY");
+    return only == NULL || strcmp(only, part) == 0;
+}
+
 int main(void)
 {
     srand((unsigned)getpid());
+    if (atexit(kill_live) != 0)
+        die("atexit", "refused");
     bench_t b = {0};
-    pipeline_start(&b);
-    bench_vs_relay(&b);
-    bench_rows(&b, 8, 20000);
-    bench_rows(&b, 64, 5000);
-    mwt_load_fini(&b.l);
-    mw_redis_destroy(b.r);
-    live = NULL;
-    mwt_pipeline_destroy(b.p);
+    pipeline_start(&b, "batch", mwt_load_elastic_flags);
+    double sat_req_s = 0, timer[3] = {0};
+    if (runs("relay"))
+        sat_req_s = bench_vs_relay(&b);
+    if (runs("rows")) {
+        bench_rows(&b, 8, 20000);
+        bench_rows(&b, 64, 5000);
+    }
+    if (runs("commit"))
+        bench_group_vs_timer(&b, timer);
+    if (runs("latency"))
+        bench_latency(&b, sat_req_s, timer);
+    pipeline_stop(&b);
     return 0;
 }

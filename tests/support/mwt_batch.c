@@ -8,9 +8,11 @@
 #include "topics/topics.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void die(const char *what, const char *err)
 {
@@ -127,4 +129,88 @@ mwt_batch_rate_t mwt_batch_burst(mwt_load_t *l, int n, int rows, int partitions)
     if (got < first + n)
         die("burst", "results missing");
     return mwt_batch_rate(l, first, n, t0);
+}
+
+void mwt_batch_own_cluster(mwt_pipeline_t *p)
+{
+    char err[256];
+    /* By pid too: the child may not have made its own process group yet. */
+    kill(p->coordinator, SIGKILL);
+    kill(-p->coordinator, SIGKILL);
+    mwt_wait_exit(p->coordinator, 5000);
+    if (mw_config_set(&p->cfg, "cluster.name", p->name, "bench", err, sizeof(err)) != MW_OK)
+        die("cluster.name", err);
+    p->coordinator = 0; /* the next is the first, not a standby */
+    p->coordinator = mwt_pipeline_coordinator(p);
+}
+
+void mwt_batch_linger0(mwt_load_t *l)
+{
+    char err[512];
+    mw_config_t cfg;
+    mwt_config(&cfg);
+    if (mw_config_set(&cfg, "kafka.linger.ms", "0", "bench", err, sizeof(err)) != MW_OK)
+        die("linger.ms", err);
+    rd_kafka_t *prod = mw_kafka_producer_new(&cfg, NULL, NULL, err, sizeof(err));
+    mw_config_fini(&cfg);
+    if (prod == NULL)
+        die("producer", err);
+    if (rd_kafka_flush(l->prod, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        die("linger0", "requests not delivered");
+    mw_kafka_destroy(l->prod);
+    l->prod = prod;
+}
+
+void mwt_batch_latency(mwt_load_t *l, int n, int partitions, double *lat_ms)
+{
+    for (int k = 0; k < n; k++) {
+        int i = atomic_load(&l->next);
+        mwt_batch_submit(l, 1, 1, partitions);
+        if (mwt_load_collect(l, i + 1, 60000) < i + 1)
+            die("latency", "result missing");
+        lat_ms[k] = (l->got[i] - l->sent[i]) / 1e3;
+    }
+}
+
+typedef struct paced_arg {
+    mwt_load_t *l;
+    int n, partitions;
+    double req_s;
+} paced_arg_t;
+
+static void *paced_produce(void *arg)
+{
+    paced_arg_t *a = arg;
+    double t0 = mwt_now_us(), every_us = 1e6 / a->req_s;
+    for (int k = 0; k < a->n;) {
+        double now = mwt_now_us();
+        int due = (int)((now - t0) / every_us) + 1; /* requests due by now */
+        if (due > a->n)
+            due = a->n;
+        if (due > k) {
+            mwt_batch_submit(a->l, due - k, 1, a->partitions);
+            k = due;
+            continue;
+        }
+        double wait_us = t0 + k * every_us - now;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(wait_us * 1e3)};
+        nanosleep(&ts, NULL);
+    }
+    if (rd_kafka_flush(a->l->prod, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        die("paced", "requests not delivered");
+    return NULL;
+}
+
+double mwt_batch_paced(mwt_load_t *l, int n, double req_s, int partitions)
+{
+    int first = atomic_load(&l->next);
+    paced_arg_t a = {.l = l, .n = n, .partitions = partitions, .req_s = req_s};
+    pthread_t th;
+    if (pthread_create(&th, NULL, paced_produce, &a) != 0)
+        die("paced", "no thread");
+    int got = mwt_load_collect(l, first + n, 300000);
+    pthread_join(th, NULL);
+    if (got < first + n)
+        die("paced", "results missing");
+    return (n - 1) / ((l->sent[first + n - 1] - l->sent[first]) / 1e6);
 }

@@ -1,7 +1,8 @@
 /* Benchmark support for batched serving: topics with several partitions, and a
  * mwt_load_t whose requests have several rows ([rows, in_features]), spread
- * over every partition, with results read from every partition. Fails the
- * program (exit 1) on setup errors. */
+ * over every partition, with results read from every partition; pipelines in
+ * clusters of their own; latency of lone requests and under paced load. Fails
+ * the program (exit 1) on setup errors. */
 #ifndef MWT_BATCH_H
 #define MWT_BATCH_H
 
@@ -33,5 +34,26 @@ mwt_batch_rate_t mwt_batch_rate(const mwt_load_t *l, int first, int n, double t0
 /* n requests of `rows` rows produced at once (by a thread of their own, while
  * this one reads results): their rate from the first produce. */
 mwt_batch_rate_t mwt_batch_burst(mwt_load_t *l, int n, int rows, int partitions);
+
+/* Moves p, before any of its workers started, to a cluster of its own named
+ * after it (its coordinator is restarted there), so that pipelines of one
+ * program can run at once: one coordinator leads a cluster and plans only its
+ * spec. */
+void mwt_batch_own_cluster(mwt_pipeline_t *p);
+
+/* Replaces l's producer (flushed, then destroyed) by one with linger.ms 0, so
+ * that each request leaves at once: for latency. */
+void mwt_batch_linger0(mwt_load_t *l);
+
+/* n one-row requests one at a time (each produced once the previous result
+ * was read), request i to partition i % partitions: produce -> result read,
+ * in ms, in lat_ms[0..n). */
+void mwt_batch_latency(mwt_load_t *l, int n, int partitions, double *lat_ms);
+
+/* n one-row requests produced open-loop at req_s (by a thread of their own:
+ * request k is due k / req_s after the first, whatever the results), request i
+ * to partition i % partitions, all read by this thread. Returns the rate they
+ * were produced at (first to last produce). */
+double mwt_batch_paced(mwt_load_t *l, int n, double req_s, int partitions);
 
 #endif
