@@ -20,12 +20,6 @@ static void die(const char *what, const char *err)
     exit(1);
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 void mwt_batch_create_topics(const char *const *names, int n, int partitions)
 {
     char err[512];
@@ -104,7 +98,7 @@ mwt_batch_rate_t mwt_batch_rate(const mwt_load_t *l, int first, int n, double t0
     if (t == NULL)
         die("rate", "out of memory");
     memcpy(t, l->got + first, (size_t)n * sizeof(double));
-    qsort(t, (size_t)n, sizeof(*t), cmp_double);
+    mwt_sort(t, n);
     /* Arrival times from the 10th to the 90th percentile: the steady state,
      * without the first commit's wait and the tail. */
     int lo = n / 10, hi = n - 1 - n / 10;

@@ -36,16 +36,21 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-double mwt_median(double *v, int n)
+void mwt_sort(double *v, int n)
 {
     qsort(v, (size_t)n, sizeof(*v), cmp_double);
+}
+
+double mwt_median(double *v, int n)
+{
+    mwt_sort(v, n);
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* Nearest-rank percentile. */
 double mwt_percentile(double *v, int n, double pct)
 {
-    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    mwt_sort(v, n);
     int k = (int)ceil(pct / 100.0 * n) - 1;
     return v[k < 0 ? 0 : (k >= n ? n - 1 : k)];
 }

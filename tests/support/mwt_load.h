@@ -32,7 +32,8 @@ typedef struct mwt_load {
 /* Microseconds on the monotonic clock. */
 double mwt_now_us(void);
 
-/* Median and nearest-rank percentile of v (sorted in place). */
+/* Sorts v ascending; median and nearest-rank percentile of v (sorted in place). */
+void mwt_sort(double *v, int n);
 double mwt_median(double *v, int n);
 double mwt_percentile(double *v, int n, double pct);
 
