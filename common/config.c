@@ -67,8 +67,6 @@ static const struct cfg_key keys[] = {
           "timeout of Kafka admin calls and transaction initialisation"),
     CFG_I("records.max_tensor_bytes", records_max_tensor_bytes, "67108864", 1, INT64_C(1) << 40,
           "largest request tensor accepted, in bytes (larger requests are rejected)"),
-    CFG_I("model.threads", model_threads, "1", 1, 256,
-          "OpenBLAS threads of CPU stages; outputs are bit-identical run to run for a fixed count"),
     CFG_I("world.timeout_ms", world_timeout_ms, "5000", 50, 3600000,
           "failure-detection bound: a send without progress or a silent peer breaks its world"),
     CFG_I("world.keepalive_ms", world_keepalive_ms, "1000", 10, 600000,

@@ -32,8 +32,6 @@ typedef struct mw_config {
 
     int64_t records_max_tensor_bytes; /* records.max_tensor_bytes: largest request tensor */
 
-    int64_t model_threads; /* model.threads: OpenBLAS threads of CPU stages */
-
     int64_t world_timeout_ms;                  /* world.timeout_ms: failure-detection bound */
     int64_t world_keepalive_ms;                /* world.keepalive_ms: ping interval on idle links */
     int64_t world_max_tensor_bytes;            /* world.max_tensor_bytes: largest tensor frame */

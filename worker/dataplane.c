@@ -930,7 +930,6 @@ static int open_stage(mw_dataplane_t *dp, const mw_dataplane_opts_t *o, char *er
         if (rc != MW_OK)
             return rc;
     }
-    mw_model_set_threads((int)dp->cfg.model_threads);
     /* Every stage takes the origin's largest batch; each row's output is the
      * same whatever shares its batch (model.h), as the reference runner's. */
     rc = mw_stage_new(dp->model, first, last, (int)dp->cfg.batch_max_rows, o->device, &dp->st,

@@ -4,7 +4,6 @@
 
 #include "err.h"
 
-#include <cblas.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
@@ -540,11 +539,6 @@ struct mw_stage {
     mw_stage_info_t info;
     float *out_buf; /* mw_stage_run's output for forward-only backends */
 };
-
-void mw_model_set_threads(int threads)
-{
-    openblas_set_num_threads(threads < 1 ? 1 : threads);
-}
 
 int mw_stage_wrap(const mw_stage_ops_t *ops, void *impl, const mw_stage_info_t *info,
                   mw_stage_t **out, char *errstr, size_t errstr_size)

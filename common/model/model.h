@@ -120,11 +120,6 @@ size_t mw_layer_ranges_format(const mw_layer_range_t *ranges, int count, char *b
 
 /* --- stage compute --------------------------------------------------------- */
 
-/* OpenBLAS threads of the process (config model.threads); call before starting
- * compute threads. CPU stages no longer use OpenBLAS: each computes on its
- * caller's thread. */
-void mw_model_set_threads(int threads);
-
 typedef struct mw_stage mw_stage_t;
 
 /* A stage computing layers [first, last) of m for batches of up to max_batch

@@ -34,7 +34,7 @@ static const char usage_text[] =
     "      (rows of C values), N rows per batch (default: all rows in one batch); --stages K\n"
     "      cuts it into K stages of near-equal FLOPs and --layers into the given ranges (one\n"
     "      range may be a part of the model), run one after the other: the output is\n"
-    "      bit-identical to the whole model's for the same batch size. Threads: model.threads.\n"
+    "      bit-identical to the whole model's at any batch size.\n"
     "info  prints the layers, their FLOPs and the automatic split into K stages\n"
     "plugin loads a stage plug-in, calls its init (stage I, default 0, on the CPU) and,\n"
     "      with --input, its forward on an f32 tensor of the given shape\n";
@@ -249,7 +249,7 @@ static int pick_ranges(const mw_model_t *m, const struct opt *layers, const stru
     return 0;
 }
 
-static int model_run(int argc, char **argv, const mw_config_t *cfg)
+static int model_run(int argc, char **argv)
 {
     enum { MODEL, INPUT, OUTPUT, BATCH, STAGES, LAYERS, NOPT };
     struct opt opts[NOPT] = {
@@ -276,7 +276,6 @@ static int model_run(int argc, char **argv, const mw_config_t *cfg)
     mw_layer_range_t *ranges = calloc(MAX_STAGES, sizeof(*ranges));
     if (ranges == NULL)
         goto out_free;
-    mw_model_set_threads((int)cfg->model_threads);
     if (mw_model_open(opts[MODEL].value, &m, err, sizeof(err)) != MW_OK) {
         fprintf(stderr, "mwctl model run: %s\n", err);
         goto out_free;
@@ -329,9 +328,8 @@ static int model_run(int argc, char **argv, const mw_config_t *cfg)
         goto out_free;
     char split[256];
     mw_layer_ranges_format(ranges, count, split, sizeof(split));
-    printf("wrote %s: %zu rows x %d f32 (batch %d, layers %s, %d thread%s, %.3f ms)\n",
-           opts[OUTPUT].value, rows, out_f, batch, split, (int)cfg->model_threads,
-           cfg->model_threads == 1 ? "" : "s", ms);
+    printf("wrote %s: %zu rows x %d f32 (batch %d, layers %s, %.3f ms)\n", opts[OUTPUT].value, rows,
+           out_f, batch, split, ms);
     rc = 0;
 out_free:
     for (int s = 0; stages != NULL && s < count; s++)
@@ -467,6 +465,7 @@ static int model_plugin(int argc, char **argv)
 
 int mwctl_model(int argc, char **argv, const mw_config_t *cfg)
 {
+    (void)cfg; /* models need no configuration */
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         fputs(usage_text, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
@@ -480,7 +479,7 @@ int mwctl_model(int argc, char **argv, const mw_config_t *cfg)
     if (strcmp(argv[1], "init") == 0)
         return model_init(argc - 1, argv + 1);
     if (strcmp(argv[1], "run") == 0)
-        return model_run(argc - 1, argv + 1, cfg);
+        return model_run(argc - 1, argv + 1);
     if (strcmp(argv[1], "info") == 0)
         return model_info(argc - 1, argv + 1);
     if (strcmp(argv[1], "plugin") == 0)

@@ -395,8 +395,8 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
     struct verify_ctx vctx = {0}, *vc = NULL;
     if (verify) {
         vc = &vctx;
-        if (mwctl_verifier_new(model, (int)cfg->model_threads, (int)cfg->batch_max_rows, &vctx.v,
-                               err, sizeof(err)) != MW_OK ||
+        if (mwctl_verifier_new(model, (int)cfg->batch_max_rows, &vctx.v, err, sizeof(err)) !=
+                MW_OK ||
             reader_open(&vctx.reader, cfg, pipeline, err, sizeof(err)) != MW_OK) {
             fprintf(stderr, "mwctl results: --verify: %s\n", err);
             reader_close(&vctx.reader);

@@ -969,8 +969,8 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
         fprintf(stderr, "mwctl submit: out of memory\n");
         goto out;
     }
-    if (o.verify && mwctl_verifier_new(o.model, (int)cfg->model_threads, (int)cfg->batch_max_rows,
-                                       &st.verifier, err, sizeof(err)) != MW_OK) {
+    if (o.verify && mwctl_verifier_new(o.model, (int)cfg->batch_max_rows, &st.verifier, err,
+                                       sizeof(err)) != MW_OK) {
         fprintf(stderr, "mwctl submit: --verify: %s\n", err);
         goto out;
     }

@@ -43,8 +43,8 @@ static int same_id(const struct input *in, uint64_t hash, const void *id, size_t
     return in->hash == hash && in->id_len == id_len && memcmp(in->data, id, id_len) == 0;
 }
 
-int mwctl_verifier_new(const char *model_path, int threads, int max_rows, mwctl_verifier_t **out,
-                       char *errstr, size_t errstr_size)
+int mwctl_verifier_new(const char *model_path, int max_rows, mwctl_verifier_t **out, char *errstr,
+                       size_t errstr_size)
 {
     mwctl_verifier_t *v = calloc(1, sizeof(*v));
     if (v == NULL)
@@ -59,7 +59,6 @@ int mwctl_verifier_new(const char *model_path, int threads, int max_rows, mwctl_
     int rc = mw_model_open(model_path, &v->model, errstr, errstr_size);
     if (rc != MW_OK)
         goto out_free;
-    mw_model_set_threads(threads);
     /* The whole model as one stage: bit-identical to any split of it and to
      * any batch a request shares (model.h). */
     rc = mw_stage_new(v->model, 0, mw_model_num_layers(v->model), max_rows, -1, &v->stage, errstr,

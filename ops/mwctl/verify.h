@@ -21,13 +21,13 @@ typedef struct mwctl_verify_stats {
 } mwctl_verify_stats_t;
 
 /* Opens the model (the whole of it as one CPU stage taking requests of up to
- * max_rows rows, threads OpenBLAS threads: the workers' batch.max_rows and
- * model.threads). Each request is computed alone: a row's output does not
+ * max_rows rows: the workers' batch.max_rows). Each request is computed
+ * alone: a row's output does not
  * depend on what shares its batch (model.h), so a pipeline's output for it is
  * the same bits. *out is the caller's to destroy. Errors name the file. Not
  * thread-safe: one thread uses a verifier. */
-int mwctl_verifier_new(const char *model_path, int threads, int max_rows, mwctl_verifier_t **out,
-                       char *errstr, size_t errstr_size);
+int mwctl_verifier_new(const char *model_path, int max_rows, mwctl_verifier_t **out, char *errstr,
+                       size_t errstr_size);
 
 /* Accepts NULL. */
 void mwctl_verifier_destroy(mwctl_verifier_t *v);

@@ -428,7 +428,6 @@ static void bench_worlds_vs_kafka(void)
 
 int main(void)
 {
-    mw_model_set_threads(1);
     srand((unsigned)getpid());
     bench_sizes_and_elasticity();
     bench_worlds_vs_kafka();

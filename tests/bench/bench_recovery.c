@@ -207,7 +207,6 @@ static void bench_recovery_and_scale_out(void)
 
 int main(void)
 {
-    mw_model_set_threads(1);
     srand((unsigned)getpid());
     bench_recovery_and_scale_out();
     return 0;

@@ -4,7 +4,7 @@
  * of the same shapes (sgemv for one row, sgemm otherwise: the stage's path
  * before it was batch-invariant), in the same run.
  * JSON lines on stdout; medians of interleaved repetitions.
- * MW_BENCH_THREADS sets the OpenBLAS threads (default 1, as model.threads);
+ * MW_BENCH_THREADS sets the OpenBLAS threads of the baseline (default 1);
  * MW_BENCH_BATCH=N measures batch N only (for a profiler). */
 #include "clock.h"
 #include "err.h"
@@ -90,7 +90,7 @@ int main(void)
     const char *threads_env = getenv("MW_BENCH_THREADS");
     const int threads = threads_env ? atoi(threads_env) : 1;
     snprintf(path, sizeof(path), "%s/mwbench-stage-%ld.safetensors", dir, (long)getpid());
-    mw_model_set_threads(threads);
+    openblas_set_num_threads(threads); /* the baseline's; the stage computes on this thread */
 
     mw_model_spec_t spec = {.layers = LAYERS,
                             .inputs = WIDTH,

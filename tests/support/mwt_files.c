@@ -14,7 +14,6 @@ int mwt_files_setup(void **state)
     (void)state;
     const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
     snprintf(tmpdir, sizeof(tmpdir), "%s/%s-XXXXXX", base, program_invocation_short_name);
-    mw_model_set_threads(1);
     return mkdtemp(tmpdir) != NULL ? 0 : -1;
 }
 

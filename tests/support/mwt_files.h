@@ -10,9 +10,8 @@
 #include <stdint.h>
 
 /* A cmocka group's setup and teardown: a temporary directory named after the
- * test program ($TMPDIR/<program>-XXXXXX, TMPDIR default /tmp) and OpenBLAS
- * at one thread (as model.threads' default); the directory is then removed
- * with what it holds. 0 or -1. */
+ * test program ($TMPDIR/<program>-XXXXXX, TMPDIR default /tmp); the directory
+ * is then removed with what it holds. 0 or -1. */
 int mwt_files_setup(void **state);
 int mwt_files_teardown(void **state);
 

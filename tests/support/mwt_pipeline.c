@@ -135,7 +135,6 @@ int mwt_pipeline_worker(mwt_pipeline_t *p, int stage, const char *id)
                            c,
                            d,
                            e,
-                           "--model.threads=1",
                            "--worker.drain_timeout_ms=10000",
                            "--request.timeout_ms=120000",
                            "--kafka.transaction.timeout.ms=10000",
@@ -361,7 +360,6 @@ float *mwt_pipeline_reference(mwt_pipeline_t *p, int n)
     size_t stride = (size_t)rows_stride(p);
     float *x = calloc(stride * IN_FEATURES, sizeof(float));
     float *y = calloc((size_t)n * stride * OUT_FEATURES, sizeof(float));
-    mw_model_set_threads(1);
     if (x == NULL || y == NULL || mw_model_open(p->model_path, &m, err, sizeof(err)) != MW_OK ||
         mw_stage_new(m, 0, mw_model_num_layers(m), (int)stride, -1, &st, err, sizeof(err)) != MW_OK)
         die("reference", err);
