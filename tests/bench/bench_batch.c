@@ -30,7 +30,6 @@
 #include <unistd.h>
 
 #define BENCH      "bench_batch"
-#define BENCH_JSON "pipeline"
 #define SETUP_MS   60000
 #define PARTITIONS 4
 #define WIDTH      64  /* make run's model: --inputs 64 */
@@ -46,19 +45,6 @@ enum { REPS = 3 };
 #define LONE_WARM  20
 #define LONE_TIMER 100 /* on the timer pipeline: about 100 ms each */
 #define HALF_S     10  /* seconds of paced load at half the saturation */
-
-static void die(const char *what, const char *err)
-{
-    fprintf(stderr, "%s: %s: %s\n", BENCH, what, err);
-    exit(1);
-}
-
-static void emit(const char *metric, double value, const char *unit, const char *extra)
-{
-    printf("{\"bench\": \"%s\", \"metric\": \"%s\", \"value\": %.3f, \"unit\": \"%s\"%s}\n",
-           BENCH_JSON, metric, value, unit, extra ? extra : "");
-    fflush(stdout);
-}
 
 /* --- the relay: Kafka's exactly-once floor ------------------------------------ */
 
@@ -86,7 +72,7 @@ static void relay_commit(relay_t *rl)
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
         err = rd_kafka_position(rl->cons, pos);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-        die("relay position", rd_kafka_err2str(err));
+        mwt_die("relay position", rd_kafka_err2str(err));
     rd_kafka_consumer_group_metadata_t *cgmd = rd_kafka_consumer_group_metadata(rl->cons);
     rd_kafka_error_t *e = rd_kafka_send_offsets_to_transaction(rl->prod, pos, cgmd, 30000);
     rd_kafka_consumer_group_metadata_destroy(cgmd);
@@ -94,7 +80,7 @@ static void relay_commit(relay_t *rl)
     if (e == NULL)
         e = rd_kafka_commit_transaction(rl->prod, 30000);
     if (e != NULL)
-        die("relay commit", rd_kafka_error_string(e));
+        mwt_die("relay commit", rd_kafka_error_string(e));
     rl->txn_open = 0;
 }
 
@@ -114,7 +100,7 @@ static void relay_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         atomic_fetch_sub(&rl->assigned, parts->cnt);
     }
     if (e != NULL)
-        die("relay rebalance", rd_kafka_error_string(e));
+        mwt_die("relay rebalance", rd_kafka_error_string(e));
 }
 
 /* Each record consumed is produced to rl->out (same partition, key, headers
@@ -124,7 +110,7 @@ static void relay_one(relay_t *rl, const rd_kafka_message_t *m)
     if (!rl->txn_open) {
         rd_kafka_error_t *e = rd_kafka_begin_transaction(rl->prod);
         if (e != NULL)
-            die("relay begin", rd_kafka_error_string(e));
+            mwt_die("relay begin", rd_kafka_error_string(e));
         rl->txn_open = 1;
     }
     rd_kafka_headers_t *hdrs = NULL;
@@ -139,7 +125,7 @@ static void relay_one(relay_t *rl, const rd_kafka_message_t *m)
                 RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
         rd_kafka_poll(rl->prod, 10);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-        die("relay produce", rd_kafka_err2str(err));
+        mwt_die("relay produce", rd_kafka_err2str(err));
 }
 
 /* Pauses or resumes every assigned partition (the consumer, polled, still
@@ -152,7 +138,7 @@ static void relay_pause(relay_t *rl, int pause)
         err = pause ? rd_kafka_pause_partitions(rl->cons, parts)
                     : rd_kafka_resume_partitions(rl->cons, parts);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-        die("relay pause", rd_kafka_err2str(err));
+        mwt_die("relay pause", rd_kafka_err2str(err));
     rd_kafka_topic_partition_list_destroy(parts);
 }
 
@@ -165,17 +151,17 @@ static void *relay_run(void *arg)
     mw_kafka_hooks_t hooks = {.rebalance_cb = relay_rebalance, .opaque = rl};
     rl->prod = mw_kafka_producer_new(&cfg, rl->txn_id, NULL, err, sizeof(err));
     if (rl->prod == NULL)
-        die("relay producer", err);
+        mwt_die("relay producer", err);
     rl->cons = mw_kafka_consumer_new(&cfg, rl->group, &hooks, err, sizeof(err));
     mw_config_fini(&cfg);
     if (rl->cons == NULL)
-        die("relay consumer", err);
+        mwt_die("relay consumer", err);
     rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(sub, rl->in, RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t rerr = rd_kafka_subscribe(rl->cons, sub);
     rd_kafka_topic_partition_list_destroy(sub);
     if (rerr != RD_KAFKA_RESP_ERR_NO_ERROR)
-        die("relay subscribe", rd_kafka_err2str(rerr));
+        mwt_die("relay subscribe", rd_kafka_err2str(rerr));
     int64_t last_commit = mw_now_ms();
     atomic_store(&rl->consuming, 1);
     while (!atomic_load(rl->stop)) {
@@ -282,14 +268,14 @@ static void pipeline_start(bench_t *b, const char *suffix, const char *const *fl
         }
     b->r = mw_redis_new(&b->p->cfg, 0, err, sizeof(err));
     if (b->r == NULL)
-        die("redis", err);
+        mwt_die("redis", err);
     if (!mwt_wait_for(mwt_pipeline_origins_assigned(b->p) == PER_STAGE, SETUP_MS))
-        die("pipeline", "the origins did not both get partitions");
+        mwt_die("pipeline", "the origins did not both get partitions");
     mwt_batch_init(&b->l, b->p->name, WIDTH, MAX_ROWS, PARTITIONS, 0);
     mwt_batch_submit(&b->l, 20, 1, PARTITIONS);
     rd_kafka_flush(b->l.prod, 60000);
     if (mwt_load_collect(&b->l, 20, SETUP_MS) < 20)
-        die("pipeline", "warm-up requests unanswered");
+        mwt_die("pipeline", "warm-up requests unanswered");
     b->rows_sent = 20;
 }
 
@@ -330,9 +316,9 @@ static void report(const bench_t *b, int rows, int n, double *req_s, double *fir
              "at once; value: committed results (read_committed) per second between the 10th "
              "and the 90th percentile result\"",
              rows, n, REPS, fl, b->l.errors, rows, WIDTH, REPS);
-    emit("throughput_req_s", m, "req/s", extra);
+    mwt_emit("throughput_req_s", m, "req/s", extra);
     snprintf(extra, sizeof(extra), ", \"rows_per_request\": %d", rows);
-    emit("throughput_rows_s", m * rows, "rows/s", extra);
+    mwt_emit("throughput_rows_s", m * rows, "rows/s", extra);
     for (int s = 0; s < STAGES; s++) {
         long long calls = u1->calls[s] - u0->calls[s], nrows = u1->rows[s] - u0->rows[s];
         snprintf(extra, sizeof(extra),
@@ -340,7 +326,7 @@ static void report(const bench_t *b, int rows, int n, double *req_s, double *fir
                  "%lld, \"note\": \"rows / processed of worker:{id}:stats over the bursts, "
                  "summed over the stage's 2 workers\"",
                  rows, s, calls, nrows);
-        emit("batch_rows_mean", calls > 0 ? (double)nrows / (double)calls : 0, "rows", extra);
+        mwt_emit("batch_rows_mean", calls > 0 ? (double)nrows / (double)calls : 0, "rows", extra);
     }
     double us_per_tick = 1e6 / (double)sysconf(_SC_CLK_TCK), served = (double)n * REPS;
     snprintf(extra, sizeof(extra),
@@ -349,7 +335,7 @@ static void report(const bench_t *b, int rows, int n, double *req_s, double *fir
              "consume, batching, stage 0, results transaction) over the bursts, per request "
              "served\"",
              rows, ticks[1] * us_per_tick / served);
-    emit("stage0_cpu_us_per_request", ticks[0] * us_per_tick / served, "us", extra);
+    mwt_emit("stage0_cpu_us_per_request", ticks[0] * us_per_tick / served, "us", extra);
 }
 
 /* n requests produced to the relay's input while its partitions are paused
@@ -359,16 +345,16 @@ static mwt_batch_rate_t relay_burst(mwt_load_t *lr, relay_t *rl, atomic_int *go,
 {
     atomic_store(go, 0);
     if (!mwt_wait_for(!atomic_load(&rl[0].consuming) && !atomic_load(&rl[1].consuming), SETUP_MS))
-        die("relay", "did not pause");
+        mwt_die("relay", "did not pause");
     int first = atomic_load(&lr->next);
     mwt_batch_submit(lr, n, 1, PARTITIONS);
     if (rd_kafka_flush(lr->prod, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        die("relay", "requests not delivered");
+        mwt_die("relay", "requests not delivered");
     double t0 = mwt_now_us();
     atomic_store(go, 1);
     int got = mwt_load_collect(lr, first + n, 300000);
     if (got < first + n)
-        die("relay", "results missing");
+        mwt_die("relay", "results missing");
     return mwt_batch_rate(lr, first, n, t0);
 }
 
@@ -383,7 +369,7 @@ static double bench_vs_relay(bench_t *b)
     snprintf(out, sizeof(out), "%s.results", prefix);
     snprintf(group, sizeof(group), "%s.group", prefix);
     const char *names[] = {in, out};
-    mwt_batch_create_topics(names, 2, PARTITIONS);
+    mwt_load_create_topics(names, 2, PARTITIONS);
     atomic_int stop = 0, go = 1;
     relay_t rl[PER_STAGE]; /* as many members as origins */
     for (int i = 0; i < PER_STAGE; i++) {
@@ -395,12 +381,12 @@ static double bench_vs_relay(bench_t *b)
         rl[i].go = &go;
         snprintf(rl[i].txn_id, sizeof(rl[i].txn_id), "%s.txn%d", prefix, i);
         if (pthread_create(&rl[i].th, NULL, relay_run, &rl[i]) != 0)
-            die("relay", "no thread");
+            mwt_die("relay", "no thread");
     }
     if (!mwt_wait_for(atomic_load(&rl[0].assigned) > 0 && atomic_load(&rl[1].assigned) > 0 &&
                           atomic_load(&rl[0].assigned) + atomic_load(&rl[1].assigned) == PARTITIONS,
                       SETUP_MS))
-        die("relay", "the members did not both get partitions");
+        mwt_die("relay", "the members did not both get partitions");
     mwt_load_t lr;
     mwt_batch_init(&lr, prefix, WIDTH, 1, PARTITIONS, 1);
     double warm[STAGES] = {0};
@@ -447,7 +433,7 @@ static double bench_vs_relay(bench_t *b)
              "second between the 10th and the 90th percentile result; medians of %d "
              "interleaved bursts\"",
              mr, mp / mr, mrfl, n, nr, REPS, REPS);
-    emit("throughput_vs_eos_relay", mp, "req/s", extra);
+    mwt_emit("throughput_vs_eos_relay", mp, "req/s", extra);
     report(b, 1, n, pr, pfl, &u0, &u1, ticks);
     return mp;
 }
@@ -541,7 +527,7 @@ static void bench_group_vs_timer(bench_t *b, double *timer)
              "percentile result, "
              "medians of %d interleaved bursts of n requests produced at once\"",
              mt, mg / mt, bursts[0], bursts[1], n, REPS, errors, REPS);
-    emit("throughput_group_vs_timer_commit", mg, "req/s", extra);
+    mwt_emit("throughput_group_vs_timer_commit", mg, "req/s", extra);
 }
 
 /* One request at a time, then paced open-loop load at half of sat_req_s (the
@@ -575,11 +561,11 @@ static void bench_latency(bench_t *b, double sat_req_s, const double *timer)
                             "committed less than 100 ms before waits out the rest, others do "
                             "not, so its p50 lands in either mode; see its mean"
                           : "");
-    emit("latency_lone_e2e_p50_ms", lone[0], "ms", extra);
+    mwt_emit("latency_lone_e2e_p50_ms", lone[0], "ms", extra);
     snprintf(extra, sizeof(extra),
              ", \"goal\": \"<= 30\", \"mean_ms\": %.2f, \"requests\": %d, %s\"", lone[2], LONE,
              note);
-    emit("latency_lone_e2e_p99_ms", lone[1], "ms", extra);
+    mwt_emit("latency_lone_e2e_p99_ms", lone[1], "ms", extra);
 
     const int n = (int)(sat_req_s / 2 * HALF_S);
     int first = atomic_load(&b->l.next);
@@ -587,7 +573,7 @@ static void bench_latency(bench_t *b, double sat_req_s, const double *timer)
     b->rows_sent += n;
     double *lat = malloc((size_t)n * sizeof(double));
     if (lat == NULL)
-        die("latency", "out of memory");
+        mwt_die("latency", "out of memory");
     for (int i = 0; i < n; i++)
         lat[i] = (b->l.got[first + i] - b->l.sent[first + i]) / 1e3;
     double p50 = mwt_percentile(lat, n, 50), p99 = mwt_percentile(lat, n, 99);
@@ -602,9 +588,9 @@ static void bench_latency(bench_t *b, double sat_req_s, const double *timer)
              "%.1f, \"saturation_req_s\": %.1f, \"requests\": %d, \"seconds\": %d, \"errors\": "
              "%d, %s\"",
              p50, sat_req_s / 2, produced, sat_req_s, n, HALF_S, b->l.errors, note);
-    emit("latency_half_load_e2e_p99_ms", p99, "ms", extra);
+    mwt_emit("latency_half_load_e2e_p99_ms", p99, "ms", extra);
     snprintf(extra, sizeof(extra), ", \"rate_req_s\": %.1f", sat_req_s / 2);
-    emit("latency_half_load_e2e_p50_ms", p50, "ms", extra);
+    mwt_emit("latency_half_load_e2e_p50_ms", p50, "ms", extra);
 }
 
 /* Whether MW_BENCH_ONLY (unset: every part) names part. */
@@ -618,7 +604,7 @@ int main(void)
 {
     srand((unsigned)getpid());
     if (atexit(kill_live) != 0)
-        die("atexit", "refused");
+        mwt_die("atexit", "refused");
     bench_t b = {0};
     pipeline_start(&b, "batch", mwt_load_elastic_flags);
     double sat_req_s = 0, timer[3] = {0};

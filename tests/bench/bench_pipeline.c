@@ -21,22 +21,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#define BENCH      "bench_pipeline"
-#define BENCH_JSON "pipeline"
-#define SETUP_MS   60000
-
-static void die(const char *what, const char *err)
-{
-    fprintf(stderr, "%s: %s: %s\n", BENCH, what, err);
-    exit(1);
-}
-
-static void emit(const char *metric, double value, const char *unit, const char *extra)
-{
-    printf("{\"bench\": \"%s\", \"metric\": \"%s\", \"value\": %.3f, \"unit\": \"%s\"%s}\n",
-           BENCH_JSON, metric, value, unit, extra ? extra : "");
-    fflush(stdout);
-}
+#define BENCH    "bench_pipeline"
+#define SETUP_MS 60000
 
 /* --- 1. throughput and latency by request size; 2. static vs elastic ------------ */
 
@@ -93,13 +79,13 @@ static void bench_sizes_and_elasticity(void)
                  ", \"size\": \"%s\", \"request_bytes\": %zu, \"requests\": %d, \"errors\": %d, "
                  "\"note\": \"%s\"",
                  labels[k], l.req_bytes, burst_n[k], l.errors, note);
-        emit("throughput_req_s", m, "req/s", extra);
+        mwt_emit("throughput_req_s", m, "req/s", extra);
         snprintf(extra, sizeof(extra), ", \"size\": \"%s\", \"request_bytes\": %zu", labels[k],
                  l.req_bytes);
-        emit("throughput_mb_s", m * (double)l.req_bytes / 1e6, "MB/s", extra);
+        mwt_emit("throughput_mb_s", m * (double)l.req_bytes / 1e6, "MB/s", extra);
         snprintf(extra, sizeof(extra), ", \"size\": \"%s\", \"samples\": %d", labels[k], lat_n[k]);
-        emit("latency_p50_ms", p50, "ms", extra);
-        emit("latency_p99_ms", p99, "ms", extra);
+        mwt_emit("latency_p50_ms", p50, "ms", extra);
+        mwt_emit("latency_p99_ms", p99, "ms", extra);
 
         if (k == 0) {
             /* The same 4 KiB pipeline, statically configured, measured interleaved. */
@@ -148,13 +134,13 @@ static void bench_sizes_and_elasticity(void)
                 "alternating which goes first; ratio: median (and quartiles) of each elastic "
                 "burst over the static burst beside it\"",
                 ms, ratio, q1, q3, (1 - ratio) * 100, n, l.errors + ls.errors, EREPS);
-            emit("elastic_vs_static_req_s", me, "req/s", extra);
+            mwt_emit("elastic_vs_static_req_s", me, "req/s", extra);
             snprintf(extra, sizeof(extra),
                      ", \"baseline\": %.1f, \"ratio\": %.4f, \"size\": \"4KiB\", \"note\": "
                      "\"CPU time (user + system) of the workers and coordinator per request over "
                      "the same bursts; less sensitive to other load on the machine than req/s\"",
                      scpu, ecpu / scpu);
-            emit("elastic_vs_static_cpu_us_per_req", ecpu, "us", extra);
+            mwt_emit("elastic_vs_static_cpu_us_per_req", ecpu, "us", extra);
             mwt_load_pipeline_stop(ps, &ls);
         }
         mwt_load_pipeline_stop(p, &l);
@@ -181,7 +167,7 @@ static void *chain_run(void *arg)
     mw_stage_t *st = NULL;
     if (mw_model_open(cs->model_path, &m, err, sizeof(err)) != MW_OK ||
         mw_stage_new(m, cs->first, cs->last, 1, -1, &st, err, sizeof(err)) != MW_OK)
-        die("chain stage", err);
+        mwt_die("chain stage", err);
     mw_stage_info_t info;
     mw_stage_get_info(st, &info);
     float *x = malloc((size_t)info.in_features * sizeof(float));
@@ -197,7 +183,7 @@ static void *chain_run(void *arg)
             msg->len == (size_t)info.in_features * sizeof(float)) {
             memcpy(x, msg->payload, msg->len);
             if (mw_stage_forward(st, x, 1, y) != MW_OK)
-                die("chain stage", "forward failed");
+                mwt_die("chain stage", "forward failed");
             while (rd_kafka_producev(prod, RD_KAFKA_V_TOPIC(cs->out), RD_KAFKA_V_PARTITION(0),
                                      RD_KAFKA_V_KEY(msg->key, msg->key_len),
                                      RD_KAFKA_V_VALUE(y, (size_t)info.out_features * sizeof(float)),
@@ -245,7 +231,7 @@ static void *hop_send(void *arg)
     mw_tensor_desc_t d = {.dtype = MW_DTYPE_F32, .ndim = 1, .shape = {h->elems}};
     for (int i = 0; i < h->n; i++)
         if (mw_world_send(h->w, 1, &d, h->buf, 60000, err, sizeof(err)) != MW_OK)
-            die("world send", err);
+            mwt_die("world send", err);
     return NULL;
 }
 
@@ -263,7 +249,7 @@ static double hop_world(mw_world_t *w0, mw_world_t *w1, const float *buf, float 
         mw_tensor_desc_t d;
         if (mw_world_recv(w1, 0, rbuf, (size_t)elems * sizeof(float), &d, 60000, err,
                           sizeof(err)) != MW_OK)
-            die("world recv", err);
+            mwt_die("world recv", err);
     }
     double t1 = mwt_now_us();
     pthread_join(th, NULL);
@@ -293,7 +279,7 @@ static double hop_kafka(rd_kafka_t *prod, rd_kafka_t *cons, const char *topic, c
         }
     }
     if (got < n)
-        die("kafka hop", "records missing");
+        mwt_die("kafka hop", "records missing");
     double t1 = mwt_now_us();
     rd_kafka_flush(prod, 10000);
     return n / ((t1 - t0) / 1e6);
@@ -311,20 +297,20 @@ static void bench_handoff_only(void)
     mw_worlds_t *c0 = mw_worlds_new(&wo, err, sizeof(err));
     mw_worlds_t *c1 = c0 != NULL ? mw_worlds_new(&wo, err, sizeof(err)) : NULL;
     if (c1 == NULL)
-        die("worlds", err);
+        mwt_die("worlds", err);
     mw_world_t *w0 = NULL, *w1 = NULL;
     mw_world_opts_t o = {
         .name = mwt_name("hop"), .epoch = 1, .size = 2, .rank = 0, .timeout_ms = 30000};
     if (mw_world_join(c0, &o, &w0, err, sizeof(err)) != MW_OK)
-        die("join", err);
+        mwt_die("join", err);
     o.rank = 1;
     if (mw_world_join(c1, &o, &w1, err, sizeof(err)) != MW_OK ||
         mw_world_wait_ready(w0, 30000, err, sizeof(err)) != MW_OK ||
         mw_world_wait_ready(w1, 30000, err, sizeof(err)) != MW_OK)
-        die("join", err);
+        mwt_die("join", err);
     const char *topic = mwt_name("hop1m");
     const char *names[] = {topic};
-    mwt_load_create_topics(names, 1);
+    mwt_load_create_topics(names, 1, 1);
     rd_kafka_t *prod = mwt_load_producer();
     char group[200];
     snprintf(group, sizeof(group), "%s.g", topic);
@@ -349,7 +335,7 @@ static void bench_handoff_only(void)
              "(idempotent producer, acks=all, read_committed consumer), pipelined; medians of "
              "%d interleaved runs\"",
              mk, mw_ / mk, elems * 4, n, REPS);
-    emit("handoff_only_1mib_msg_s", mw_, "msg/s", extra);
+    mwt_emit("handoff_only_1mib_msg_s", mw_, "msg/s", extra);
     free(buf);
     free(rbuf);
     mw_kafka_destroy(cons);
@@ -376,7 +362,7 @@ static void bench_worlds_vs_kafka(void)
     snprintf(t[1], sizeof(t[1]), "%s.act", k);
     snprintf(t[2], sizeof(t[2]), "%s.results", k);
     const char *names[] = {t[0], t[1], t[2]};
-    mwt_load_create_topics(names, 3);
+    mwt_load_create_topics(names, 3, 1);
     atomic_int stop = 0;
     chain_stage_t cs[2] = {{.model_path = p->model_path, .first = 0, .last = 1, .stop = &stop},
                            {.model_path = p->model_path, .first = 1, .last = 2, .stop = &stop}};
@@ -393,7 +379,7 @@ static void bench_worlds_vs_kafka(void)
     mwt_load_submit(&lk, 3);
     rd_kafka_flush(lk.prod, 60000);
     if (mwt_load_collect(&lk, 3, SETUP_MS) < 3)
-        die("kafka chain", "warm-up requests unanswered");
+        mwt_die("kafka chain", "warm-up requests unanswered");
 
     enum { REPS = 3 };
     const int n = 1000; /* as in the sizes bench: steady state, not latency */
@@ -414,10 +400,10 @@ static void bench_worlds_vs_kafka(void)
              "producers, offsets committed every 100 ms, no transactions); medians of %d "
              "interleaved bursts\"",
              mk, mw_ / mk, hidden * 4, n, lw.errors, REPS);
-    emit("worlds_vs_kafka_handoff_req_s", mw_, "req/s", extra);
+    mwt_emit("worlds_vs_kafka_handoff_req_s", mw_, "req/s", extra);
     snprintf(extra, sizeof(extra), ", \"baseline\": %.1f, \"ratio\": %.2f", mk * hidden * 4 / 1e6,
              mw_ / mk);
-    emit("worlds_vs_kafka_handoff_activation_mb_s", mw_ * hidden * 4 / 1e6, "MB/s", extra);
+    mwt_emit("worlds_vs_kafka_handoff_activation_mb_s", mw_ * hidden * 4 / 1e6, "MB/s", extra);
 
     atomic_store(&stop, 1);
     for (int i = 0; i < 2; i++)

@@ -18,25 +18,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#define BENCH      "bench_recovery"
-#define BENCH_JSON "pipeline"
-#define WINDOW_MS  250.0  /* printed to stderr, for diagnosis */
-#define SLIDE_MS   1000.0 /* rate windows of the recovery criterion */
-#define HOLD_MS    2000.0 /* recovered: the rate holds for this long */
-#define STEP_MS    50.0
-
-static void die(const char *what, const char *err)
-{
-    fprintf(stderr, "%s: %s: %s\n", BENCH, what, err);
-    exit(1);
-}
-
-static void emit(const char *metric, double value, const char *unit, const char *extra)
-{
-    printf("{\"bench\": \"%s\", \"metric\": \"%s\", \"value\": %.3f, \"unit\": \"%s\"%s}\n",
-           BENCH_JSON, metric, value, unit, extra ? extra : "");
-    fflush(stdout);
-}
+#define BENCH     "bench_recovery"
+#define WINDOW_MS 250.0  /* printed to stderr, for diagnosis */
+#define SLIDE_MS  1000.0 /* rate windows of the recovery criterion */
+#define HOLD_MS   2000.0 /* recovered: the rate holds for this long */
+#define STEP_MS   50.0
 
 /* --- 4. recovery after kill -9 of a mid-stage worker; 5. scale-out ----------- */
 
@@ -99,7 +85,7 @@ static void bench_recovery_and_scale_out(void)
     char err[256];
     mw_redis_t *r = mw_redis_new(&p->cfg, 0, err, sizeof(err));
     if (r == NULL)
-        die("redis", err);
+        mwt_die("redis", err);
     feeder_t f = {.l = &l, .backlog = 400};
     pthread_t th;
     pthread_create(&th, NULL, feed, &f);
@@ -164,7 +150,7 @@ static void bench_recovery_and_scale_out(void)
             }
         }
         if (served == 0)
-            die("scale-out", "the new worker served nothing within 10 s");
+            mwt_die("scale-out", "the new worker served nothing within 10 s");
         scale[rep] = (served - t0) / 1e3;
         victim = rep == 0 ? 2 : idx - 1; /* the older of the two stage-1 workers */
     }
@@ -194,13 +180,13 @@ static void bench_recovery_and_scale_out(void)
              worst, mwt_median(rec_end, REPS), eworst, mwt_median(pre, REPS),
              mwt_median(lost, REPS), mwt_median(steady_below, REPS), REPS, l.errors, SLIDE_MS,
              STEP_MS, HOLD_MS, PRE_MS, POST_MS, LOST_MS, REPS);
-    emit("recovery_ms", mwt_median(rec, REPS), "ms", extra);
+    mwt_emit("recovery_ms", mwt_median(rec, REPS), "ms", extra);
     snprintf(extra, sizeof(extra),
              ", \"max\": %.0f, \"goal\": \"< 1000\", \"samples\": %d, \"note\": \"under load, "
              "mw-worker --stage=1 spawned to its hash showing processed > 0 (heartbeat every "
              "50 ms, so up to 50 ms late); model already on disk\"",
              sworst, REPS);
-    emit("scale_out_first_request_ms", mwt_median(scale, REPS), "ms", extra);
+    mwt_emit("scale_out_first_request_ms", mwt_median(scale, REPS), "ms", extra);
     mw_redis_destroy(r);
     mwt_load_pipeline_stop(p, &l);
 }

@@ -14,27 +14,6 @@
 #include <string.h>
 #include <time.h>
 
-static void die(const char *what, const char *err)
-{
-    fprintf(stderr, "mwt_batch: %s: %s\n", what, err);
-    exit(1);
-}
-
-void mwt_batch_create_topics(const char *const *names, int n, int partitions)
-{
-    char err[512];
-    mw_config_t cfg;
-    mwt_config(&cfg);
-    rd_kafka_t *rk = mw_topics_admin_new(&cfg, err, sizeof(err));
-    mw_config_fini(&cfg);
-    if (rk == NULL)
-        die("admin", err);
-    for (int i = 0; i < n; i++)
-        if (mw_kafka_create_topic(rk, names[i], partitions, 30000, err, sizeof(err)) != MW_OK)
-            die(names[i], err);
-    mw_kafka_destroy(rk);
-}
-
 void mwt_batch_init(mwt_load_t *l, const char *topic_prefix, int in_features, int max_rows,
                     int partitions, int raw)
 {
@@ -48,7 +27,7 @@ void mwt_batch_init(mwt_load_t *l, const char *topic_prefix, int in_features, in
     rd_kafka_resp_err_t err = rd_kafka_assign(l->cons, parts);
     rd_kafka_topic_partition_list_destroy(parts);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-        die("assign", rd_kafka_err2str(err));
+        mwt_die("assign", rd_kafka_err2str(err));
 }
 
 void mwt_batch_submit(mwt_load_t *l, int n, int rows, int partitions)
@@ -58,20 +37,20 @@ void mwt_batch_submit(mwt_load_t *l, int n, int rows, int partitions)
     for (int k = 0; k < n; k++) {
         int i = atomic_load(&l->next);
         if (i >= MWT_LOAD_MAX_REQ)
-            die("submit", "too many requests");
+            mwt_die("submit", "too many requests");
         snprintf(key, sizeof(key), "r%07d", i);
         mw_record_t rec;
         mw_record_init(&rec);
         if (mw_request_encode(&rec, key, strlen(key), &desc, l->input, (size_t)rows * l->req_bytes,
                               0, 0, err, sizeof(err)) != MW_OK)
-            die("encode", err);
+            mwt_die("encode", err);
         l->sent[i] = mwt_now_us();
         int rc;
         while ((rc = mw_record_produce(l->prod, l->requests, i % partitions, &rec, NULL, err,
                                        sizeof(err))) == MW_EAGAIN)
             rd_kafka_poll(l->prod, 10);
         if (rc != MW_OK)
-            die("produce", err);
+            mwt_die("produce", err);
         mw_record_fini(&rec);
         atomic_store(&l->next, i + 1);
         rd_kafka_poll(l->prod, 0);
@@ -88,7 +67,7 @@ static void *burst_produce(void *arg)
     burst_arg_t *b = arg;
     mwt_batch_submit(b->l, b->n, b->rows, b->partitions);
     if (rd_kafka_flush(b->l->prod, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        die("burst", "requests not delivered");
+        mwt_die("burst", "requests not delivered");
     return NULL;
 }
 
@@ -96,7 +75,7 @@ mwt_batch_rate_t mwt_batch_rate(const mwt_load_t *l, int first, int n, double t0
 {
     double *t = malloc((size_t)n * sizeof(double));
     if (t == NULL)
-        die("rate", "out of memory");
+        mwt_die("rate", "out of memory");
     memcpy(t, l->got + first, (size_t)n * sizeof(double));
     mwt_sort(t, n);
     /* Arrival times from the 10th to the 90th percentile: the steady state,
@@ -117,11 +96,11 @@ mwt_batch_rate_t mwt_batch_burst(mwt_load_t *l, int n, int rows, int partitions)
     pthread_t th;
     double t0 = mwt_now_us();
     if (pthread_create(&th, NULL, burst_produce, &b) != 0)
-        die("burst", "no thread");
+        mwt_die("burst", "no thread");
     int got = mwt_load_collect(l, first + n, 300000);
     pthread_join(th, NULL);
     if (got < first + n)
-        die("burst", "results missing");
+        mwt_die("burst", "results missing");
     return mwt_batch_rate(l, first, n, t0);
 }
 
@@ -133,7 +112,7 @@ void mwt_batch_own_cluster(mwt_pipeline_t *p)
     kill(-p->coordinator, SIGKILL);
     mwt_wait_exit(p->coordinator, 5000);
     if (mw_config_set(&p->cfg, "cluster.name", p->name, "bench", err, sizeof(err)) != MW_OK)
-        die("cluster.name", err);
+        mwt_die("cluster.name", err);
     p->coordinator = 0; /* the next is the first, not a standby */
     p->coordinator = mwt_pipeline_coordinator(p);
 }
@@ -144,13 +123,13 @@ void mwt_batch_linger0(mwt_load_t *l)
     mw_config_t cfg;
     mwt_config(&cfg);
     if (mw_config_set(&cfg, "kafka.linger.ms", "0", "bench", err, sizeof(err)) != MW_OK)
-        die("linger.ms", err);
+        mwt_die("linger.ms", err);
     rd_kafka_t *prod = mw_kafka_producer_new(&cfg, NULL, NULL, err, sizeof(err));
     mw_config_fini(&cfg);
     if (prod == NULL)
-        die("producer", err);
+        mwt_die("producer", err);
     if (rd_kafka_flush(l->prod, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        die("linger0", "requests not delivered");
+        mwt_die("linger0", "requests not delivered");
     mw_kafka_destroy(l->prod);
     l->prod = prod;
 }
@@ -161,7 +140,7 @@ void mwt_batch_latency(mwt_load_t *l, int n, int partitions, double *lat_ms)
         int i = atomic_load(&l->next);
         mwt_batch_submit(l, 1, 1, partitions);
         if (mwt_load_collect(l, i + 1, 60000) < i + 1)
-            die("latency", "result missing");
+            mwt_die("latency", "result missing");
         lat_ms[k] = (l->got[i] - l->sent[i]) / 1e3;
     }
 }
@@ -191,7 +170,7 @@ static void *paced_produce(void *arg)
         nanosleep(&ts, NULL);
     }
     if (rd_kafka_flush(a->l->prod, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        die("paced", "requests not delivered");
+        mwt_die("paced", "requests not delivered");
     return NULL;
 }
 
@@ -201,10 +180,10 @@ double mwt_batch_paced(mwt_load_t *l, int n, double req_s, int partitions)
     paced_arg_t a = {.l = l, .n = n, .partitions = partitions, .req_s = req_s};
     pthread_t th;
     if (pthread_create(&th, NULL, paced_produce, &a) != 0)
-        die("paced", "no thread");
+        mwt_die("paced", "no thread");
     int got = mwt_load_collect(l, first + n, 300000);
     pthread_join(th, NULL);
     if (got < first + n)
-        die("paced", "results missing");
+        mwt_die("paced", "results missing");
     return (n - 1) / ((l->sent[first + n - 1] - l->sent[first]) / 1e6);
 }

@@ -9,7 +9,6 @@
 #include "mwt_load.h"
 
 /* Creates topics of `partitions` partitions each. */
-void mwt_batch_create_topics(const char *const *names, int n, int partitions);
 
 /* mwt_load_init for requests of up to max_rows rows of in_features f32 on
  * <topic_prefix>.requests/.results of `partitions` partitions: the results

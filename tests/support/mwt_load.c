@@ -8,6 +8,7 @@
 #include "topics/record.h"
 #include "topics/topics.h"
 
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -24,10 +25,17 @@ double mwt_now_us(void)
     return (double)mw_now_us();
 }
 
-static void die(const char *what, const char *err)
+void mwt_die(const char *what, const char *err)
 {
-    fprintf(stderr, "mwt_load: %s: %s\n", what, err);
+    fprintf(stderr, "%s: %s: %s\n", program_invocation_short_name, what, err);
     exit(1);
+}
+
+void mwt_emit(const char *metric, double value, const char *unit, const char *extra)
+{
+    printf("{\"bench\": \"pipeline\", \"metric\": \"%s\", \"value\": %.3f, \"unit\": \"%s\"%s}\n",
+           metric, value, unit, extra ? extra : "");
+    fflush(stdout);
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -58,7 +66,7 @@ double mwt_percentile(double *v, int n, double pct)
 /* --- Kafka plumbing --------------------------------------------------------- */
 
 /* Topics with room for 4 MiB records (the broker's default limit is 1 MiB). */
-void mwt_load_create_topics(const char *const *names, int n)
+void mwt_load_create_topics(const char *const *names, int n, int partitions)
 {
     char err[512];
     mw_config_t cfg;
@@ -66,12 +74,12 @@ void mwt_load_create_topics(const char *const *names, int n)
     rd_kafka_t *rk = mw_topics_admin_new(&cfg, err, sizeof(err));
     mw_config_fini(&cfg);
     if (rk == NULL)
-        die("admin", err);
+        mwt_die("admin", err);
     rd_kafka_NewTopic_t *nt[8];
     for (int i = 0; i < n; i++) {
-        nt[i] = rd_kafka_NewTopic_new(names[i], 1, -1, err, sizeof(err));
+        nt[i] = rd_kafka_NewTopic_new(names[i], partitions, -1, err, sizeof(err));
         if (nt[i] == NULL)
-            die("topic", err);
+            mwt_die("topic", err);
         rd_kafka_NewTopic_set_config(nt[i], "max.message.bytes", BIG_MESSAGE);
     }
     rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
@@ -82,11 +90,11 @@ void mwt_load_create_topics(const char *const *names, int n)
     const rd_kafka_topic_result_t **tr =
         res ? rd_kafka_CreateTopics_result_topics(res, &cnt) : NULL;
     if (res == NULL)
-        die("create topics", "no answer");
+        mwt_die("create topics", "no answer");
     for (size_t i = 0; i < cnt; i++)
         if (rd_kafka_topic_result_error(tr[i]) != RD_KAFKA_RESP_ERR_NO_ERROR &&
             rd_kafka_topic_result_error(tr[i]) != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
-            die(rd_kafka_topic_result_name(tr[i]), rd_kafka_topic_result_error_string(tr[i]));
+            mwt_die(rd_kafka_topic_result_name(tr[i]), rd_kafka_topic_result_error_string(tr[i]));
     rd_kafka_event_destroy(ev);
     rd_kafka_queue_destroy(q);
     for (int i = 0; i < n; i++)
@@ -103,7 +111,7 @@ rd_kafka_t *mwt_load_producer(void)
     rd_kafka_t *rk = mw_kafka_producer_new(&cfg, NULL, NULL, err, sizeof(err));
     mw_config_fini(&cfg);
     if (rk == NULL)
-        die("producer", err);
+        mwt_die("producer", err);
     return rk;
 }
 
@@ -117,7 +125,7 @@ rd_kafka_t *mwt_load_reader(const char *topic, const char *group)
     rd_kafka_t *rk = mw_kafka_consumer_new(&cfg, group, NULL, err, sizeof(err));
     mw_config_fini(&cfg);
     if (rk == NULL)
-        die("consumer", err);
+        mwt_die("consumer", err);
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, topic, 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
     rd_kafka_assign(rk, l);
@@ -145,7 +153,7 @@ void mwt_load_init(mwt_load_t *l, const char *topic_prefix, int in_features, int
     l->sent = calloc(MWT_LOAD_MAX_REQ, sizeof(double));
     l->got = calloc(MWT_LOAD_MAX_REQ, sizeof(double));
     if (l->input == NULL || l->sent == NULL || l->got == NULL)
-        die("load", "out of memory");
+        mwt_die("load", "out of memory");
 }
 
 void mwt_load_fini(mwt_load_t *l)
@@ -165,13 +173,13 @@ void mwt_load_submit(mwt_load_t *l, int n)
     for (int k = 0; k < n; k++) {
         int i = atomic_load(&l->next);
         if (i >= MWT_LOAD_MAX_REQ)
-            die("submit", "too many requests");
+            mwt_die("submit", "too many requests");
         snprintf(key, sizeof(key), "r%07d", i);
         mw_record_t rec;
         mw_record_init(&rec);
         if (mw_request_encode(&rec, key, strlen(key), &desc, l->input, l->req_bytes, 0, 0, err,
                               sizeof(err)) != MW_OK)
-            die("encode", err);
+            mwt_die("encode", err);
         l->sent[i] = mwt_now_us();
         for (;;) {
             int rc = mw_record_produce(l->prod, l->requests, 0, &rec, NULL, err, sizeof(err));
@@ -228,7 +236,7 @@ double mwt_load_burst(mwt_load_t *l, int n)
     mwt_load_submit(l, n);
     rd_kafka_flush(l->prod, 60000);
     if (mwt_load_collect(l, first + n, 120000) < first + n)
-        die("burst", "results missing");
+        mwt_die("burst", "results missing");
     double last = t0;
     for (int i = first; i < first + n; i++)
         last = l->got[i] > last ? l->got[i] : last;
@@ -243,7 +251,7 @@ void mwt_load_latency(mwt_load_t *l, int n, double *lat_ms)
         mwt_load_submit(l, 1);
         rd_kafka_flush(l->prod, 60000);
         if (mwt_load_collect(l, i + 1, 60000) < i + 1)
-            die("latency", "result missing");
+            mwt_die("latency", "result missing");
         lat_ms[k] = (l->got[i] - l->sent[i]) / 1e3;
     }
 }
@@ -282,7 +290,7 @@ static void own_cluster(mwt_pipeline_t *p, const char *suffix, long long ttl_ms)
     mwt_wait_exit(p->coordinator, 5000);
     snprintf(cluster, sizeof(cluster), "%s", mwt_name(suffix));
     if (mw_config_set(&p->cfg, "cluster.name", cluster, "bench", err, sizeof(err)) != MW_OK)
-        die("cluster.name", err);
+        mwt_die("cluster.name", err);
     static char a[10][1000];
     snprintf(a[0], sizeof(a[0]), "%s", mwt_bin("mw-coordinator"));
     snprintf(a[1], sizeof(a[1]), "--redis.port=%lld", (long long)p->cfg.redis_port);
@@ -337,7 +345,7 @@ mwt_pipeline_t *mwt_load_pipeline(const char *suffix, int nstages, const mw_mode
     snprintf(t[1], sizeof(t[1]), "%s.results", name);
     snprintf(t[2], sizeof(t[2]), "%s.dlq", name);
     const char *names[] = {t[0], t[1], t[2]};
-    mwt_load_create_topics(names, 3);
+    mwt_load_create_topics(names, 3, 1);
     mwt_pipeline_t *p = mwt_pipeline_new_model(suffix, nstages, spec, 1, flags);
     track(p, NULL);
     own_cluster(p, suffix, coordinator_ttl_ms);
@@ -349,11 +357,11 @@ mwt_pipeline_t *mwt_load_pipeline(const char *suffix, int nstages, const mw_mode
         }
     mwt_load_init(l, p->name, spec->inputs, 0);
     if (!mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, SETUP_MS))
-        die(suffix, "the origin got no partition");
+        mwt_die(suffix, "the origin got no partition");
     mwt_load_submit(l, 3);
     rd_kafka_flush(l->prod, 60000);
     if (mwt_load_collect(l, 3, SETUP_MS) < 3)
-        die(suffix, "warm-up requests unanswered");
+        mwt_die(suffix, "warm-up requests unanswered");
     return p;
 }
 

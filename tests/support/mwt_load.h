@@ -37,8 +37,14 @@ void mwt_sort(double *v, int n);
 double mwt_median(double *v, int n);
 double mwt_percentile(double *v, int n, double pct);
 
-/* Creates single-partition topics that accept records up to 16 MiB. */
-void mwt_load_create_topics(const char *const *names, int n);
+/* Creates topics of `partitions` partitions that accept records up to 16 MiB. */
+void mwt_load_create_topics(const char *const *names, int n, int partitions);
+
+/* Prints "<program>: what: err" and exits 1 (benchmark set-up failures). */
+void mwt_die(const char *what, const char *err) __attribute__((noreturn));
+
+/* One JSON line of bench "pipeline" on stdout; extra is ", \"key\": value..." or NULL. */
+void mwt_emit(const char *metric, double value, const char *unit, const char *extra);
 
 /* A producer allowing 16 MiB records; a consumer (read_committed, 5 ms fetch
  * wait) assigned partition 0 of topic from the beginning. Caller destroys. */
