@@ -42,7 +42,7 @@ static void usage(FILE *out)
             "                        fills one batch)\n"
             "  --job ID              the job id; request ids are ID:<first row> (default:\n"
             "                        <input name>-<hash of input path, content, pipeline and N>)\n"
-            "  --window W            requests in flight at most (default 64)\n"
+            "  --window W            requests in flight at most (default 256)\n"
             "  --model FILE          the model the pipeline serves (safetensors): the row width\n"
             "                        is checked against it before anything is produced\n"
             "  --verify              with --model: check each output against the reference\n"
@@ -132,7 +132,7 @@ static int parse_options(int argc, char **argv, const mw_config_t *cfg, struct o
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    *o = (struct options){.rows_per_request = cfg->batch_max_rows, .window = 64, .timeout_s = 300};
+    *o = (struct options){.rows_per_request = cfg->batch_max_rows, .window = 256, .timeout_s = 300};
     int c, rc = 0;
     optind = 1;
     while (rc == 0 && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
