@@ -82,6 +82,7 @@ struct job {
     int probing; /* no ok result yet: one request at a time until one comes */
     /* output */
     int out_fd;
+    int out_created; /* by this run: removed again when no result filled it */
     int out_ready;
     mw_dtype_t out_dtype;
     int64_t out_width;
@@ -364,7 +365,10 @@ static void release_input(struct job *jb)
  * anything is produced. 0, or 2 with a message. */
 static int output_open(struct job *jb)
 {
-    jb->out_fd = open(jb->o->output, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    jb->out_fd = open(jb->o->output, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    jb->out_created = jb->out_fd >= 0;
+    if (jb->out_fd < 0 && errno == EEXIST)
+        jb->out_fd = open(jb->o->output, O_RDWR | O_CLOEXEC);
     if (jb->out_fd < 0) {
         fprintf(stderr, "mwctl score: %s: %s\n", jb->o->output, strerror(errno));
         return 2;
@@ -759,6 +763,8 @@ out:
     mwctl_verifier_destroy(jb.verifier);
     if (jb.out_fd >= 0)
         close(jb.out_fd);
+    if (!jb.out_ready && jb.out_created)
+        unlink(o.output); /* nothing scored: no empty file left behind */
     if (jb.map != NULL)
         munmap((void *)(uintptr_t)jb.map, jb.map_len);
     for (int64_t i = 0; jb.errors != NULL && i < jb.nreq; i++)
