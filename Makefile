@@ -167,7 +167,8 @@ $(BUILD)/plugins/%.so: tests/plugins/%.c
 
 # Fuzzers: clang + libFuzzer + ASan/UBSan, over the library sources they need.
 # worker/hop.c: the data plane's header codec, pure, fuzzed with the frames.
-FUZZ_LIB_SRCS := $(filter-out $(GPU_NCCL_SRCS) $(GPU_CUDA_SRCS),$(COMMON_SRCS)) worker/hop.c
+# ops/mwctl/npy.c: mwctl score's .npy header parser, pure.
+FUZZ_LIB_SRCS := $(filter-out $(GPU_NCCL_SRCS) $(GPU_CUDA_SRCS),$(COMMON_SRCS)) worker/hop.c ops/mwctl/npy.c
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB_SRCS)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) -g -O1 -std=c11 -D_GNU_SOURCE -Icommon -I. $(PKG_CFLAGS) \

@@ -19,6 +19,7 @@ static const struct {
     {"topics", mwctl_topics, "create or list a pipeline's topics (P.requests, P.results, P.dlq)"},
     {"submit", mwctl_submit, "produce requests to P.requests (--wait: and await their results)"},
     {"results", mwctl_results, "read results from P.results (read_committed)"},
+    {"score", mwctl_score, "score a .npy file into a .npy file, in order, resumable"},
     {"model", mwctl_model, "reference model: init, run (the test oracle), info"},
     {"status", mwctl_status, "leader, epoch, pipelines, workers, worlds, recent events (--json)"},
     {"events", mwctl_events, "the cluster's event stream (--follow: keep printing)"},

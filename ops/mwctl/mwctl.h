@@ -11,6 +11,7 @@ int mwctl_ping(int argc, char **argv, const mw_config_t *cfg);
 int mwctl_topics(int argc, char **argv, const mw_config_t *cfg);
 int mwctl_submit(int argc, char **argv, const mw_config_t *cfg);
 int mwctl_results(int argc, char **argv, const mw_config_t *cfg);
+int mwctl_score(int argc, char **argv, const mw_config_t *cfg);
 int mwctl_model(int argc, char **argv, const mw_config_t *cfg);
 int mwctl_status(int argc, char **argv, const mw_config_t *cfg);
 int mwctl_events(int argc, char **argv, const mw_config_t *cfg);

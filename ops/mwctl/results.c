@@ -1,5 +1,5 @@
 /* mwctl results: reads P.results (read_committed) and prints or saves each result. */
-#include "clock.h"
+#include "client.h"
 #include "mwctl.h"
 
 #include "err.h"
@@ -54,11 +54,6 @@ static void on_signal(int sig)
 {
     (void)sig;
     interrupted = 1;
-}
-
-static double now_s(void)
-{
-    return (double)mw_now_us() / 1e6;
 }
 
 /* Escapes an id for a file name or a terminal: [A-Za-z0-9._-] kept, others %XX. */
@@ -130,30 +125,18 @@ static int reader_open(struct requests_reader *r, const mw_config_t *cfg, const 
         return rc;
     r->max_tensor_bytes = (uint64_t)cfg->records_max_tensor_bytes;
     r->timeout_ms = (int)cfg->kafka_timeout_ms;
-    char group[128];
-    snprintf(group, sizeof(group), "mwctl-verify-%ld-%ld", (long)getpid(), (long)time(NULL));
-    r->rk = mw_kafka_consumer_new(cfg, group, NULL, errstr, errstr_size);
+    int nparts;
+    int64_t *ends;
+    r->rk = mwctl_consumer_open(cfg, "verify", r->topic, 1, &ends, &nparts, errstr, errstr_size);
     if (r->rk == NULL)
         return MW_EKAFKA;
-    mw_topic_info_t info;
-    rc = mw_topic_describe(r->rk, r->topic, r->timeout_ms, &info, errstr, errstr_size);
-    if (rc == MW_OK && !info.exists)
-        rc = mw_errf(MW_ENOTFOUND, errstr, errstr_size, "topic %s does not exist", r->topic);
-    if (rc != MW_OK)
-        return rc;
-    r->parts = rd_kafka_topic_partition_list_new(info.partitions);
-    r->end = calloc((size_t)info.partitions, sizeof(*r->end));
+    free(ends); /* r->end: what was read to, not what was there */
+    r->parts = rd_kafka_topic_partition_list_new(nparts);
+    r->end = calloc((size_t)nparts, sizeof(*r->end));
     if (r->end == NULL)
         return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
-    for (int p = 0; p < info.partitions; p++)
-        rd_kafka_topic_partition_list_add(r->parts, r->topic, p)->offset =
-            RD_KAFKA_OFFSET_BEGINNING;
-    rd_kafka_resp_err_t kerr = rd_kafka_assign(r->rk, r->parts);
-    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR)
-        return mw_errf(MW_EKAFKA, errstr, errstr_size, "assigning %s: %s", r->topic,
-                       rd_kafka_err2str(kerr));
-    for (int p = 0; p < info.partitions; p++)
-        r->parts->elems[p].offset = 0;
+    for (int p = 0; p < nparts; p++)
+        rd_kafka_topic_partition_list_add(r->parts, r->topic, p)->offset = 0;
     return MW_OK;
 }
 
@@ -195,9 +178,9 @@ static int reader_catch_up(struct requests_reader *r, mwctl_verifier_t *v, char 
     }
     if (!moved && reader_caught_up(r))
         return MW_OK;
-    double deadline = now_s() + r->timeout_ms / 1000.0;
+    double deadline = mwctl_now_s() + r->timeout_ms / 1000.0;
     while (!reader_caught_up(r)) {
-        if (now_s() > deadline || interrupted)
+        if (mwctl_now_s() > deadline || interrupted)
             return mw_errf(MW_ETIMEDOUT, errstr, errstr_size,
                            "reading %s did not reach its end within %d ms", r->topic,
                            r->timeout_ms);
@@ -390,8 +373,6 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
         return 2;
     }
 
-    char group[128];
-    snprintf(group, sizeof(group), "mwctl-results-%ld-%ld", (long)getpid(), (long)time(NULL));
     struct verify_ctx vctx = {0}, *vc = NULL;
     if (verify) {
         vc = &vctx;
@@ -406,30 +387,11 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
         mwctl_verifier_set_tolerance(vctx.v, tolerance);
     }
     int status = 1;
-    rd_kafka_t *rk = mw_kafka_consumer_new(cfg, group, NULL, err, sizeof(err));
+    rd_kafka_t *rk =
+        mwctl_consumer_open(cfg, "results", topic, from_beginning, NULL, NULL, err, sizeof(err));
     if (rk == NULL) {
         fprintf(stderr, "mwctl results: %s\n", err);
         goto out_verify;
-    }
-    mw_topic_info_t info;
-    if (mw_topic_describe(rk, topic, (int)cfg->kafka_timeout_ms, &info, err, sizeof(err)) !=
-        MW_OK) {
-        fprintf(stderr, "mwctl results: %s\n", err);
-        goto out_consumer;
-    }
-    if (!info.exists) {
-        fprintf(stderr, "mwctl results: topic %s does not exist (mwctl topics create)\n", topic);
-        goto out_consumer;
-    }
-    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(info.partitions);
-    for (int p = 0; p < info.partitions; p++)
-        rd_kafka_topic_partition_list_add(parts, topic, p)->offset =
-            from_beginning ? RD_KAFKA_OFFSET_BEGINNING : RD_KAFKA_OFFSET_END;
-    rd_kafka_resp_err_t kerr = rd_kafka_assign(rk, parts);
-    rd_kafka_topic_partition_list_destroy(parts);
-    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        fprintf(stderr, "mwctl results: assigning %s: %s\n", topic, rd_kafka_err2str(kerr));
-        goto out_consumer;
     }
 
     struct sigaction sa = {.sa_handler = on_signal};
@@ -437,16 +399,16 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     int64_t seen = 0, errors = 0, bad = 0;
-    double last = now_s();
+    double last = mwctl_now_s();
     while (!interrupted && (count < 0 || seen < count) &&
-           (follow || now_s() - last < (double)idle_s)) {
+           (follow || mwctl_now_s() - last < (double)idle_s)) {
         rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 200);
         if (msg == NULL)
             continue;
         if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-            last = now_s();
+            last = mwctl_now_s();
             int rc = show_result(msg, print, outdir, vc);
-            last = now_s(); /* reading P.requests for --verify is not idleness */
+            last = mwctl_now_s(); /* reading P.requests for --verify is not idleness */
             seen += rc != MW_EINVAL && rc != MW_EIO;
             errors += rc == MW_EABORTED;
             bad += rc == MW_EINVAL;
@@ -476,7 +438,6 @@ int mwctl_results(int argc, char **argv, const mw_config_t *cfg)
         if (vc->failed > 0 || vs.verified != seen - errors)
             status = 1;
     }
-out_consumer:
     mw_kafka_destroy(rk);
 out_verify:
     if (vc != NULL) {

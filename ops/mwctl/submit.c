@@ -1,5 +1,6 @@
 /* mwctl submit: produces requests to P.requests from generated data, a raw
  * tensor file, JSON lines, a directory or stdin; optionally waits for results. */
+#include "client.h"
 #include "clock.h"
 #include "mwctl.h"
 
@@ -305,13 +306,6 @@ struct options {
     char default_prefix[64];
 };
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* A positive count or number of opt's text into *v; 0, or 2 with a message. */
 static int parse_count(const char *opt, const char *text, int64_t min, int64_t *v)
 {
@@ -443,7 +437,7 @@ static int parse_options(int argc, char **argv, struct options *o)
     }
     if (o->prefix == NULL) {
         snprintf(o->default_prefix, sizeof(o->default_prefix), "submit-%" PRId64 "-",
-                 wall_ms() / 1000);
+                 mwctl_wall_ms() / 1000);
         o->prefix = o->default_prefix;
     }
     if (strlen(o->prefix) > MW_REQUEST_ID_MAX - 19) {
@@ -567,75 +561,6 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
     }
 }
 
-static double now_s(void)
-{
-    return (double)mw_now_us() / 1e6;
-}
-
-struct progress {
-    int enabled, tty;
-    double start, last;
-    const char *what;
-};
-
-/* One progress report: a bar with rate and ETA redrawn on a terminal, a plain
- * line every 2 s otherwise. acked < 0 leaves the acknowledged count out. */
-static void progress_show(struct progress *p, int64_t done, int64_t total, int64_t acked, int force)
-{
-    if (!p->enabled)
-        return;
-    double t = now_s();
-    if (!force && t - p->last < (p->tty ? 0.2 : 2.0))
-        return;
-    p->last = t;
-    double el = t - p->start;
-    double rate = el > 0 ? (double)done / el : 0;
-    char of[32] = "", ack[40] = "", eta[32] = "";
-    if (total > 0)
-        snprintf(of, sizeof(of), "/%" PRId64 " (%d%%)", total, (int)(100 * done / total));
-    if (acked >= 0)
-        snprintf(ack, sizeof(ack), ", %" PRId64 " acked", acked);
-    if (total > 0 && rate > 0 && done < total) {
-        int s = (int)((double)(total - done) / rate + 0.5);
-        snprintf(eta, sizeof(eta), ", ETA %d:%02d", s / 60, s % 60);
-    }
-    if (p->tty) {
-        char bar[33] = "";
-        if (total > 0) {
-            int fill = (int)(30 * done / total);
-            bar[0] = '[';
-            for (int i = 0; i < 30; i++)
-                bar[i + 1] = i < fill ? '#' : '.';
-            bar[31] = ']';
-            bar[32] = '\0';
-        }
-        fprintf(stderr, "\r%s %s %" PRId64 "%s%s, %.0f/s%s\033[K", p->what, bar, done, of, ack,
-                rate, eta);
-    } else {
-        fprintf(stderr, "%s: %" PRId64 "%s%s, %.0f/s%s\n", p->what, done, of, ack, rate, eta);
-    }
-}
-
-static void progress_end(struct progress *p)
-{
-    if (p->enabled && p->tty)
-        fputc('\n', stderr);
-}
-
-/* cfg with one more kafka.* setting, key = value, unless cfg sets key itself
- * (later settings win). *out borrows cfg's strings and kv, which needs room for
- * cfg->kafka_count + 1 pairs: never mw_config_fini it. */
-static void with_kafka_default(const mw_config_t *cfg, mw_config_t *out, mw_kv_t *kv, char *key,
-                               char *value)
-{
-    *out = *cfg;
-    kv[0] = (mw_kv_t){.key = key, .value = value};
-    if (cfg->kafka_count > 0)
-        memcpy(kv + 1, cfg->kafka, cfg->kafka_count * sizeof(*kv));
-    out->kafka = kv;
-    out->kafka_count = cfg->kafka_count + 1;
-}
-
 /* Room for one more slot; MW_ENOMEM when there is none. */
 static int slot_reserve(struct submit *st)
 {
@@ -666,48 +591,6 @@ static int64_t id_index(const struct submit *st, const void *key, size_t len)
     return v < st->produced ? v : -1;
 }
 
-static rd_kafka_t *results_consumer(const mw_config_t *cfg, const char *topic, char *errstr,
-                                    size_t errstr_size)
-{
-    char group[128];
-    snprintf(group, sizeof(group), "mwctl-submit-%ld-%" PRId64, (long)getpid(), wall_ms());
-    rd_kafka_t *rk = mw_kafka_consumer_new(cfg, group, NULL, errstr, errstr_size);
-    if (rk == NULL)
-        return NULL;
-    mw_topic_info_t info;
-    int timeout_ms = (int)cfg->kafka_timeout_ms;
-    if (mw_topic_describe(rk, topic, timeout_ms, &info, errstr, errstr_size) != MW_OK)
-        goto out_destroy;
-    if (!info.exists) {
-        mw_errf(MW_ENOTFOUND, errstr, errstr_size, "topic %s does not exist (mwctl topics create)",
-                topic);
-        goto out_destroy;
-    }
-    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(info.partitions);
-    for (int p = 0; p < info.partitions; p++) {
-        int64_t lo, hi;
-        rd_kafka_resp_err_t err =
-            rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, timeout_ms);
-        if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            mw_errf(MW_EKAFKA, errstr, errstr_size, "%s [%d]: querying offsets: %s", topic, p,
-                    rd_kafka_err2str(err));
-            rd_kafka_topic_partition_list_destroy(parts);
-            goto out_destroy;
-        }
-        rd_kafka_topic_partition_list_add(parts, topic, p)->offset = hi;
-    }
-    rd_kafka_resp_err_t err = rd_kafka_assign(rk, parts);
-    rd_kafka_topic_partition_list_destroy(parts);
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        mw_errf(MW_EKAFKA, errstr, errstr_size, "assigning %s: %s", topic, rd_kafka_err2str(err));
-        goto out_destroy;
-    }
-    return rk;
-out_destroy:
-    mw_kafka_destroy(rk);
-    return NULL;
-}
-
 static void take_result(struct submit *st, const rd_kafka_message_t *msg)
 {
     int64_t read_us = mw_now_us();
@@ -735,7 +618,7 @@ static void take_result(struct submit *st, const rd_kafka_message_t *msg)
             fprintf(stderr, "mwctl submit: %.*s: error: %.*s\n", (int)res.id_len,
                     (const char *)res.id, (int)res.error_len, res.error ? res.error : "");
     }
-    st->last_result_s = now_s();
+    st->last_result_s = mwctl_now_s();
     if (st->verifier != NULL && res.ok) {
         char e[600];
         if (mwctl_verifier_check(st->verifier, &res, e, sizeof(e)) != MW_OK &&
@@ -778,8 +661,8 @@ static int produce_one(struct submit *st, const struct source *src, const mw_ten
     mw_record_t rec;
     mw_record_init(&rec);
     int rc = mw_request_encode(&rec, id, (size_t)idlen, desc, src->buf, nbytes,
-                               o->deadline_rel > 0 ? wall_ms() + o->deadline_rel : 0, o->json, err,
-                               err_size);
+                               o->deadline_rel > 0 ? mwctl_wall_ms() + o->deadline_rel : 0, o->json,
+                               err, err_size);
     if (st->consumer != NULL)
         st->slots[st->produced] = (struct slot){.produced_us = mw_now_us(), .pipeline_us = -1};
     while (rc == MW_OK) {
@@ -804,7 +687,7 @@ static int produce_one(struct submit *st, const struct source *src, const mw_ten
 
 /* Produces every request of src, then waits for their delivery reports and
  * prints the `produced` line; 0 when all were produced and acknowledged. */
-static int produce_all(struct submit *st, struct source *src, struct progress *prog)
+static int produce_all(struct submit *st, struct source *src, mwctl_progress_t *prog)
 {
     char err[1024];
     int input_error = 0;
@@ -817,23 +700,23 @@ static int produce_all(struct submit *st, struct source *src, struct progress *p
         else if (rc == 0)
             break;
         if (rc < 0) {
-            progress_end(prog);
+            mwctl_progress_end(prog);
             fprintf(stderr, "mwctl submit: %s\n", err);
             input_error = 1;
             break;
         }
         poll_clients(st, 0);
-        progress_show(prog, st->produced, src->total, st->acked, 0);
+        mwctl_progress_show(prog, st->produced, src->total, st->acked, 0);
     }
     int64_t total = src->total > 0 ? src->total : st->produced;
-    double deadline = now_s() + (double)st->o->timeout_s;
-    while (rd_kafka_outq_len(st->producer) > 0 && now_s() < deadline && !interrupted) {
+    double deadline = mwctl_now_s() + (double)st->o->timeout_s;
+    while (rd_kafka_outq_len(st->producer) > 0 && mwctl_now_s() < deadline && !interrupted) {
         poll_clients(st, st->consumer != NULL ? 10 : 100);
-        progress_show(prog, st->produced, total, st->acked, 0);
+        mwctl_progress_show(prog, st->produced, total, st->acked, 0);
     }
-    progress_show(prog, st->produced, total, st->acked, 1);
-    progress_end(prog);
-    double took = now_s() - prog->start;
+    mwctl_progress_show(prog, st->produced, total, st->acked, 1);
+    mwctl_progress_end(prog);
+    double took = mwctl_now_s() - prog->start;
     printf("produced %" PRId64 " requests to %s: %" PRId64 " acknowledged, %" PRId64
            " failed%s%s, in %.2f s (%.0f/s)\n",
            st->produced, st->o->topic, st->acked, st->failed, st->failed ? ": " : "",
@@ -870,19 +753,16 @@ static void print_percentiles(const char *label, int64_t *v, int64_t n)
 
 /* Reads results until every acknowledged request has one (or the timeout), then
  * prints the `results` and `verify` lines; 0 when all arrived, ok and verified. */
-static int wait_results(struct submit *st, struct progress *prog, double start_s)
+static int wait_results(struct submit *st, mwctl_progress_t *prog, double start_s)
 {
-    struct progress wp = {.enabled = prog->enabled,
-                          .tty = prog->tty,
-                          .start = now_s(),
-                          .last = now_s(),
-                          .what = "results"};
-    double deadline = now_s() + (double)st->o->timeout_s;
-    while (st->results < st->acked && now_s() < deadline && !interrupted) {
+    mwctl_progress_t wp;
+    mwctl_progress_init(&wp, "results", prog->enabled);
+    double deadline = mwctl_now_s() + (double)st->o->timeout_s;
+    while (st->results < st->acked && mwctl_now_s() < deadline && !interrupted) {
         poll_clients(st, 100);
-        progress_show(&wp, st->results, st->acked, -1, 0);
+        mwctl_progress_show(&wp, st->results, st->acked, -1, 0);
     }
-    progress_end(&wp);
+    mwctl_progress_end(&wp);
     int status = st->results < st->acked || st->errors > 0 || st->duplicates > 0;
     printf("results: %" PRId64 "/%" PRId64 " received, %" PRId64 " errors%s", st->results,
            st->acked, st->errors, st->results < st->acked ? " (gave up waiting)" : "");
@@ -934,15 +814,16 @@ static int clients_new(struct submit *st, const mw_config_t *cfg, mw_kv_t *kv)
     mw_config_t tuned;
     if (st->o->wait) {
         /* Assigned at the current end before producing, so no result is missed. */
-        with_kafka_default(cfg, &tuned, kv, fetch_wait, five);
-        st->consumer = results_consumer(&tuned, st->o->results_topic, err, sizeof(err));
+        mwctl_with_kafka_default(cfg, &tuned, kv, fetch_wait, five);
+        st->consumer = mwctl_consumer_open(&tuned, "submit", st->o->results_topic, 0, NULL, NULL,
+                                           err, sizeof(err));
         if (st->consumer == NULL) {
             fprintf(stderr, "mwctl submit: --wait: %s\n", err);
             return 1;
         }
     }
     const mw_kafka_hooks_t hooks = {.dr_msg_cb = dr_cb, .opaque = st};
-    with_kafka_default(cfg, &tuned, kv, linger, zero);
+    mwctl_with_kafka_default(cfg, &tuned, kv, linger, zero);
     st->producer = mw_kafka_producer_new(&tuned, NULL, &hooks, err, sizeof(err));
     if (st->producer == NULL) {
         fprintf(stderr, "mwctl submit: %s\n", err);
@@ -982,11 +863,8 @@ int mwctl_submit(int argc, char **argv, const mw_config_t *cfg)
     struct sigaction old_int, old_term;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
-    struct progress prog = {.enabled = !o.no_progress,
-                            .tty = isatty(STDERR_FILENO),
-                            .start = now_s(),
-                            .last = now_s(),
-                            .what = "submit"};
+    mwctl_progress_t prog;
+    mwctl_progress_init(&prog, "submit", !o.no_progress);
     status = produce_all(&st, &src, &prog);
     if (o.wait && st.acked > 0)
         status |= wait_results(&st, &prog, prog.start);
