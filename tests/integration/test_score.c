@@ -157,7 +157,9 @@ static char *log_text(const char *path)
 static void score_equals_reference_while_workers_are_killed(void **state)
 {
     const int rows = 50000;
-    mwt_pipeline_t *p = mwt_pipeline_new("kill", 2, 4, 2, NULL);
+    /* As in the chaos test: a request may meet several killed workers. */
+    static const char *const flags[] = {"--request.max_attempts=20", NULL};
+    mwt_pipeline_t *p = mwt_pipeline_new("kill", 2, 4, 2, flags);
     *state = p;
     /* Two workers per stage; every 2 s one of them is killed (an origin, then
      * a stage-1 worker, in turn) and a new one started in its place. */
