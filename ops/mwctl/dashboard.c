@@ -33,30 +33,28 @@ typedef struct dash {
     mwctl_lag_t *lag;
 } dash_t;
 
-/* What one request shows: the snapshot, and per plan pipeline its lag and history. */
+/* What a page or a scrape shows of one plan pipeline besides the snapshot. */
+typedef struct view_pipeline {
+    mwctl_partition_lag_t *lag;
+    size_t nlag;
+    char lag_error[256];
+    cJSON *history; /* [{ms, results_per_s, errors_per_s, replays_per_s}]; NULL: not read */
+} view_pipeline_t;
+
 typedef struct view {
     int redis_up;
     char redis_error[256];
     mwctl_snapshot_t s;
-    mwctl_partition_lag_t **lag; /* per plan pipeline */
-    size_t *nlag;
-    char (*lag_error)[256];
-    cJSON **history; /* per plan pipeline: [{ms, results_per_s, errors_per_s, replays_per_s}] */
+    view_pipeline_t *pipes; /* one per plan pipeline; NULL when out of memory */
 } view_t;
 
 static void view_free(view_t *v)
 {
-    size_t np = v->s.plan != NULL ? v->s.plan->npipelines : 0;
-    for (size_t p = 0; p < np; p++) {
-        if (v->lag != NULL)
-            free(v->lag[p]);
-        if (v->history != NULL)
-            cJSON_Delete(v->history[p]);
+    for (size_t p = 0; v->pipes != NULL && p < v->s.plan->npipelines; p++) {
+        free(v->pipes[p].lag);
+        cJSON_Delete(v->pipes[p].history);
     }
-    free(v->lag);
-    free(v->nlag);
-    free(v->lag_error);
-    free(v->history);
+    free(v->pipes);
     mwctl_snapshot_free(&v->s);
 }
 
@@ -113,17 +111,16 @@ static void view_read(dash_t *d, view_t *v, int with_history)
         return;
     }
     v->redis_up = 1;
-    size_t np = v->s.plan != NULL ? v->s.plan->npipelines : 0;
-    v->lag = calloc(np + 1, sizeof(*v->lag));
-    v->nlag = calloc(np + 1, sizeof(*v->nlag));
-    v->lag_error = calloc(np + 1, sizeof(*v->lag_error));
-    v->history = calloc(np + 1, sizeof(*v->history));
-    for (size_t p = 0; v->lag && v->nlag && v->lag_error && v->history && p < np; p++) {
+    if (v->s.plan == NULL)
+        return;
+    v->pipes = calloc(v->s.plan->npipelines + 1, sizeof(*v->pipes));
+    for (size_t p = 0; v->pipes != NULL && p < v->s.plan->npipelines; p++) {
+        view_pipeline_t *vp = &v->pipes[p];
         const char *name = v->s.plan->pipelines[p].spec.name;
-        mwctl_lag_read(d->lag, name, DASH_LAG_MAX_AGE_MS, &v->lag[p], &v->nlag[p], v->lag_error[p],
-                       sizeof(v->lag_error[p]));
+        mwctl_lag_read(d->lag, name, DASH_LAG_MAX_AGE_MS, &vp->lag, &vp->nlag, vp->lag_error,
+                       sizeof(vp->lag_error));
         if (with_history)
-            v->history[p] = read_history(d->r, name);
+            vp->history = read_history(d->r, name);
     }
 }
 
@@ -327,16 +324,17 @@ static void write_pipeline_metrics(const dash_t *d, const view_t *v, FILE *f, co
                     (long long)*(const int64_t *)((const char *)c + totals[t].offset));
         }
     }
-    for (size_t p = 0; v->nlag != NULL && p < np; p++) {
+    for (size_t p = 0; v->pipes != NULL && p < np; p++) {
+        const view_pipeline_t *vp = &v->pipes[p];
         esc(plan->pipelines[p].spec.name, pl, sizeof(pl));
-        for (size_t i = 0; i < v->nlag[p]; i++) {
+        for (size_t i = 0; i < vp->nlag; i++) {
             family(f, last, "mwserve_kafka_consumer_lag", "gauge",
                    "records of P.requests not yet committed by group mw.P (high watermark - "
                    "committed offset), per partition");
             fprintf(f,
                     "mwserve_kafka_consumer_lag{cluster=\"%s\",pipeline=\"%s\",partition=\"%d\"} "
                     "%lld\n",
-                    cl, pl, v->lag[p][i].partition, (long long)v->lag[p][i].lag);
+                    cl, pl, vp->lag[i].partition, (long long)vp->lag[i].lag);
         }
     }
 }
@@ -404,11 +402,12 @@ static char *status_text(const dash_t *d, view_t *v, size_t *len)
         cJSON_AddStringToObject(root, "redis_error", v->redis_error);
     }
     cJSON *pipes = cJSON_GetObjectItem(root, "pipelines");
-    for (int p = 0; v->lag != NULL && p < cJSON_GetArraySize(pipes); p++) {
+    for (int p = 0; v->pipes != NULL && p < cJSON_GetArraySize(pipes); p++) {
+        view_pipeline_t *vp = &v->pipes[p];
         cJSON *jp = cJSON_GetArrayItem(pipes, p);
         cJSON *lag = cJSON_AddArrayToObject(jp, "lag");
-        for (size_t i = 0; i < v->nlag[p]; i++) {
-            const mwctl_partition_lag_t *l = &v->lag[p][i];
+        for (size_t i = 0; i < vp->nlag; i++) {
+            const mwctl_partition_lag_t *l = &vp->lag[i];
             cJSON *jl = cJSON_CreateObject();
             cJSON_AddNumberToObject(jl, "partition", l->partition);
             cJSON_AddNumberToObject(jl, "committed", (double)l->committed);
@@ -416,10 +415,10 @@ static char *status_text(const dash_t *d, view_t *v, size_t *len)
             cJSON_AddNumberToObject(jl, "lag", (double)l->lag);
             cJSON_AddItemToArray(lag, jl);
         }
-        if (v->lag_error[p][0])
-            cJSON_AddStringToObject(jp, "lag_error", v->lag_error[p]);
-        cJSON_AddItemToObject(jp, "history", v->history[p] ? v->history[p] : cJSON_CreateArray());
-        v->history[p] = NULL; /* now owned by root */
+        if (vp->lag_error[0])
+            cJSON_AddStringToObject(jp, "lag_error", vp->lag_error);
+        cJSON_AddItemToObject(jp, "history", vp->history ? vp->history : cJSON_CreateArray());
+        vp->history = NULL; /* now owned by root */
     }
     char *text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
