@@ -79,13 +79,15 @@ static cJSON *read_history(mw_redis_t *r, const char *pipeline)
         const redisReply *f = e->element[1];
         for (size_t i = 0; i + 1 < f->elements; i += 2) {
             static const char *const fields[] = {"results", "errors", "replays"};
-            for (int j = 0; j < 3; j++)
+            for (int j = 0; j < 3 && f->element[i]->type == REDIS_REPLY_STRING &&
+                            f->element[i + 1]->type == REDIS_REPLY_STRING;
+                 j++)
                 if (strcmp(f->element[i]->str, fields[j]) == 0)
                     cur[j + 1] = (double)strtoll(f->element[i + 1]->str, NULL, 10);
         }
         double dt = (cur[0] - prev[0]) / 1000.0;
-        if (prev[0] > 0 && dt > 0) {
-            cJSON *pt = cJSON_CreateObject();
+        cJSON *pt = prev[0] > 0 && dt > 0 ? cJSON_CreateObject() : NULL;
+        if (pt != NULL) {
             cJSON_AddNumberToObject(pt, "ms", cur[0]);
             /* totals restart from 0 when the stats hash was lost: no negative rates */
             cJSON_AddNumberToObject(pt, "results_per_s",

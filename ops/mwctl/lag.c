@@ -140,8 +140,10 @@ int mwctl_lag_read(mwctl_lag_t *lag, const char *pipeline, int64_t max_age_ms,
     lag_entry_t *e = entry_of(lag, pipeline);
     if (e == NULL)
         return MW_ENOMEM;
-    int64_t now = mw_now_ms();
-    if (e->read_ms == 0 || now - e->read_ms >= max_age_ms) {
+    /* After a failure Kafka is asked ten times less often: each try can block
+     * its caller for up to LAG_TIMEOUT_MS per request. */
+    int64_t now = mw_now_ms(), age = e->rc == MW_OK ? max_age_ms : 10 * max_age_ms;
+    if (e->read_ms == 0 || now - e->read_ms >= age) {
         e->rc = query(lag->cfg, e);
         e->read_ms = now;
     }

@@ -25,7 +25,8 @@ void mwctl_lag_destroy(mwctl_lag_t *lag);
 
 /* The lag of each partition of <pipeline>.requests into *out (caller frees;
  * *n entries, by partition), asking Kafka at most once per max_age_ms per
- * pipeline. MW_OK, or an error with errstr (Kafka unreachable, no topic). */
+ * pipeline (ten times less often after a failure). MW_OK, or an error with
+ * errstr (Kafka unreachable, no topic). */
 int mwctl_lag_read(mwctl_lag_t *lag, const char *pipeline, int64_t max_age_ms,
                    mwctl_partition_lag_t **out, size_t *n, char *errstr, size_t errstr_size);
 
