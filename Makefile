@@ -32,14 +32,14 @@ pc_package = $(if $(shell pkg-config --exists $(1) 2>/dev/null || echo no),$(2))
 ifneq ($(filter-out $(NO_BUILD_GOALS),$(or $(MAKECMDGOALS),$(.DEFAULT_GOAL))),)
 MISSING_PKGS := $(strip $(call pc_package,rdkafka,librdkafka-dev) \
     $(call pc_package,hiredis,libhiredis-dev) $(call pc_package,libcjson,libcjson-dev) \
-    $(call pc_package,openblas,libopenblas-dev) \
+    $(call pc_package,libmicrohttpd,libmicrohttpd-dev) $(call pc_package,openblas,libopenblas-dev) \
     $(if $(filter $(TEST_GOALS),$(MAKECMDGOALS)),$(call pc_package,cmocka,libcmocka-dev)))
 ifneq ($(MISSING_PKGS),)
 $(error missing Debian package(s) $(MISSING_PKGS) (pkg-config cannot find them); `make deps` installs them)
 endif
 endif
 
-PKGS := rdkafka hiredis libcjson
+PKGS := rdkafka hiredis libcjson libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 BLAS_LIBS := -lopenblas
@@ -47,7 +47,7 @@ BLAS_LIBS := -lopenblas
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Werror
 # Includes name their room: "err.h" (common/), "world/world.h" (common/world/),
 # "topics/record.h" (from the top); a file's own folder needs no prefix.
-CPPFLAGS += -D_GNU_SOURCE -Icommon -I. -Itests/support $(PKG_CFLAGS)
+CPPFLAGS += -D_GNU_SOURCE -Icommon -I. -Itests/support -I$(BUILD)/gen $(PKG_CFLAGS)
 CFLAGS ?= -O2 -g
 CFLAGS += -std=c11 $(WARN) -MMD -MP -pthread
 LDLIBS += $(PKG_LIBS) $(BLAS_LIBS) -lm -ldl -pthread
@@ -137,6 +137,13 @@ gpu-info:
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+# The dashboard's page, embedded in mwctl as dashboard_html[] (bytes, no NUL).
+$(BUILD)/gen/dashboard_html.h: ops/mwctl/dashboard.html
+	@mkdir -p $(@D)
+	{ echo 'static const unsigned char dashboard_html[] = {'; \
+	  od -An -v -tx1 $< | sed 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '};'; } >$@.tmp && mv $@.tmp $@
+$(BUILD)/obj/ops/mwctl/dashboard.o: $(BUILD)/gen/dashboard_html.h
 
 $(BUILD)/obj/%.cu.o: %.cu
 	@mkdir -p $(@D)

@@ -262,7 +262,9 @@ static int script_load(mw_redis_t *r, mw_redis_script_t *script)
     redisReply *reply = NULL;
     int rc = mw_redis_cmd(r, &reply, "SCRIPT LOAD %s", script->source);
     if (rc != MW_OK) {
-        mw_log(MW_LOG_ERROR, "redis", "loading script %s: %s", script->name, r->errstr);
+        /* An unreachable server is logged once by the reconnection code, not per script. */
+        mw_log(rc == MW_EUNAVAIL ? MW_LOG_DEBUG : MW_LOG_ERROR, "redis", "loading script %s: %s",
+               script->name, r->errstr);
         return rc;
     }
     if (reply->type != REDIS_REPLY_STRING || reply->len != 40) {

@@ -4,6 +4,7 @@
 #include "config.h"
 #include "err.h"
 #include "cluster/events.h"
+#include "cluster/keys.h"
 #include "lease.h"
 #include "log.h"
 #include "cluster/membership.h"
@@ -234,6 +235,32 @@ static void lead_once(coord_t *c)
         mw_log(MW_LOG_WARN, "coordinator", "publishing the plan failed: %s", mw_redis_errstr(c->r));
 }
 
+/* The leader's per-second sample of each pipeline's totals (stats:{P}) into the
+ * capped stream history:{P}, so that dashboards can chart rates over the last
+ * hour without polling every second themselves. Best effort: a failed sample is
+ * a gap in the chart. */
+static void sample_history(coord_t *c)
+{
+    for (size_t p = 0; p < c->spec.count; p++) {
+        char stats[MW_KEY_MAX], history[MW_KEY_MAX];
+        const char *name = c->spec.items[p].name;
+        redisReply *reply = NULL;
+        if (mw_redis_cmd(c->r, &reply, "HMGET %s results errors replays",
+                         mw_key_stats(c->r, name, stats, sizeof(stats))) != MW_OK)
+            return;
+        long long v[3] = {0, 0, 0};
+        for (size_t i = 0; reply->type == REDIS_REPLY_ARRAY && i < reply->elements && i < 3; i++)
+            if (reply->element[i]->type == REDIS_REPLY_STRING)
+                v[i] = atoll(reply->element[i]->str);
+        freeReplyObject(reply);
+        if (mw_redis_cmd(c->r, &reply,
+                         "XADD %s MAXLEN ~ %d * results %lld errors %lld replays %lld",
+                         mw_key_history(c->r, name, history, sizeof(history)), MW_HISTORY_MAXLEN,
+                         v[0], v[1], v[2]) == MW_OK)
+            freeReplyObject(reply);
+    }
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: mw-coordinator [--config=FILE] [--key=value ...]\n\n"
@@ -284,6 +311,7 @@ int main(int argc, char **argv)
            (long long)cfg.plan_max_fanout);
 
     int was_leader = 0;
+    int64_t next_sample_ms = 0;
     char last_holder[64] = "";
     while (!stop_requested) {
         int64_t t0 = mw_now_ms();
@@ -312,6 +340,10 @@ int main(int argc, char **argv)
                 load_published(&c);
             if (c.have_prev)
                 lead_once(&c);
+            if (mw_now_ms() >= next_sample_ms) {
+                sample_history(&c);
+                next_sample_ms = mw_now_ms() + 1000;
+            }
         } else if (lead == 0 && strcmp(last_holder, mw_lease_holder(c.lease)) != 0) {
             snprintf(last_holder, sizeof(last_holder), "%s", mw_lease_holder(c.lease));
             mw_log(MW_LOG_INFO, "coordinator", "standing by: %s leads with epoch %lld", last_holder,

@@ -9,9 +9,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cache="$root/.cache/kafka"
 
 packages=(build-essential pkg-config librdkafka-dev libhiredis-dev libcjson-dev
-          libopenblas-dev libcmocka-dev redis-server redis-tools kcat clang
-          libclang-rt-14-dev cppcheck clang-format clang-tidy iproute2 maven
-          openjdk-17-jre-headless procps python3-confluent-kafka python3-numpy)
+          libmicrohttpd-dev libopenblas-dev libcmocka-dev redis-server redis-tools kcat
+          clang libclang-rt-14-dev cppcheck clang-format clang-tidy iproute2 maven
+          openjdk-17-jre-headless procps python3-confluent-kafka python3-numpy
+          python3-prometheus-client chromium)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The local cluster behind `make run`: Redis, a single-node Kafka, a generated
-# model, the pipeline's topics, a coordinator and 2 stages x 2 CPU workers, all
-# in the background under the state directory (.cache/local/), then a sample
-# scoring job whose every output is checked against the reference runner.
+# model, the pipeline's topics, a coordinator, 2 stages x 2 CPU workers and the
+# dashboard (mwctl dashboard), all in the background under the state directory
+# (.cache/local/), then a sample scoring job whose every output is checked
+# against the reference runner.
 #
 #   ops/run-local.sh [start] [OPTIONS]   bring up what is not running, run the job
-#   ops/run-local.sh stop    [--state DIR]   stop workers, coordinator, Kafka, Redis
+#   ops/run-local.sh stop    [--state DIR]   stop workers, coordinator, dashboard, Kafka, Redis
 #   ops/run-local.sh status  [--state DIR]   what runs, then `mwctl status`
 #   ops/run-local.sh add-worker STAGE [--state DIR]    one more worker (tracked)
 #   ops/run-local.sh remove-worker ID [--state DIR]    drain and stop one worker
 #
 # OPTIONS: --state DIR (default .cache/local), --requests N (10000; 0: no job),
 #   --workers-per-stage K (2), --redis-port P, --kafka-port P (first start only;
-#   default: free ports), --timeout-s S (deadline of each wait, 120).
+#   default: free ports), --dashboard-port P (127.0.0.1:P; default: a free port),
+#   --timeout-s S (deadline of each wait, 120).
 # Environment: MW_BUILD (build dir, default build).
 set -euo pipefail
 
@@ -30,7 +32,7 @@ die() {
     exit 1
 }
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -50,7 +52,7 @@ fi
 state=$root/.cache/local
 requests=10000
 per_stage=2
-redis_port="" kafka_port=""
+redis_port="" kafka_port="" dashboard_port=0
 timeout_s=120
 while [ $# -gt 0 ]; do
     case $1 in
@@ -64,6 +66,8 @@ while [ $# -gt 0 ]; do
     --redis-port=*) redis_port=${1#*=}; shift ;;
     --kafka-port) kafka_port=$2; shift 2 ;;
     --kafka-port=*) kafka_port=${1#*=}; shift ;;
+    --dashboard-port) dashboard_port=$2; shift 2 ;;
+    --dashboard-port=*) dashboard_port=${1#*=}; shift ;;
     --timeout-s) timeout_s=$2; shift 2 ;;
     --timeout-s=*) timeout_s=${1#*=}; shift ;;
     -h | --help) usage ;;
@@ -72,6 +76,7 @@ while [ $# -gt 0 ]; do
 done
 [[ $requests =~ ^[0-9]+$ ]] || die "--requests '$requests' is not a count"
 [[ $per_stage =~ ^[1-9][0-9]*$ ]] || die "--workers-per-stage '$per_stage' is not a positive count"
+[[ $dashboard_port =~ ^[0-9]+$ ]] || die "--dashboard-port '$dashboard_port' is not a port"
 [[ $timeout_s =~ ^[1-9][0-9]*$ ]] || die "--timeout-s '$timeout_s' is not a positive number"
 # Sanitizer builds run slower (the test runner exports the same scale).
 timeout_s=$((timeout_s * ${MW_TEST_TIMEOUT_SCALE:-1}))
@@ -152,6 +157,10 @@ worker_start() {
     echo "started $name (pid $(cat "$procs/$name.pid"), id local-s$stage-$k, log $procs/$name.log)"
 }
 
+# The dashboard's URL, from the line it prints once it listens.
+dashboard_url() { sed -n 's/^mwctl dashboard: \(http[^ ]*\).*/\1/p' "$procs/dashboard.log" | tail -n 1; }
+dashboard_listening() { [ -n "$(dashboard_url)" ]; }
+
 # ---------------------------------------------------------------- readiness
 
 rcli() { redis-cli -h 127.0.0.1 -p "$redis_port_now" --raw "$@"; }
@@ -177,7 +186,7 @@ workers_ready() {
 # Fails with the logs when a process we started has died.
 all_alive() {
     local name
-    for name in coordinator $(worker_names); do
+    for name in coordinator dashboard $(worker_names); do
         if ! proc_pid "$name" >/dev/null; then
             echo "run-local: $name exited; the end of its log:" >&2
             log_tail "$name" 30
@@ -242,6 +251,14 @@ JSON
         proc_start coordinator mw-coordinator
         echo "started coordinator (pid $(cat "$procs/coordinator.pid"), log $procs/coordinator.log)"
     fi
+    # The dashboard (reads Redis and Kafka only; localhost).
+    if ! proc_pid dashboard >/dev/null; then
+        : >"$procs/dashboard.log"
+        proc_start dashboard mwctl dashboard --listen "127.0.0.1:$dashboard_port"
+        wait_until 10 "dashboard" dashboard_listening ||
+            { log_tail dashboard 10; die "the dashboard did not start (log $procs/dashboard.log)"; }
+        echo "started dashboard (pid $(cat "$procs/dashboard.pid"), log $procs/dashboard.log)"
+    fi
     # K per stage, and the ones add-worker added (when they died: restarted).
     local s k name
     for name in $({
@@ -269,6 +286,8 @@ JSON
     local me=ops/run-local.sh b=${bin#"$root"/}
     [ "$state" = "$root/.cache/local" ] || me="ops/run-local.sh --state $state"
     cat <<TXT
+
+Dashboard: $(dashboard_url)   (Prometheus metrics: $(dashboard_url)metrics)
 
 What runs (state in $state; use the config from anywhere):
   export MW_CONFIG=$config
@@ -334,6 +353,7 @@ do_stop() {
     for name in $(worker_names); do proc_stop "$name" TERM 20 & done
     wait
     proc_stop coordinator TERM 10
+    proc_stop dashboard TERM 10
     "$mwlocal" kafka stop --dir "$state/kafka" >/dev/null 2>&1 && echo "stopped Kafka" || true
     "$mwlocal" redis stop --dir "$state/redis" >/dev/null 2>&1 && echo "stopped Redis" || true
     echo "stopped (data kept in $state; rm -rf it for a fresh start)"
@@ -343,7 +363,7 @@ do_status() {
     local name pid rc=0
     "$mwlocal" redis status --dir "$state/redis" || { echo "redis: not running"; rc=1; }
     "$mwlocal" kafka status --dir "$state/kafka" || { echo "kafka: not running"; rc=1; }
-    for name in coordinator $(worker_names); do
+    for name in coordinator dashboard $(worker_names); do
         if pid=$(proc_pid "$name"); then
             echo "$name: running, pid $pid, log $procs/$name.log"
         else

@@ -37,3 +37,9 @@ const char *mw_key_stats(const mw_redis_t *r, const char *pipeline, char *buf, s
     snprintf(buf, size, "%sstats:%s", mw_redis_prefix(r), pipeline);
     return buf;
 }
+
+const char *mw_key_history(const mw_redis_t *r, const char *pipeline, char *buf, size_t size)
+{
+    snprintf(buf, size, "%shistory:%s", mw_redis_prefix(r), pipeline);
+    return buf;
+}

@@ -36,4 +36,11 @@ const char *mw_key_worker_stats(const mw_redis_t *r, const char *id, char *buf, 
 /* stats:{pipeline}, the pipeline's totals. Returns buf. */
 const char *mw_key_stats(const mw_redis_t *r, const char *pipeline, char *buf, size_t size);
 
+/* Samples kept in each history:{pipeline} stream (XADD MAXLEN ~): an hour at one a second. */
+#define MW_HISTORY_MAXLEN 3600
+
+/* history:{pipeline}, the stream of the leader's per-second samples of the
+ * pipeline's totals. Returns buf. */
+const char *mw_key_history(const mw_redis_t *r, const char *pipeline, char *buf, size_t size);
+
 #endif

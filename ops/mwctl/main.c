@@ -23,6 +23,7 @@ static const struct {
     {"model", mwctl_model, "reference model: init, run (the test oracle), info"},
     {"status", mwctl_status, "leader, epoch, pipelines, workers, worlds, recent events (--json)"},
     {"events", mwctl_events, "the cluster's event stream (--follow: keep printing)"},
+    {"dashboard", mwctl_dashboard, "serve /metrics (Prometheus), /api/status and a live page"},
 };
 
 int mwctl_args_done(const char *command, int argc, char **argv, const char *pipeline)

@@ -15,6 +15,7 @@ int mwctl_score(int argc, char **argv, const mw_config_t *cfg);
 int mwctl_model(int argc, char **argv, const mw_config_t *cfg);
 int mwctl_status(int argc, char **argv, const mw_config_t *cfg);
 int mwctl_events(int argc, char **argv, const mw_config_t *cfg);
+int mwctl_dashboard(int argc, char **argv, const mw_config_t *cfg);
 
 /* After getopt_long: fails (message, returns 2) when an argument is left over
  * at optind or --pipeline was not given; 0 otherwise. */

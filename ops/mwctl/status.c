@@ -2,13 +2,9 @@
  * pipelines, workers, recent events), as a table or JSON; the event stream. */
 #include "mwctl.h"
 
+#include "snapshot.h"
+
 #include "err.h"
-#include "cluster/events.h"
-#include "cluster/keys.h"
-#include "cluster/membership.h"
-#include "cluster/plan_doc.h"
-#include "cluster/planstore.h"
-#include "redis.h"
 
 #include <cjson/cJSON.h>
 #include <signal.h>
@@ -27,82 +23,6 @@ static mw_redis_t *connect_or_say(const mw_config_t *cfg)
     return r;
 }
 
-typedef struct snapshot {
-    int64_t now_ms; /* server time */
-    char leader[64];
-    int64_t leader_ttl_ms;
-    int64_t epoch;
-    char (*coords)[64];
-    int64_t *coord_seen;
-    size_t ncoords;
-    mw_plan_t *plan;
-    char plan_error[512];
-    mw_member_record_t *workers;
-    size_t nworkers;
-    mw_event_t *events;
-    size_t nevents;
-} snapshot_t;
-
-static void snapshot_free(snapshot_t *s)
-{
-    free(s->coords);
-    free(s->coord_seen);
-    mw_plan_destroy(s->plan);
-    free(s->workers);
-    free(s->events);
-}
-
-static int take_snapshot(mw_redis_t *r, size_t nevents, snapshot_t *s)
-{
-    memset(s, 0, sizeof(*s));
-    char coord[MW_KEY_MAX], key[MW_KEY_MAX];
-    mw_key(r, MW_KEY_COORDINATOR, coord, sizeof(coord));
-    redisReply *reply = NULL;
-    int rc = mw_member_read_all(r, &s->workers, &s->nworkers, &s->now_ms);
-    if (rc != MW_OK)
-        return rc;
-    if (mw_redis_cmd(r, &reply, "GET %s", coord) == MW_OK) {
-        if (reply->type == REDIS_REPLY_STRING)
-            snprintf(s->leader, sizeof(s->leader), "%s", reply->str);
-        freeReplyObject(reply);
-    }
-    if (mw_redis_cmd(r, &reply, "PTTL %s", coord) == MW_OK) {
-        s->leader_ttl_ms = reply->integer;
-        freeReplyObject(reply);
-    }
-    if (mw_redis_cmd(r, &reply, "GET %s", mw_key(r, MW_KEY_EPOCH, key, sizeof(key))) == MW_OK) {
-        if (reply->type == REDIS_REPLY_STRING)
-            s->epoch = strtoll(reply->str, NULL, 10);
-        freeReplyObject(reply);
-    }
-    if (mw_redis_cmd(r, &reply, "ZRANGE %s 0 -1 WITHSCORES",
-                     mw_key(r, MW_KEY_COORDINATORS, key, sizeof(key))) == MW_OK) {
-        size_t n = reply->type == REDIS_REPLY_ARRAY ? reply->elements / 2 : 0;
-        s->coords = calloc(n + 1, sizeof(*s->coords));
-        s->coord_seen = calloc(n + 1, sizeof(*s->coord_seen));
-        for (size_t i = 0; s->coords && s->coord_seen && i < n; i++) {
-            snprintf(s->coords[i], sizeof(s->coords[0]), "%s", reply->element[2 * i]->str);
-            s->coord_seen[i] = strtoll(reply->element[2 * i + 1]->str, NULL, 10);
-            s->ncoords++;
-        }
-        freeReplyObject(reply);
-    }
-    rc = mw_planstore_read(r, &s->plan, s->plan_error, sizeof(s->plan_error));
-    if (rc != MW_OK && rc != MW_EINVAL)
-        return rc;
-    if (rc == MW_OK)
-        s->plan_error[0] = '\0';
-    return mw_events_read(r, "", nevents, 0, &s->events, &s->nevents, NULL, 0);
-}
-
-static size_t worlds_of(const mw_plan_t *plan, const char *id)
-{
-    size_t n = 0;
-    for (size_t i = 0; plan != NULL && i < plan->nworlds; i++)
-        n += mw_plan_world_has(&plan->worlds[i], id, NULL);
-    return n;
-}
-
 static void format_time(int64_t ms, char *buf, size_t size)
 {
     time_t t = (time_t)(ms / 1000);
@@ -119,7 +39,7 @@ static void print_event(const mw_event_t *ev, FILE *out)
             ev->text);
 }
 
-static void print_human(const mw_config_t *cfg, const snapshot_t *s, FILE *out)
+static void print_human(const mw_config_t *cfg, const mwctl_snapshot_t *s, FILE *out)
 {
     fprintf(out, "cluster %s   leader %s", cfg->cluster, s->leader[0] ? s->leader : "NONE");
     if (s->leader[0])
@@ -145,10 +65,7 @@ static void print_human(const mw_config_t *cfg, const snapshot_t *s, FILE *out)
         fprintf(out, "\npipeline %s: %d stage(s), %s\n", pp->spec.name, pp->spec.nstages,
                 pp->complete ? "complete" : "INCOMPLETE (a stage has no live worker)");
         for (int k = 0; k < pp->spec.nstages; k++) {
-            int n = 0;
-            for (size_t i = 0; i < s->plan->nworkers; i++)
-                n += strcmp(s->plan->workers[i].pipeline, pp->spec.name) == 0 &&
-                     s->plan->workers[i].stage == k && !s->plan->workers[i].draining;
+            int n = mwctl_snapshot_stage_workers(s, pp->spec.name, k);
             fprintf(out, "  stage %d: %d worker(s), need %g%s\n", k, n, pp->spec.stages[k].need,
                     n == 0 ? "  <- EMPTY" : "");
         }
@@ -167,7 +84,7 @@ static void print_human(const mw_config_t *cfg, const snapshot_t *s, FILE *out)
             snprintf(stage, sizeof(stage), "-");
         snprintf(age, sizeof(age), "%.1fs ago", (double)(s->now_ms - w->heartbeat_ms) / 1000.0);
         snprintf(worlds, sizeof(worlds), "%lld/%zu", (long long)w->info.worlds_up,
-                 worlds_of(s->plan, w->info.id));
+                 mwctl_snapshot_worlds_of(s, w->info.id));
         if (w->info.latency_p99_us > 0)
             snprintf(latency, sizeof(latency), "%.1f/%.1f", (double)w->info.latency_p50_us / 1e3,
                      (double)w->info.latency_p99_us / 1e3);
@@ -185,111 +102,10 @@ static void print_human(const mw_config_t *cfg, const snapshot_t *s, FILE *out)
         print_event(&s->events[i], out);
 }
 
-static void print_json(const mw_config_t *cfg, const snapshot_t *s, FILE *out)
+static void print_json(const mw_config_t *cfg, const mwctl_snapshot_t *s, FILE *out)
 {
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "cluster", cfg->cluster);
-    cJSON_AddNumberToObject(root, "server_time_ms", (double)s->now_ms);
-    cJSON *leader = cJSON_AddObjectToObject(root, "leader");
-    if (s->leader[0]) {
-        cJSON_AddStringToObject(leader, "id", s->leader);
-        cJSON_AddNumberToObject(leader, "lease_left_ms", (double)s->leader_ttl_ms);
-    } else {
-        cJSON_AddNullToObject(leader, "id");
-    }
-    cJSON_AddNumberToObject(leader, "epoch", (double)s->epoch);
-    cJSON *coords = cJSON_AddArrayToObject(root, "coordinators");
-    for (size_t i = 0; i < s->ncoords; i++) {
-        cJSON *c = cJSON_CreateObject();
-        cJSON_AddStringToObject(c, "id", s->coords[i]);
-        cJSON_AddBoolToObject(c, "leader", strcmp(s->coords[i], s->leader) == 0);
-        cJSON_AddNumberToObject(c, "seen_ms_ago", (double)(s->now_ms - s->coord_seen[i]));
-        cJSON_AddItemToArray(coords, c);
-    }
-    cJSON *plan = cJSON_AddObjectToObject(root, "plan");
-    if (s->plan != NULL) {
-        cJSON_AddNumberToObject(plan, "epoch", (double)s->plan->epoch);
-        cJSON_AddNumberToObject(plan, "version", (double)s->plan->version);
-        cJSON_AddNumberToObject(plan, "workers", (double)s->plan->nworkers);
-        cJSON *worlds = cJSON_AddArrayToObject(plan, "worlds");
-        for (size_t i = 0; i < s->plan->nworlds; i++) {
-            const mw_plan_world_t *w = &s->plan->worlds[i];
-            cJSON *jw = cJSON_CreateObject();
-            cJSON_AddStringToObject(jw, "name", w->name);
-            cJSON_AddStringToObject(jw, "backend", w->backend);
-            cJSON *m = cJSON_AddArrayToObject(jw, "members");
-            for (int k = 0; k < w->nmembers; k++)
-                cJSON_AddItemToArray(m, cJSON_CreateString(w->members[k]));
-            cJSON_AddItemToArray(worlds, jw);
-        }
-    }
-    if (s->plan_error[0])
-        cJSON_AddStringToObject(plan, "error", s->plan_error);
-    cJSON *pipes = cJSON_AddArrayToObject(root, "pipelines");
-    for (size_t p = 0; s->plan != NULL && p < s->plan->npipelines; p++) {
-        const mw_plan_pipeline_t *pp = &s->plan->pipelines[p];
-        cJSON *jp = cJSON_CreateObject();
-        cJSON_AddStringToObject(jp, "name", pp->spec.name);
-        cJSON_AddBoolToObject(jp, "complete", pp->complete);
-        cJSON *stages = cJSON_AddArrayToObject(jp, "stages");
-        for (int k = 0; k < pp->spec.nstages; k++) {
-            int n = 0;
-            for (size_t i = 0; i < s->plan->nworkers; i++)
-                n += strcmp(s->plan->workers[i].pipeline, pp->spec.name) == 0 &&
-                     s->plan->workers[i].stage == k && !s->plan->workers[i].draining;
-            cJSON *js = cJSON_CreateObject();
-            cJSON_AddNumberToObject(js, "stage", k);
-            cJSON_AddNumberToObject(js, "workers", n);
-            cJSON_AddNumberToObject(js, "need", pp->spec.stages[k].need);
-            cJSON_AddItemToArray(stages, js);
-        }
-        cJSON_AddItemToArray(pipes, jp);
-    }
-    cJSON *workers = cJSON_AddArrayToObject(root, "workers");
-    for (size_t i = 0; i < s->nworkers; i++) {
-        const mw_member_record_t *w = &s->workers[i];
-        const mw_plan_worker_t *pw = mw_plan_find_worker(s->plan, w->info.id);
-        cJSON *jw = cJSON_CreateObject();
-        cJSON_AddStringToObject(jw, "id", w->info.id);
-        cJSON_AddStringToObject(jw, "host", w->info.host);
-        cJSON_AddNumberToObject(jw, "pid", (double)w->info.pid);
-        cJSON_AddStringToObject(jw, "pipeline", w->info.pipeline);
-        if (w->info.stage == MW_PLAN_STAGE_AUTO)
-            cJSON_AddStringToObject(jw, "requested_stage", "auto");
-        else
-            cJSON_AddNumberToObject(jw, "requested_stage", w->info.stage);
-        if (pw != NULL)
-            cJSON_AddNumberToObject(jw, "stage", pw->stage);
-        else
-            cJSON_AddNullToObject(jw, "stage");
-        cJSON_AddBoolToObject(jw, "in_plan", pw != NULL);
-        cJSON_AddStringToObject(jw, "device", w->info.device);
-        cJSON_AddStringToObject(jw, "state", mw_member_state_name(w->info.state));
-        cJSON_AddNumberToObject(jw, "heartbeat_age_ms", (double)(s->now_ms - w->heartbeat_ms));
-        cJSON_AddNumberToObject(jw, "worlds_up", (double)w->info.worlds_up);
-        cJSON_AddNumberToObject(jw, "worlds_total", (double)worlds_of(s->plan, w->info.id));
-        cJSON_AddNumberToObject(jw, "inflight", (double)w->info.inflight);
-        cJSON_AddNumberToObject(jw, "processed", (double)w->info.processed);
-        cJSON_AddNumberToObject(jw, "errors", (double)w->info.errors);
-        cJSON_AddNumberToObject(jw, "latency_p50_us", (double)w->info.latency_p50_us);
-        cJSON_AddNumberToObject(jw, "latency_p99_us", (double)w->info.latency_p99_us);
-        cJSON_AddNumberToObject(jw, "plan_epoch", (double)w->info.plan_epoch);
-        cJSON_AddNumberToObject(jw, "plan_version", (double)w->info.plan_version);
-        if (w->invalid[0])
-            cJSON_AddStringToObject(jw, "invalid", w->invalid);
-        cJSON_AddItemToArray(workers, jw);
-    }
-    cJSON *events = cJSON_AddArrayToObject(root, "events");
-    for (size_t i = 0; i < s->nevents; i++) {
-        cJSON *je = cJSON_CreateObject();
-        cJSON_AddStringToObject(je, "id", s->events[i].id);
-        cJSON_AddNumberToObject(je, "ms", (double)s->events[i].ms);
-        cJSON_AddStringToObject(je, "type", s->events[i].type);
-        cJSON_AddStringToObject(je, "worker", s->events[i].worker);
-        cJSON_AddStringToObject(je, "text", s->events[i].text);
-        cJSON_AddItemToArray(events, je);
-    }
-    char *text = cJSON_Print(root);
+    cJSON *root = mwctl_snapshot_json(cfg, s);
+    char *text = root != NULL ? cJSON_Print(root) : NULL;
     if (text != NULL)
         fprintf(out, "%s\n", text);
     free(text);
@@ -319,8 +135,8 @@ int mwctl_status(int argc, char **argv, const mw_config_t *cfg)
     mw_redis_t *r = connect_or_say(cfg);
     if (r == NULL)
         return 1;
-    snapshot_t s;
-    int rc = take_snapshot(r, (size_t)nevents, &s);
+    mwctl_snapshot_t s;
+    int rc = mwctl_snapshot_take(r, (size_t)nevents, &s);
     if (rc != MW_OK) {
         fprintf(stderr, "mwctl: reading the cluster state from Redis failed: %s\n",
                 mw_redis_errstr(r));
@@ -329,7 +145,7 @@ int mwctl_status(int argc, char **argv, const mw_config_t *cfg)
     } else {
         print_human(cfg, &s, stdout);
     }
-    snapshot_free(&s);
+    mwctl_snapshot_free(&s);
     mw_redis_destroy(r);
     return rc == MW_OK ? 0 : 1;
 }

@@ -129,6 +129,18 @@ static void run_local_serves_verifies_every_output_and_stop_leaves_nothing_runni
         strstr(out, "verify: 300/300 ok outputs bit-identical") == NULL ||
         strstr(out, "results: 300/300 received, 0 errors") == NULL)
         fail_msg("ops/run-local.sh exited %d; its output:\n%s", rc, out);
+    /* The dashboard runs and its URL is printed; it answers with the cluster's metrics. */
+    int port = 0;
+    const char *url = strstr(out, "Dashboard: http://127.0.0.1:");
+    if (url == NULL || sscanf(url, "Dashboard: http://127.0.0.1:%d/", &port) != 1)
+        fail_msg("ops/run-local.sh printed no dashboard URL:\n%s", out);
+    char probe[512], metrics[1 << 16];
+    snprintf(probe, sizeof(probe),
+             "%s -c \"import urllib.request as u; "
+             "print(u.urlopen('http://127.0.0.1:%d/metrics', timeout=10).read().decode())\"",
+             getenv("MWTEST_PYTHON") ? getenv("MWTEST_PYTHON") : "/usr/bin/python3", port);
+    assert_int_equal(mwt_run(probe, metrics, sizeof(metrics)), 0);
+    assert_non_null(strstr(metrics, "mwserve_redis_up{cluster=\"local\"} 1"));
 
     /* mwctl results --verify finds each input in P.requests and agrees, and
      * says NOT VERIFIED against another model. */
@@ -156,7 +168,7 @@ static void run_local_serves_verifies_every_output_and_stop_leaves_nothing_runni
     /* Idempotent: a second start reuses every running process. */
     pid_t before[MAX_PIDS], after[MAX_PIDS];
     int nbefore = tracked_pids(before, MAX_PIDS);
-    assert_int_equal(nbefore, 7); /* coordinator, 4 workers, Redis, Kafka */
+    assert_int_equal(nbefore, 8); /* coordinator, dashboard, 4 workers, Redis, Kafka */
     rc = run_local("--requests 0 --timeout-s 60", "again.log");
     out = slurp("again.log");
     if (rc != 0 || strstr(out, "started") != NULL)
