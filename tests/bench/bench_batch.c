@@ -272,7 +272,7 @@ static void pipeline_start(bench_t *b, const char *suffix, const char *const *fl
     if (!mwt_wait_for(mwt_pipeline_origins_assigned(b->p) == PER_STAGE, SETUP_MS))
         mwt_die("pipeline", "the origins did not both get partitions");
     mwt_batch_init(&b->l, b->p->name, WIDTH, MAX_ROWS, PARTITIONS, 0);
-    mwt_batch_submit(&b->l, 20, 1, PARTITIONS);
+    mwt_load_submit_rows(&b->l, 20, 1, PARTITIONS);
     rd_kafka_flush(b->l.prod, 60000);
     if (mwt_load_collect(&b->l, 20, SETUP_MS) < 20)
         mwt_die("pipeline", "warm-up requests unanswered");
@@ -347,7 +347,7 @@ static mwt_batch_rate_t relay_burst(mwt_load_t *lr, relay_t *rl, atomic_int *go,
     if (!mwt_wait_for(!atomic_load(&rl[0].consuming) && !atomic_load(&rl[1].consuming), SETUP_MS))
         mwt_die("relay", "did not pause");
     int first = atomic_load(&lr->next);
-    mwt_batch_submit(lr, n, 1, PARTITIONS);
+    mwt_load_submit_rows(lr, n, 1, PARTITIONS);
     if (rd_kafka_flush(lr->prod, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
         mwt_die("relay", "requests not delivered");
     double t0 = mwt_now_us();

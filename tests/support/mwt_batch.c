@@ -30,33 +30,6 @@ void mwt_batch_init(mwt_load_t *l, const char *topic_prefix, int in_features, in
         mwt_die("assign", rd_kafka_err2str(err));
 }
 
-void mwt_batch_submit(mwt_load_t *l, int n, int rows, int partitions)
-{
-    char key[32], err[256];
-    mw_tensor_desc_t desc = {.dtype = MW_DTYPE_F32, .ndim = 2, .shape = {rows, l->in_features}};
-    for (int k = 0; k < n; k++) {
-        int i = atomic_load(&l->next);
-        if (i >= MWT_LOAD_MAX_REQ)
-            mwt_die("submit", "too many requests");
-        snprintf(key, sizeof(key), "r%07d", i);
-        mw_record_t rec;
-        mw_record_init(&rec);
-        if (mw_request_encode(&rec, key, strlen(key), &desc, l->input, (size_t)rows * l->req_bytes,
-                              0, 0, err, sizeof(err)) != MW_OK)
-            mwt_die("encode", err);
-        l->sent[i] = mwt_now_us();
-        int rc;
-        while ((rc = mw_record_produce(l->prod, l->requests, i % partitions, &rec, NULL, err,
-                                       sizeof(err))) == MW_EAGAIN)
-            rd_kafka_poll(l->prod, 10);
-        if (rc != MW_OK)
-            mwt_die("produce", err);
-        mw_record_fini(&rec);
-        atomic_store(&l->next, i + 1);
-        rd_kafka_poll(l->prod, 0);
-    }
-}
-
 typedef struct burst_arg {
     mwt_load_t *l;
     int n, rows, partitions;
@@ -65,7 +38,7 @@ typedef struct burst_arg {
 static void *burst_produce(void *arg)
 {
     burst_arg_t *b = arg;
-    mwt_batch_submit(b->l, b->n, b->rows, b->partitions);
+    mwt_load_submit_rows(b->l, b->n, b->rows, b->partitions);
     if (rd_kafka_flush(b->l->prod, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
         mwt_die("burst", "requests not delivered");
     return NULL;
@@ -138,7 +111,7 @@ void mwt_batch_latency(mwt_load_t *l, int n, int partitions, double *lat_ms)
 {
     for (int k = 0; k < n; k++) {
         int i = atomic_load(&l->next);
-        mwt_batch_submit(l, 1, 1, partitions);
+        mwt_load_submit_rows(l, 1, 1, partitions);
         if (mwt_load_collect(l, i + 1, 60000) < i + 1)
             mwt_die("latency", "result missing");
         lat_ms[k] = (l->got[i] - l->sent[i]) / 1e3;
@@ -161,7 +134,7 @@ static void *paced_produce(void *arg)
         if (due > a->n)
             due = a->n;
         if (due > k) {
-            mwt_batch_submit(a->l, due - k, 1, a->partitions);
+            mwt_load_submit_rows(a->l, due - k, 1, a->partitions);
             k = due;
             continue;
         }

@@ -16,11 +16,6 @@
 void mwt_batch_init(mwt_load_t *l, const char *topic_prefix, int in_features, int max_rows,
                     int partitions, int raw);
 
-/* Produces n requests of f32 [rows, in_features] (rows <= max_rows), request i
- * to partition i % partitions; does not flush. Thread-safe against
- * mwt_load_collect. */
-void mwt_batch_submit(mwt_load_t *l, int n, int rows, int partitions);
-
 /* Throughput of requests [first, first + n) of l, all answered, from t0
  * (mwt_now_us). */
 typedef struct mwt_batch_rate {

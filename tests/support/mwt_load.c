@@ -165,11 +165,10 @@ void mwt_load_fini(mwt_load_t *l)
     free(l->got);
 }
 
-/* Produces n requests (keys r%07d, f32 [1, in_features]); does not flush. */
-void mwt_load_submit(mwt_load_t *l, int n)
+void mwt_load_submit_rows(mwt_load_t *l, int n, int rows, int partitions)
 {
     char key[32], err[256];
-    mw_tensor_desc_t desc = {.dtype = MW_DTYPE_F32, .ndim = 2, .shape = {1, l->in_features}};
+    mw_tensor_desc_t desc = {.dtype = MW_DTYPE_F32, .ndim = 2, .shape = {rows, l->in_features}};
     for (int k = 0; k < n; k++) {
         int i = atomic_load(&l->next);
         if (i >= MWT_LOAD_MAX_REQ)
@@ -177,20 +176,25 @@ void mwt_load_submit(mwt_load_t *l, int n)
         snprintf(key, sizeof(key), "r%07d", i);
         mw_record_t rec;
         mw_record_init(&rec);
-        if (mw_request_encode(&rec, key, strlen(key), &desc, l->input, l->req_bytes, 0, 0, err,
-                              sizeof(err)) != MW_OK)
+        if (mw_request_encode(&rec, key, strlen(key), &desc, l->input, (size_t)rows * l->req_bytes,
+                              0, 0, err, sizeof(err)) != MW_OK)
             mwt_die("encode", err);
         l->sent[i] = mwt_now_us();
-        for (;;) {
-            int rc = mw_record_produce(l->prod, l->requests, 0, &rec, NULL, err, sizeof(err));
-            if (rc == MW_OK)
-                break;
+        int rc;
+        while ((rc = mw_record_produce(l->prod, l->requests, i % partitions, &rec, NULL, err,
+                                       sizeof(err))) == MW_EAGAIN)
             rd_kafka_poll(l->prod, 10);
-        }
+        if (rc != MW_OK)
+            mwt_die("produce", err);
         mw_record_fini(&rec);
         atomic_store(&l->next, i + 1);
         rd_kafka_poll(l->prod, 0);
     }
+}
+
+void mwt_load_submit(mwt_load_t *l, int n)
+{
+    mwt_load_submit_rows(l, n, 1, 1);
 }
 
 /* Reads results until every request below upto has one, or timeout; returns ngot. */

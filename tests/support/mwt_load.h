@@ -59,6 +59,11 @@ void mwt_load_fini(mwt_load_t *l);
 /* Produces n requests (no flush). Thread-safe against mwt_load_collect. */
 void mwt_load_submit(mwt_load_t *l, int n);
 
+/* Produces n requests of f32 [rows, in_features] (l->input holds that many
+ * rows: mwt_batch_init's max_rows), request i to partition i % partitions (no
+ * flush). Thread-safe against mwt_load_collect. */
+void mwt_load_submit_rows(mwt_load_t *l, int n, int rows, int partitions);
+
 /* Reads results until each request below upto has one or timeout; returns ngot. */
 int mwt_load_collect(mwt_load_t *l, int upto, int64_t timeout_ms);
 
