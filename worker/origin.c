@@ -107,7 +107,7 @@ struct dp_origin {
     int64_t full_since_ms; /* when the window filled up; -1 while it has room */
     int64_t next_commit_ms, next_check_ms, next_full_poll_ms, next_sweep_ms;
     const struct rd_kafka_metadata *topics; /* every topic, for reply routes; NULL: none yet */
-    int64_t topics_ms;                      /* when topics was fetched (monotonic) */
+    int64_t topics_ms;                      /* when it was last asked for (monotonic); 0: never */
 };
 
 /* ------------------------------------------------------------- requests */
@@ -495,28 +495,30 @@ static void part_drop(dp_origin_t *o, dp_part_t *p)
 /* ----------------------------------------------------------- reply routes */
 
 /* Partitions of topic in a snapshot of every topic's metadata, fetched again
- * when older than REPLY_METADATA_TTL_MS (every topic: asking for one by name
- * would create it on a broker that auto-creates topics). A stale snapshot
- * serves while Kafka does not answer. 0 when the topic does not exist, or
- * MW_EKAFKA with err when no snapshot could be had. */
+ * when the last try is older than REPLY_METADATA_TTL_MS (every topic: asking
+ * for one by name would create it on a broker that auto-creates topics). A
+ * stale snapshot serves while Kafka does not answer; it is asked again only
+ * after the TTL, so that the engine blocks on it at most that often. 0 when the
+ * topic does not exist, or MW_EKAFKA with err when no snapshot could be had. */
 static int topic_partitions(mw_dataplane_t *dp, const char *topic, char *err, size_t size)
 {
     dp_origin_t *o = dp->origin;
     int64_t now = mw_now_ms();
-    if (o->topics == NULL || now - o->topics_ms >= REPLY_METADATA_TTL_MS) {
+    if (o->topics_ms == 0 || now - o->topics_ms >= REPLY_METADATA_TTL_MS) {
         const struct rd_kafka_metadata *md = NULL;
         rd_kafka_resp_err_t e =
             rd_kafka_metadata(o->producer, 1, NULL, &md, (int)dp->cfg.kafka_timeout_ms);
+        o->topics_ms = now;
         if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
             if (o->topics != NULL)
                 rd_kafka_metadata_destroy(o->topics);
             o->topics = md;
-            o->topics_ms = now;
-        } else if (o->topics == NULL) {
-            return mw_errf(MW_EKAFKA, err, size, "no metadata to check reply topic %s: %s", topic,
-                           rd_kafka_err2str(e));
+        } else {
+            mw_log(MW_LOG_WARN, FAC, "metadata for reply topics: %s", rd_kafka_err2str(e));
         }
     }
+    if (o->topics == NULL)
+        return mw_errf(MW_EKAFKA, err, size, "no metadata to check reply topic %s", topic);
     for (int i = 0; i < o->topics->topic_cnt; i++)
         if (strcmp(o->topics->topics[i].topic, topic) == 0)
             return o->topics->topics[i].partition_cnt;
