@@ -4,7 +4,9 @@
  * missing topic or a missing partition get an error result on P.results and a
  * DLQ copy while their neighbours are served. */
 #include "clock.h"
+#include "err.h"
 #include "harness.h"
+#include "kafka.h"
 #include "mwt_pipeline.h"
 
 #include <setjmp.h>
@@ -61,6 +63,56 @@ static void mixed_routes(const mwt_pipeline_t *p, int i, mw_record_t *rec)
         const unsigned char part[4] = {0, 0, 0, i % 10 == 7 ? 99 : 1};
         mw_record_add_header(rec, "kafka_replyPartition", part, 4);
     }
+}
+
+/* Fails the test unless <name>.results holds nbad error results of requests
+ * [0, n), each naming the problem its route has (mixed_routes). */
+static void check_route_errors(mwt_pipeline_t *p, int n, int nbad)
+{
+    static const char *const want[10] = {[3] = "is not allowed (results.reply_topics",
+                                         [5] = "does not exist",
+                                         [7] = "reply partition 99 does not exist: topic"};
+    char err[512], topic[160];
+    mw_config_t cfg;
+    mwt_config(&cfg);
+    snprintf(topic, sizeof(topic), "%s.results", p->name);
+    rd_kafka_t *c = mw_kafka_consumer_new(&cfg, "route-errors", NULL, err, sizeof(err));
+    mw_config_fini(&cfg);
+    assert_non_null(c);
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(p->partitions);
+    for (int k = 0; k < p->partitions; k++)
+        rd_kafka_topic_partition_list_add(list, topic, k)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(c, list);
+    rd_kafka_topic_partition_list_destroy(list);
+    int seen = 0, wrong = 0;
+    for (int64_t deadline = mw_now_ms() + mwt_scaled(30000);
+         seen + wrong < nbad && mw_now_ms() < deadline;) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 100);
+        if (m == NULL)
+            continue;
+        mw_result_t res;
+        char key[16];
+        int i = -1;
+        if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && m->key_len < sizeof(key)) {
+            memcpy(key, m->key, m->key_len);
+            key[m->key_len] = '\0';
+            sscanf(key, "r%d", &i);
+        }
+        if (i >= 0 && i < n && mw_result_from_message(&res, m, err, sizeof(err)) == MW_OK) {
+            char text[MW_RECORD_ERROR_MAX + 1];
+            snprintf(text, sizeof(text), "%.*s", (int)res.error_len, res.error ? res.error : "");
+            if (want[i % 10] != NULL && strstr(text, want[i % 10]) != NULL) {
+                seen++;
+            } else {
+                print_message("%s: '%s'\n", key, text);
+                wrong++;
+            }
+        }
+        rd_kafka_message_destroy(m);
+    }
+    mw_kafka_destroy(c);
+    assert_int_equal(wrong, 0);
+    assert_int_equal(seen, nbad);
 }
 
 /* Where a reply without a reply partition lands: the request's partition
@@ -142,6 +194,7 @@ static void refused_reply_routes_get_an_error_result_and_a_dlq_copy(void **state
     print_message("%d refused routes, %d replies; %d requests answered wrongly\n", bad,
                   replies.distinct, wrong);
     assert_int_equal(wrong, 0);
+    check_route_errors(p, n, bad);
 
     mwt_tally_fini(&dlq);
     mwt_tally_fini(&results);
