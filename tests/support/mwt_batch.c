@@ -35,6 +35,18 @@ void mwt_batch_create_topics(const char *const *names, int n, int partitions)
     mw_kafka_destroy(rk);
 }
 
+/* Assigns l's consumer every partition of topic, from the beginning. */
+static void assign_all(mwt_load_t *l, const char *topic, int partitions)
+{
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(partitions);
+    for (int i = 0; i < partitions; i++)
+        rd_kafka_topic_partition_list_add(parts, topic, i)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_resp_err_t err = rd_kafka_assign(l->cons, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        die("assign", rd_kafka_err2str(err));
+}
+
 void mwt_batch_init(mwt_load_t *l, const char *topic_prefix, int in_features, int max_rows,
                     int partitions, int raw)
 {
@@ -42,13 +54,13 @@ void mwt_batch_init(mwt_load_t *l, const char *topic_prefix, int in_features, in
     mwt_load_init(l, topic_prefix, in_features * max_rows, raw);
     l->in_features = in_features;
     l->req_bytes = (size_t)in_features * sizeof(float);
-    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(partitions);
-    for (int i = 0; i < partitions; i++)
-        rd_kafka_topic_partition_list_add(parts, l->results, i)->offset = RD_KAFKA_OFFSET_BEGINNING;
-    rd_kafka_resp_err_t err = rd_kafka_assign(l->cons, parts);
-    rd_kafka_topic_partition_list_destroy(parts);
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-        die("assign", rd_kafka_err2str(err));
+    assign_all(l, l->results, partitions);
+}
+
+void mwt_batch_reply(mwt_load_t *l, const char *reply_topic, int partitions)
+{
+    snprintf(l->reply_topic, sizeof(l->reply_topic), "%s", reply_topic);
+    assign_all(l, reply_topic, partitions);
 }
 
 void mwt_batch_submit(mwt_load_t *l, int n, int rows, int partitions)
@@ -65,6 +77,10 @@ void mwt_batch_submit(mwt_load_t *l, int n, int rows, int partitions)
         if (mw_request_encode(&rec, key, strlen(key), &desc, l->input, (size_t)rows * l->req_bytes,
                               0, 0, err, sizeof(err)) != MW_OK)
             die("encode", err);
+        if (l->reply_topic[0] != '\0' &&
+            mw_record_add_header(&rec, MW_HDR_SPRING_REPLY_TOPIC, l->reply_topic,
+                                 strlen(l->reply_topic)) != MW_OK)
+            die("encode", "out of memory");
         l->sent[i] = mwt_now_us();
         int rc;
         while ((rc = mw_record_produce(l->prod, l->requests, i % partitions, &rec, NULL, err,

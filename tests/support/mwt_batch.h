@@ -17,6 +17,10 @@ void mwt_batch_create_topics(const char *const *names, int n, int partitions);
 void mwt_batch_init(mwt_load_t *l, const char *topic_prefix, int in_features, int max_rows,
                     int partitions, int raw);
 
+/* Makes l's requests name reply_topic (kafka_replyTopic) and l read their
+ * results there, every partition from the beginning. */
+void mwt_batch_reply(mwt_load_t *l, const char *reply_topic, int partitions);
+
 /* Produces n requests of f32 [rows, in_features] (rows <= max_rows), request i
  * to partition i % partitions; does not flush. Thread-safe against
  * mwt_load_collect. */
