@@ -538,7 +538,8 @@ static void result_echoes_the_correlation_id(void **state)
     mw_result_t res = {.id = (const uint8_t *)"r1",
                        .id_len = 2,
                        .error = "no",
-                       .correlation_id = "\x00c1",
+                       .correlation_id = "\x00"
+                                         "c1",
                        .correlation_id_len = 3,
                        .latency_us = -1};
     mw_record_init(&rec);
@@ -547,7 +548,10 @@ static void result_echoes_the_correlation_id(void **state)
                                      rec.headers, rec.nheaders, err, sizeof(err)),
                      MW_OK);
     assert_int_equal(got.correlation_id_len, 3);
-    assert_memory_equal(got.correlation_id, "\x00c1", 3);
+    assert_memory_equal(got.correlation_id,
+                        "\x00"
+                        "c1",
+                        3);
     mw_record_fini(&rec);
     res.correlation_id = NULL;
     assert_int_equal(mw_result_encode(&rec, &res, err, sizeof(err)), MW_OK);
