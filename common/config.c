@@ -128,6 +128,10 @@ static const struct cfg_key keys[] = {
     CFG_I("results.commit_min_gap_ms", results_commit_min_gap_ms, "10", 0, 600000,
           "group commit: a results transaction starts as soon as results are released and the "
           "previous one ended this long ago (at most results.commit_interval_ms)"),
+    CFG_S("results.reply_topics", results_reply_topics, "",
+          "comma-separated fnmatch globs of the topics a request may name as its reply topic "
+          "(mw-reply-topic, kafka_replyTopic); empty: reply routing off (such a request gets an "
+          "error result on P.results)"),
     CFG_I("request.max_attempts", request_max_attempts, "3", 1, 1000,
           "dispatches of one request before it fails with an error result and a DLQ copy"),
     CFG_I("request.timeout_ms", request_timeout_ms, "30000", 1, 86400000,

@@ -66,6 +66,7 @@ typedef struct mw_config {
     char results_delivery[16];          /* results.delivery: exactly-once | at-least-once */
     int64_t results_commit_interval_ms; /* results.commit_interval_ms: longest wait to commit */
     int64_t results_commit_min_gap_ms;  /* results.commit_min_gap_ms: between two commits */
+    char results_reply_topics[1024];    /* results.reply_topics: allowed reply topic globs */
     int64_t request_max_attempts;       /* request.max_attempts */
     int64_t request_timeout_ms;         /* request.timeout_ms: default deadline */
     int64_t request_attempt_timeout_ms; /* request.attempt_timeout_ms: retry unanswered */

@@ -5,6 +5,7 @@
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
+#include <fnmatch.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
@@ -453,6 +454,106 @@ out_json:
 
 /* ---- requests ------------------------------------------------------------------ */
 
+/* 1 when s is a name Kafka accepts for a topic: 1 to 249 of [a-zA-Z0-9._-],
+ * neither "." nor "..". */
+static int topic_name_valid(const char *s, size_t len)
+{
+    size_t dots = 0;
+    if (len == 0 || len > MW_TOPIC_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '-')
+            return 0;
+        dots += s[i] == '.';
+    }
+    return !(len <= 2 && dots == len);
+}
+
+/* The reply topic from mw-reply-topic or kafka_replyTopic (equal when both). */
+static int reply_topic_parse(mw_request_t *req, const mw_header_t *headers, size_t nheaders,
+                             char *errstr, size_t errstr_size)
+{
+    static const char *const names[] = {MW_HDR_REPLY_TOPIC, MW_HDR_SPRING_REPLY_TOPIC};
+    char q[300];
+    for (int k = 0; k < 2; k++) {
+        const void *hv;
+        size_t hs;
+        if (mw_header_find(headers, nheaders, names[k], &hv, &hs) != MW_OK)
+            continue;
+        if (hv == NULL || !topic_name_valid(hv, hs))
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "header %s '%s' is not a Kafka topic name (1 to %d of a-z A-Z 0-9 . "
+                           "_ -)",
+                           names[k], printable(q, sizeof(q), hv, hs), MW_TOPIC_NAME_MAX);
+        if (req->reply_topic != NULL &&
+            (hs != req->reply_topic_len || memcmp(hv, req->reply_topic, hs) != 0))
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "headers %s and %s name different reply topics", names[0], names[1]);
+        req->reply_topic = hv;
+        req->reply_topic_len = hs;
+    }
+    return MW_OK;
+}
+
+/* The reply partition from mw-reply-partition (decimal) or kafka_replyPartition
+ * (a 4-byte big-endian int, as Spring Kafka writes it), equal when both; only
+ * with a reply topic. */
+static int reply_partition_parse(mw_request_t *req, const mw_header_t *headers, size_t nheaders,
+                                 char *errstr, size_t errstr_size)
+{
+    char q[300];
+    const void *hv;
+    size_t hs;
+    int64_t part = -1;
+    if (mw_header_find(headers, nheaders, MW_HDR_REPLY_PART, &hv, &hs) == MW_OK &&
+        (parse_uint_header(hv, hs, &part) != MW_OK || part > INT32_MAX))
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "header %s '%s' is not a partition number (0 to %d)", MW_HDR_REPLY_PART,
+                       printable(q, sizeof(q), hv, hs), INT32_MAX);
+    if (mw_header_find(headers, nheaders, MW_HDR_SPRING_REPLY_PART, &hv, &hs) == MW_OK) {
+        const unsigned char *b = hv;
+        if (hv == NULL || hs != 4 || b[0] >= 0x80)
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "header %s '%s' is not a partition number (4 bytes, big-endian, "
+                           "non-negative)",
+                           MW_HDR_SPRING_REPLY_PART, printable(q, sizeof(q), hv, hs));
+        int64_t spring = (int64_t)b[0] << 24 | (int64_t)b[1] << 16 | (int64_t)b[2] << 8 | b[3];
+        if (part >= 0 && part != spring)
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "headers %s and %s name different reply partitions", MW_HDR_REPLY_PART,
+                           MW_HDR_SPRING_REPLY_PART);
+        part = spring;
+    }
+    if (part >= 0 && req->reply_topic == NULL)
+        return mw_errf(MW_EINVAL, errstr, errstr_size,
+                       "a reply partition without a reply topic (%s or %s)", MW_HDR_REPLY_TOPIC,
+                       MW_HDR_SPRING_REPLY_TOPIC);
+    req->reply_partition = (int32_t)part;
+    return MW_OK;
+}
+
+/* The reply route and kafka_correlationId. */
+static int reply_parse(mw_request_t *req, const mw_header_t *headers, size_t nheaders, char *errstr,
+                       size_t errstr_size)
+{
+    const void *hv;
+    size_t hs;
+    int rc = reply_topic_parse(req, headers, nheaders, errstr, errstr_size);
+    if (rc == MW_OK)
+        rc = reply_partition_parse(req, headers, nheaders, errstr, errstr_size);
+    if (rc != MW_OK)
+        return rc;
+    if (mw_header_find(headers, nheaders, MW_HDR_CORRELATION_ID, &hv, &hs) == MW_OK) {
+        if (hv == NULL || hs == 0 || hs > MW_CORRELATION_ID_MAX)
+            return mw_errf(MW_EINVAL, errstr, errstr_size,
+                           "header %s is %zu bytes, it must be 1 to %d", MW_HDR_CORRELATION_ID, hs,
+                           MW_CORRELATION_ID_MAX);
+        req->correlation_id = hv;
+        req->correlation_id_len = hs;
+    }
+    return MW_OK;
+}
+
 static int request_parse(mw_request_t *req, const void *key, size_t key_len, const void *value,
                          size_t value_len, const mw_header_t *headers, size_t nheaders,
                          uint64_t max_tensor_bytes, char *errstr, size_t errstr_size)
@@ -480,6 +581,10 @@ static int request_parse(mw_request_t *req, const void *key, size_t key_len, con
                 MW_EINVAL, errstr, errstr_size, "unsupported content-type '%s' (expected %s or %s)",
                 printable(q, sizeof(q), hv, hs), MW_CONTENT_TYPE_JSON, MW_CONTENT_TYPE_BINARY);
     }
+
+    rc = reply_parse(req, headers, nheaders, errstr, errstr_size);
+    if (rc != MW_OK)
+        return rc;
 
     int64_t deadline = 0;
     if (mw_header_find(headers, nheaders, MW_HDR_DEADLINE, &hv, &hs) == MW_OK &&
@@ -558,6 +663,27 @@ void mw_request_fini(mw_request_t *req)
     memset(req, 0, sizeof(*req));
 }
 
+int mw_reply_topic_allowed(const char *patterns, const char *topic)
+{
+    char pat[MW_TOPIC_NAME_MAX * 4 + 1];
+    for (const char *p = patterns; *p != '\0';) {
+        size_t len = strcspn(p, ",");
+        size_t b = 0, e = len;
+        while (b < e && isspace((unsigned char)p[b]))
+            b++;
+        while (e > b && isspace((unsigned char)p[e - 1]))
+            e--;
+        if (e > b && e - b < sizeof(pat)) {
+            memcpy(pat, p + b, e - b);
+            pat[e - b] = '\0';
+            if (fnmatch(pat, topic, 0) == 0)
+                return 1;
+        }
+        p += len + (p[len] == ',');
+    }
+    return 0;
+}
+
 /* ---- results --------------------------------------------------------------------- */
 
 int mw_result_parse(mw_result_t *res, const void *key, size_t key_len, const void *value,
@@ -584,6 +710,10 @@ int mw_result_parse(mw_result_t *res, const void *key, size_t key_len, const voi
     if (mw_header_find(headers, nheaders, MW_HDR_ERROR, &hv, &hs) == MW_OK) {
         res->error = hv != NULL ? hv : "";
         res->error_len = hs;
+    }
+    if (mw_header_find(headers, nheaders, MW_HDR_CORRELATION_ID, &hv, &hs) == MW_OK) {
+        res->correlation_id = hv;
+        res->correlation_id_len = hs;
     }
     if (mw_header_find(headers, nheaders, MW_HDR_ATTEMPTS, &hv, &hs) == MW_OK &&
         parse_uint_header(hv, hs, &res->attempts) != MW_OK)
@@ -845,6 +975,9 @@ int mw_result_encode(mw_record_t *rec, const mw_result_t *res, char *errstr, siz
         rc = add_int(rec, MW_HDR_ATTEMPTS, res->attempts);
     if (rc == MW_OK && res->latency_us >= 0)
         rc = add_int(rec, MW_HDR_LATENCY, res->latency_us);
+    if (rc == MW_OK && res->correlation_id != NULL)
+        rc = mw_record_add_header(rec, MW_HDR_CORRELATION_ID, res->correlation_id,
+                                  res->correlation_id_len);
     if (rc != MW_OK)
         return mw_errf(rc, errstr, errstr_size, "out of memory");
     return MW_OK;
@@ -897,10 +1030,17 @@ static size_t message_headers(const rd_kafka_message_t *msg, const char *const *
 int mw_request_from_message(mw_request_t *req, const rd_kafka_message_t *msg,
                             uint64_t max_tensor_bytes, char *errstr, size_t errstr_size)
 {
-    static const char *const names[] = {MW_HDR_DTYPE, MW_HDR_SHAPE, MW_HDR_DEADLINE,
-                                        MW_HDR_CONTENT_TYPE};
-    mw_header_t h[4];
-    size_t n = message_headers(msg, names, 4, h);
+    static const char *const names[] = {MW_HDR_DTYPE,
+                                        MW_HDR_SHAPE,
+                                        MW_HDR_DEADLINE,
+                                        MW_HDR_CONTENT_TYPE,
+                                        MW_HDR_REPLY_TOPIC,
+                                        MW_HDR_REPLY_PART,
+                                        MW_HDR_SPRING_REPLY_TOPIC,
+                                        MW_HDR_SPRING_REPLY_PART,
+                                        MW_HDR_CORRELATION_ID};
+    mw_header_t h[sizeof(names) / sizeof(names[0])];
+    size_t n = message_headers(msg, names, sizeof(names) / sizeof(names[0]), h);
     return mw_request_parse(req, msg->key, msg->key_len, msg->payload, msg->len, h, n,
                             max_tensor_bytes, errstr, errstr_size);
 }
@@ -908,10 +1048,11 @@ int mw_request_from_message(mw_request_t *req, const rd_kafka_message_t *msg,
 int mw_result_from_message(mw_result_t *res, const rd_kafka_message_t *msg, char *errstr,
                            size_t errstr_size)
 {
-    static const char *const names[] = {MW_HDR_STATUS, MW_HDR_ERROR,    MW_HDR_DTYPE,
-                                        MW_HDR_SHAPE,  MW_HDR_ATTEMPTS, MW_HDR_LATENCY};
-    mw_header_t h[6];
-    size_t n = message_headers(msg, names, 6, h);
+    static const char *const names[] = {MW_HDR_STATUS,        MW_HDR_ERROR,    MW_HDR_DTYPE,
+                                        MW_HDR_SHAPE,         MW_HDR_ATTEMPTS, MW_HDR_LATENCY,
+                                        MW_HDR_CORRELATION_ID};
+    mw_header_t h[sizeof(names) / sizeof(names[0])];
+    size_t n = message_headers(msg, names, sizeof(names) / sizeof(names[0]), h);
     return mw_result_parse(res, msg->key, msg->key_len, msg->payload, msg->len, h, n, errstr,
                            errstr_size);
 }

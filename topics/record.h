@@ -4,11 +4,15 @@
  *
  * Request: key = request id (1..MW_REQUEST_ID_MAX bytes, any bytes; an empty
  * key is rejected), headers mw-dtype, mw-shape, optional mw-deadline-ms
- * (absolute Unix time in milliseconds) and content-type; value = the tensor,
+ * (absolute Unix time in milliseconds), content-type, and the reply route:
+ * mw-reply-topic (or Spring Kafka's kafka_replyTopic), mw-reply-partition
+ * (decimal; or kafka_replyPartition, a 4-byte big-endian int) and
+ * kafka_correlationId (bytes, echoed on the result); value = the tensor,
  * little-endian, C order, or with content-type application/json the object
  * {"dtype":"f32","shape":[1,4],"data":[...]} (data flat or nested by shape).
  * Result: key = request id; headers mw-status (ok|error), mw-error, mw-dtype,
- * mw-shape, mw-attempts, mw-latency-us; value = output tensor, empty on error.
+ * mw-shape, mw-attempts, mw-latency-us, kafka_correlationId when the request
+ * had one; value = output tensor, empty on error.
  * DLQ: the original key, value and headers plus mw-error and mw-attempts. */
 #ifndef MW_RECORD_H
 #define MW_RECORD_H
@@ -27,12 +31,21 @@
 #define MW_HDR_ERROR        "mw-error"
 #define MW_HDR_ATTEMPTS     "mw-attempts"
 #define MW_HDR_LATENCY      "mw-latency-us"
+#define MW_HDR_REPLY_TOPIC  "mw-reply-topic"
+#define MW_HDR_REPLY_PART   "mw-reply-partition"
+/* Spring Kafka's names (KafkaHeaders.REPLY_TOPIC, REPLY_PARTITION, CORRELATION_ID). */
+#define MW_HDR_SPRING_REPLY_TOPIC "kafka_replyTopic"
+#define MW_HDR_SPRING_REPLY_PART  "kafka_replyPartition"
+#define MW_HDR_CORRELATION_ID     "kafka_correlationId"
 
 #define MW_CONTENT_TYPE_JSON   "application/json"
 #define MW_CONTENT_TYPE_BINARY "application/octet-stream"
 
 /* Longest request id (record key) accepted, in bytes. */
 #define MW_REQUEST_ID_MAX 255
+/* Longest Kafka topic name, and longest kafka_correlationId accepted. */
+#define MW_TOPIC_NAME_MAX     249
+#define MW_CORRELATION_ID_MAX 255
 /* Longest mw-error text written into results and DLQ records. */
 #define MW_RECORD_ERROR_MAX 1024
 
@@ -55,9 +68,14 @@ typedef struct mw_request {
     mw_tensor_desc_t desc;
     const void *data; /* nbytes of tensor, little-endian, C order */
     size_t nbytes;
-    int64_t deadline_ms; /* absolute Unix ms from mw-deadline-ms; 0 when absent */
-    int json;            /* 1 when the value was the JSON form */
-    void *owned;         /* converted JSON data; freed by mw_request_fini */
+    int64_t deadline_ms;     /* absolute Unix ms from mw-deadline-ms; 0 when absent */
+    int json;                /* 1 when the value was the JSON form */
+    const char *reply_topic; /* a valid topic name, not NUL-terminated; NULL: none */
+    size_t reply_topic_len;
+    int32_t reply_partition;    /* -1: none given (only with a reply topic) */
+    const void *correlation_id; /* kafka_correlationId; NULL when absent */
+    size_t correlation_id_len;
+    void *owned; /* converted JSON data; freed by mw_request_fini */
 } mw_request_t;
 
 /* A result, decoded (pointers borrow from the message) or to be encoded
@@ -71,8 +89,10 @@ typedef struct mw_result {
     mw_tensor_desc_t desc; /* mw-dtype/mw-shape; ndim = 0 when absent (error results) */
     const void *data;      /* output tensor (ok results) */
     size_t nbytes;
-    int64_t attempts;   /* mw-attempts; 0 when absent */
-    int64_t latency_us; /* mw-latency-us; -1 when absent */
+    int64_t attempts;           /* mw-attempts; 0 when absent */
+    int64_t latency_us;         /* mw-latency-us; -1 when absent */
+    const void *correlation_id; /* kafka_correlationId; NULL when absent (none encoded) */
+    size_t correlation_id_len;
 } mw_result_t;
 
 /* A record being built for producing: key, value and headers, each either
@@ -100,7 +120,8 @@ int mw_header_find(const mw_header_t *headers, size_t nheaders, const char *name
 /* Parses and validates a request. On success req borrows key and value (see
  * mw_request_t) and must be released with mw_request_fini; on failure req
  * holds nothing and errstr names the problem (missing header, unknown dtype,
- * bad shape, size mismatch, too large, malformed JSON...). Returns MW_EINVAL
+ * bad shape, size mismatch, too large, malformed JSON, a reply header that is
+ * not a topic name or partition, or two that disagree...). Returns MW_EINVAL
  * for malformed requests, MW_ETOOBIG over max_tensor_bytes, MW_ENOMEM.
  * Thread-safe (no shared state). */
 int mw_request_parse(mw_request_t *req, const void *key, size_t key_len, const void *value,
@@ -109,6 +130,11 @@ int mw_request_parse(mw_request_t *req, const void *key, size_t key_len, const v
 
 /* Frees what a parsed request owns (JSON data); accepts a zeroed request. */
 void mw_request_fini(mw_request_t *req);
+
+/* 1 when topic matches one of patterns, comma-separated fnmatch(3) globs
+ * (blanks around each ignored), as results.reply_topics lists them; an empty
+ * list allows nothing. */
+int mw_reply_topic_allowed(const char *patterns, const char *topic);
 
 /* Parses a result record (key, value, headers); res borrows from them.
  * MW_EINVAL with errstr on a malformed result. */
@@ -133,7 +159,8 @@ int mw_request_encode(mw_record_t *rec, const void *id, size_t id_len, const mw_
 
 /* Builds a result record in rec (which must be empty) from res: ok results
  * carry dtype, shape and the output tensor (borrowed), error results the error
- * (truncated to MW_RECORD_ERROR_MAX) and an empty value. */
+ * (truncated to MW_RECORD_ERROR_MAX) and an empty value; both carry
+ * kafka_correlationId when res has one. */
 int mw_result_encode(mw_record_t *rec, const mw_result_t *res, char *errstr, size_t errstr_size);
 
 /* Builds a DLQ record in rec (which must be empty): the original key and value

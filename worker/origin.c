@@ -24,6 +24,9 @@
 #define POLL_MIN       64 /* messages taken per engine pass, at least */
 #define FULL_POLL_MS   50
 #define PAUSE_AFTER_MS 250
+/* How long a snapshot of the cluster's topics serves reply routes: a reply
+ * topic created (or grown) is used at most this long after. */
+#define REPLY_METADATA_TTL_MS 2000
 
 enum { RQ_WAIT = 1, RQ_SENT, RQ_DONE };
 
@@ -56,7 +59,8 @@ struct dp_req {
     void *out;
     uint64_t out_bytes;
     int64_t latency_us;
-    int produced; /* in the open transaction (or flushed, at-least-once) */
+    int produced;            /* in the open transaction (or flushed, at-least-once) */
+    int32_t reply_partition; /* of in.reply_topic, checked; -1: the result goes to P.results */
 };
 
 /* A batch in the pipeline: its requests, in row order. Kept until its result
@@ -102,6 +106,8 @@ struct dp_origin {
     int draining;          /* paused for good */
     int64_t full_since_ms; /* when the window filled up; -1 while it has room */
     int64_t next_commit_ms, next_check_ms, next_full_poll_ms, next_sweep_ms;
+    const struct rd_kafka_metadata *topics; /* every topic, for reply routes; NULL: none yet */
+    int64_t topics_ms;                      /* when it was last asked for (monotonic); 0: never */
 };
 
 /* ------------------------------------------------------------- requests */
@@ -486,12 +492,91 @@ static void part_drop(dp_origin_t *o, dp_part_t *p)
     free(p);
 }
 
+/* ----------------------------------------------------------- reply routes */
+
+/* Partitions of topic in a snapshot of every topic's metadata, fetched again
+ * when the last try is older than REPLY_METADATA_TTL_MS (every topic: asking
+ * for one by name would create it on a broker that auto-creates topics). A
+ * stale snapshot serves while Kafka does not answer; it is asked again only
+ * after the TTL, so that the engine blocks on it at most that often. 0 when the
+ * topic does not exist, or MW_EKAFKA with err when no snapshot could be had. */
+static int topic_partitions(mw_dataplane_t *dp, const char *topic, char *err, size_t size)
+{
+    dp_origin_t *o = dp->origin;
+    int64_t now = mw_now_ms();
+    if (o->topics_ms == 0 || now - o->topics_ms >= REPLY_METADATA_TTL_MS) {
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t e =
+            rd_kafka_metadata(o->producer, 1, NULL, &md, (int)dp->cfg.kafka_timeout_ms);
+        o->topics_ms = now;
+        if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            if (o->topics != NULL)
+                rd_kafka_metadata_destroy(o->topics);
+            o->topics = md;
+        } else {
+            mw_log(MW_LOG_WARN, FAC, "metadata for reply topics: %s", rd_kafka_err2str(e));
+        }
+    }
+    if (o->topics == NULL)
+        return mw_errf(MW_EKAFKA, err, size, "no metadata to check reply topic %s", topic);
+    for (int i = 0; i < o->topics->topic_cnt; i++)
+        if (strcmp(o->topics->topics[i].topic, topic) == 0)
+            return o->topics->topics[i].partition_cnt;
+    return 0;
+}
+
+/* Checks r's reply route and sets r->reply_partition: the topic must match
+ * results.reply_topics and exist, the partition asked for too. Without one,
+ * the request's own partition modulo the topic's partition count: the replies
+ * to one request partition stay in one reply partition, in input order. */
+static int reply_route(mw_dataplane_t *dp, dp_req_t *r, char *err, size_t size)
+{
+    char topic[MW_TOPIC_NAME_MAX + 1];
+    snprintf(topic, sizeof(topic), "%.*s", (int)r->in.reply_topic_len, r->in.reply_topic);
+    if (!mw_reply_topic_allowed(dp->cfg.results_reply_topics, topic))
+        return mw_errf(MW_EINVAL, err, size,
+                       "reply topic %s is not allowed (results.reply_topics: '%s')", topic,
+                       dp->cfg.results_reply_topics);
+    int n = topic_partitions(dp, topic, err, size);
+    if (n < 0)
+        return n;
+    if (n == 0)
+        return mw_errf(MW_ENOTFOUND, err, size, "reply topic %s does not exist", topic);
+    if (r->in.reply_partition >= n)
+        return mw_errf(MW_ENOTFOUND, err, size,
+                       "reply partition %d does not exist: topic %s has %d partition(s)",
+                       (int)r->in.reply_partition, topic, n);
+    r->reply_partition =
+        r->in.reply_partition >= 0 ? r->in.reply_partition : r->part->partition % n;
+    return MW_OK;
+}
+
 /* ---------------------------------------------------------------- output */
 
 static int produce_one(mw_dataplane_t *dp, dp_req_t *r)
 {
     dp_origin_t *o = dp->origin;
-    char err[256];
+    char err[256], reply[MW_TOPIC_NAME_MAX + 1];
+    const char *topic = o->t_results;
+    int32_t partition = RD_KAFKA_PARTITION_UA;
+    if (r->reply_partition >= 0 && reply_route(dp, r, err, sizeof(err)) != MW_OK) {
+        /* The reply topic went away since the request was consumed: producing
+         * to it would fail the transaction every time it is tried again. */
+        mw_log(MW_LOG_WARN, FAC, "request at %s [%d] offset %lld: %s; answered on %s",
+               r->part->topic, (int)r->part->partition, (long long)r->offset, err, o->t_results);
+        free(r->out);
+        free(r->error);
+        r->out = NULL;
+        r->out_bytes = 0;
+        r->ok = 0;
+        r->error = strdup(err);
+        r->reply_partition = -1;
+    }
+    if (r->reply_partition >= 0) {
+        snprintf(reply, sizeof(reply), "%.*s", (int)r->in.reply_topic_len, r->in.reply_topic);
+        topic = reply;
+        partition = r->reply_partition;
+    }
     mw_record_t rec;
     mw_result_t res = {.id = r->msg->key,
                        .id_len = r->msg->key_len,
@@ -501,12 +586,13 @@ static int produce_one(mw_dataplane_t *dp, dp_req_t *r)
                        .data = r->out,
                        .nbytes = r->out_bytes,
                        .attempts = r->attempt,
-                       .latency_us = r->latency_us};
+                       .latency_us = r->latency_us,
+                       .correlation_id = r->in.correlation_id,
+                       .correlation_id_len = r->in.correlation_id_len};
     mw_record_init(&rec);
     int rc = mw_result_encode(&rec, &res, err, sizeof(err));
     if (rc == MW_OK)
-        rc = mw_record_produce(o->producer, o->t_results, RD_KAFKA_PARTITION_UA, &rec, NULL, err,
-                               sizeof(err));
+        rc = mw_record_produce(o->producer, topic, partition, &rec, NULL, err, sizeof(err));
     mw_record_fini(&rec);
     if (rc == MW_OK && !r->ok) {
         rc = mw_dlq_encode_message(&rec, r->msg, r->error, r->attempt);
@@ -858,6 +944,7 @@ static void on_message(mw_dataplane_t *dp, rd_kafka_message_t *msg)
     r->offset = msg->offset;
     r->seq = ++o->next_seq;
     r->attempt = 1;
+    r->reply_partition = -1;
     r->consumed_us = mw_now_us();
     if (p->tail != NULL)
         p->tail->next = r;
@@ -875,6 +962,11 @@ static void on_message(mw_dataplane_t *dp, rd_kafka_message_t *msg)
                                 sizeof(err)) != MW_OK) {
         r->attempt = 0;
         finish_err(dp, r, "invalid request: %s", err);
+        return;
+    }
+    if (r->in.reply_topic != NULL && reply_route(dp, r, err, sizeof(err)) != MW_OK) {
+        r->attempt = 0;
+        finish_err(dp, r, "%s", err); /* answered on P.results */
         return;
     }
     r->deadline_ms = now + dp->cfg.request_timeout_ms;
@@ -1143,6 +1235,8 @@ void mw_dp_origin_destroy(mw_dataplane_t *dp)
         mw_kafka_destroy(o->producer);
     if (o->subscription != NULL)
         rd_kafka_topic_partition_list_destroy(o->subscription);
+    if (o->topics != NULL)
+        rd_kafka_metadata_destroy(o->topics);
     free(o);
     dp->origin = NULL;
 }

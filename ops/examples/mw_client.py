@@ -5,6 +5,13 @@ then reads their results from P.results and prints one JSON line per result.
 
   mw_client.py --bootstrap HOST:PORT --pipeline P --shape 1,64 --random 10
   mw_client.py --bootstrap HOST:PORT --pipeline P --shape 1,16 --input rows.f32
+  mw_client.py --bootstrap HOST:PORT --pipeline P --shape 1,16 --random 10 \
+      --reply-topic P.replies
+
+--reply-topic T: each request carries kafka_replyTopic T and a 16-byte
+kafka_correlationId (Spring Kafka's request-reply headers); the results come
+back on T (the workers must allow it: results.reply_topics) and are matched by
+correlation id.
 
 --input: raw little-endian f32, one request per prod(shape) values.
 Output lines: {"id": ..., "status": "ok", "shape": [...], "values": [...],
@@ -16,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+import uuid
 
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -33,6 +41,7 @@ def main():
     src.add_argument("--random", type=int, metavar="N", help="N requests of uniform [0, 1) values")
     ap.add_argument("--id-prefix", default="py-%d-" % int(time.time()), help="request id prefix")
     ap.add_argument("--timeout-s", type=float, default=60.0)
+    ap.add_argument("--reply-topic", help="answer on this topic (kafka_replyTopic) instead of P.results")
     a = ap.parse_args()
 
     shape = [int(d) for d in a.shape.split(",")]
@@ -40,7 +49,8 @@ def main():
         rows = np.fromfile(a.input, dtype="<f4").reshape([-1] + shape)
     else:
         rows = np.random.default_rng().random([a.random] + shape, dtype=np.float32)
-    requests_topic, results_topic = a.pipeline + ".requests", a.pipeline + ".results"
+    requests_topic = a.pipeline + ".requests"
+    results_topic = a.reply_topic or a.pipeline + ".results"
 
     # Read results from where the topic ends now, before producing.
     c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": a.id_prefix + "client",
@@ -55,12 +65,17 @@ def main():
     c.assign(start)
 
     p = Producer({"bootstrap.servers": a.bootstrap, "enable.idempotence": True})
-    pending = set()
+    pending = {}  # request id -> the correlation id its result must carry (None: none)
     for i, x in enumerate(rows):
         key = "%s%d" % (a.id_prefix, i)
+        headers = [("mw-dtype", b"f32"), ("mw-shape", a.shape.encode())]
+        cid = None
+        if a.reply_topic is not None:
+            cid = uuid.uuid4().bytes
+            headers += [("kafka_replyTopic", a.reply_topic.encode()), ("kafka_correlationId", cid)]
         p.produce(requests_topic, key=key.encode(), value=x.astype("<f4").tobytes(),
-                  headers=[("mw-dtype", b"f32"), ("mw-shape", a.shape.encode())])
-        pending.add(key)
+                  headers=headers)
+        pending[key] = cid
         p.poll(0)
     if p.flush(30) != 0:
         sys.exit("mw_client: requests not acknowledged by Kafka")
@@ -71,10 +86,11 @@ def main():
         if m is None or m.error() is not None:
             continue
         key = m.key().decode() if m.key() is not None else ""
-        if key not in pending:
+        raw = dict(m.headers() or [])
+        if key not in pending or raw.get("kafka_correlationId") != pending[key]:
             continue  # another client's result
-        pending.discard(key)
-        h = {k: v.decode() for k, v in (m.headers() or [])}
+        del pending[key]
+        h = {k: v.decode() for k, v in raw.items() if k != "kafka_correlationId"}
         if h.get("mw-status") == "ok":
             y = np.frombuffer(m.value(), DTYPES[h["mw-dtype"]])
             out = {"id": key, "status": "ok", "shape": [int(d) for d in h["mw-shape"].split(",")],

@@ -7,10 +7,11 @@
  * stage-0 workers' CPU per request, throughput with group commit (the default)
  * against a pipeline whose workers commit at most every 100 ms (the timer of
  * earlier versions), and the latency of one request at a time and at half the
- * saturation throughput. JSON lines on stdout.
+ * saturation throughput, and the latency of one request at a time answered on
+ * a reply topic (kafka_replyTopic) next to P.results. JSON lines on stdout.
  *
- * MW_BENCH_ONLY=relay|rows|commit|latency runs one part only (latency without
- * relay measures the saturation throughput by one burst). */
+ * MW_BENCH_ONLY=relay|rows|commit|latency|reply runs one part only (latency
+ * without relay measures the saturation throughput by one burst). */
 #include "clock.h"
 #include "err.h"
 #include "harness.h"
@@ -43,6 +44,7 @@ enum { REPS = 3 };
 
 #define LONE       300 /* lone requests timed, after LONE_WARM */
 #define LONE_WARM  20
+#define LONE_BLOCK 25  /* the reply part alternates P.results and the reply topic */
 #define LONE_TIMER 100 /* on the timer pipeline: about 100 ms each */
 #define HALF_S     10  /* seconds of paced load at half the saturation */
 
@@ -465,18 +467,26 @@ static void list_format(char *buf, size_t size, const double *v, int n)
         snprintf(buf + len, size - len, "]");
 }
 
-/* Lone requests: LONE_WARM, then n timed; their p50, p99 and mean in p[0..2]. */
-static void lone_latency(bench_t *b, int n, double *p)
+/* p50, p99 and mean of lat[0..n) (sorted in place) in p[0..2]. */
+static void lat_stats(double *lat, int n, double *p)
 {
-    double lat[LONE], sum = 0;
-    mwt_batch_latency(&b->l, LONE_WARM, PARTITIONS, lat);
-    mwt_batch_latency(&b->l, n, PARTITIONS, lat);
-    b->rows_sent += LONE_WARM + n;
+    double sum = 0;
     for (int i = 0; i < n; i++)
         sum += lat[i];
     p[2] = sum / n;
     p[0] = mwt_percentile(lat, n, 50);
     p[1] = mwt_percentile(lat, n, 99);
+}
+
+/* Lone requests of l: LONE_WARM, then n timed; their p50, p99 and mean in
+ * p[0..2]. Returns how many were sent (one row each). */
+static int lone_latency(mwt_load_t *l, int n, double *p)
+{
+    double lat[LONE];
+    mwt_batch_latency(l, LONE_WARM, PARTITIONS, lat);
+    mwt_batch_latency(l, n, PARTITIONS, lat);
+    lat_stats(lat, n, p);
+    return LONE_WARM + n;
 }
 
 /* Saturation throughput at one row per request with the default workers
@@ -506,7 +516,7 @@ static void bench_group_vs_timer(bench_t *b, double *timer)
         }
     }
     mwt_batch_linger0(&t.l);
-    lone_latency(&t, LONE_TIMER, timer);
+    lone_latency(&t.l, LONE_TIMER, timer);
     int errors = b->l.errors + t.l.errors;
     pipeline_stop(&t);
 
@@ -541,7 +551,7 @@ static void bench_latency(bench_t *b, double sat_req_s, const double *timer)
     }
     mwt_batch_linger0(&b->l);
     double lone[3];
-    lone_latency(b, LONE, lone);
+    b->rows_sent += lone_latency(&b->l, LONE, lone);
     char extra[1400], base[240] = "";
     if (timer[0] > 0)
         snprintf(base, sizeof(base),
@@ -593,6 +603,43 @@ static void bench_latency(bench_t *b, double sat_req_s, const double *timer)
     mwt_emit("latency_half_load_e2e_p50_ms", p50, "ms", extra);
 }
 
+/* Lone requests answered on P.results and on a reply topic <name>.replies
+ * (PARTITIONS partitions), the same pipeline, measured in turn. */
+static void bench_reply(bench_t *b)
+{
+    char topic[240], extra[1000];
+    mwt_pipeline_topic(b->p, "replies", PARTITIONS);
+    snprintf(topic, sizeof(topic), "%s.replies", b->p->name);
+    mwt_load_t r = {0};
+    mwt_batch_init(&r, b->p->name, WIDTH, MAX_ROWS, PARTITIONS, 0);
+    mwt_batch_reply(&r, topic, PARTITIONS);
+    mwt_batch_linger0(&r);
+    mwt_batch_linger0(&b->l);
+    /* In turn, LONE_BLOCK at a time: whichever goes first after the warm-up
+     * is slower (by 1 to 3 ms at p50 in trials), so neither goes all first. */
+    double lat[2][LONE], results[3], reply[3];
+    mwt_batch_latency(&b->l, LONE_WARM, PARTITIONS, lat[0]);
+    mwt_batch_latency(&r, LONE_WARM, PARTITIONS, lat[1]);
+    for (int k = 0; k < LONE; k += LONE_BLOCK) {
+        mwt_batch_latency(&b->l, LONE_BLOCK, PARTITIONS, lat[0] + k);
+        mwt_batch_latency(&r, LONE_BLOCK, PARTITIONS, lat[1] + k);
+    }
+    b->rows_sent += 2 * (LONE_WARM + LONE);
+    lat_stats(lat[0], LONE, results);
+    lat_stats(lat[1], LONE, reply);
+    mwt_load_fini(&r);
+    snprintf(extra, sizeof(extra),
+             ", \"baseline\": %.2f, \"ratio\": %.4f, \"p99_ms\": %.2f, \"mean_ms\": %.2f, "
+             "\"baseline_p99_ms\": %.2f, \"baseline_mean_ms\": %.2f, \"requests\": %d, "
+             "\"note\": \"2 stages x 2 CPU workers, make run's model, f32 [1, 64] requests over "
+             "4 partitions, one at a time (linger.ms 0), produce call -> result read by a "
+             "read_committed consumer; value: answered on a reply topic of 4 partitions "
+             "(kafka_replyTopic), baseline: the same requests without it, on P.results, the same "
+             "pipeline, 25 of each in turn\"",
+             results[0], reply[0] / results[0], reply[1], reply[2], results[1], results[2], LONE);
+    mwt_emit("latency_lone_reply_topic_p50_ms", reply[0], "ms", extra);
+}
+
 /* Whether MW_BENCH_ONLY (unset: every part) names part. */
 static int runs(const char *part)
 {
@@ -606,6 +653,9 @@ int main(void)
     if (atexit(kill_live) != 0)
         mwt_die("atexit", "refused");
     bench_t b = {0};
+    /* The workers inherit it: the reply part's topic. */
+    if (setenv("MW_RESULTS_REPLY_TOPICS", "*.replies", 1) != 0)
+        mwt_die("setenv", "refused");
     pipeline_start(&b, "batch", mwt_load_elastic_flags);
     double sat_req_s = 0, timer[3] = {0};
     if (runs("relay"))
@@ -618,6 +668,8 @@ int main(void)
         bench_group_vs_timer(&b, timer);
     if (runs("latency"))
         bench_latency(&b, sat_req_s, timer);
+    if (runs("reply"))
+        bench_reply(&b);
     pipeline_stop(&b);
     return 0;
 }

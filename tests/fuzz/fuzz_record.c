@@ -2,7 +2,7 @@
  * key and value; accepted requests must re-encode and re-parse to the same tensor.
  *
  * Input: byte 0 = number of headers (low 3 bits); per header one selector byte
- * (low 3 bits: name, bit 7: null value) and one length byte (mod 64) then the
+ * (low 4 bits: name, bit 7: null value) and one length byte (mod 64) then the
  * value; one key-length byte (mod 64) and the key; one limit byte (the tensor
  * limit is 2^(b mod 24)); the rest is the record value. */
 #include "err.h"
@@ -12,8 +12,40 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const names[8] = {"mw-dtype",  "mw-shape", "content-type", "mw-deadline-ms",
-                                     "mw-status", "mw-error", "x-other",      "mw-dtype"};
+static const char *const names[16] = {"mw-dtype",
+                                      "mw-shape",
+                                      "content-type",
+                                      "mw-deadline-ms",
+                                      "mw-status",
+                                      "mw-error",
+                                      "x-other",
+                                      "mw-dtype",
+                                      "mw-reply-topic",
+                                      "kafka_replyTopic",
+                                      "mw-reply-partition",
+                                      "kafka_replyPartition",
+                                      "kafka_correlationId",
+                                      "mw-reply-topic",
+                                      "kafka_replyPartition",
+                                      "x-other"};
+
+/* The reply route of an accepted request is a valid topic name, and a
+ * partition only comes with a topic. */
+static void check_reply(const mw_request_t *req)
+{
+    if (req->reply_topic != NULL) {
+        if (req->reply_topic_len == 0 || req->reply_topic_len > MW_TOPIC_NAME_MAX)
+            abort();
+        for (size_t i = 0; i < req->reply_topic_len; i++)
+            if (strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-",
+                       req->reply_topic[i]) == NULL)
+                abort();
+    } else if (req->reply_partition != -1) {
+        abort();
+    }
+    if (req->reply_partition < -1 || req->correlation_id_len > MW_CORRELATION_ID_MAX)
+        abort();
+}
 
 static void check_round_trips(const mw_request_t *req)
 {
@@ -59,12 +91,16 @@ static void check_round_trips(const mw_request_t *req)
                        .data = req->data,
                        .nbytes = req->nbytes,
                        .attempts = 1,
-                       .latency_us = 5};
+                       .latency_us = 5,
+                       .correlation_id = req->correlation_id,
+                       .correlation_id_len = req->correlation_id_len};
     mw_result_t got;
     if (mw_result_encode(&rec, &res, err, sizeof(err)) != MW_OK ||
         mw_result_parse(&got, rec.key, rec.key_len, rec.value, rec.value_len, rec.headers,
                         rec.nheaders, err, sizeof(err)) != MW_OK ||
-        got.nbytes != req->nbytes)
+        got.nbytes != req->nbytes || got.correlation_id_len != req->correlation_id_len ||
+        (got.correlation_id_len > 0 &&
+         memcmp(got.correlation_id, req->correlation_id, got.correlation_id_len) != 0))
         abort();
     mw_record_fini(&rec);
 }
@@ -82,7 +118,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t len = data[pos++] % 64;
         if (pos + len > size)
             len = size - pos;
-        headers[nh].name = names[sel & 7];
+        headers[nh].name = names[sel & 15];
         headers[nh].value = (sel & 0x80) ? NULL : data + pos;
         headers[nh].size = (sel & 0x80) ? 0 : len;
         pos += len;
@@ -112,6 +148,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (mw_tensor_nbytes(&req.desc, &nbytes) != MW_OK || nbytes != req.nbytes ||
             nbytes > limit || req.id_len == 0)
             abort();
+        check_reply(&req);
         check_round_trips(&req);
     } else if (err[0] == '\0' || (rc != MW_EINVAL && rc != MW_ETOOBIG && rc != MW_ENOMEM)) {
         abort(); /* every rejection names its reason */

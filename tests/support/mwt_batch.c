@@ -14,6 +14,18 @@
 #include <string.h>
 #include <time.h>
 
+/* Assigns l's consumer every partition of topic, from the beginning. */
+static void assign_all(mwt_load_t *l, const char *topic, int partitions)
+{
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(partitions);
+    for (int i = 0; i < partitions; i++)
+        rd_kafka_topic_partition_list_add(parts, topic, i)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_resp_err_t err = rd_kafka_assign(l->cons, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        mwt_die("assign", rd_kafka_err2str(err));
+}
+
 void mwt_batch_init(mwt_load_t *l, const char *topic_prefix, int in_features, int max_rows,
                     int partitions, int raw)
 {
@@ -21,13 +33,13 @@ void mwt_batch_init(mwt_load_t *l, const char *topic_prefix, int in_features, in
     mwt_load_init(l, topic_prefix, in_features * max_rows, raw);
     l->in_features = in_features;
     l->req_bytes = (size_t)in_features * sizeof(float);
-    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(partitions);
-    for (int i = 0; i < partitions; i++)
-        rd_kafka_topic_partition_list_add(parts, l->results, i)->offset = RD_KAFKA_OFFSET_BEGINNING;
-    rd_kafka_resp_err_t err = rd_kafka_assign(l->cons, parts);
-    rd_kafka_topic_partition_list_destroy(parts);
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-        mwt_die("assign", rd_kafka_err2str(err));
+    assign_all(l, l->results, partitions);
+}
+
+void mwt_batch_reply(mwt_load_t *l, const char *reply_topic, int partitions)
+{
+    snprintf(l->reply_topic, sizeof(l->reply_topic), "%s", reply_topic);
+    assign_all(l, reply_topic, partitions);
 }
 
 typedef struct burst_arg {

@@ -16,6 +16,10 @@
 void mwt_batch_init(mwt_load_t *l, const char *topic_prefix, int in_features, int max_rows,
                     int partitions, int raw);
 
+/* Makes l's requests name reply_topic (kafka_replyTopic) and l read their
+ * results there, every partition from the beginning. */
+void mwt_batch_reply(mwt_load_t *l, const char *reply_topic, int partitions);
+
 /* Throughput of requests [first, first + n) of l, all answered, from t0
  * (mwt_now_us). */
 typedef struct mwt_batch_rate {

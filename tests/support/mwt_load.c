@@ -179,6 +179,10 @@ void mwt_load_submit_rows(mwt_load_t *l, int n, int rows, int partitions)
         if (mw_request_encode(&rec, key, strlen(key), &desc, l->input, (size_t)rows * l->req_bytes,
                               0, 0, err, sizeof(err)) != MW_OK)
             mwt_die("encode", err);
+        if (l->reply_topic[0] != '\0' &&
+            mw_record_add_header(&rec, MW_HDR_SPRING_REPLY_TOPIC, l->reply_topic,
+                                 strlen(l->reply_topic)) != MW_OK)
+            mwt_die("encode", "out of memory");
         l->sent[i] = mwt_now_us();
         int rc;
         while ((rc = mw_record_produce(l->prod, l->requests, i % partitions, &rec, NULL, err,

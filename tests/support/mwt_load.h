@@ -18,6 +18,7 @@
 
 typedef struct mwt_load {
     char requests[200], results[200];
+    char reply_topic[200]; /* requests carry kafka_replyTopic with it ("": none) */
     int in_features;
     size_t req_bytes;
     float *input;

@@ -106,6 +106,22 @@ mwt_pipeline_t *mwt_pipeline_new_model(const char *suffix, int nstages, const mw
     return p;
 }
 
+void mwt_pipeline_topic(mwt_pipeline_t *p, const char *suffix, int partitions)
+{
+    char err[512], topic[160];
+    snprintf(topic, sizeof(topic), "%s.%s", p->name, suffix);
+    rd_kafka_t *admin = mw_topics_admin_new(&p->cfg, err, sizeof(err));
+    if (admin == NULL ||
+        mw_kafka_create_topic(admin, topic, partitions, 30000, err, sizeof(err)) != MW_OK)
+        die("topic", err);
+    mw_kafka_destroy(admin);
+}
+
+void mwt_correlation_id(const char *key, char *buf, size_t size)
+{
+    snprintf(buf, size, "c%s", key);
+}
+
 pid_t mwt_pipeline_coordinator(mwt_pipeline_t *p)
 {
     char spec_flag[900];
@@ -342,6 +358,8 @@ void mwt_pipeline_submit(mwt_pipeline_t *p, int first, int n, int (*bad)(int i))
                                   (size_t)rows * IN_FEATURES * sizeof(float), 0, 0, err,
                                   sizeof(err)) != MW_OK)
                 die("encode", err);
+            if (p->headers != NULL)
+                p->headers(p, i, &rec);
         }
         produce(p, topic, &rec);
         mw_record_fini(&rec);
@@ -393,7 +411,14 @@ static void tally_open(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, in
     mw_config_fini(&cfg);
     if (t->consumer == NULL)
         die("reader", err);
-    t->partitions = strcmp(suffix, "dlq") == 0 ? 1 : p->partitions;
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(t->consumer, topic, NULL);
+    if (rd_kafka_metadata(t->consumer, 0, rkt, &md, 30000) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        md->topic_cnt != 1 || md->topics[0].partition_cnt < 1)
+        die("reader", "no metadata for the topic");
+    t->partitions = md->topics[0].partition_cnt;
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
     rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(t->partitions);
     for (int i = 0; i < t->partitions; i++)
         rd_kafka_topic_partition_list_add(list, topic, i)->offset = RD_KAFKA_OFFSET_BEGINNING;
@@ -408,7 +433,7 @@ int mwt_pipeline_read(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int
     if (t->consumer == NULL)
         tally_open(p, suffix, t, n);
     int64_t deadline = mw_now_ms() + timeout_ms;
-    int is_results = strcmp(suffix, "results") == 0;
+    int is_results = strcmp(suffix, "dlq") != 0;
     while (mw_now_ms() < deadline) {
         if (want_distinct >= 0 && t->distinct >= want_distinct)
             break;
@@ -468,6 +493,11 @@ int mwt_pipeline_read(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int
                                res.nbytes) != 0)) {
                 t->mismatch[i]++;
             }
+            char want[32];
+            mwt_correlation_id(key, want, sizeof(want));
+            if (res.correlation_id != NULL && (res.correlation_id_len != strlen(want) ||
+                                               memcmp(res.correlation_id, want, strlen(want)) != 0))
+                t->mismatch[i]++;
             if (res.attempts > t->attempts_max[i])
                 t->attempts_max[i] = res.attempts;
             if (res.latency_us > t->latency_us[i])

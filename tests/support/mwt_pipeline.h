@@ -7,6 +7,7 @@
 #include "config.h"
 #include "model/model.h"
 #include "redis.h"
+#include "topics/record.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdint.h>
@@ -28,6 +29,8 @@ typedef struct mwt_pipeline {
     int nworkers;
     const char *const *worker_flags; /* extra flags for every worker (NULL-terminated) */
     int rows_max; /* request i has mwt_request_rows(p, i) rows, 1..rows_max (0: one) */
+    /* Adds headers of its own to the record of well-formed request i (NULL: none). */
+    void (*headers)(const struct mwt_pipeline *p, int i, mw_record_t *rec);
     rd_kafka_t *producer;
 } mwt_pipeline_t;
 
@@ -42,6 +45,12 @@ mwt_pipeline_t *mwt_pipeline_new(const char *suffix, int nstages, int layers, in
  * outputs, so use them only with such a spec). */
 mwt_pipeline_t *mwt_pipeline_new_model(const char *suffix, int nstages, const mw_model_spec_t *spec,
                                        int partitions, const char *const *worker_flags);
+
+/* Creates topic <name>.<suffix> with `partitions` partitions. */
+void mwt_pipeline_topic(mwt_pipeline_t *p, const char *suffix, int partitions);
+
+/* The kafka_correlationId the tally expects on a result for key: "c" + key. */
+void mwt_correlation_id(const char *key, char *buf, size_t size);
 
 /* Starts one more coordinator of the pipeline (a standby while another leads);
  * killed by mwt_pipeline_destroy. Returns its pid. */
@@ -93,7 +102,8 @@ typedef struct mwt_tally {
     int n;
     int *count;    /* records with this key */
     int *errors;   /* of them, error results (results) */
-    int *mismatch; /* of them, ok results whose tensor differs from the reference */
+    int *mismatch; /* of them, ok results whose tensor differs from the reference, or whose
+                      kafka_correlationId is not mwt_correlation_id's */
     int64_t *attempts_max;
     int64_t *first_offset; /* where the first record of each key is (partition << 48 | offset) */
     int64_t *latency_us;   /* largest mw-latency-us of its results (0: none) */
@@ -102,7 +112,8 @@ typedef struct mwt_tally {
     int partitions, eof;
 } mwt_tally_t;
 
-/* Reads <name>.<suffix> (read_committed, from the beginning) into t until
+/* Reads <name>.<suffix> (read_committed, from the beginning; results, or
+ * with suffix "dlq" DLQ records; the suffix of the first call sticks) into t until
  * want_distinct keys were seen, or, with want_distinct < 0, until the end of
  * every partition; gives up after timeout_ms. Returns t->distinct.
  * expected may be NULL (no comparison). */
@@ -110,7 +121,8 @@ int mwt_pipeline_read(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int
                       const float *expected, int want_distinct, int64_t timeout_ms);
 void mwt_tally_fini(mwt_tally_t *t);
 
-/* After the workers stopped: reads the rest of <name>.results into t (to the end
+/* After the workers stopped: reads the rest of t's topic (<name>.results when
+ * t is not open yet) into t (to the end
  * of every partition), then fails the test unless each request [0, n) has
  * exactly one committed result, equal to expected, an error result exactly when
  * bad(i) (bad NULL: none is bad), and t holds no foreign record. Returns the

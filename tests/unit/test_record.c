@@ -449,6 +449,130 @@ static void half_and_bfloat16_conversions_round_to_nearest_even(void **state)
     }
 }
 
+#define HB(n, v) ((mw_header_t){.name = (n), .value = (v), .size = sizeof(v) - 1})
+
+static void reply_headers_mw_and_spring_forms_are_parsed(void **state)
+{
+    (void)state;
+    float v[4] = {1, 2, 3, 4};
+    mw_request_t req;
+    char err[512];
+    mw_header_t none[] = {H("mw-dtype", "f32"), H("mw-shape", "1,4")};
+    assert_int_equal(mw_request_parse(&req, "r1", 2, v, 16, none, 2, LIMIT, err, sizeof(err)),
+                     MW_OK);
+    assert_null(req.reply_topic);
+    assert_int_equal(req.reply_partition, -1);
+    assert_null(req.correlation_id);
+
+    mw_header_t mw[] = {H("mw-dtype", "f32"), H("mw-shape", "1,4"), H("mw-reply-topic", "app.r-1"),
+                        H("mw-reply-partition", "7")};
+    assert_int_equal(mw_request_parse(&req, "r1", 2, v, 16, mw, 4, LIMIT, err, sizeof(err)), MW_OK);
+    assert_int_equal(req.reply_topic_len, 7);
+    assert_memory_equal(req.reply_topic, "app.r-1", 7);
+    assert_int_equal(req.reply_partition, 7);
+
+    /* Spring: the partition as a 4-byte big-endian int, the correlation id as bytes. */
+    mw_header_t spring[] = {
+        H("mw-dtype", "f32"), H("mw-shape", "1,4"), H("kafka_replyTopic", "replies"),
+        HB("kafka_replyPartition", "\x00\x00\x01\x02"), HB("kafka_correlationId", "\x00\xffid")};
+    assert_int_equal(mw_request_parse(&req, "r1", 2, v, 16, spring, 5, LIMIT, err, sizeof(err)),
+                     MW_OK);
+    assert_memory_equal(req.reply_topic, "replies", 7);
+    assert_int_equal(req.reply_partition, 258);
+    assert_int_equal(req.correlation_id_len, 4);
+    assert_memory_equal(req.correlation_id, "\x00\xffid", 4);
+
+    /* Both forms at once: accepted when they agree. */
+    mw_header_t both[] = {
+        H("mw-dtype", "f32"),         H("mw-shape", "1,4"),
+        H("mw-reply-topic", "rt"),    H("kafka_replyTopic", "rt"),
+        H("mw-reply-partition", "2"), HB("kafka_replyPartition", "\x00\x00\x00\x02")};
+    assert_int_equal(mw_request_parse(&req, "r1", 2, v, 16, both, 6, LIMIT, err, sizeof(err)),
+                     MW_OK);
+    assert_int_equal(req.reply_partition, 2);
+}
+
+static void malformed_reply_headers_are_rejected_with_reason(void **state)
+{
+    (void)state;
+    float v[4] = {1, 2, 3, 4};
+    const struct {
+        mw_header_t h;
+        mw_header_t h2;
+        const char *want;
+    } cases[] = {
+        {H("mw-reply-topic", ""), H("x", ""), "is not a Kafka topic name"},
+        {H("mw-reply-topic", "a b"), H("x", ""), "'a b' is not a Kafka topic name"},
+        {H("kafka_replyTopic", ".."), H("x", ""), "kafka_replyTopic '..' is not a Kafka topic"},
+        {H("mw-reply-topic", "a"), H("kafka_replyTopic", "b"), "name different reply topics"},
+        {H("mw-reply-topic", "a"), H("mw-reply-partition", "-1"), "is not a partition number"},
+        {H("mw-reply-topic", "a"), H("mw-reply-partition", "2147483648"),
+         "is not a partition number"},
+        {H("mw-reply-topic", "a"), HB("kafka_replyPartition", "\x00\x01"), "4 bytes, big-endian"},
+        {H("mw-reply-topic", "a"), HB("kafka_replyPartition", "\xff\xff\xff\xff"), "non-negative"},
+        {H("mw-reply-partition", "1"), H("x", ""), "a reply partition without a reply topic"},
+        {H("kafka_correlationId", ""), H("x", ""), "kafka_correlationId is 0 bytes"},
+    };
+    char topic[MW_TOPIC_NAME_MAX + 2];
+    memset(topic, 'a', sizeof(topic) - 1);
+    topic[sizeof(topic) - 1] = '\0';
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        mw_header_t h[] = {H("mw-dtype", "f32"), H("mw-shape", "1,4"), cases[i].h, cases[i].h2};
+        expect_reject("r1", v, 16, h, 4, LIMIT, MW_EINVAL, cases[i].want);
+    }
+    mw_header_t long_topic[] = {H("mw-dtype", "f32"), H("mw-shape", "1,4"),
+                                H("mw-reply-topic", topic)};
+    expect_reject("r1", v, 16, long_topic, 3, LIMIT, MW_EINVAL, "is not a Kafka topic name");
+    mw_header_t disagree[] = {H("mw-dtype", "f32"), H("mw-shape", "1,4"), H("mw-reply-topic", "a"),
+                              H("mw-reply-partition", "1"),
+                              HB("kafka_replyPartition", "\x00\x00\x00\x02")};
+    expect_reject("r1", v, 16, disagree, 5, LIMIT, MW_EINVAL, "name different reply partitions");
+}
+
+static void result_echoes_the_correlation_id(void **state)
+{
+    (void)state;
+    mw_record_t rec;
+    mw_result_t got;
+    char err[256];
+    mw_result_t res = {.id = (const uint8_t *)"r1",
+                       .id_len = 2,
+                       .error = "no",
+                       .correlation_id = "\x00"
+                                         "c1",
+                       .correlation_id_len = 3,
+                       .latency_us = -1};
+    mw_record_init(&rec);
+    assert_int_equal(mw_result_encode(&rec, &res, err, sizeof(err)), MW_OK);
+    assert_int_equal(mw_result_parse(&got, rec.key, rec.key_len, rec.value, rec.value_len,
+                                     rec.headers, rec.nheaders, err, sizeof(err)),
+                     MW_OK);
+    assert_int_equal(got.correlation_id_len, 3);
+    assert_memory_equal(got.correlation_id,
+                        "\x00"
+                        "c1",
+                        3);
+    mw_record_fini(&rec);
+    res.correlation_id = NULL;
+    assert_int_equal(mw_result_encode(&rec, &res, err, sizeof(err)), MW_OK);
+    assert_int_equal(mw_header_find(rec.headers, rec.nheaders, "kafka_correlationId", NULL, NULL),
+                     MW_ENOTFOUND);
+    mw_record_fini(&rec);
+}
+
+static void reply_topic_allow_list_matches_globs(void **state)
+{
+    (void)state;
+    assert_false(mw_reply_topic_allowed("", "replies"));
+    assert_true(mw_reply_topic_allowed("replies", "replies"));
+    assert_false(mw_reply_topic_allowed("replies", "replies2"));
+    assert_true(mw_reply_topic_allowed("a.*, replies-?", "replies-7"));
+    assert_true(mw_reply_topic_allowed("a.*, replies-?", "a.x.y"));
+    assert_false(mw_reply_topic_allowed("a.*, replies-?", "b.x"));
+    assert_false(mw_reply_topic_allowed(" , ,", "x"));
+    assert_true(mw_reply_topic_allowed("x,,client-[0-9]*", "client-42"));
+}
+
 static void tensor_json_refuses_nan_for_json_requests(void **state)
 {
     (void)state;
@@ -484,6 +608,10 @@ int main(void)
         cmocka_unit_test(dlq_record_keeps_the_original_and_adds_error_and_attempts),
         cmocka_unit_test(half_and_bfloat16_conversions_round_to_nearest_even),
         cmocka_unit_test(tensor_json_refuses_nan_for_json_requests),
+        cmocka_unit_test(reply_headers_mw_and_spring_forms_are_parsed),
+        cmocka_unit_test(malformed_reply_headers_are_rejected_with_reason),
+        cmocka_unit_test(result_echoes_the_correlation_id),
+        cmocka_unit_test(reply_topic_allow_list_matches_globs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
