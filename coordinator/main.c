@@ -5,6 +5,7 @@
 #include "err.h"
 #include "cluster/events.h"
 #include "cluster/keys.h"
+#include "history.h"
 #include "lease.h"
 #include "log.h"
 #include "cluster/membership.h"
@@ -86,6 +87,7 @@ typedef struct coord {
     mw_redis_t *r;
     mw_lease_t *lease;
     mw_pipelines_t spec;
+    mw_history_t *history;
     mw_plan_t *prev; /* last plan published or read (the planner's previous plan) */
     int have_prev;   /* prev is current for this leadership */
     int64_t version; /* version of prev */
@@ -235,32 +237,6 @@ static void lead_once(coord_t *c)
         mw_log(MW_LOG_WARN, "coordinator", "publishing the plan failed: %s", mw_redis_errstr(c->r));
 }
 
-/* The leader's per-second sample of each pipeline's totals (stats:{P}) into the
- * capped stream history:{P}, so that dashboards can chart rates over the last
- * hour without polling every second themselves. Best effort: a failed sample is
- * a gap in the chart. */
-static void sample_history(coord_t *c)
-{
-    for (size_t p = 0; p < c->spec.count; p++) {
-        char stats[MW_KEY_MAX], history[MW_KEY_MAX];
-        const char *name = c->spec.items[p].name;
-        redisReply *reply = NULL;
-        if (mw_redis_cmd(c->r, &reply, "HMGET %s results errors replays",
-                         mw_key_stats(c->r, name, stats, sizeof(stats))) != MW_OK)
-            return;
-        long long v[3] = {0, 0, 0};
-        for (size_t i = 0; reply->type == REDIS_REPLY_ARRAY && i < reply->elements && i < 3; i++)
-            if (reply->element[i]->type == REDIS_REPLY_STRING)
-                v[i] = atoll(reply->element[i]->str);
-        freeReplyObject(reply);
-        if (mw_redis_cmd(c->r, &reply,
-                         "XADD %s MAXLEN ~ %d * results %lld errors %lld replays %lld",
-                         mw_key_history(c->r, name, history, sizeof(history)), MW_HISTORY_MAXLEN,
-                         v[0], v[1], v[2]) == MW_OK)
-            freeReplyObject(reply);
-    }
-}
-
 static void usage(FILE *out)
 {
     fprintf(out, "usage: mw-coordinator [--config=FILE] [--key=value ...]\n\n"
@@ -301,7 +277,8 @@ int main(int argc, char **argv)
     mw_member_default_id(id, sizeof(id));
     c.r = mw_redis_new(&cfg, 1, err, sizeof(err));
     c.lease = c.r ? mw_lease_new(c.r, id, cfg.coordinator_lease_ms, cfg.events_maxlen) : NULL;
-    if (c.r == NULL || c.lease == NULL) {
+    c.history = mw_history_new(&cfg, &c.spec);
+    if (c.r == NULL || c.lease == NULL || c.history == NULL) {
         fprintf(stderr, "mw-coordinator: %s\n", c.r ? "out of memory" : err);
         goto out_spec;
     }
@@ -341,7 +318,7 @@ int main(int argc, char **argv)
             if (c.have_prev)
                 lead_once(&c);
             if (mw_now_ms() >= next_sample_ms) {
-                sample_history(&c);
+                mw_history_sample(c.history, c.r);
                 next_sample_ms = mw_now_ms() + 1000;
             }
         } else if (lead == 0 && strcmp(last_holder, mw_lease_holder(c.lease)) != 0) {
@@ -363,6 +340,7 @@ int main(int argc, char **argv)
     free(c.reported.keys);
     free(c.reported.mark);
 out_spec:
+    mw_history_destroy(c.history);
     mw_lease_destroy(c.lease);
     mw_redis_destroy(c.r);
     mw_pipelines_fini(&c.spec);

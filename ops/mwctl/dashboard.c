@@ -4,7 +4,7 @@
  * Nothing a client sends is written anywhere. */
 #include "mwctl.h"
 
-#include "lag.h"
+#include "topics/lag.h"
 #include "snapshot.h"
 
 #include "err.h"
@@ -30,12 +30,12 @@
 typedef struct dash {
     const mw_config_t *cfg;
     mw_redis_t *r;
-    mwctl_lag_t *lag;
+    mw_lag_t *lag;
 } dash_t;
 
 /* What a page or a scrape shows of one plan pipeline besides the snapshot. */
 typedef struct view_pipeline {
-    mwctl_partition_lag_t *lag;
+    mw_partition_lag_t *lag;
     size_t nlag;
     char lag_error[256];
     cJSON *history; /* [{ms, results_per_s, errors_per_s, replays_per_s}]; NULL: not read */
@@ -119,8 +119,8 @@ static void view_read(dash_t *d, view_t *v, int with_history)
     for (size_t p = 0; v->pipes != NULL && p < v->s.plan->npipelines; p++) {
         view_pipeline_t *vp = &v->pipes[p];
         const char *name = v->s.plan->pipelines[p].spec.name;
-        mwctl_lag_read(d->lag, name, DASH_LAG_MAX_AGE_MS, &vp->lag, &vp->nlag, vp->lag_error,
-                       sizeof(vp->lag_error));
+        mw_lag_read(d->lag, name, DASH_LAG_MAX_AGE_MS, &vp->lag, &vp->nlag, vp->lag_error,
+                    sizeof(vp->lag_error));
         if (with_history)
             vp->history = read_history(d->r, name);
     }
@@ -409,7 +409,7 @@ static char *status_text(const dash_t *d, view_t *v, size_t *len)
         cJSON *jp = cJSON_GetArrayItem(pipes, p);
         cJSON *lag = cJSON_AddArrayToObject(jp, "lag");
         for (size_t i = 0; i < vp->nlag; i++) {
-            const mwctl_partition_lag_t *l = &vp->lag[i];
+            const mw_partition_lag_t *l = &vp->lag[i];
             cJSON *jl = cJSON_CreateObject();
             cJSON_AddNumberToObject(jl, "partition", l->partition);
             cJSON_AddNumberToObject(jl, "committed", (double)l->committed);
@@ -540,7 +540,7 @@ int mwctl_dashboard(int argc, char **argv, const mw_config_t *cfg)
     int rc = 1;
     dash_t d = {.cfg = cfg};
     d.r = mw_redis_new(cfg, 1, err, sizeof(err)); /* lazy: Redis may come up later */
-    d.lag = mwctl_lag_new(cfg);
+    d.lag = mw_lag_new(cfg);
     if (d.r == NULL || d.lag == NULL) {
         fprintf(stderr, "mwctl dashboard: %s\n", d.r ? "out of memory" : err);
         goto out_clients;
@@ -575,7 +575,7 @@ int mwctl_dashboard(int argc, char **argv, const mw_config_t *cfg)
     MHD_stop_daemon(daemon);
     rc = 0;
 out_clients:
-    mwctl_lag_destroy(d.lag);
+    mw_lag_destroy(d.lag);
     mw_redis_destroy(d.r);
     freeaddrinfo(ai);
     return rc;

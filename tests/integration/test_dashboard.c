@@ -1,11 +1,15 @@
 /* `mwctl dashboard` against a real pipeline: /metrics parsed by Prometheus's
  * own parser (tests/support/check_metrics.py, Debian's python3-prometheus-client,
  * interpreter $MWTEST_PYTHON, default /usr/bin/python3), bad and slow requests,
- * the live page in headless chromium, Kafka lag against what Kafka reports, and
- * a Redis outage. One pipeline and one dashboard serve every test, in order. */
+ * the live page in headless chromium, Kafka lag against what Kafka reports (and
+ * in the coordinator's history samples), and a Redis outage. One pipeline and one dashboard serve
+ * every test, in order. */
 #include "cjson/cJSON.h"
+#include "cluster/keys.h"
+#include "err.h"
 #include "harness.h"
 #include "mwt_pipeline.h"
+#include "redis.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -324,6 +328,26 @@ static void page_shows_workers_and_throughput_and_a_killed_worker_expires(void *
     load_pid = 0;
 }
 
+/* The lag field of the newest history:{P} sample; -2 when there is none. */
+static long long history_lag(mw_redis_t *r)
+{
+    char key[MW_KEY_MAX];
+    redisReply *reply = NULL;
+    long long lag = -2;
+    if (mw_redis_cmd(r, &reply, "XREVRANGE %s + - COUNT 1",
+                     mw_key_history(r, pipe_->name, key, sizeof(key))) != MW_OK)
+        return lag;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 &&
+        reply->element[0]->elements == 2) {
+        const redisReply *f = reply->element[0]->element[1];
+        for (size_t i = 0; i + 1 < f->elements; i += 2)
+            if (strcmp(f->element[i]->str, "lag") == 0)
+                lag = atoll(f->element[i + 1]->str);
+    }
+    freeReplyObject(reply);
+    return lag;
+}
+
 static void kafka_lag_per_partition_equals_what_kafka_reports(void **state)
 {
     (void)state;
@@ -336,10 +360,17 @@ static void kafka_lag_per_partition_equals_what_kafka_reports(void **state)
              python(), getenv("MWTEST_ROOT"), dash_url, getenv("MWTEST_KAFKA_BOOTSTRAP"),
              pipe_->name, (long long)mwt_scaled(20000) / 1000);
     int rc = mwt_run(cmd, out, sizeof(out));
+    /* The coordinator's history samples carry the backlog too. */
+    char err[256];
+    mw_redis_t *r = mw_redis_new(&pipe_->cfg, 0, err, sizeof(err));
+    int sampled = r != NULL && mwt_wait_for(history_lag(r) >= 50, mwt_scaled(10000));
+    long long sampled_lag = r != NULL ? history_lag(r) : -2;
+    mw_redis_destroy(r);
     mwt_pipeline_signal(pipe_, 0, SIGCONT);
     mwt_pipeline_signal(pipe_, 1, SIGCONT);
-    print_message("%s", out);
+    print_message("%shistory:{P} lag %lld\n", out, sampled_lag);
     assert_int_equal(rc, 0);
+    assert_true(sampled);
 }
 
 static void redis_down_reports_redis_up_0_and_recovers(void **state)

@@ -20,25 +20,25 @@ typedef struct lag_entry {
     int64_t read_ms; /* when Kafka was last asked; 0: never */
     int rc;
     char err[256];
-    mwctl_partition_lag_t *parts;
+    mw_partition_lag_t *parts;
     size_t nparts;
 } lag_entry_t;
 
-struct mwctl_lag {
+struct mw_lag {
     const mw_config_t *cfg;
     lag_entry_t *entries;
     size_t n;
 };
 
-mwctl_lag_t *mwctl_lag_new(const mw_config_t *cfg)
+mw_lag_t *mw_lag_new(const mw_config_t *cfg)
 {
-    mwctl_lag_t *lag = calloc(1, sizeof(*lag));
+    mw_lag_t *lag = calloc(1, sizeof(*lag));
     if (lag != NULL)
         lag->cfg = cfg;
     return lag;
 }
 
-void mwctl_lag_destroy(mwctl_lag_t *lag)
+void mw_lag_destroy(mw_lag_t *lag)
 {
     if (lag == NULL)
         return;
@@ -51,7 +51,7 @@ void mwctl_lag_destroy(mwctl_lag_t *lag)
     free(lag);
 }
 
-static lag_entry_t *entry_of(mwctl_lag_t *lag, const char *pipeline)
+static lag_entry_t *entry_of(mw_lag_t *lag, const char *pipeline)
 {
     for (size_t i = 0; i < lag->n; i++)
         if (strcmp(lag->entries[i].pipeline, pipeline) == 0)
@@ -98,7 +98,7 @@ static int query(const mw_config_t *cfg, lag_entry_t *e)
         rd_kafka_topic_partition_list_add(list, topic, md->topics[0].partitions[i].id);
     rd_kafka_metadata_destroy(md);
     int rc = MW_OK;
-    mwctl_partition_lag_t *parts = calloc((size_t)np + 1, sizeof(*parts));
+    mw_partition_lag_t *parts = calloc((size_t)np + 1, sizeof(*parts));
     kerr = rd_kafka_committed(e->rk, list, LAG_TIMEOUT_MS);
     if (parts == NULL || kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
         snprintf(e->err, sizeof(e->err), "committed offsets of group %s: %s", group,
@@ -107,7 +107,7 @@ static int query(const mw_config_t *cfg, lag_entry_t *e)
         goto out_list;
     }
     for (int i = 0; i < list->cnt; i++) {
-        mwctl_partition_lag_t *p = &parts[i];
+        mw_partition_lag_t *p = &parts[i];
         p->partition = list->elems[i].partition;
         p->committed = list->elems[i].offset >= 0 ? list->elems[i].offset : -1;
         kerr = rd_kafka_query_watermark_offsets(e->rk, topic, p->partition, &p->low, &p->high,
@@ -132,8 +132,8 @@ out_list:
     return rc;
 }
 
-int mwctl_lag_read(mwctl_lag_t *lag, const char *pipeline, int64_t max_age_ms,
-                   mwctl_partition_lag_t **out, size_t *n, char *errstr, size_t errstr_size)
+int mw_lag_read(mw_lag_t *lag, const char *pipeline, int64_t max_age_ms, mw_partition_lag_t **out,
+                size_t *n, char *errstr, size_t errstr_size)
 {
     *out = NULL;
     *n = 0;
