@@ -2,7 +2,6 @@
 #include "config.h"
 
 #include "err.h"
-#include "world/world.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -311,18 +310,6 @@ int mw_config_copy(mw_config_t *dst, const mw_config_t *src, char *errstr, size_
         }
     }
     return MW_OK;
-}
-
-void mw_config_world_options(const mw_config_t *cfg, mw_world_options_t *opts)
-{
-    *opts = (mw_world_options_t){.timeout_ms = cfg->world_timeout_ms,
-                                 .keepalive_ms = cfg->world_keepalive_ms,
-                                 .max_tensor_bytes = (uint64_t)cfg->world_max_tensor_bytes,
-                                 .socket_buffer_bytes = (int)cfg->world_socket_buffer_bytes,
-                                 .listen_port = (int)cfg->world_listen_port,
-                                 .redis = cfg};
-    snprintf(opts->listen_host, sizeof(opts->listen_host), "%s", cfg->world_listen_host);
-    snprintf(opts->advertise_host, sizeof(opts->advertise_host), "%s", cfg->world_advertise_host);
 }
 
 /* ------------------------------------------------------------------ file */

@@ -104,10 +104,6 @@ int mw_config_load(mw_config_t *cfg, int *argc, char **argv, char *errstr, size_
  * caller frees dst with mw_config_fini. */
 int mw_config_copy(mw_config_t *dst, const mw_config_t *src, char *errstr, size_t errstr_size);
 
-/* Fills a worlds context's options from the world.* keys; opts->redis points at cfg. */
-struct mw_world_options;
-void mw_config_world_options(const mw_config_t *cfg, struct mw_world_options *opts);
-
 /* Value of a kafka.* property as configured, or NULL. */
 const char *mw_config_kafka_get(const mw_config_t *cfg, const char *property);
 

@@ -42,7 +42,7 @@ int mw_serving_new(const mw_config_t *cfg, const char *worker_id, mw_serving_t *
     snprintf(s->id, sizeof(s->id), "%s", worker_id);
     s->stage = -1;
     mw_world_options_t wo;
-    mw_config_world_options(cfg, &wo);
+    mw_world_options_from_config(cfg, &wo);
     s->ctx = mw_worlds_new(&wo, errstr, errstr_size);
     if (s->ctx == NULL) {
         free(s);

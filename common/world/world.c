@@ -939,6 +939,18 @@ static void *progress_main(void *arg)
 
 /* --- the context --------------------------------------------------------------------- */
 
+void mw_world_options_from_config(const mw_config_t *cfg, mw_world_options_t *opts)
+{
+    *opts = (mw_world_options_t){.timeout_ms = cfg->world_timeout_ms,
+                                 .keepalive_ms = cfg->world_keepalive_ms,
+                                 .max_tensor_bytes = (uint64_t)cfg->world_max_tensor_bytes,
+                                 .socket_buffer_bytes = (int)cfg->world_socket_buffer_bytes,
+                                 .listen_port = (int)cfg->world_listen_port,
+                                 .redis = cfg};
+    snprintf(opts->listen_host, sizeof(opts->listen_host), "%s", cfg->world_listen_host);
+    snprintf(opts->advertise_host, sizeof(opts->advertise_host), "%s", cfg->world_advertise_host);
+}
+
 mw_worlds_t *mw_worlds_new(const mw_world_options_t *opts, char *errstr, size_t errstr_size)
 {
     mw_worlds_t *ctx = calloc(1, sizeof(*ctx));

@@ -85,8 +85,8 @@ typedef struct mw_world_opts {
 
 #define MW_WORLD_HOST_MAX 255
 
-/* What a context needs from its application (mw_config_world_options fills
- * it from the world.* keys). */
+/* What a context needs from its application (mw_world_options_from_config
+ * fills it from the world.* keys). */
 typedef struct mw_world_options {
     int64_t timeout_ms;        /* failure-detection bound: watchdog, join deadline, HELLO */
     int64_t keepalive_ms;      /* ping interval on idle links (at most timeout_ms / 3) */
@@ -97,6 +97,9 @@ typedef struct mw_world_options {
     char advertise_host[MW_WORLD_HOST_MAX + 1]; /* for peers ("": the listen host) */
     const mw_config_t *redis; /* the rendezvous's Redis: redis.* and cluster.name */
 } mw_world_options_t;
+
+/* The world.* keys of cfg as options; opts->redis points at cfg. */
+void mw_world_options_from_config(const mw_config_t *cfg, mw_world_options_t *opts);
 
 /* Creates a context and starts its threads; opts (and opts->redis) are
  * copied. Caller frees with mw_worlds_destroy. */

@@ -293,7 +293,7 @@ static void bench_handoff_only(void)
     mw_config_t cfg;
     mwt_config(&cfg);
     mw_world_options_t wo;
-    mw_config_world_options(&cfg, &wo);
+    mw_world_options_from_config(&cfg, &wo);
     mw_worlds_t *c0 = mw_worlds_new(&wo, err, sizeof(err));
     mw_worlds_t *c1 = c0 != NULL ? mw_worlds_new(&wo, err, sizeof(err)) : NULL;
     if (c1 == NULL)

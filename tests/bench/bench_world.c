@@ -71,7 +71,7 @@ static mw_worlds_t *ctx_new(int64_t timeout_ms, int64_t keepalive_ms)
     snprintf(v, sizeof(v), "%lld", (long long)keepalive_ms);
     mw_config_set(&cfg, "world.keepalive_ms", v, "bench", err, sizeof(err));
     mw_world_options_t wo;
-    mw_config_world_options(&cfg, &wo);
+    mw_world_options_from_config(&cfg, &wo);
     mw_worlds_t *ctx = mw_worlds_new(&wo, err, sizeof(err));
     mw_config_fini(&cfg);
     if (ctx == NULL)

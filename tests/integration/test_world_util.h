@@ -88,7 +88,7 @@ static inline mw_worlds_t *wt_ctx(int64_t timeout_ms)
     char err[256];
     wt_config(&cfg, timeout_ms);
     mw_world_options_t wo;
-    mw_config_world_options(&cfg, &wo);
+    mw_world_options_from_config(&cfg, &wo);
     mw_worlds_t *ctx = mw_worlds_new(&wo, err, sizeof(err));
     mw_config_fini(&cfg);
     if (ctx == NULL) {
