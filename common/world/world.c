@@ -1327,23 +1327,38 @@ static int req_submit(mw_world_t *w, mw_world_req_t *req, mw_world_req_t **out)
     return req_post(w, req, out);
 }
 
-int mw_world_isend(mw_world_t *w, int peer, const mw_tensor_desc_t *desc, const void *buf,
-                   mw_world_req_t **req)
+/* A request of kind on the tensor desc at buf: MW_EINVAL for a bad tensor,
+ * MW_ETOOBIG over the context's max_tensor_bytes. */
+static int tensor_req_new(mw_world_t *w, int kind, const mw_tensor_desc_t *desc, void *buf,
+                          mw_world_req_t **out)
 {
     uint64_t nbytes;
-    *req = NULL;
-    if (!check_peer(w, peer) || mw_tensor_nbytes(desc, &nbytes) != MW_OK || buf == NULL)
+    if (mw_tensor_nbytes(desc, &nbytes) != MW_OK || buf == NULL)
         return MW_EINVAL;
     if (nbytes > w->ctx->opts.max_tensor_bytes)
         return MW_ETOOBIG;
-    mw_world_req_t *r = req_new(w, REQ_SEND, 0, 0);
+    mw_world_req_t *r = req_new(w, kind, 0, 0);
     if (r == NULL)
         return MW_ENOMEM;
-    r->peer = peer;
     r->desc = *desc;
     r->bytes = nbytes;
-    r->buf = (void *)buf; /* read only */
+    r->buf = buf;
     r->nbytes = nbytes;
+    *out = r;
+    return MW_OK;
+}
+
+int mw_world_isend(mw_world_t *w, int peer, const mw_tensor_desc_t *desc, const void *buf,
+                   mw_world_req_t **req)
+{
+    mw_world_req_t *r;
+    *req = NULL;
+    if (!check_peer(w, peer))
+        return MW_EINVAL;
+    int rc = tensor_req_new(w, REQ_SEND, desc, (void *)buf /* read only */, &r);
+    if (rc != MW_OK)
+        return rc;
+    r->peer = peer;
     return req_submit(w, r, req);
 }
 
@@ -1394,19 +1409,13 @@ int mw_world_irecv_header(mw_world_t *w, int peer, void *buf, size_t capacity, m
 int mw_world_ibroadcast(mw_world_t *w, int root, const mw_tensor_desc_t *desc, void *buf,
                         mw_world_req_t **req)
 {
-    uint64_t nbytes;
+    mw_world_req_t *r;
     *req = NULL;
-    if (root < 0 || root >= w->size || mw_tensor_nbytes(desc, &nbytes) != MW_OK || buf == NULL)
+    if (root < 0 || root >= w->size)
         return MW_EINVAL;
-    if (nbytes > w->ctx->opts.max_tensor_bytes)
-        return MW_ETOOBIG;
-    mw_world_req_t *r = req_new(w, REQ_BROADCAST, 0, 0);
-    if (r == NULL)
-        return MW_ENOMEM;
-    r->desc = *desc;
-    r->bytes = nbytes;
-    r->buf = buf;
-    r->nbytes = nbytes;
+    int rc = tensor_req_new(w, REQ_BROADCAST, desc, buf, &r);
+    if (rc != MW_OK)
+        return rc;
     r->root = root;
     return req_submit(w, r, req);
 }
@@ -1414,21 +1423,14 @@ int mw_world_ibroadcast(mw_world_t *w, int root, const mw_tensor_desc_t *desc, v
 int mw_world_iall_reduce(mw_world_t *w, mw_reduce_op_t op, const mw_tensor_desc_t *desc, void *buf,
                          mw_world_req_t **req)
 {
-    uint64_t nbytes;
+    mw_world_req_t *r;
     *req = NULL;
-    if ((op != MW_REDUCE_SUM && op != MW_REDUCE_MAX) || desc->dtype != MW_DTYPE_F32 ||
-        mw_tensor_nbytes(desc, &nbytes) != MW_OK || buf == NULL)
+    if ((op != MW_REDUCE_SUM && op != MW_REDUCE_MAX) || desc->dtype != MW_DTYPE_F32)
         return MW_EINVAL;
-    if (nbytes > w->ctx->opts.max_tensor_bytes)
-        return MW_ETOOBIG;
-    mw_world_req_t *r = req_new(w, REQ_ALL_REDUCE, 0, 0);
-    if (r == NULL)
-        return MW_ENOMEM;
-    r->desc = *desc;
-    r->bytes = nbytes;
+    int rc = tensor_req_new(w, REQ_ALL_REDUCE, desc, buf, &r);
+    if (rc != MW_OK)
+        return rc;
     r->redop = op;
-    r->buf = buf;
-    r->nbytes = nbytes;
     return req_submit(w, r, req);
 }
 
