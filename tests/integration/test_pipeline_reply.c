@@ -204,7 +204,7 @@ static void refused_reply_routes_get_an_error_result_and_a_dlq_copy(void **state
 
 static void killed_origins_keep_replies_exactly_once(void **state)
 {
-    const int n = 2000, per_tick = 100;
+    const int n = 2000;
     mwt_pipeline_t *p = mwt_pipeline_new("rp3", 2, 4, 4, reply_flags);
     *state = p; /* killed by mwt_pipeline_teardown() even when the test fails */
     mwt_pipeline_topic(p, "replies", 4);
@@ -213,29 +213,10 @@ static void killed_origins_keep_replies_exactly_once(void **state)
     float *expected = mwt_pipeline_reference(p, n);
     assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(30000)));
 
-    /* Bursts of requests; every 2 s an origin is killed 10 ms after a burst
-     * (replies produced, not yet committed) and a replacement started. */
+    /* Every 2 s an origin is killed under load (replies produced, not yet
+     * committed) and a replacement started. */
     mwt_tally_t t = {0};
-    int kills = 0;
-    int64_t next_kill = mw_now_ms() + 2000;
-    for (int sent = 0; sent < n; sent += per_tick) {
-        mwt_pipeline_submit(p, sent, per_tick, NULL);
-        mwt_pipeline_read(p, "replies", &t, n, expected, n, 10);
-        if (mw_now_ms() < next_kill) {
-            mwt_pipeline_read(p, "replies", &t, n, expected, n, 200);
-            continue;
-        }
-        next_kill += 2000;
-        for (int i = 0; i < p->nworkers; i++) {
-            if (p->pids[i] > 0 && p->stages[i] == 0) {
-                char id[64];
-                mwt_pipeline_signal(p, i, SIGKILL);
-                snprintf(id, sizeof(id), "o%d", kills++);
-                mwt_pipeline_worker(p, 0, id);
-                break;
-            }
-        }
-    }
+    int kills = mwt_pipeline_chaos(p, "replies", &t, n, expected, 0);
     int got = mwt_pipeline_read(p, "replies", &t, n, expected, n, mwt_scaled(100000));
     print_message("%d origin kills; %d/%d replies\n", kills, got, n);
     assert_int_equal(got, n);

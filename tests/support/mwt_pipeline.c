@@ -270,6 +270,36 @@ void mwt_pipeline_workers(mwt_pipeline_t *p, int per_stage)
     }
 }
 
+int mwt_pipeline_chaos(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int n,
+                       const float *expected, int stage)
+{
+    const int per_tick = 100;
+    int kills = 0;
+    int64_t next_kill = mw_now_ms() + 2000;
+    for (int sent = 0; sent < n; sent += per_tick) {
+        mwt_pipeline_submit(p, sent, per_tick, NULL);
+        mwt_pipeline_read(p, suffix, t, n, expected, n, 10);
+        if (mw_now_ms() < next_kill) {
+            mwt_pipeline_read(p, suffix, t, n, expected, n, 200);
+            continue;
+        }
+        next_kill += 2000;
+        int live[MWT_MAX_WORKERS], nlive = 0;
+        for (int i = 0; i < p->nworkers; i++)
+            if (p->pids[i] > 0 && (stage < 0 || p->stages[i] == stage))
+                live[nlive++] = i;
+        if (nlive == 0)
+            continue;
+        int victim = live[stage < 0 ? rand() % nlive : 0];
+        int at = p->stages[victim];
+        mwt_pipeline_signal(p, victim, SIGKILL);
+        char id[64];
+        snprintf(id, sizeof(id), "r%d-%d", at, kills++);
+        mwt_pipeline_worker(p, at, id);
+    }
+    return kills;
+}
+
 int mwt_pipeline_teardown(void **state)
 {
     mwt_pipeline_destroy(*state);

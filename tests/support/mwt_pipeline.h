@@ -131,4 +131,13 @@ void mwt_tally_fini(mwt_tally_t *t);
 int mwt_pipeline_check_exactly_once(mwt_pipeline_t *p, mwt_tally_t *t, int n, const float *expected,
                                     int (*bad)(int i), int64_t *attempts_max);
 
+/* The chaos run: requests [0, n) in bursts of 100 (about 400/s), reading
+ * <name>.<suffix> into t as they are answered, while every 2 s, 10 ms after a
+ * burst (requests in flight, results not yet committed), a worker is killed
+ * with SIGKILL and a replacement started at its stage: a random live worker
+ * (rand()), or with stage >= 0 the first live one of that stage. Returns the
+ * number of kills. */
+int mwt_pipeline_chaos(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int n,
+                       const float *expected, int stage);
+
 #endif
