@@ -247,19 +247,12 @@ static double stage_ticks(const mwt_pipeline_t *p, int stage)
     return t;
 }
 
-/* make run's model: mwctl model init --layers 6 --hidden 256 --inputs 64
- * --outputs 10 --seed 7 (gelu, no layer norm, no residual), in a cluster of
- * its own (so that a second pipeline can run beside it), workers with `flags`. */
+/* make run's model in a cluster of its own (so that a second pipeline can run
+ * beside it), workers with `flags`. */
 static void pipeline_start(bench_t *b, const char *suffix, const char *const *flags)
 {
     char err[256];
-    mw_model_spec_t spec = {.layers = 6,
-                            .inputs = WIDTH,
-                            .hidden = 256,
-                            .outputs = 10,
-                            .seed = 7,
-                            .activation = MW_ACT_GELU};
-    b->p = mwt_pipeline_new_model(suffix, STAGES, &spec, PARTITIONS, flags);
+    b->p = mwt_pipeline_new_model(suffix, STAGES, &mwt_make_run_model, PARTITIONS, flags);
     mwt_batch_own_cluster(b->p);
     live[live[0] == NULL ? 0 : 1] = b->p;
     for (int s = 0; s < STAGES; s++)

@@ -6,6 +6,7 @@
  * RSS of mwctl score. JSON lines on stdout. */
 #include "harness.h"
 #include "model/model.h"
+#include "mwt_batch.h"
 #include "mwt_load.h"
 #include "mwt_pipeline.h"
 #include "ops/mwctl/npy.h"
@@ -75,16 +76,8 @@ static void write_input(const char *path)
 
 int main(void)
 {
-    /* make run's model: mwctl model init --layers 6 --hidden 256 --inputs 64
-     * --outputs 10 --seed 7. */
-    mw_model_spec_t spec = {.layers = 6,
-                            .inputs = WIDTH,
-                            .hidden = 256,
-                            .outputs = 10,
-                            .seed = 7,
-                            .activation = MW_ACT_GELU};
     mwt_pipeline_t *p =
-        mwt_pipeline_new_model("score", 2, &spec, PARTITIONS, mwt_load_elastic_flags);
+        mwt_pipeline_new_model("score", 2, &mwt_make_run_model, PARTITIONS, mwt_load_elastic_flags);
     live = p;
     if (atexit(kill_live) != 0)
         mwt_die("atexit", "refused");

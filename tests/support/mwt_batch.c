@@ -14,6 +14,9 @@
 #include <string.h>
 #include <time.h>
 
+const mw_model_spec_t mwt_make_run_model = {
+    .layers = 6, .inputs = 64, .hidden = 256, .outputs = 10, .seed = 7, .activation = MW_ACT_GELU};
+
 /* Assigns l's consumer every partition of topic, from the beginning. */
 static void assign_all(mwt_load_t *l, const char *topic, int partitions)
 {

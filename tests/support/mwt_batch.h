@@ -22,6 +22,10 @@ void mwt_batch_reply(mwt_load_t *l, const char *reply_topic, int partitions);
 
 /* Throughput of requests [first, first + n) of l, all answered, from t0
  * (mwt_now_us). */
+/* make run's model: mwctl model init --layers 6 --hidden 256 --inputs 64
+ * --outputs 10 --seed 7 (gelu, no layer norm, no residual). */
+extern const mw_model_spec_t mwt_make_run_model;
+
 typedef struct mwt_batch_rate {
     double steady_req_s;     /* between the 10th and the 90th percentile result */
     double first_last_req_s; /* n over t0 -> last result */
