@@ -53,32 +53,9 @@ static uint64_t random_u64(void)
 
 /* ------------------------------------------------------------- compute */
 
-float *mw_dp_input(mw_dataplane_t *dp, uint64_t nbytes)
-{
-    if (dp->in_aligned_cap < nbytes) {
-        float *p = realloc(dp->in_aligned, nbytes);
-        if (p == NULL)
-            return NULL;
-        dp->in_aligned = p;
-        dp->in_aligned_cap = nbytes;
-    }
-    return dp->in_aligned;
-}
-
 int mw_dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *data,
                   mw_tensor_desc_t *out_desc, const void **out, char *errstr, size_t errstr_size)
 {
-    uint64_t nbytes;
-    if (mw_tensor_nbytes(desc, &nbytes) != MW_OK)
-        return mw_errf(MW_EINVAL, errstr, errstr_size, "tensor too large");
-    /* Kafka values and receive buffers carry no alignment guarantee for f32. */
-    if (((uintptr_t)data % sizeof(float)) != 0) {
-        float *in = mw_dp_input(dp, nbytes);
-        if (in == NULL)
-            return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
-        memcpy(in, data, nbytes);
-        data = in;
-    }
     int rc = mw_stage_run(dp->st, desc, data, out_desc, out, errstr, errstr_size);
     uint64_t numel;
     if (dp->cfg.worker_compute_delay_us > 0) { /* a slower device, for tests */
@@ -1016,7 +993,6 @@ void mw_dataplane_destroy(mw_dataplane_t *dp)
     reach_free(dp->reach);
     mw_stage_destroy(dp->st);
     mw_model_destroy(dp->model);
-    free(dp->in_aligned);
     mw_config_fini(&dp->cfg);
     if (dp->wakefd >= 0)
         close(dp->wakefd);

@@ -101,8 +101,6 @@ struct mw_dataplane {
     uint64_t incarnation;
     mw_model_t *model;
     mw_stage_t *st;
-    float *in_aligned; /* stage input (mw_dp_input) */
-    size_t in_aligned_cap;
 
     mw_worlds_t *worlds; /* borrowed; NULL in tests that hand over worlds of their own */
     int wakefd;          /* eventfd: commands, stop, drain and Kafka messages wake the engine */
@@ -133,11 +131,6 @@ struct mw_dataplane {
 /* Records a fatal error: the engine stops serving and mw_dataplane_error reports it. */
 void mw_dp_fatal(mw_dataplane_t *dp, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-
-/* The stage's input buffer (aligned for f32), grown to nbytes; NULL when out
- * of memory. Valid until the next call; mw_dp_compute copies unaligned data
- * into it, and a batch's rows can be stacked there. */
-float *mw_dp_input(mw_dataplane_t *dp, uint64_t nbytes);
 
 /* Runs the stage on a tensor; on success *out (stage-owned, valid until the
  * next run) holds the result. */

@@ -102,6 +102,8 @@ struct dp_origin {
     int64_t ninflight, inflight_bytes; /* requests held, and their records' bytes */
     uint64_t next_seq, next_batch;
     dp_req_t **pick; /* the requests of the batch being formed (batch.max_rows) */
+    uint8_t *gather; /* their rows, stacked, when there are several */
+    size_t gather_cap;
     int paused;
     int draining;          /* paused for good */
     int64_t full_since_ms; /* when the window filled up; -1 while it has room */
@@ -304,14 +306,19 @@ static int batch_compute(mw_dataplane_t *dp, uint32_t k, uint64_t rows, mw_tenso
     uint64_t nbytes;
     if (mw_tensor_nbytes(&desc, &nbytes) != MW_OK)
         return mw_errf(MW_ETOOBIG, errstr, errstr_size, "batch too large");
-    uint8_t *in = (uint8_t *)mw_dp_input(dp, nbytes), *at = in;
-    if (in == NULL)
-        return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+    if (o->gather_cap < nbytes) {
+        uint8_t *p = realloc(o->gather, nbytes);
+        if (p == NULL)
+            return mw_errf(MW_ENOMEM, errstr, errstr_size, "out of memory");
+        o->gather = p;
+        o->gather_cap = nbytes;
+    }
+    uint8_t *at = o->gather;
     for (uint32_t i = 0; i < k; i++) {
         memcpy(at, o->pick[i]->in.data, o->pick[i]->in.nbytes);
         at += o->pick[i]->in.nbytes;
     }
-    return mw_dp_compute(dp, &desc, in, out_desc, out, errstr, errstr_size);
+    return mw_dp_compute(dp, &desc, o->gather, out_desc, out, errstr, errstr_size);
 }
 
 /* Records the k picked requests as batch id, their rows in pick order. */
@@ -1225,6 +1232,7 @@ void mw_dp_origin_destroy(mw_dataplane_t *dp)
     }
     batches_sweep(o, INT64_MAX);
     free(o->pick);
+    free(o->gather);
     if (o->queue != NULL) {
         rd_kafka_queue_io_event_enable(o->queue, -1, NULL, 0);
         rd_kafka_queue_destroy(o->queue);

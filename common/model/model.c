@@ -538,6 +538,7 @@ struct mw_stage {
     void *impl;
     mw_stage_info_t info;
     float *out_buf; /* mw_stage_run's output for forward-only backends */
+    float *in_buf;  /* and the aligned copy of an input that is not aligned */
 };
 
 int mw_stage_wrap(const mw_stage_ops_t *ops, void *impl, const mw_stage_info_t *info,
@@ -552,8 +553,10 @@ int mw_stage_wrap(const mw_stage_ops_t *ops, void *impl, const mw_stage_info_t *
     st->info = *info;
     if (ops->run == NULL) {
         size_t n = (size_t)info->max_batch * (size_t)info->out_features;
+        size_t in = (size_t)info->max_batch * (size_t)info->in_features;
         st->out_buf = malloc((n ? n : 1) * sizeof(float));
-        if (st->out_buf == NULL)
+        st->in_buf = malloc((in ? in : 1) * sizeof(float));
+        if (st->out_buf == NULL || st->in_buf == NULL)
             goto out_nomem;
     }
     *out = st;
@@ -571,6 +574,7 @@ void mw_stage_destroy(mw_stage_t *st)
         return;
     st->ops->destroy(st->impl);
     free(st->out_buf);
+    free(st->in_buf);
     free(st);
 }
 
@@ -630,6 +634,11 @@ int mw_stage_run(mw_stage_t *st, const mw_tensor_desc_t *in_desc, const void *in
         return mw_errf(MW_ETOOBIG, errstr, errstr_size,
                        "stage input shape [%s] has %" PRIu64 " rows; the stage takes at most %d",
                        shape, rows, st->info.max_batch);
+    /* Records and receive buffers carry no alignment guarantee for f32. */
+    if ((uintptr_t)in % sizeof(float) != 0) {
+        memcpy(st->in_buf, in, (size_t)rows * (size_t)st->info.in_features * sizeof(float));
+        in = st->in_buf;
+    }
     rc = st->ops->forward(st->impl, in, (int)rows, st->out_buf);
     if (rc != MW_OK)
         return mw_errf(rc, errstr, errstr_size, "stage compute failed: %s", mw_strerror(rc));

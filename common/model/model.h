@@ -138,10 +138,10 @@ int mw_stage_forward(mw_stage_t *st, const float *in, int batch, float *out);
 
 /* Computes one tensor, whatever the stage's kind. Built-in stages take f32
  * [..., in_features] (rows = the product of the leading dimensions, at most
- * max_batch; in aligned for f32) and give f32 [..., out_features]. *out
- * points to memory the stage owns, valid until the next call or
- * mw_stage_destroy. Errors (wrong dtype or shape, a plug-in's failure) are
- * described in errstr. */
+ * max_batch; in need not be aligned: it is copied into a work buffer then)
+ * and give f32 [..., out_features]. *out points to memory the stage owns,
+ * valid until the next call or mw_stage_destroy. Errors (wrong dtype or
+ * shape, a plug-in's failure) are described in errstr. */
 int mw_stage_run(mw_stage_t *st, const mw_tensor_desc_t *in_desc, const void *in,
                  mw_tensor_desc_t *out_desc, const void **out, char *errstr, size_t errstr_size);
 

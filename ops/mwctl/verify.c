@@ -16,7 +16,7 @@ struct input {
     uint64_t hash;
     mw_tensor_desc_t desc;
     size_t id_len, nbytes;
-    unsigned char *data; /* id_len bytes of id, then nbytes of tensor at tensor_at(id_len) */
+    unsigned char *data; /* id_len bytes of id, then nbytes of tensor at id_len */
 };
 
 struct mwctl_verifier {
@@ -36,13 +36,6 @@ static uint64_t hash_id(const void *id, size_t len)
     for (size_t i = 0; i < len; i++)
         h = (h ^ p[i]) * UINT64_C(1099511628211);
     return h;
-}
-
-/* Where an input's tensor starts after its id: aligned for any dtype, as a
- * stage reads it in place. */
-static size_t tensor_at(size_t id_len)
-{
-    return (id_len + 15) & ~(size_t)15;
 }
 
 static int same_id(const struct input *in, uint64_t hash, const void *id, size_t id_len)
@@ -131,10 +124,10 @@ int mwctl_verifier_put(mwctl_verifier_t *v, const void *id, size_t id_len,
     for (struct input *in = v->buckets[h % v->nbuckets]; in != NULL; in = in->next)
         if (same_id(in, h, id, id_len) && in->nbytes == nbytes &&
             memcmp(&in->desc, desc, sizeof(*desc)) == 0 &&
-            memcmp(in->data + tensor_at(id_len), data, nbytes) == 0)
+            memcmp(in->data + id_len, data, nbytes) == 0)
             return MW_OK; /* the same request read twice */
     struct input *in = calloc(1, sizeof(*in));
-    unsigned char *copy = malloc(tensor_at(id_len) + nbytes + 1);
+    unsigned char *copy = malloc(id_len + nbytes + 1);
     if (in == NULL || copy == NULL) {
         free(in);
         free(copy);
@@ -142,7 +135,7 @@ int mwctl_verifier_put(mwctl_verifier_t *v, const void *id, size_t id_len,
     }
     memcpy(copy, id, id_len);
     if (nbytes > 0)
-        memcpy(copy + tensor_at(id_len), data, nbytes);
+        memcpy(copy + id_len, data, nbytes);
     in->hash = h;
     in->desc = *desc;
     in->id_len = id_len;
@@ -210,8 +203,8 @@ static int compare(mwctl_verifier_t *v, const struct input *in, const mw_result_
     mw_tensor_desc_t want_desc;
     const void *want = NULL;
     char e[256];
-    if (mw_stage_run(v->stage, &in->desc, in->data + tensor_at(in->id_len), &want_desc, &want, e,
-                     sizeof(e)) != MW_OK)
+    if (mw_stage_run(v->stage, &in->desc, in->data + in->id_len, &want_desc, &want, e, sizeof(e)) !=
+        MW_OK)
         return mw_errf(MW_EINVAL, errstr, errstr_size, "the reference rejects the input: %s", e);
     char s1[MW_TENSOR_MAX_DIMS * 21], s2[MW_TENSOR_MAX_DIMS * 21];
     mw_shape_format(&res->desc, s1, sizeof(s1));

@@ -586,6 +586,12 @@ static void stage_rejects_bad_ranges_batches_and_shapes(void **state)
     assert_int_equal(out.shape[0], 2);
     assert_int_equal(out.shape[2], 64);
     assert_memory_equal(res, y, 6 * 64 * sizeof(float));
+    /* An input that is not aligned for f32 (a record's value) gives the same. */
+    unsigned char *odd = malloc(6 * 64 * sizeof(float) + 1);
+    memcpy(odd + 1, x, 6 * 64 * sizeof(float));
+    assert_int_equal(mw_stage_run(st, &in, odd + 1, &out, &res, err, sizeof(err)), MW_OK);
+    assert_memory_equal(res, y, 6 * 64 * sizeof(float));
+    free(odd);
     in.shape[0] = 3; /* 9 rows */
     assert_int_equal(mw_stage_run(st, &in, x, &out, &res, err, sizeof(err)), MW_ETOOBIG);
     assert_non_null(strstr(err, "9 rows"));
