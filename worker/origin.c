@@ -5,6 +5,7 @@
  * per partition in input-offset order in Kafka transactions with the input
  * offsets, group-committed (commit_due; DESIGN §2, §3, §6). */
 #include "clock.h"
+#include "commit.h"
 #include "dataplane_int.h"
 
 #include "err.h"
@@ -94,7 +95,8 @@ struct dp_origin {
     char t_requests[128], t_results[128], t_dlq[128];
     int transactional;
     int txn_open;
-    int delivery_failed; /* at-least-once: a delivery report failed since the last flush */
+    atomic_int delivery_failed; /* at-least-once: a delivery report failed since the last flush */
+    mw_commit_t *committer;     /* runs the results commits */
     dp_part_t *parts;
     dp_req_t *hash[REQ_BUCKETS];
     dp_batch_t *batches[BATCH_BUCKETS];
@@ -683,9 +685,15 @@ static void retire_produced(mw_dataplane_t *dp)
     }
 }
 
+static void commit_settle(mw_dataplane_t *dp);
+
+/* Aborts the open transaction, once a running commit has ended. */
 static void txn_abort(mw_dataplane_t *dp, const char *why)
 {
     dp_origin_t *o = dp->origin;
+    commit_settle(dp);
+    if (!o->txn_open)
+        return;
     mw_log(MW_LOG_WARN, FAC, "aborting the results transaction: %s", why);
     rd_kafka_error_t *e = rd_kafka_abort_transaction(o->producer, (int)dp->cfg.kafka_timeout_ms);
     if (e != NULL) {
@@ -696,57 +704,68 @@ static void txn_abort(mw_dataplane_t *dp, const char *why)
     unproduce_all(o);
 }
 
-/* Releases what it can and commits results with their input offsets. */
-static void commit(mw_dataplane_t *dp)
+/* Releases what it can and starts committing the released results with their
+ * input offsets; 0 when there is nothing to commit. No commit may be running. */
+static int commit_start(mw_dataplane_t *dp)
 {
     dp_origin_t *o = dp->origin;
-    int timeout = (int)dp->cfg.kafka_timeout_ms;
     release(dp);
     rd_kafka_topic_partition_list_t *offsets = produced_offsets(o);
     if (offsets->cnt == 0) {
         rd_kafka_topic_partition_list_destroy(offsets);
-        return;
+        return 0;
     }
-    if (o->transactional) {
-        rd_kafka_consumer_group_metadata_t *cgmd = rd_kafka_consumer_group_metadata(o->consumer);
-        rd_kafka_error_t *e =
-            rd_kafka_send_offsets_to_transaction(o->producer, offsets, cgmd, timeout);
-        rd_kafka_consumer_group_metadata_destroy(cgmd);
-        if (e == NULL)
-            e = rd_kafka_commit_transaction(o->producer, timeout);
-        if (e == NULL) {
-            o->txn_open = 0;
-            for (int i = 0; i < offsets->cnt && mw_log_enabled(MW_LOG_DEBUG); i++)
-                mw_log(MW_LOG_DEBUG, FAC, "committed %s [%d] up to offset %lld",
-                       offsets->elems[i].topic, (int)offsets->elems[i].partition,
-                       (long long)offsets->elems[i].offset);
-            retire_produced(dp);
-        } else if (rd_kafka_error_is_fatal(e)) {
-            mw_dp_fatal(dp, MW_EFENCED, "results transaction: %s", rd_kafka_error_string(e));
-        } else if (rd_kafka_error_txn_requires_abort(e)) {
-            txn_abort(dp, rd_kafka_error_string(e));
-        } else {
-            /* Retriable: the transaction stays open; the next interval tries again. */
-            mw_log(MW_LOG_WARN, FAC, "committing results: %s (will retry)",
-                   rd_kafka_error_string(e));
-        }
-        if (e != NULL)
-            rd_kafka_error_destroy(e);
-    } else {
-        rd_kafka_flush(o->producer, timeout);
-        if (o->delivery_failed) {
-            o->delivery_failed = 0;
+    mw_commit_start(o->committer, offsets);
+    return 1;
+}
+
+/* Acts on how a commit ended. */
+static void commit_end(mw_dataplane_t *dp, mw_commit_result_t *res)
+{
+    dp_origin_t *o = dp->origin;
+    rd_kafka_error_t *e = res->error;
+    if (!o->transactional) {
+        if (res->undelivered)
             unproduce_all(o); /* produced again next time: at least once */
-        } else {
-            rd_kafka_resp_err_t err = rd_kafka_commit(o->consumer, offsets, 0);
-            if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
-                retire_produced(dp);
-            else
-                mw_log(MW_LOG_WARN, FAC, "committing offsets: %s (will retry)",
-                       rd_kafka_err2str(err));
-        }
+        else if (res->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            retire_produced(dp);
+        else
+            mw_log(MW_LOG_WARN, FAC, "committing offsets: %s (will retry)",
+                   rd_kafka_err2str(res->err));
+    } else if (e == NULL) {
+        o->txn_open = 0;
+        for (int i = 0; i < res->offsets->cnt && mw_log_enabled(MW_LOG_DEBUG); i++)
+            mw_log(MW_LOG_DEBUG, FAC, "committed %s [%d] up to offset %lld",
+                   res->offsets->elems[i].topic, (int)res->offsets->elems[i].partition,
+                   (long long)res->offsets->elems[i].offset);
+        retire_produced(dp);
+    } else if (rd_kafka_error_is_fatal(e)) {
+        mw_dp_fatal(dp, MW_EFENCED, "results transaction: %s", rd_kafka_error_string(e));
+    } else if (rd_kafka_error_txn_requires_abort(e)) {
+        txn_abort(dp, rd_kafka_error_string(e));
+    } else {
+        /* Retriable: the transaction stays open; the next commit tries again. */
+        mw_log(MW_LOG_WARN, FAC, "committing results: %s (will retry)", rd_kafka_error_string(e));
     }
-    rd_kafka_topic_partition_list_destroy(offsets);
+    if (e != NULL)
+        rd_kafka_error_destroy(e);
+    rd_kafka_topic_partition_list_destroy(res->offsets);
+}
+
+/* Waits for the running commit, if any, and acts on its end. */
+static void commit_settle(mw_dataplane_t *dp)
+{
+    mw_commit_result_t res;
+    if (mw_commit_collect(dp->origin->committer, 1, &res))
+        commit_end(dp, &res);
+}
+
+/* Commits what can be released now and waits for it (rebalances, closing). */
+static void commit(mw_dataplane_t *dp)
+{
+    commit_settle(dp);
+    if (commit_start(dp))
+        commit_settle(dp);
 }
 
 /* ------------------------------------------------------------- rebalance */
@@ -898,7 +917,7 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaqu
     mw_dataplane_t *dp = opaque;
     if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         mw_log(MW_LOG_WARN, FAC, "result delivery failed: %s", rd_kafka_err2str(msg->err));
-        dp->origin->delivery_failed = 1;
+        atomic_store(&dp->origin->delivery_failed, 1);
     }
 }
 
@@ -1038,16 +1057,16 @@ static void flow_control(mw_dataplane_t *dp, int64_t now)
 }
 
 /* Group commit: a results transaction starts as soon as a result can be
- * released (or a commit that failed is to be retried) and the previous
- * commit ended at least the gap ago. Commits run on this thread, so none is in
- * flight meanwhile: under load each one carries everything released while the
- * previous one committed, and a lone result waits for one commit. The gap is
+ * released (or a commit that failed is to be retried), none is running on the
+ * committer, and the previous one ended at least the gap ago: under load each
+ * one carries everything released while the previous one committed, and a
+ * lone result waits for one commit. The gap is
  * results.commit_min_gap_ms, or results.commit_interval_ms when that is
  * shorter: the longest a released result waits for its transaction to start. */
 static int commit_due(mw_dataplane_t *dp, int64_t now)
 {
     dp_origin_t *o = dp->origin;
-    if (now < o->next_commit_ms)
+    if (now < o->next_commit_ms || mw_commit_busy(o->committer))
         return 0;
     /* A partition's head that is done is either released into the open
      * transaction or releasable now (results leave in offset order). */
@@ -1115,13 +1134,17 @@ int mw_dp_origin_step(mw_dataplane_t *dp)
     }
     n += dispatch_waiting(dp);
     rd_kafka_poll(o->producer, 0);
-    if (commit_due(dp, now)) {
+    mw_commit_result_t res;
+    if (mw_commit_collect(o->committer, 0, &res)) {
         int64_t gap = dp->cfg.results_commit_interval_ms < dp->cfg.results_commit_min_gap_ms
                           ? dp->cfg.results_commit_interval_ms
                           : dp->cfg.results_commit_min_gap_ms;
-        commit(dp);
+        commit_end(dp, &res);
         o->next_commit_ms = mw_now_ms() + gap;
+        n++;
     }
+    if (commit_due(dp, now))
+        n += commit_start(dp);
     dp->counters.inflight = o->ninflight;
     return n;
 }
@@ -1162,6 +1185,11 @@ int mw_dp_origin_new(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
     return MW_OK;
 }
 
+static void wake_engine(void *dp)
+{
+    mw_dp_wake(dp);
+}
+
 int mw_dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
 {
     dp_origin_t *o = dp->origin;
@@ -1179,6 +1207,16 @@ int mw_dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
     o->consumer = mw_kafka_consumer_new(&dp->cfg, group, &hooks, errstr, errstr_size);
     if (o->consumer == NULL)
         return MW_EKAFKA;
+    const mw_commit_opts_t copts = {.producer = o->producer,
+                                    .consumer = o->consumer,
+                                    .transactional = o->transactional,
+                                    .timeout_ms = (int)dp->cfg.kafka_timeout_ms,
+                                    .delivery_failed = &o->delivery_failed,
+                                    .wake = wake_engine,
+                                    .arg = dp};
+    o->committer = mw_commit_new(&copts, errstr, errstr_size);
+    if (o->committer == NULL)
+        return MW_EIO;
     static const uint64_t one = 1; /* what an eventfd reads */
     o->queue = rd_kafka_queue_get_consumer(o->consumer);
     if (o->queue != NULL) /* else the engine polls Kafka at its next timer */
@@ -1233,6 +1271,7 @@ void mw_dp_origin_destroy(mw_dataplane_t *dp)
     batches_sweep(o, INT64_MAX);
     free(o->pick);
     free(o->gather);
+    mw_commit_destroy(o->committer);
     if (o->queue != NULL) {
         rd_kafka_queue_io_event_enable(o->queue, -1, NULL, 0);
         rd_kafka_queue_destroy(o->queue);
