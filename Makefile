@@ -62,8 +62,10 @@ CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda /opt/cuda))
 HAVE_CUDA := $(if $(and $(CUDA_HOME),$(wildcard $(CUDA_HOME)/include/cuda_runtime.h)),1,)
 # NCCL_HOME / CUBLAS_HOME: installs outside CUDA_HOME (e.g. pip's nvidia/* wheels), with
 # $(X_HOME)/include and $(X_HOME)/lib (which needs the unversioned libnccl.so / libcublas.so).
-NCCL_HOME ?=
-CUBLAS_HOME ?=
+# By default the wheels that `make deps` unpacks into .cache/gpu when nvcc has no NCCL.
+GPU_CACHE := $(CURDIR)/.cache/gpu
+NCCL_HOME ?= $(if $(wildcard $(GPU_CACHE)/.done),$(GPU_CACHE))
+CUBLAS_HOME ?= $(if $(wildcard $(GPU_CACHE)/.done),$(GPU_CACHE))
 HAVE_NCCL := $(if $(HAVE_CUDA),$(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h $(if $(NCCL_HOME),$(NCCL_HOME)/include/nccl.h)),1,),)
 HAVE_CUBLAS := $(if $(HAVE_CUDA),$(if $(wildcard $(CUDA_HOME)/include/cublas_v2.h $(if $(CUBLAS_HOME),$(CUBLAS_HOME)/include/cublas_v2.h)),1,),)
 # -isystem: nccl.h declares ncclGroupStart() without (void), fatal under -Wstrict-prototypes -Werror
@@ -79,7 +81,7 @@ GPU_CU_SRCS := $(wildcard common/model/*.cu)
 ifeq ($(HAVE_CUDA),1)
 CUDA_CPPFLAGS := $(call home_flags,$(CUDA_HOME))
 CPPFLAGS += $(CUDA_CPPFLAGS)
-CUDA_LIBDIR ?= $(CUDA_HOME)/lib64
+CUDA_LIBDIR ?= $(if $(wildcard $(CUDA_HOME)/lib64/libcudart.so),$(CUDA_HOME)/lib64,$(GPU_CACHE)/lib)
 CUDA_LIBS := -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart
 endif
 ifeq ($(HAVE_NCCL),1)
