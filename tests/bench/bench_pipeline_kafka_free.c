@@ -65,8 +65,9 @@ int main(void)
         fprintf(stderr, "bench_pipeline_kafka_free: %s\n", err);
         return 1;
     }
-    printf("{\"bench\": \"pipeline_kafka_free\", \"metric\": \"batches_per_s\", \"device\": \"%s\", "
-           "\"backend\": \"tcp\", \"activation_bytes\": %d, \"batches\": %d, \"value\": %.2f}\n",
-           device, ROWS * HIDDEN * 4, batches, batches / s);
+    printf(
+        "{\"bench\": \"pipeline_kafka_free\", \"metric\": \"batches_per_s\", \"device\": \"%s\", "
+        "\"backend\": \"tcp\", \"activation_bytes\": %d, \"batches\": %d, \"value\": %.2f}\n",
+        device, ROWS * HIDDEN * 4, batches, batches / s);
     return 0;
 }

@@ -107,8 +107,8 @@ static void pipeline_without_kafka_answers_every_batch_as_the_unsplit_model(void
     check_state_t c;
     mwt_driver_t *d = driver(&c, mwt_scaled(2000));
     const int batches = 2500; /* 10,000 requests of one row */
-    int rc = mwt_driver_run(d, batches, ROWS, 8, fill, check, &c, mwt_scaled(10000), err,
-                            sizeof(err));
+    int rc =
+        mwt_driver_run(d, batches, ROWS, 8, fill, check, &c, mwt_scaled(10000), err, sizeof(err));
     mw_stage_destroy(c.reference);
     mwt_driver_destroy(d);
     if (rc != MW_OK)
@@ -125,8 +125,8 @@ static void killed_worker_breaks_the_drivers_world_within_the_world_timeout(void
     mwt_driver_t *d = driver(&c, world_timeout_ms);
     c.kill_at = 100;
     c.victim = mwt_driver_worker_pid(d, 1);
-    int rc = mwt_driver_run(d, 100000, ROWS, 8, fill, check, &c, mwt_scaled(30000), err,
-                            sizeof(err));
+    int rc =
+        mwt_driver_run(d, 100000, ROWS, 8, fill, check, &c, mwt_scaled(30000), err, sizeof(err));
     int64_t noticed_ms = mw_now_ms() - c.killed_ms;
     mw_stage_destroy(c.reference);
     mwt_driver_destroy(d);

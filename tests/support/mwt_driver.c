@@ -19,9 +19,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#define DRIVER_ID    "src"
-#define MAX_STAGES   8
-#define MAX_WORLDS   (2 * MAX_STAGES)
+#define DRIVER_ID  "src"
+#define MAX_STAGES 8
+#define MAX_WORLDS (2 * MAX_STAGES)
 
 struct mwt_driver {
     char dir[512], model_path[600], pipeline[MW_PIPELINE_NAME_MAX];
@@ -184,9 +184,8 @@ static int setup(mwt_driver_t *d, const mwt_driver_opts_t *o, int64_t deadline, 
         return rc;
 
     char spec[900], id[64], stage[32], pipeline[128], device[64], rows[64];
-    snprintf(spec, sizeof(spec),
-             "--pipeline.spec={\"name\":\"%s\",\"stages\":%d,\"model\":\"%s\"}", d->pipeline,
-             o->nstages, d->model_path);
+    snprintf(spec, sizeof(spec), "--pipeline.spec={\"name\":\"%s\",\"stages\":%d,\"model\":\"%s\"}",
+             d->pipeline, o->nstages, d->model_path);
     const char *cargs[] = {spec, "--coordinator.interval_ms=50", "--coordinator.lease_ms=1000",
                            NULL};
     d->coordinator = spawn(d, "mw-coordinator", cargs);
@@ -333,19 +332,19 @@ int mwt_driver_run(mwt_driver_t *d, int nbatches, int rows, int window,
         if (r.sh == NULL && sent < nbatches && sent - received < window) {
             fill(sent, rows, r.x, user);
             rc = mw_stage_forward(d->stage0, r.x, rows, r.h);
-            mw_hop_t hop = {.type = MW_HOP_TENSOR,
-                            .stage = 0,
-                            .incarnation = d->incarnation,
-                            .batch = (uint64_t)sent,
-                            .nrequests = (uint32_t)rows,
-                            .desc = {.dtype = MW_DTYPE_F32,
-                                     .ndim = 2,
-                                     .shape = {rows, si.out_features}},
-                            .nbytes = (uint64_t)rows * (uint64_t)si.out_features * sizeof(float)};
+            mw_hop_t hop = {
+                .type = MW_HOP_TENSOR,
+                .stage = 0,
+                .incarnation = d->incarnation,
+                .batch = (uint64_t)sent,
+                .nrequests = (uint32_t)rows,
+                .desc = {.dtype = MW_DTYPE_F32, .ndim = 2, .shape = {rows, si.out_features}},
+                .nbytes = (uint64_t)rows * (uint64_t)si.out_features * sizeof(float)};
             snprintf(hop.origin, sizeof(hop.origin), DRIVER_ID);
             int len = rc == MW_OK ? mw_hop_encode(&hop, r.sframe, sizeof(r.sframe)) : rc;
-            if (len < 0 || (rc = mw_world_isend_header(d->down, d->down_peer, r.sframe,
-                                                       (size_t)len, &r.sh)) != MW_OK ||
+            if (len < 0 ||
+                (rc = mw_world_isend_header(d->down, d->down_peer, r.sframe, (size_t)len, &r.sh)) !=
+                    MW_OK ||
                 (rc = mw_world_isend(d->down, d->down_peer, &hop.desc, r.h, &r.st)) != MW_OK) {
                 rc = rc != MW_OK ? rc : len;
                 mw_errf(rc, errstr, errstr_size, "cannot send batch %d", sent);
@@ -354,8 +353,8 @@ int mwt_driver_run(mwt_driver_t *d, int nbatches, int rows, int window,
             sent++;
             moved = 1;
         }
-        if (r.sh != NULL && mw_world_test(r.st) != MW_EAGAIN && done(&r.sh, &rc, errstr, errstr_size) &&
-            done(&r.st, &rc, errstr, errstr_size)) {
+        if (r.sh != NULL && mw_world_test(r.st) != MW_EAGAIN &&
+            done(&r.sh, &rc, errstr, errstr_size) && done(&r.st, &rc, errstr, errstr_size)) {
             mw_world_req_free(r.sh);
             mw_world_req_free(r.st);
             r.sh = r.st = NULL;
@@ -380,11 +379,10 @@ int mwt_driver_run(mwt_driver_t *d, int nbatches, int rows, int window,
             size_t len = (size_t)mw_world_req_bytes(r.rh);
             mw_world_req_free(r.rh);
             r.rh = NULL;
-            if (rc == MW_OK && (rc = mw_hop_decode(&r.rhop, r.rframe, len, errstr,
-                                                   errstr_size)) == MW_OK) {
+            if (rc == MW_OK &&
+                (rc = mw_hop_decode(&r.rhop, r.rframe, len, errstr, errstr_size)) == MW_OK) {
                 if (r.rhop.type != MW_HOP_TENSOR)
-                    rc = mw_errf(MW_EABORTED, errstr, errstr_size,
-                                 "batch %llu aborted by stage %d",
+                    rc = mw_errf(MW_EABORTED, errstr, errstr_size, "batch %llu aborted by stage %d",
                                  (unsigned long long)r.rhop.batch, r.rhop.stage);
                 else if (r.rhop.nbytes != (uint64_t)rows * (uint64_t)outputs * sizeof(float))
                     rc = mw_errf(MW_EPROTO, errstr, errstr_size, "batch %llu: %llu bytes back",
@@ -417,8 +415,8 @@ int mwt_driver_run(mwt_driver_t *d, int nbatches, int rows, int window,
         }
         if (mw_now_ms() - progress_ms > timeout_ms) {
             rc = mw_errf(MW_ETIMEDOUT, errstr, errstr_size,
-                         "no progress for %lld ms: %d batches sent, %d back",
-                         (long long)timeout_ms, sent, received);
+                         "no progress for %lld ms: %d batches sent, %d back", (long long)timeout_ms,
+                         sent, received);
             break;
         }
         struct pollfd pfd = {.fd = mw_worlds_done_fd(d->ctx), .events = POLLIN};

@@ -17,10 +17,10 @@
 typedef struct mwt_driver mwt_driver_t;
 
 typedef struct mwt_driver_opts {
-    int nstages;            /* >= 2: stage 0 here, one mw-worker at each other stage */
-    mw_model_spec_t model;  /* the model, written into the driver's directory */
-    int max_rows;           /* rows of the largest batch */
-    const char *device;     /* the workers' --device ("cpu", "cuda:0"); stage 0's too */
+    int nstages;           /* >= 2: stage 0 here, one mw-worker at each other stage */
+    mw_model_spec_t model; /* the model, written into the driver's directory */
+    int max_rows;          /* rows of the largest batch */
+    const char *device;    /* the workers' --device ("cpu", "cuda:0"); stage 0's too */
     int64_t world_timeout_ms;
 } mwt_driver_opts_t;
 
