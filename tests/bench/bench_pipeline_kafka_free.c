@@ -67,7 +67,8 @@ int main(void)
     }
     printf(
         "{\"bench\": \"pipeline_kafka_free\", \"metric\": \"batches_per_s\", \"device\": \"%s\", "
-        "\"backend\": \"tcp\", \"activation_bytes\": %d, \"batches\": %d, \"value\": %.2f}\n",
+        "\"backend\": \"tcp\", \"activation_bytes\": %d, \"batches\": %d, \"value\": %.2f, "
+        "\"unit\": \"batches/s\"}\n",
         device, ROWS * HIDDEN * 4, batches, batches / s);
     return 0;
 }

@@ -8,6 +8,8 @@
 #include "clock.h"
 #include "err.h"
 #include "harness.h"
+#include "redis.h"
+#include "cluster/membership.h"
 
 #include <math.h>
 #include <setjmp.h>
@@ -18,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -116,6 +119,40 @@ static void pipeline_without_kafka_answers_every_batch_as_the_unsplit_model(void
     assert_int_equal(c.checked, batches);
 }
 
+/* What the planner picks a world's backend from: every worker's device, host
+ * and the backends its data plane carries (tcp only, host buffers). */
+static void workers_report_device_host_and_the_backends_they_carry(void **state)
+{
+    (void)state;
+    char err[512], host[64] = "";
+    check_state_t c;
+    mwt_driver_t *d = driver(&c, mwt_scaled(2000));
+    mw_stage_destroy(c.reference);
+    gethostname(host, sizeof(host) - 1);
+    mw_redis_t *r = mw_redis_new(mwt_driver_config(d), 0, err, sizeof(err));
+    mw_member_record_t *recs = NULL;
+    size_t n = 0;
+    int64_t now;
+    int rc = r != NULL ? mw_member_read_all(r, &recs, &n, &now) : MW_EUNAVAIL;
+    int workers = 0;
+    for (size_t i = 0; rc == MW_OK && i < n; i++) {
+        if (strcmp(recs[i].info.id, "src") == 0)
+            continue;
+        mw_plan_member_t m;
+        mw_member_to_plan(&recs[i], &m);
+        if (strcmp(m.device, device()) != 0 || strcmp(m.host, host) != 0 ||
+            strcmp(recs[i].info.backends, "tcp") != 0 || m.carries != 0)
+            fail_msg("worker %s: device %s, host %s, backends %s", m.id, m.device, m.host,
+                     recs[i].info.backends);
+        workers++;
+    }
+    free(recs);
+    mw_redis_destroy(r);
+    mwt_driver_destroy(d);
+    assert_int_equal(rc, MW_OK);
+    assert_int_equal(workers, 2);
+}
+
 static void killed_worker_breaks_the_drivers_world_within_the_world_timeout(void **state)
 {
     (void)state;
@@ -140,6 +177,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(pipeline_without_kafka_answers_every_batch_as_the_unsplit_model),
+        cmocka_unit_test(workers_report_device_host_and_the_backends_they_carry),
         cmocka_unit_test(killed_worker_breaks_the_drivers_world_within_the_world_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -68,6 +68,8 @@ static pid_t spawn(const mwt_driver_t *d, const char *prog, const char *const *e
     ARG("%s", mwt_bin(prog));
     ARG("--redis.port=%lld", (long long)d->cfg.redis_port);
     ARG("--cluster.name=%s", d->cfg.cluster);
+    /* No Kafka: only the coordinator's lag reader looks for one; never a real broker. */
+    ARG("--kafka.bootstrap.servers=127.0.0.1:1");
     ARG("--heartbeat.interval_ms=100");
     ARG("--heartbeat.ttl_ms=%lld", (long long)mwt_scaled(1500));
     ARG("--world.timeout_ms=%lld", (long long)d->cfg.world_timeout_ms);
@@ -283,6 +285,11 @@ const char *mwt_driver_model_path(const mwt_driver_t *d)
 const mw_model_t *mwt_driver_model(const mwt_driver_t *d)
 {
     return d->model;
+}
+
+const mw_config_t *mwt_driver_config(const mwt_driver_t *d)
+{
+    return &d->cfg;
 }
 
 int mwt_driver_worker_pid(const mwt_driver_t *d, int stage)

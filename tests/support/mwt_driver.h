@@ -10,6 +10,7 @@
 #ifndef MWT_DRIVER_H
 #define MWT_DRIVER_H
 
+#include "config.h"
 #include "model/model.h"
 
 #include <stdint.h>
@@ -47,6 +48,9 @@ int mwt_driver_run(mwt_driver_t *d, int nbatches, int rows, int window,
 /* The model file and the unsplit model (borrowed, for reference outputs). */
 const char *mwt_driver_model_path(const mwt_driver_t *d);
 const mw_model_t *mwt_driver_model(const mwt_driver_t *d);
+
+/* The config of the driver's Redis and cluster (borrowed). */
+const mw_config_t *mwt_driver_config(const mwt_driver_t *d);
 
 /* The pid of the worker at stage (1..nstages-1). */
 int mwt_driver_worker_pid(const mwt_driver_t *d, int stage);
