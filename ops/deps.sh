@@ -67,7 +67,7 @@ gpu_deps() {
         echo "deps: no GPU wheels in the pip index (once; remove .cache/gpu to try again): building without NCCL and cuBLAS" >&2
         return 0
     fi
-    echo "deps: nvcc without NCCL: unpacking NVIDIA's NCCL, cuBLAS and CUDA runtime wheels into .cache/gpu (once)"
+    echo "deps: nvcc without NCCL: fetching NVIDIA's NCCL, cuBLAS and CUDA runtime wheels into .cache/gpu (once)"
     wheels=$(mktemp -d)
     rm -rf "$gpu"
     mkdir -p "$gpu/include" "$gpu/lib"
