@@ -2,7 +2,9 @@
 # GPU checks, in one go on a GPU machine that has no Kafka, no Java and no
 # network (bounded: about 8 minutes on 16 cores):
 #   1. builds into build/gpu with CUDA, and NCCL and cuBLAS where the Makefile
-#      finds them (CUDA_HOME, NCCL_HOME, CUBLAS_HOME, or .cache/gpu from `make deps`);
+#      finds them (CUDA_HOME, NCCL_HOME, CUBLAS_HOME, or .cache/gpu, which
+#      `ops/deps.sh --gpu` links from NVIDIA wheels installed for python3, or
+#      fetches where a pip index answers);
 #   2. starts a Redis of its own (ops/mwlocal; redis-server from PATH or from
 #      .cache/bin, where a caller without one on the machine can bring it);
 #   3. runs the cuBLAS stage test (test_model_cuda), the world tests including
@@ -20,6 +22,7 @@ cd "$(dirname "$0")/../.."
 root=$PWD
 export PATH="$root/.cache/bin:$PATH"
 build=build/gpu
+ops/deps.sh --gpu
 info=$(make --no-print-directory gpu-info)
 echo "$info"
 nvidia-smi -L 2>/dev/null || echo "tests/gpu/run.sh: no nvidia-smi"
