@@ -10,11 +10,15 @@
 #   3. runs the cuBLAS stage test (test_model_cuda), the world tests including
 #      the NCCL backend's (test_world_nccl: a world of one member on device
 #      memory; NCCL allows one rank per GPU per world, so a one-GPU machine
-#      cannot run an NCCL pair), and the Kafka-free pipeline of real cuda:0
+#      cannot run an NCCL pair) and the cuda-ipc backend's (test_world_cuda_ipc:
+#      two processes on the one GPU, kill -9, device memory checked), and the
+#      Kafka-free pipeline of real cuda:0
 #      workers (test_pipeline_kafka_free: 10,000 requests within 1e-5 relative
 #      of the CPU reference, kill -9 of a worker);
-#   4. runs bench_pipeline_kafka_free (4 MiB activations between two cuda:0
-#      workers over TCP) on cuda:0 and on the CPU: JSON lines.
+#   4. runs bench_world_cuda_ipc (4 MiB device tensors: cuda-ipc vs tcp with
+#      host staging; the goal is >= 5x) and bench_pipeline_kafka_free (4 MiB
+#      activations between two cuda:0 workers over TCP) on cuda:0 and on the
+#      CPU: JSON lines.
 # Ends with "N passed, N failed"; exits non-zero when anything failed.
 #   bash tests/gpu/run.sh                     (MW_GPU_DEVICE=cpu: the same steps on a CPU machine)
 set -uo pipefail
@@ -29,10 +33,10 @@ nvidia-smi -L 2>/dev/null || echo "tests/gpu/run.sh: no nvidia-smi"
 command -v redis-server >/dev/null || { echo "tests/gpu/run.sh: no redis-server (PATH or .cache/bin)" >&2; exit 2; }
 [[ $info == *cublas=1* ]] || echo "tests/gpu/run.sh: no cuBLAS found: cuda stages cannot run" >&2
 
-tests=(unit/test_model_cuda integration/test_world_nccl integration/test_world_transfer
-       integration/test_pipeline_kafka_free)
+tests=(unit/test_model_cuda integration/test_world_nccl integration/test_world_cuda_ipc
+       integration/test_world_transfer integration/test_pipeline_kafka_free)
 make --no-print-directory BUILD=$build -j"$(nproc)" all "${tests[@]/#/$build/tests/}" \
-    $build/tests/bench/bench_pipeline_kafka_free >$build.log 2>&1 ||
+    $build/tests/bench/bench_pipeline_kafka_free $build/tests/bench/bench_world_cuda_ipc >$build.log 2>&1 ||
     { tail -n 40 $build.log; echo "0 passed, 1 failed"; exit 1; }
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/mwgpu.XXXXXX")
@@ -62,10 +66,18 @@ run() {
 
 run unit/test_model_cuda 60 $build/tests/unit/test_model_cuda
 run integration/test_world_nccl 90 $build/tests/integration/test_world_nccl
+run integration/test_world_cuda_ipc 120 $build/tests/integration/test_world_cuda_ipc
 run integration/test_world_transfer 120 $build/tests/integration/test_world_transfer
 gpu=${MW_GPU_DEVICE:-cuda:0}
 MWT_DRIVER_DEVICE=$gpu run integration/test_pipeline_kafka_free 120 \
     $build/tests/integration/test_pipeline_kafka_free
+echo "=== bench/bench_world_cuda_ipc"
+if MWTEST_PREFIX="g$$.bench.ipc" timeout 120 $build/tests/bench/bench_world_cuda_ipc 2>"$dir/bench.log"; then
+    passed=$((passed + 1))
+else
+    tail -n 20 "$dir/bench.log"
+    failed=$((failed + 1))
+fi
 for device in $gpu cpu; do
     echo "=== bench/bench_pipeline_kafka_free ($device)"
     if MWT_DRIVER_DEVICE=$device MW_BENCH_BATCHES=50 MWTEST_PREFIX="g$$.bench.${device%%:*}" \
