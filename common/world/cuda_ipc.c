@@ -307,15 +307,14 @@ static int finish_recv(mw_world_t *w, char *errstr, size_t errstr_size)
         rc = mw_errf(MW_ETOOBIG, errstr, errstr_size,
                      "tensor of %llu bytes from rank %d exceeds the receive buffer of %llu bytes",
                      (unsigned long long)m->nbytes, req->peer, (unsigned long long)req->nbytes);
-    } else {
+    } else if (m->nbytes > 0) { /* an empty tensor names no buffer */
         void *src = import_open(w, m, errstr, errstr_size);
         cudaError_t e = cudaSuccess;
         if (src == NULL)
             rc = MW_EIO;
-        else if (m->nbytes > 0 &&
-                 ((e = cudaMemcpyAsync(req->buf, src, m->nbytes, cudaMemcpyDeviceToDevice,
-                                       iw->stream)) != cudaSuccess ||
-                  (e = cudaStreamSynchronize(iw->stream)) != cudaSuccess))
+        else if ((e = cudaMemcpyAsync(req->buf, src, m->nbytes, cudaMemcpyDeviceToDevice,
+                                      iw->stream)) != cudaSuccess ||
+                 (e = cudaStreamSynchronize(iw->stream)) != cudaSuccess)
             rc = cuda_fail(e, "copy from the peer's buffer", errstr, errstr_size);
     }
     if (rc == MW_OK) {
