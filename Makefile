@@ -62,8 +62,10 @@ CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda /opt/cuda))
 HAVE_CUDA := $(if $(and $(CUDA_HOME),$(wildcard $(CUDA_HOME)/include/cuda_runtime.h)),1,)
 # NCCL_HOME / CUBLAS_HOME: installs outside CUDA_HOME (e.g. pip's nvidia/* wheels), with
 # $(X_HOME)/include and $(X_HOME)/lib (which needs the unversioned libnccl.so / libcublas.so).
-NCCL_HOME ?=
-CUBLAS_HOME ?=
+# By default the wheels that `make deps` unpacks into .cache/gpu when nvcc has no NCCL.
+GPU_CACHE := $(CURDIR)/.cache/gpu
+NCCL_HOME ?= $(if $(wildcard $(GPU_CACHE)/.done),$(GPU_CACHE))
+CUBLAS_HOME ?= $(if $(wildcard $(GPU_CACHE)/.done),$(GPU_CACHE))
 HAVE_NCCL := $(if $(HAVE_CUDA),$(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h $(if $(NCCL_HOME),$(NCCL_HOME)/include/nccl.h)),1,),)
 HAVE_CUBLAS := $(if $(HAVE_CUDA),$(if $(wildcard $(CUDA_HOME)/include/cublas_v2.h $(if $(CUBLAS_HOME),$(CUBLAS_HOME)/include/cublas_v2.h)),1,),)
 # -isystem: nccl.h declares ncclGroupStart() without (void), fatal under -Wstrict-prototypes -Werror
@@ -73,29 +75,36 @@ home_libs = $(if $(1),-L$(1)/lib -Wl$(comma)-rpath$(comma)$(1)/lib)
 NVCC ?= $(CUDA_HOME)/bin/nvcc
 
 GPU_NCCL_SRCS := common/world/nccl.c
+GPU_IPC_SRCS := common/world/cuda_ipc.c
 GPU_CUDA_SRCS := $(wildcard common/model/*_cuda.c)
 GPU_CU_SRCS := $(wildcard common/model/*.cu)
 
 ifeq ($(HAVE_CUDA),1)
 CUDA_CPPFLAGS := $(call home_flags,$(CUDA_HOME))
 CPPFLAGS += $(CUDA_CPPFLAGS)
-CUDA_LIBDIR ?= $(CUDA_HOME)/lib64
+CUDA_LIBDIR ?= $(if $(wildcard $(CUDA_HOME)/lib64/libcudart.so),$(CUDA_HOME)/lib64,$(GPU_CACHE)/lib)
 CUDA_LIBS := -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart
 endif
 ifeq ($(HAVE_NCCL),1)
 CPPFLAGS += -DMW_HAVE_NCCL=1 $(call home_flags,$(NCCL_HOME))
-LDLIBS += $(CUDA_LIBS) $(call home_libs,$(NCCL_HOME)) -lnccl
+LDLIBS += $(call home_libs,$(NCCL_HOME)) -lnccl
 endif
 ifeq ($(HAVE_CUBLAS),1)
 CPPFLAGS += -DMW_HAVE_CUBLAS=1 $(call home_flags,$(CUBLAS_HOME))
 # nvcc's host code for the kernels needs the C++ runtime (static-init guards)
-LDLIBS += $(if $(HAVE_NCCL),,$(CUDA_LIBS)) $(call home_libs,$(CUBLAS_HOME)) -lcublas -lstdc++
+LDLIBS += $(call home_libs,$(CUBLAS_HOME)) -lcublas -lstdc++
+endif
+# The cuda-ipc world backend needs only the CUDA runtime.
+ifeq ($(HAVE_CUDA),1)
+CPPFLAGS += -DMW_HAVE_CUDA_IPC=1
+LDLIBS += $(CUDA_LIBS)
 endif
 
 # --- sources ----------------------------------------------------------------
 COMMON_SRCS := $(wildcard common/*.c common/*/*.c topics/*.c)
-LIB_SRCS := $(filter-out $(GPU_NCCL_SRCS) $(GPU_CUDA_SRCS),$(COMMON_SRCS)) \
-            $(if $(HAVE_NCCL),$(GPU_NCCL_SRCS)) $(if $(HAVE_CUBLAS),$(GPU_CUDA_SRCS))
+LIB_SRCS := $(filter-out $(GPU_NCCL_SRCS) $(GPU_IPC_SRCS) $(GPU_CUDA_SRCS),$(COMMON_SRCS)) \
+            $(if $(HAVE_NCCL),$(GPU_NCCL_SRCS)) $(if $(HAVE_CUDA),$(GPU_IPC_SRCS)) \
+            $(if $(HAVE_CUBLAS),$(GPU_CUDA_SRCS))
 LIB_CU_SRCS := $(if $(HAVE_CUBLAS),$(GPU_CU_SRCS))
 # Program code other than main() goes into libmwapp.a so tests can link it.
 APP_SRCS := $(filter-out %/main.c,$(wildcard coordinator/*.c worker/*.c ops/mwctl/*.c))
@@ -131,7 +140,7 @@ help:
 	@echo "other targets: unit integration fuzz fuzz-replay bench deps format format-check lint clean gpu-info"
 
 gpu-info:
-	@echo "CUDA_HOME=$(CUDA_HOME) cuda=$(or $(HAVE_CUDA),no) nccl=$(or $(HAVE_NCCL),no) cublas=$(or $(HAVE_CUBLAS),no)"
+	@echo "CUDA_HOME=$(CUDA_HOME) cuda=$(or $(HAVE_CUDA),no) nccl=$(or $(HAVE_NCCL),no) cublas=$(or $(HAVE_CUBLAS),no) cuda-ipc=$(or $(HAVE_CUDA),no)"
 	@echo "NCCL_HOME=$(NCCL_HOME) CUBLAS_HOME=$(CUBLAS_HOME) CUDA_LIBDIR=$(CUDA_LIBDIR)"
 
 $(BUILD)/obj/%.o: %.c
@@ -175,7 +184,7 @@ $(BUILD)/plugins/%.so: tests/plugins/%.c
 # Fuzzers: clang + libFuzzer + ASan/UBSan, over the library sources they need.
 # worker/hop.c: the data plane's header codec, pure, fuzzed with the frames.
 # ops/mwctl/npy.c: mwctl score's .npy header parser, pure.
-FUZZ_LIB_SRCS := $(filter-out $(GPU_NCCL_SRCS) $(GPU_CUDA_SRCS),$(COMMON_SRCS)) worker/hop.c ops/mwctl/npy.c
+FUZZ_LIB_SRCS := $(filter-out $(GPU_NCCL_SRCS) $(GPU_IPC_SRCS) $(GPU_CUDA_SRCS),$(COMMON_SRCS)) worker/hop.c ops/mwctl/npy.c
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB_SRCS)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) -g -O1 -std=c11 -D_GNU_SOURCE -Icommon -I. $(PKG_CFLAGS) \

@@ -441,10 +441,26 @@ static int reports_broken(const char *report, const mw_plan_world_t *w)
     return 0;
 }
 
+static int is_gpu(const mw_plan_member_t *m)
+{
+    return strncmp(m->device, "cuda:", 5) == 0;
+}
+
+const char *mw_plan_backend(const mw_plan_member_t *a, const mw_plan_member_t *b)
+{
+    if (!is_gpu(a) || !is_gpu(b))
+        return "tcp";
+    unsigned both = a->carries & b->carries;
+    if (strcmp(a->host, b->host) == 0 && strcmp(a->device, b->device) == 0)
+        return both & MW_PLAN_CARRIES_CUDA_IPC ? "cuda-ipc" : "tcp";
+    return both & MW_PLAN_CARRIES_NCCL ? "nccl" : "tcp";
+}
+
 /* Plans one pipeline: keeps prev's worlds between unchanged workers, fills new
  * workers up to the fanout, then makes sure every active worker is on a cycle. */
 static int plan_pipeline(mw_plan_t *plan, size_t *wcap, const mw_plan_pipeline_t *pp,
-                         const mw_plan_t *prev, const char *isnew, int fanout)
+                         const mw_plan_t *prev, const char *isnew,
+                         const mw_plan_member_t *const *member_of, int fanout)
 {
     graph_t g = {.plan = plan, .spec = &pp->spec, .fanout = fanout};
     int rc = MW_ENOMEM;
@@ -509,10 +525,9 @@ static int plan_pipeline(mw_plan_t *plan, size_t *wcap, const mw_plan_pipeline_t
         memset(&w, 0, sizeof(w));
         mw_plan_world_name(w.name, sizeof(w.name), pp->spec.name, a->stage, a->id, b->stage, b->id);
         snprintf(w.pipeline, sizeof(w.pipeline), "%s", pp->spec.name);
-        /* TCP even between two GPU workers: the data plane hands worlds host
-         * buffers (a CUDA stage's activations go through host memory), and an
-         * NCCL world would be joined and never used, leaving no route. */
-        snprintf(w.backend, sizeof(w.backend), "tcp");
+        snprintf(w.backend, sizeof(w.backend), "%s",
+                 mw_plan_backend(member_of[g.nodes[g.edges[e][0]].w],
+                                 member_of[g.nodes[g.edges[e][1]].w]));
         w.nmembers = 2;
         snprintf(w.members[0], sizeof(w.members[0]), "%s", a->id);
         snprintf(w.members[1], sizeof(w.members[1]), "%s", b->id);
@@ -639,9 +654,10 @@ int mw_plan_compute(const mw_pipelines_t *spec, const mw_plan_member_t *members,
     const mw_plan_member_t **sorted = malloc((nmembers + 1) * sizeof(*sorted));
     int64_t *capacity = malloc((nmembers + 1) * sizeof(*capacity));
     char *isnew = malloc(nmembers + 1);
+    const mw_plan_member_t **member_of = malloc((nmembers + 1) * sizeof(*member_of)); /* worker */
     int rc = MW_ENOMEM;
     size_t wcap = 0;
-    if (plan == NULL || sorted == NULL || capacity == NULL || isnew == NULL)
+    if (plan == NULL || sorted == NULL || capacity == NULL || isnew == NULL || member_of == NULL)
         goto out_fail;
     plan->epoch = prev ? prev->epoch : 0;
     plan->version = prev ? prev->version : 0;
@@ -682,6 +698,7 @@ int mw_plan_compute(const mw_pipelines_t *spec, const mw_plan_member_t *members,
             pw->auto_stage = m->stage == MW_PLAN_STAGE_AUTO;
             pw->draining = m->draining != 0;
             capacity[plan->nworkers] = m->capacity > 0 ? m->capacity : 1;
+            member_of[plan->nworkers] = m;
             plan->nworkers++;
             rc = MW_OK;
         }
@@ -691,7 +708,8 @@ int mw_plan_compute(const mw_pipelines_t *spec, const mw_plan_member_t *members,
 
     rc = resolve_stages(plan, prev, capacity, isnew);
     for (size_t p = 0; p < plan->npipelines && rc == MW_OK; p++)
-        rc = plan_pipeline(plan, &wcap, &plan->pipelines[p], prev, isnew, opt->max_fanout);
+        rc = plan_pipeline(plan, &wcap, &plan->pipelines[p], prev, isnew, member_of,
+                           opt->max_fanout);
     if (rc != MW_OK)
         goto out_fail;
     /* A kept world that one of its members reports broken is issued again (gen 0:
@@ -721,6 +739,7 @@ int mw_plan_compute(const mw_pipelines_t *spec, const mw_plan_member_t *members,
     free(sorted);
     free(capacity);
     free(isnew);
+    free(member_of);
     *out = plan;
     return MW_OK;
 
@@ -728,6 +747,7 @@ out_fail:
     free(sorted);
     free(capacity);
     free(isnew);
+    free(member_of);
     mw_plan_destroy(plan);
     return mw_errf(rc, errstr, errstr_size, "planning failed: %s", mw_strerror(rc));
 }

@@ -21,6 +21,14 @@ typedef struct mw_plan_options {
  * lies on a cycle origin -> ... -> last stage -> same origin. epoch and version are
  * copied from prev (0 without one); the caller sets them. *out is the caller's
  * (mw_plan_destroy). Pure: no I/O, no clock, deterministic. */
+/* The backend of a new world between members a and b (DESIGN §4): between GPU
+ * workers ("cuda:N"), "cuda-ipc" when they share the GPU (same host and
+ * device: NCCL refuses two ranks on one GPU) and "nccl" otherwise (other GPUs
+ * of the host, or other hosts), each only when both data planes carry it
+ * (mw_plan_member_t.carries); "tcp", with host staging, in every other case
+ * (a CPU worker on either end, or a backend one of them cannot use). Pure. */
+const char *mw_plan_backend(const mw_plan_member_t *a, const mw_plan_member_t *b);
+
 int mw_plan_compute(const mw_pipelines_t *spec, const mw_plan_member_t *members, size_t nmembers,
                     const mw_plan_t *prev, const mw_plan_options_t *opt, mw_plan_t **out,
                     char *errstr, size_t errstr_size);

@@ -513,6 +513,7 @@ int main(int argc, char **argv)
     }
     snprintf(in->pipeline, sizeof(in->pipeline), "%s", cfg.worker_pipeline);
     snprintf(in->device, sizeof(in->device), "%s", cfg.worker_device);
+    snprintf(in->backends, sizeof(in->backends), "%s", MW_SERVING_BACKENDS);
     gethostname(in->host, sizeof(in->host) - 1);
     in->pid = (int64_t)getpid();
     in->capacity = cfg.worker_capacity;

@@ -139,10 +139,11 @@ void mw_serving_apply(mw_serving_t *s, const mw_plan_t *plan, const mw_reconcile
         snprintf(sw->peer, sizeof(sw->peer), "%s", pw->members[1 - rank]);
         sw->rank = rank;
         sw->gen = pw->gen;
-        sw->host = strcmp(pw->backend, "nccl") != 0;
+        sw->host = strcmp(pw->backend, "tcp") == 0;
         if (!sw->host)
             mw_log(MW_LOG_WARN, FAC,
-                   "world %s is NCCL: joined, but the data plane only uses TCP worlds", pw->name);
+                   "world %s is %s: joined, but the data plane only uses %s worlds", pw->name,
+                   pw->backend, MW_SERVING_BACKENDS);
         /* Both ends take the epoch from the plan's world, so a re-issued world
          * (new gen) is a new incarnation with its own rendezvous. */
         mw_world_opts_t o = {.name = pw->name,

@@ -11,6 +11,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The world backends whose worlds serving hands to the data plane, which moves
+ * host buffers; the worker announces them (`backends` in its hash) so that the
+ * planner gives it no world it would join and never use. */
+#define MW_SERVING_BACKENDS "tcp"
+
 typedef struct mw_serving mw_serving_t;
 
 /* Creates the worlds context (listener, progress and rendezvous threads) for

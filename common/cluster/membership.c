@@ -143,6 +143,8 @@ int mw_member_heartbeat(mw_redis_t *r, const mw_member_info_t *in, int64_t event
                           stage,
                           "device",
                           in->device,
+                          "backends",
+                          in->backends[0] != '\0' ? in->backends : "tcp",
                           "capacity",
                           cap,
                           "state",
@@ -214,6 +216,7 @@ static void parse_hash(const redisReply *h, mw_member_record_t *rec)
     in->state = MW_MEMBER_JOINING;
     in->assigned_stage = -1;
     in->capacity = 1;
+    snprintf(in->backends, sizeof(in->backends), "tcp"); /* workers from before the field */
     rec->has_hash = h->type == REDIS_REPLY_ARRAY && h->elements > 0;
     for (size_t i = 0; h->type == REDIS_REPLY_ARRAY && i + 1 < h->elements; i += 2) {
         const char *k = h->element[i]->str, *v = h->element[i + 1]->str;
@@ -229,6 +232,8 @@ static void parse_hash(const redisReply *h, mw_member_record_t *rec)
             snprintf(in->pipeline, sizeof(in->pipeline), "%s", v);
         } else if (strcmp(k, "stage") == 0)
             have_stage = mw_member_parse_stage(v, &in->stage) == MW_OK;
+        else if (strcmp(k, "backends") == 0)
+            snprintf(in->backends, sizeof(in->backends), "%s", v);
         else if (strcmp(k, "device") == 0) {
             have_device = v[0] != '\0' && strlen(v) < sizeof(in->device);
             snprintf(in->device, sizeof(in->device), "%s", v);
@@ -335,6 +340,8 @@ void mw_member_to_plan(const mw_member_record_t *rec, mw_plan_member_t *m)
     snprintf(m->id, sizeof(m->id), "%s", rec->info.id);
     snprintf(m->pipeline, sizeof(m->pipeline), "%s", rec->info.pipeline);
     snprintf(m->device, sizeof(m->device), "%s", rec->info.device);
+    snprintf(m->host, sizeof(m->host), "%s", rec->info.host);
+    m->carries = mw_plan_carries_parse(rec->info.backends);
     m->stage = rec->info.stage;
     m->capacity = rec->info.capacity;
     m->draining = rec->info.state == MW_MEMBER_DRAINING;

@@ -27,6 +27,7 @@ typedef struct mw_member_info {
     char pipeline[MW_PIPELINE_NAME_MAX];
     int stage; /* requested: >= 0 or MW_PLAN_STAGE_AUTO */
     char device[MW_PLAN_DEVICE_MAX];
+    char backends[32]; /* world backends its data plane hands tensors to: "tcp", "tcp nccl" */
     int64_t capacity;
     mw_member_state_t state;
     int assigned_stage;               /* stage of the current plan, -1 when not in a plan */

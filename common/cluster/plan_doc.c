@@ -25,6 +25,21 @@ int mw_plan_id_valid(const char *id)
     return 1;
 }
 
+unsigned mw_plan_carries_parse(const char *list)
+{
+    unsigned carries = 0;
+    for (const char *t = list; *t;) {
+        size_t n = strcspn(t, " ,");
+        if (n == 4 && strncmp(t, "nccl", 4) == 0)
+            carries |= MW_PLAN_CARRIES_NCCL;
+        else if (n == 8 && strncmp(t, "cuda-ipc", 8) == 0)
+            carries |= MW_PLAN_CARRIES_CUDA_IPC;
+        t += n;
+        t += strspn(t, " ,");
+    }
+    return carries;
+}
+
 uint64_t mw_plan_fnv1a(uint64_t h, const char *s)
 {
     for (; *s; s++) {
@@ -356,9 +371,11 @@ static int decode_world(const cJSON *jw, const mw_plan_t *plan, mw_plan_world_t 
         return mw_errf(MW_EINVAL, errstr, errstr_size,
                        "world '%s': \"pipeline\" is not a pipeline of the plan", w->name);
     if (get_str(jw, "backend", w->backend, sizeof(w->backend)) != 0 ||
-        (strcmp(w->backend, "tcp") != 0 && strcmp(w->backend, "nccl") != 0))
+        (strcmp(w->backend, "tcp") != 0 && strcmp(w->backend, "nccl") != 0 &&
+         strcmp(w->backend, "cuda-ipc") != 0))
         return mw_errf(MW_EINVAL, errstr, errstr_size,
-                       "world '%s': \"backend\" must be \"tcp\" or \"nccl\"", w->name);
+                       "world '%s': \"backend\" must be \"tcp\", \"nccl\" or \"cuda-ipc\"",
+                       w->name);
     w->gen = 0;
     if (field(jw, "gen") != NULL && get_int(jw, "gen", 0, INT64_C(1) << 53, &w->gen) != 0)
         return mw_errf(MW_EINVAL, errstr, errstr_size,

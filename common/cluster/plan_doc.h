@@ -25,7 +25,19 @@ typedef struct mw_plan_member {
     int64_t capacity; /* relative capacity (>= 1) */
     int draining;     /* keeps its worlds, gets no new ones, is not relied on for routes */
     char broken[MW_PLAN_BROKEN_MAX]; /* worlds it reports broken: "name@gen name@gen ..." */
+    char host[64];                   /* where it runs: with device, picks a world's backend */
+    unsigned carries;                /* MW_PLAN_CARRIES_*: device backends its data plane uses */
 } mw_plan_member_t;
+
+/* World backends beyond tcp that a worker's data plane can hand tensors to
+ * (tcp, with host staging, every data plane does). */
+#define MW_PLAN_CARRIES_NCCL     1u
+#define MW_PLAN_CARRIES_CUDA_IPC 2u
+
+/* The MW_PLAN_CARRIES_* of a list of backend names ("tcp nccl cuda-ipc",
+ * separated by spaces or commas); names it does not know are left out, so
+ * that a newer worker's list still plans. */
+unsigned mw_plan_carries_parse(const char *list);
 
 /* A worker in the plan: its resolved stage. */
 typedef struct mw_plan_worker {
@@ -41,9 +53,9 @@ typedef struct mw_plan_worker {
 typedef struct mw_plan_world {
     char name[MW_PLAN_WORLD_NAME_MAX];
     char pipeline[MW_PIPELINE_NAME_MAX];
-    char backend[8]; /* "tcp" or "nccl" */
-    int64_t gen;     /* join epoch of this incarnation (the plan version that issued it);
-                        0 in a plan without one: the members join under the plan's epoch */
+    char backend[16]; /* "tcp", "nccl" or "cuda-ipc" */
+    int64_t gen;      /* join epoch of this incarnation (the plan version that issued it);
+                         0 in a plan without one: the members join under the plan's epoch */
     int nmembers;
     char members[MW_PLAN_WORLD_MAX_MEMBERS][MW_PLAN_ID_MAX];
 } mw_plan_world_t;

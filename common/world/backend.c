@@ -11,6 +11,9 @@ static const mw_world_backend_ops_t *const backends[] = {
 #ifdef MW_HAVE_NCCL
     &mw_world_nccl_ops,
 #endif
+#ifdef MW_HAVE_CUDA_IPC
+    &mw_world_cuda_ipc_ops,
+#endif
 };
 
 const mw_world_backend_ops_t *mw_world_backend_find(const char *name, char *errstr,
@@ -23,6 +26,9 @@ const mw_world_backend_ops_t *mw_world_backend_find(const char *name, char *errs
         mw_errf(MW_EINVAL, errstr, errstr_size,
                 "world backend 'nccl' is not built into this binary (built without NCCL: no "
                 "CUDA/NCCL found)");
+    else if (strcmp(name, "cuda-ipc") == 0)
+        mw_errf(MW_EINVAL, errstr, errstr_size,
+                "world backend 'cuda-ipc' is not built into this binary (built without CUDA)");
     else
         mw_errf(MW_EINVAL, errstr, errstr_size, "unknown world backend '%s'", name);
     return NULL;

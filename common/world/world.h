@@ -76,11 +76,11 @@ typedef struct mw_world_opts {
     int64_t epoch;              /* with name, identifies one incarnation of the world */
     int size;                   /* members, 1..MW_WORLD_SIZE_MAX */
     int rank;                   /* 0..size-1; rank 0 publishes the rendezvous record */
-    const char *backend;        /* "tcp" (NULL too) or "nccl" (DESIGN §4) */
+    const char *backend;        /* "tcp" (NULL too), "nccl" or "cuda-ipc" (DESIGN §4) */
     int64_t timeout_ms;         /* the join must complete within this; <= 0: world.timeout_ms */
     mw_world_event_fn on_event; /* optional */
     void *user;                 /* passed to on_event and in events */
-    int device;                 /* CUDA device for the NCCL backend */
+    int device;                 /* CUDA device for the nccl and cuda-ipc backends */
 } mw_world_opts_t;
 
 #define MW_WORLD_HOST_MAX 255

@@ -1,6 +1,6 @@
 /* Worlds, internal. Three layers: the engine (world.c: API, join state
  * machine, threads, requests), the link layer under every backend (link.c:
- * sockets, HELLO, frames, watchdog) and the backends (tcp.c, nccl.c: ops
+ * sockets, HELLO, frames, watchdog) and the backends (tcp.c, nccl.c, cuda_ipc.c: ops
  * tables, found through backend.c). This header holds their shared
  * structures, the backend ops table, the link layer's functions and the
  * engine's side of the seam, the only calls back up.
@@ -179,8 +179,9 @@ typedef struct mw_world_backend_ops {
     void (*destroy)(mw_world_t *w);
 } mw_world_backend_ops_t;
 
-extern const mw_world_backend_ops_t mw_world_tcp_ops;  /* tcp.c */
-extern const mw_world_backend_ops_t mw_world_nccl_ops; /* nccl.c, when built */
+extern const mw_world_backend_ops_t mw_world_tcp_ops;      /* tcp.c */
+extern const mw_world_backend_ops_t mw_world_nccl_ops;     /* nccl.c, when built */
+extern const mw_world_backend_ops_t mw_world_cuda_ipc_ops; /* cuda_ipc.c, when built */
 
 /* backend.c: the backend called name, or NULL with errstr saying why (unknown,
  * or not built into this binary). */

@@ -1,6 +1,7 @@
-/* The NCCL backend on a GPU machine (skipped where NCCL is not built): a world
- * of one member on device memory, and two ranks sharing one GPU either work or
- * fail their join cleanly within the deadline (never hang). */
+/* The NCCL backend on a GPU machine (skipped where NCCL is not built or no
+ * CUDA device answers): a world of one member on device memory, and two ranks
+ * sharing one GPU either work or fail their join cleanly within the deadline
+ * (never hang). */
 #include "test_world_util.h"
 
 #include <setjmp.h>
@@ -11,6 +12,18 @@
 
 #ifdef MW_HAVE_NCCL
 #include <cuda_runtime.h>
+
+/* 0, saying why, where no CUDA device answers (a build against NCCL's and the
+ * CUDA runtime's libraries on a machine without a GPU or driver). */
+static int have_device(void)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e == cudaSuccess && n > 0)
+        return 1;
+    printf("# no CUDA device: %s\n", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    return 0;
+}
 
 static mw_world_t *nccl_join(mw_worlds_t *ctx, const char *name, int size, int rank)
 {
@@ -31,6 +44,8 @@ static void nccl_world_of_one_reduces_and_broadcasts_device_memory(void **state)
 {
     (void)state;
     char err[512];
+    if (!have_device())
+        skip();
     mw_worlds_t *ctx = wt_ctx(5000);
     mw_world_t *w = nccl_join(ctx, mwt_name("nccl.solo"), 1, 0);
     if (mw_world_wait_ready(w, 30000, err, sizeof(err)) != 0)
@@ -59,6 +74,8 @@ static void nccl_two_ranks_on_one_gpu_work_or_fail_cleanly(void **state)
 {
     (void)state;
     char err[512];
+    if (!have_device())
+        skip();
     mw_worlds_t *ctx = wt_ctx(5000);
     const char *name = mwt_name("nccl.pair");
     mw_world_t *w0 = nccl_join(ctx, name, 2, 0), *w1 = nccl_join(ctx, name, 2, 1);

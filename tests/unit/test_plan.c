@@ -165,7 +165,9 @@ static void assert_well_formed(const mw_pipelines_t *spec, const mw_plan_member_
         int S = mw_pipelines_find(spec, w->pipeline)->nstages;
         assert_true(S >= 2);
         assert_true((a->stage + 1) % S == b->stage || (S == 2 && a->stage == 0 && b->stage == 1));
-        assert_string_equal(w->backend, "tcp"); /* the data plane's, on any device */
+        /* new and kept worlds alike: the members' devices, hosts and carries do not change */
+        assert_string_equal(w->backend,
+                            mw_plan_backend(live_member(m, n, a->id), live_member(m, n, b->id)));
         if (i > 0)
             assert_true(strcmp(p->worlds[i - 1].name, w->name) < 0);
     }
@@ -243,13 +245,17 @@ static const char *const spec_text = "{\"pipelines\": [{\"name\": \"a\", \"stage
 
 static void sim_join(sim_t *s, const mw_pipelines_t *spec)
 {
+    static const char *const devices[] = {"cpu", "cpu", "cuda:0", "cuda:1"};
     char id[32];
-    snprintf(id, sizeof(id), "h%d.w%d", rnd_below(4), s->next_id++);
+    int host = rnd_below(4);
+    snprintf(id, sizeof(id), "h%d.w%d", host, s->next_id++);
     const char *pipe = pipes[rnd_below(4)];
     int S = mw_pipelines_find(spec, pipe)->nstages;
     int stage = rnd_below(3) == 0 ? MW_PLAN_STAGE_AUTO : rnd_below(S);
-    s->m[s->n] = member(id, pipe, stage, rnd_below(3) == 0 ? "cuda:0" : "cpu");
+    s->m[s->n] = member(id, pipe, stage, devices[rnd_below(4)]);
     s->m[s->n].capacity = 1 + rnd_below(3);
+    snprintf(s->m[s->n].host, sizeof(s->m[s->n].host), "h%d", host);
+    s->m[s->n].carries = (unsigned)rnd_below(4); /* any mix of NCCL and CUDA IPC */
     s->n++;
 }
 
@@ -443,19 +449,66 @@ static void single_stage_pipeline_has_no_worlds(void **state)
     mw_pipelines_fini(&spec);
 }
 
-/* The data plane moves host buffers: a world between two GPU workers must be
- * one it can use, or their requests would find no route. */
-static void gpu_pairs_get_tcp_worlds_the_data_plane_can_use(void **state)
+/* A world between two GPU workers must be one both data planes can use, or
+ * their requests would find no route: today's workers announce tcp only. */
+static void gpu_pairs_get_device_worlds_only_where_both_data_planes_carry_them(void **state)
 {
     (void)state;
     mw_pipelines_t spec = spec_of("G:2");
     mw_plan_member_t m[3] = {member("g0", "G", 0, "cuda:0"), member("g1", "G", 1, "cuda:1"),
                              member("c1", "G", 1, "cpu")};
+    for (int i = 0; i < 3; i++)
+        snprintf(m[i].host, sizeof(m[i].host), "h");
     mw_plan_t *p = compute(&spec, m, 3, NULL, 4);
     assert_string_equal(mw_plan_find_world(p, "G.s0-g0--s1-g1")->backend, "tcp");
     assert_string_equal(mw_plan_find_world(p, "G.s0-g0--s1-c1")->backend, "tcp");
     mw_plan_destroy(p);
+    for (int i = 0; i < 3; i++)
+        m[i].carries = mw_plan_carries_parse("tcp nccl cuda-ipc");
+    p = compute(&spec, m, 3, NULL, 4);
+    assert_string_equal(mw_plan_find_world(p, "G.s0-g0--s1-g1")->backend, "nccl");
+    assert_string_equal(mw_plan_find_world(p, "G.s0-g0--s1-c1")->backend, "tcp");
+    mw_plan_destroy(p);
     mw_pipelines_fini(&spec);
+}
+
+static void backend_follows_both_devices_hosts_and_what_both_carry(void **state)
+{
+    (void)state;
+    const unsigned N = MW_PLAN_CARRIES_NCCL, I = MW_PLAN_CARRIES_CUDA_IPC;
+    static const struct {
+        const char *dev_a, *host_a, *dev_b, *host_b;
+        unsigned carries_a, carries_b;
+        const char *want;
+    } cases[] = {
+        {"cpu", "h", "cpu", "h", N | I, N | I, "tcp"},
+        {"cpu", "h", "cuda:0", "h", N | I, N | I, "tcp"},
+        {"cuda:0", "h", "cuda:0", "h", N | I, N | I, "cuda-ipc"}, /* one GPU: NCCL refuses */
+        {"cuda:0", "h", "cuda:0", "h", N, N, "tcp"},
+        {"cuda:0", "h", "cuda:0", "h", I, N, "tcp"},
+        {"cuda:0", "h", "cuda:1", "h", N | I, N | I, "nccl"},
+        {"cuda:0", "h", "cuda:1", "h", I, I, "tcp"},
+        {"cuda:0", "h", "cuda:1", "h", N, 0, "tcp"},
+        {"cuda:0", "h", "cuda:0", "k", N | I, N | I, "nccl"}, /* "cuda:0" of two hosts */
+        {"cuda:0", "h", "cuda:0", "k", I, I, "tcp"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        mw_plan_member_t a = member("a", "P", 0, cases[i].dev_a);
+        mw_plan_member_t b = member("b", "P", 1, cases[i].dev_b);
+        snprintf(a.host, sizeof(a.host), "%s", cases[i].host_a);
+        snprintf(b.host, sizeof(b.host), "%s", cases[i].host_b);
+        a.carries = cases[i].carries_a;
+        b.carries = cases[i].carries_b;
+        if (strcmp(mw_plan_backend(&a, &b), cases[i].want) != 0 ||
+            strcmp(mw_plan_backend(&b, &a), cases[i].want) != 0)
+            fail_msg("case %zu: %s / %s, want %s", i, mw_plan_backend(&a, &b),
+                     mw_plan_backend(&b, &a), cases[i].want);
+    }
+    assert_int_equal(mw_plan_carries_parse("tcp"), 0);
+    assert_int_equal(mw_plan_carries_parse(""), 0);
+    assert_int_equal(mw_plan_carries_parse("tcp nccl"), N);
+    assert_int_equal(mw_plan_carries_parse("cuda-ipc,nccl"), N | I);
+    assert_int_equal(mw_plan_carries_parse("ncclx cuda tcp-ipc rdma"), 0); /* newer names: none */
 }
 
 static void auto_workers_go_to_stage_with_least_capacity_per_need(void **state)
@@ -722,7 +775,8 @@ int main(void)
         cmocka_unit_test(world_reported_broken_is_issued_again_and_others_untouched),
         cmocka_unit_test(three_stage_ring_returns_to_origins),
         cmocka_unit_test(single_stage_pipeline_has_no_worlds),
-        cmocka_unit_test(gpu_pairs_get_tcp_worlds_the_data_plane_can_use),
+        cmocka_unit_test(gpu_pairs_get_device_worlds_only_where_both_data_planes_carry_them),
+        cmocka_unit_test(backend_follows_both_devices_hosts_and_what_both_carry),
         cmocka_unit_test(auto_workers_go_to_stage_with_least_capacity_per_need),
         cmocka_unit_test(empty_stage_takes_an_auto_worker_from_a_crowded_one),
         cmocka_unit_test(bad_members_are_rejected_with_reasons),
