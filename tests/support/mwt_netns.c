@@ -1,0 +1,200 @@
+/* Integration-test support: test hosts as network namespaces (see mwt_netns.h). */
+#include "mwt_netns.h"
+
+#include "harness.h"
+
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#define SUBNET  "10.77.0"
+#define TAG_FMT "mwn%ld"
+
+/* Fails the test after removing n (cmocka runs no teardown when a setup fails). */
+static void fail_with(mwt_net_t *n, const char *what, const char *detail)
+{
+    fprintf(stderr, "mwt_netns: %s: %s\n", what, detail);
+    mwt_net_destroy(n);
+    fail_msg("mwt_netns: %s", what);
+}
+
+/* Runs a shell command built from fmt; returns its exit status, its stdout in out. */
+static int sh(char *out, size_t out_size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int sh(char *out, size_t out_size, const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    return mwt_run(cmd, out, out_size);
+}
+
+const char *mwt_net_unavailable(void)
+{
+    if (geteuid() != 0)
+        return "test hosts are network namespaces, which need root (run as root, as CI does)";
+    if (sh(NULL, 0, "ip netns list >/dev/null 2>&1") != 0)
+        return "'ip netns' does not work here (install iproute2: make deps)";
+    return NULL;
+}
+
+/* Kills the processes left in namespace ns (started by an earlier run of this support). */
+static void kill_inside(const char *ns)
+{
+    char pids[4096];
+    if (sh(pids, sizeof(pids), "ip netns pids %s 2>/dev/null", ns) != 0)
+        return;
+    for (char *tok = strtok(pids, " \n"); tok != NULL; tok = strtok(NULL, " \n"))
+        if (atol(tok) > 1)
+            kill((pid_t)atol(tok), SIGKILL);
+}
+
+/* Namespaces and bridges of tag mwn<pid> whose process is gone: a crashed or killed run. */
+static void remove_stale(void)
+{
+    char list[8192];
+    if (sh(list, sizeof(list),
+           "{ ip netns list; ip -o link show type bridge | awk -F': ' '{print $2}'; } 2>/dev/null"
+           " | awk '{print $1}' | grep '^mwn[0-9]' | sort -u") != 0)
+        return;
+    for (char *name = strtok(list, "\n"); name != NULL; name = strtok(NULL, "\n")) {
+        long pid = atol(name + 3);
+        if (pid > 0 && (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
+            continue;
+        fprintf(stderr, "mwt_netns: removing %s, left by a run (pid %ld) that is gone\n", name,
+                pid);
+        kill_inside(name);
+        sh(NULL, 0, "ip netns del %s 2>/dev/null; ip link del %s 2>/dev/null", name, name);
+    }
+}
+
+/* A namespace on the bridge at address addr: veth <ns> (root side) to eth0 inside. */
+static void add_host(mwt_net_t *n, const char *ns, const char *addr)
+{
+    char out[1024];
+    if (sh(out, sizeof(out),
+           "set -e; ip netns add %s; ip -n %s link set lo up;"
+           " ip link add %s type veth peer name eth0 netns %s;"
+           " ip link set %s master %sbr up;"
+           " ip -n %s addr add %s/24 dev eth0; ip -n %s link set eth0 up 2>&1",
+           ns, ns, ns, ns, ns, n->tag, ns, addr, ns) != 0)
+        fail_with(n, "building a test host", out);
+}
+
+/* Starts service (redis|kafka) on infra; returns its port. */
+static int start_service(mwt_net_t *n, const char *service)
+{
+    char out[4096];
+    const char *root = getenv("MWTEST_ROOT") ? getenv("MWTEST_ROOT") : ".";
+    if (sh(out, sizeof(out), "ip netns exec %s %s/ops/mwlocal %s start --dir %s/%s --host %s 2>&1",
+           n->infra, root, service, n->dir, service, n->infra_addr) != 0)
+        fail_with(n, service, out);
+    const char *colon = strrchr(out, ':');
+    if (colon == NULL || atoi(colon + 1) <= 0)
+        fail_with(n, service, out);
+    return atoi(colon + 1);
+}
+
+mwt_net_t *mwt_net_new(int nhosts)
+{
+    char out[1024], value[64];
+    assert_true(nhosts >= 1 && nhosts <= MWT_NET_HOSTS);
+    remove_stale();
+    mwt_net_t *n = calloc(1, sizeof(*n));
+    assert_non_null(n);
+    snprintf(n->tag, sizeof(n->tag), TAG_FMT, (long)getpid());
+    snprintf(n->infra, sizeof(n->infra), "%sinfra", n->tag);
+    snprintf(n->infra_addr, sizeof(n->infra_addr), SUBNET ".1");
+    n->nhosts = nhosts;
+    for (int i = 0; i < nhosts; i++) {
+        snprintf(n->hosts[i], sizeof(n->hosts[i]), "%sh%d", n->tag, i + 1);
+        snprintf(n->addrs[i], sizeof(n->addrs[i]), SUBNET ".%d", 11 + i);
+    }
+    const char *base = getenv("MWTEST_DIR") ? getenv("MWTEST_DIR") : "/tmp";
+    snprintf(n->dir, sizeof(n->dir), "%s/%s", base, n->tag);
+
+    /* The test process itself sits on the bridge (.254) to produce and read. */
+    if (sh(out, sizeof(out),
+           "set -e; ip link add %sbr type bridge; ip addr add " SUBNET
+           ".254/24 dev %sbr; ip link set %sbr up 2>&1",
+           n->tag, n->tag, n->tag) != 0)
+        fail_with(n, "building the bridge (is " SUBNET ".0/24 taken?)", out);
+    add_host(n, n->infra, n->infra_addr);
+    for (int i = 0; i < nhosts; i++)
+        add_host(n, n->hosts[i], n->addrs[i]);
+    n->redis_port = start_service(n, "redis");
+    n->kafka_port = start_service(n, "kafka");
+
+    setenv("MWTEST_REDIS_HOST", n->infra_addr, 1);
+    snprintf(value, sizeof(value), "%d", n->redis_port);
+    setenv("MWTEST_REDIS_PORT", value, 1);
+    snprintf(value, sizeof(value), "%s:%d", n->infra_addr, n->kafka_port);
+    setenv("MWTEST_KAFKA_BOOTSTRAP", value, 1);
+    return n;
+}
+
+void mwt_net_destroy(mwt_net_t *n)
+{
+    if (n == NULL)
+        return;
+    kill_inside(n->infra);
+    for (int i = 0; i < n->nhosts; i++)
+        kill_inside(n->hosts[i]);
+    for (int i = 0; i < n->nhosts; i++)
+        sh(NULL, 0, "ip netns del %s 2>/dev/null", n->hosts[i]);
+    sh(NULL, 0, "ip netns del %s 2>/dev/null; ip link del %sbr 2>/dev/null", n->infra, n->tag);
+    if (getenv("MW_TEST_KEEP") == NULL)
+        sh(NULL, 0, "rm -rf %s", n->dir);
+    free(n);
+}
+
+int mwt_net_teardown(void **state)
+{
+    mwt_net_destroy(*state);
+    *state = NULL;
+    return 0;
+}
+
+const char *mwt_net_addr(const mwt_net_t *n, int i)
+{
+    return i < 0 ? n->infra_addr : n->addrs[i];
+}
+
+static const char *ns_of(const mwt_net_t *n, int i)
+{
+    return i < 0 ? n->infra : n->hosts[i];
+}
+
+int mwt_net_cut(mwt_net_t *n, int a, int b, int port)
+{
+    char out[1024], to[64] = "", from[64] = "";
+    if (port > 0) {
+        snprintf(to, sizeof(to), "tcp dport %d", port);
+        snprintf(from, sizeof(from), "tcp sport %d", port);
+    }
+    /* Both directions dropped on a's side: b neither hears from a nor reaches it. */
+    int rc = sh(out, sizeof(out),
+                "ip netns exec %s nft -f - 2>&1 <<'NFT'\n"
+                "table inet mwcut {\n"
+                "  chain out { type filter hook output priority 0; ip daddr %s %s drop; }\n"
+                "  chain in { type filter hook input priority 0; ip saddr %s %s drop; }\n"
+                "}\nNFT",
+                ns_of(n, a), mwt_net_addr(n, b), to, mwt_net_addr(n, b), from);
+    if (rc != 0)
+        fprintf(stderr, "mwt_netns: nft: %s\n", out);
+    return rc == 0 ? 0 : -1;
+}
+
+int mwt_net_heal(mwt_net_t *n, int a)
+{
+    return sh(NULL, 0, "ip netns exec %s nft delete table inet mwcut", ns_of(n, a)) == 0 ? 0 : -1;
+}

@@ -1,0 +1,51 @@
+/* Integration-test support for tests across hosts: test hosts built as Linux
+ * network namespaces on one bridge (10.77.0.0/24), an `infra` host running its
+ * own Redis and Kafka, and faults between hosts (nftables drops). Needs root
+ * and iproute2; nftables for the faults. */
+#ifndef MWT_NETNS_H
+#define MWT_NETNS_H
+
+#include <stddef.h>
+
+#define MWT_NET_HOSTS 3
+
+typedef struct mwt_net {
+    char tag[24];                 /* "mwn<pid>": prefix of every namespace and link */
+    char infra[40];               /* the infra namespace: Redis and Kafka */
+    char infra_addr[16];          /* 10.77.0.1 */
+    char hosts[MWT_NET_HOSTS][40]; /* namespaces h1.. */
+    char addrs[MWT_NET_HOSTS][24]; /* their addresses, 10.77.0.11.. */
+    int nhosts;
+    char dir[256]; /* the services' directories (redis/, kafka/) */
+    int redis_port, kafka_port;
+} mwt_net_t;
+
+/* NULL when this process can build test hosts; else why not (for skip()). */
+const char *mwt_net_unavailable(void);
+
+/* Removes what crashed earlier runs left (namespaces and links of a tag whose
+ * process is gone, and the processes still in them), then builds `infra` and
+ * nhosts hosts on a new bridge and starts Redis and Kafka on infra. Points the
+ * harness at them (MWTEST_REDIS_HOST/PORT, MWTEST_KAFKA_BOOTSTRAP), so that
+ * mwt_config and mwt_pipeline use them. Fails the test on error; the caller
+ * frees with mwt_net_destroy (also on failure: a teardown). */
+mwt_net_t *mwt_net_new(int nhosts);
+
+/* Kills every process in the namespaces, deletes them and the bridge. NULL is fine. */
+void mwt_net_destroy(mwt_net_t *n);
+
+/* A cmocka teardown for a mwt_net_t in *state. */
+int mwt_net_teardown(void **state);
+
+/* Drops every packet between hosts a and b (indexes; -1 is infra) in both
+ * directions, or only traffic to and from port `port` of b when port > 0
+ * (e.g. Redis). Returns 0, or -1 when nft failed. */
+int mwt_net_cut(mwt_net_t *n, int a, int b, int port);
+
+/* Removes every cut of host a. Returns 0, or -1. */
+int mwt_net_heal(mwt_net_t *n, int a);
+
+/* The address of host i (-1: infra). */
+const char *mwt_net_addr(const mwt_net_t *n, int i);
+
+#endif
