@@ -7,6 +7,7 @@
 #include "harness.h"
 #include "mwt_netns.h"
 #include "mwt_pipeline.h"
+#include "redis.h"
 
 #include <setjmp.h>
 #include <signal.h>
@@ -118,11 +119,70 @@ static void stages_on_two_hosts_answer_a_burst_exactly_once(void **state)
     free(expected);
 }
 
+/* Worker id's numeric field, through a connection of its own. */
+static long long field(mwt_pipeline_t *p, const char *id, const char *name)
+{
+    char err[256];
+    mw_redis_t *r = mw_redis_new(&p->cfg, 0, err, sizeof(err));
+    long long v = r != NULL ? mwt_worker_field(r, id, name) : -1;
+    mw_redis_destroy(r);
+    return v;
+}
+
+static void partition_between_hosts_reroutes_and_the_healed_world_is_used_again(void **state)
+{
+    fixture_t *f = *state;
+    const int burst = 1500, n = 2 * burst;
+    /* h1: the origin and a stage-1 worker; h2: a second stage-1 worker, reached
+     * only over the world between the hosts. */
+    mwt_pipeline_t *p = pipeline_on_hosts(f, "mhcut", 2);
+    worker_on(f, 0, 0, "origin-h1");
+    worker_on(f, 0, 1, "s1-h1");
+    worker_on(f, 1, 1, "s1-h2");
+    float *expected = mwt_pipeline_reference(p, n);
+    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, mwt_scaled(60000)));
+    assert_true(mwt_wait_for(field(p, "origin-h1", "worlds_up") == 2, mwt_scaled(30000)));
+
+    /* Requests in flight on both routes when h1 and h2 stop hearing each other. */
+    mwt_tally_t t = {0};
+    mwt_pipeline_submit(p, 0, burst, NULL);
+    assert_int_equal(mwt_net_cut(f->net, 0, 1, 0), 0);
+    int64_t cut = mw_now_ms();
+    assert_true(mwt_wait_for(field(p, "origin-h1", "worlds_up") == 1, mwt_scaled(10000)));
+    int64_t broke_ms = mw_now_ms() - cut;
+    assert_int_equal(mwt_pipeline_read(p, "results", &t, n, expected, burst, mwt_scaled(60000)),
+                     burst);
+    int64_t answered_ms = mw_now_ms() - cut;
+    print_message("partition: world broken (reported) after %lld ms, all %d answered after %lld ms"
+                  " (world.timeout_ms %lld)\n",
+                  (long long)broke_ms, burst, (long long)answered_ms, (long long)mwt_scaled(2000));
+    /* The watchdog's deadline plus a heartbeat to report it. */
+    assert_true(broke_ms <= mwt_scaled(2000) + 1000);
+
+    /* Healed: the coordinator issues the world again, the origin joins it and uses it. */
+    assert_int_equal(mwt_net_heal(f->net, 0), 0);
+    int64_t healed = mw_now_ms();
+    assert_true(mwt_wait_for(field(p, "origin-h1", "worlds_up") == 2, mwt_scaled(30000)));
+    print_message("healed: world up again after %lld ms\n", (long long)(mw_now_ms() - healed));
+    long long before = field(p, "s1-h2", "processed");
+    mwt_pipeline_submit(p, burst, burst, NULL);
+    assert_int_equal(mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(60000)), n);
+    assert_true(mwt_wait_for(field(p, "s1-h2", "processed") > before, mwt_scaled(5000)));
+
+    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
+    int replayed = mwt_pipeline_check_exactly_once(p, &t, n, expected, NULL, NULL);
+    print_message("%d requests answered by a later attempt\n", replayed);
+    mwt_tally_fini(&t);
+    free(expected);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(stages_on_two_hosts_answer_a_burst_exactly_once, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            partition_between_hosts_reroutes_and_the_healed_world_is_used_again, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 /* Integration-test support: test hosts as network namespaces (see mwt_netns.h). */
 #include "mwt_netns.h"
 
+#include "clock.h"
 #include "harness.h"
 
 #include <errno.h>
@@ -47,15 +48,23 @@ const char *mwt_net_unavailable(void)
     return NULL;
 }
 
-/* Kills the processes left in namespace ns (started by an earlier run of this support). */
-static void kill_inside(const char *ns)
+/* Kills the processes in namespace ns (all started by this support) and waits
+ * until they are gone; then deletes ns and its link on the bridge (at once, not
+ * when the kernel frees the namespace, so that the next test can reuse the names). */
+static void remove_host(const char *ns)
 {
     char pids[4096];
-    if (sh(pids, sizeof(pids), "ip netns pids %s 2>/dev/null", ns) != 0)
-        return;
-    for (char *tok = strtok(pids, " \n"); tok != NULL; tok = strtok(NULL, " \n"))
-        if (atol(tok) > 1)
-            kill((pid_t)atol(tok), SIGKILL);
+    int64_t deadline = mw_now_ms() + 10000;
+    while (sh(pids, sizeof(pids), "ip netns pids %s 2>/dev/null", ns) == 0 && pids[0] != '\0' &&
+           mw_now_ms() < deadline) {
+        char *save = NULL;
+        for (char *tok = strtok_r(pids, " \n", &save); tok != NULL;
+             tok = strtok_r(NULL, " \n", &save))
+            if (atol(tok) > 1)
+                kill((pid_t)atol(tok), SIGKILL);
+        mwt_sleep_ms(20);
+    }
+    sh(NULL, 0, "ip link del %s 2>/dev/null; ip netns del %s 2>/dev/null", ns, ns);
 }
 
 /* Namespaces and bridges of tag mwn<pid> whose process is gone: a crashed or killed run. */
@@ -66,14 +75,15 @@ static void remove_stale(void)
            "{ ip netns list; ip -o link show type bridge | awk -F': ' '{print $2}'; } 2>/dev/null"
            " | awk '{print $1}' | grep '^mwn[0-9]' | sort -u") != 0)
         return;
-    for (char *name = strtok(list, "\n"); name != NULL; name = strtok(NULL, "\n")) {
+    char *save = NULL;
+    for (char *name = strtok_r(list, "\n", &save); name != NULL;
+         name = strtok_r(NULL, "\n", &save)) {
         long pid = atol(name + 3);
         if (pid > 0 && (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
             continue;
         fprintf(stderr, "mwt_netns: removing %s, left by a run (pid %ld) that is gone\n", name,
                 pid);
-        kill_inside(name);
-        sh(NULL, 0, "ip netns del %s 2>/dev/null; ip link del %s 2>/dev/null", name, name);
+        remove_host(name);
     }
 }
 
@@ -82,10 +92,10 @@ static void add_host(mwt_net_t *n, const char *ns, const char *addr)
 {
     char out[1024];
     if (sh(out, sizeof(out),
-           "set -e; ip netns add %s; ip -n %s link set lo up;"
+           "{ set -e; ip netns add %s; ip -n %s link set lo up;"
            " ip link add %s type veth peer name eth0 netns %s;"
            " ip link set %s master %sbr up;"
-           " ip -n %s addr add %s/24 dev eth0; ip -n %s link set eth0 up 2>&1",
+           " ip -n %s addr add %s/24 dev eth0; ip -n %s link set eth0 up; } 2>&1",
            ns, ns, ns, ns, ns, n->tag, ns, addr, ns) != 0)
         fail_with(n, "building a test host", out);
 }
@@ -124,8 +134,8 @@ mwt_net_t *mwt_net_new(int nhosts)
 
     /* The test process itself sits on the bridge (.254) to produce and read. */
     if (sh(out, sizeof(out),
-           "set -e; ip link add %sbr type bridge; ip addr add " SUBNET
-           ".254/24 dev %sbr; ip link set %sbr up 2>&1",
+           "{ set -e; ip link add %sbr type bridge; ip addr add " SUBNET
+           ".254/24 dev %sbr; ip link set %sbr up; } 2>&1",
            n->tag, n->tag, n->tag) != 0)
         fail_with(n, "building the bridge (is " SUBNET ".0/24 taken?)", out);
     add_host(n, n->infra, n->infra_addr);
@@ -146,12 +156,10 @@ void mwt_net_destroy(mwt_net_t *n)
 {
     if (n == NULL)
         return;
-    kill_inside(n->infra);
     for (int i = 0; i < n->nhosts; i++)
-        kill_inside(n->hosts[i]);
-    for (int i = 0; i < n->nhosts; i++)
-        sh(NULL, 0, "ip netns del %s 2>/dev/null", n->hosts[i]);
-    sh(NULL, 0, "ip netns del %s 2>/dev/null; ip link del %sbr 2>/dev/null", n->infra, n->tag);
+        remove_host(n->hosts[i]);
+    remove_host(n->infra);
+    sh(NULL, 0, "ip link del %sbr 2>/dev/null", n->tag);
     if (getenv("MW_TEST_KEEP") == NULL)
         sh(NULL, 0, "rm -rf %s", n->dir);
     free(n);
