@@ -60,15 +60,16 @@ static void on_host(fixture_t *f, int h)
     f->p->host_addr = mwt_net_addr(f->net, h);
 }
 
-/* A pipeline of `stages` stages whose coordinator runs on host 0. */
-static mwt_pipeline_t *pipeline_on_hosts(fixture_t *f, const char *suffix, int stages)
+/* A pipeline of `stages` stages whose coordinator runs on host `at`. */
+static mwt_pipeline_t *pipeline_on_hosts(fixture_t *f, const char *suffix, int stages, int at)
 {
     f->p = mwt_pipeline_new(suffix, stages, 6, 4, flags);
-    /* mwt_pipeline_new starts the coordinator here; it is moved to h1. */
-    kill(-f->p->coordinator, SIGKILL);
+    /* mwt_pipeline_new starts the coordinator here; it is moved to its host.
+     * Killed by pid: it may not have made its process group yet. */
+    kill(f->p->coordinator, SIGKILL);
     mwt_wait_exit(f->p->coordinator, 5000);
     f->p->coordinator = 0;
-    on_host(f, 0);
+    on_host(f, at);
     f->p->coordinator = mwt_pipeline_coordinator(f->p);
     return f->p;
 }
@@ -94,7 +95,7 @@ static void stages_on_two_hosts_answer_a_burst_exactly_once(void **state)
     fixture_t *f = *state;
     const int n = 2000;
     /* make run's shape: 2 stages x 2 workers, here one of each stage per host. */
-    mwt_pipeline_t *p = pipeline_on_hosts(f, "mh", 2);
+    mwt_pipeline_t *p = pipeline_on_hosts(f, "mh", 2, 0);
     worker_on(f, 0, 0, "w0-h1");
     worker_on(f, 1, 0, "w0-h2");
     worker_on(f, 0, 1, "w1-h1");
@@ -135,7 +136,7 @@ static void partition_between_hosts_reroutes_and_the_healed_world_is_used_again(
     const int burst = 1500, n = 2 * burst;
     /* h1: the origin and a stage-1 worker; h2: a second stage-1 worker, reached
      * only over the world between the hosts. */
-    mwt_pipeline_t *p = pipeline_on_hosts(f, "mhcut", 2);
+    mwt_pipeline_t *p = pipeline_on_hosts(f, "mhcut", 2, 0);
     worker_on(f, 0, 0, "origin-h1");
     worker_on(f, 0, 1, "s1-h1");
     worker_on(f, 1, 1, "s1-h2");
@@ -176,6 +177,55 @@ static void partition_between_hosts_reroutes_and_the_healed_world_is_used_again(
     free(expected);
 }
 
+static void host_cut_off_from_infra_is_expired_and_fenced_and_its_requests_answered_once(
+    void **state)
+{
+    fixture_t *f = *state;
+    const int burst = 3000, n = 2 * burst;
+    /* An origin and a stage-1 worker on each host; the coordinator on h2. */
+    mwt_pipeline_t *p = pipeline_on_hosts(f, "mhinfra", 2, 1);
+    worker_on(f, 0, 0, "origin-h1");
+    worker_on(f, 0, 1, "s1-h1");
+    worker_on(f, 1, 0, "origin-h2");
+    worker_on(f, 1, 1, "s1-h2");
+    float *expected = mwt_pipeline_reference(p, n);
+    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(60000)));
+
+    /* Mid-run, h1 loses Redis and Kafka but still reaches h2. */
+    mwt_tally_t t = {0};
+    mwt_pipeline_submit(p, 0, burst, NULL);
+    assert_true(mwt_pipeline_read(p, "results", &t, n, expected, burst / 5, mwt_scaled(60000)) >=
+                burst / 5);
+    assert_int_equal(mwt_net_cut(f->net, 0, -1, 0), 0);
+    int64_t cut = mw_now_ms();
+    /* The coordinator expires h1's workers (their hashes are swept) ... */
+    assert_true(mwt_wait_for(field(p, "origin-h1", "pid") < 0 && field(p, "s1-h1", "pid") < 0,
+                             mwt_scaled(15000)));
+    int64_t expired_ms = mw_now_ms() - cut;
+    /* ... Kafka moves h1's partitions to the other origin, which answers the
+     * requests h1 had taken; h1's open transaction can no longer commit. */
+    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, mwt_scaled(30000)));
+    int64_t moved_ms = mw_now_ms() - cut;
+    assert_int_equal(mwt_pipeline_read(p, "results", &t, n, expected, burst, mwt_scaled(60000)),
+                     burst);
+    print_message("h1 cut off from infra: expired after %lld ms, partitions moved after %lld ms,"
+                  " all %d answered after %lld ms\n",
+                  (long long)expired_ms, (long long)moved_ms, burst,
+                  (long long)(mw_now_ms() - cut));
+
+    /* Healed: h1's fenced origin rejoins, and serving goes on with both hosts. */
+    assert_int_equal(mwt_net_heal(f->net, 0), 0);
+    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(60000)));
+    mwt_pipeline_submit(p, burst, burst, NULL);
+    assert_int_equal(mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(60000)), n);
+
+    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
+    int replayed = mwt_pipeline_check_exactly_once(p, &t, n, expected, NULL, NULL);
+    print_message("%d requests answered by a later attempt\n", replayed);
+    mwt_tally_fini(&t);
+    free(expected);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -183,6 +233,9 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(
             partition_between_hosts_reroutes_and_the_healed_world_is_used_again, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            host_cut_off_from_infra_is_expired_and_fenced_and_its_requests_answered_once, setup,
+            teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
