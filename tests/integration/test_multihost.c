@@ -177,13 +177,12 @@ static void partition_between_hosts_reroutes_and_the_healed_world_is_used_again(
     free(expected);
 }
 
-static void host_cut_off_from_infra_is_expired_and_fenced_and_its_requests_answered_once(
-    void **state)
+/* h1 loses Redis (redis_only) or Redis and Kafka mid-run, but still reaches h2. */
+static void cut_off_host(fixture_t *f, const char *suffix, int redis_only)
 {
-    fixture_t *f = *state;
     const int burst = 3000, n = 2 * burst;
     /* An origin and a stage-1 worker on each host; the coordinator on h2. */
-    mwt_pipeline_t *p = pipeline_on_hosts(f, "mhinfra", 2, 1);
+    mwt_pipeline_t *p = pipeline_on_hosts(f, suffix, 2, 1);
     worker_on(f, 0, 0, "origin-h1");
     worker_on(f, 0, 1, "s1-h1");
     worker_on(f, 1, 0, "origin-h2");
@@ -191,31 +190,36 @@ static void host_cut_off_from_infra_is_expired_and_fenced_and_its_requests_answe
     float *expected = mwt_pipeline_reference(p, n);
     assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(60000)));
 
-    /* Mid-run, h1 loses Redis and Kafka but still reaches h2. */
     mwt_tally_t t = {0};
     mwt_pipeline_submit(p, 0, burst, NULL);
     assert_true(mwt_pipeline_read(p, "results", &t, n, expected, burst / 5, mwt_scaled(60000)) >=
                 burst / 5);
-    assert_int_equal(mwt_net_cut(f->net, 0, -1, 0), 0);
+    assert_int_equal(mwt_net_cut(f->net, 0, -1, redis_only ? f->net->redis_port : 0), 0);
     int64_t cut = mw_now_ms();
     /* The coordinator expires h1's workers (their hashes are swept) ... */
     assert_true(mwt_wait_for(field(p, "origin-h1", "pid") < 0 && field(p, "s1-h1", "pid") < 0,
                              mwt_scaled(15000)));
     int64_t expired_ms = mw_now_ms() - cut;
-    /* ... Kafka moves h1's partitions to the other origin, which answers the
-     * requests h1 had taken; h1's open transaction can no longer commit. */
-    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, mwt_scaled(30000)));
+    /* ... and, when h1 lost Kafka too, Kafka moves its partitions to the other
+     * origin, which answers the requests h1 had taken: h1's open transaction can
+     * no longer commit. With Kafka, h1's origin keeps its partitions and serves
+     * them over the worlds it still has (its stage-1 worker on h1). */
+    if (!redis_only)
+        assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, mwt_scaled(30000)));
     int64_t moved_ms = mw_now_ms() - cut;
     assert_int_equal(mwt_pipeline_read(p, "results", &t, n, expected, burst, mwt_scaled(60000)),
                      burst);
-    print_message("h1 cut off from infra: expired after %lld ms, partitions moved after %lld ms,"
-                  " all %d answered after %lld ms\n",
-                  (long long)expired_ms, (long long)moved_ms, burst,
+    print_message("h1 cut off from %s: expired after %lld ms, all %d answered after %lld ms\n",
+                  redis_only ? "Redis" : "Redis and Kafka", (long long)expired_ms, burst,
                   (long long)(mw_now_ms() - cut));
+    if (!redis_only)
+        print_message("h1's partitions moved after %lld ms\n", (long long)moved_ms);
 
-    /* Healed: h1's fenced origin rejoins, and serving goes on with both hosts. */
+    /* Healed: h1's workers come back (a fenced origin rejoins the group) and
+     * serving goes on with both hosts. */
     assert_int_equal(mwt_net_heal(f->net, 0), 0);
     assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(60000)));
+    assert_true(mwt_wait_for(field(p, "origin-h1", "pid") > 0, mwt_scaled(10000)));
     mwt_pipeline_submit(p, burst, burst, NULL);
     assert_int_equal(mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(60000)), n);
 
@@ -226,6 +230,17 @@ static void host_cut_off_from_infra_is_expired_and_fenced_and_its_requests_answe
     free(expected);
 }
 
+static void host_cut_off_from_redis_is_expired_and_its_requests_answered_once(void **state)
+{
+    cut_off_host(*state, "mhredis", 1);
+}
+
+static void host_cut_off_from_infra_is_expired_and_fenced_and_its_requests_answered_once(
+    void **state)
+{
+    cut_off_host(*state, "mhinfra", 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -233,6 +248,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(
             partition_between_hosts_reroutes_and_the_healed_world_is_used_again, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            host_cut_off_from_redis_is_expired_and_its_requests_answered_once, setup, teardown),
         cmocka_unit_test_setup_teardown(
             host_cut_off_from_infra_is_expired_and_fenced_and_its_requests_answered_once, setup,
             teardown),
