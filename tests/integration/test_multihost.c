@@ -27,7 +27,8 @@ typedef struct fixture {
     mwt_pipeline_t *p;
 } fixture_t;
 
-static int setup(void **state)
+/* Two hosts and infra with `brokers` Kafka brokers (0: one, not a cluster). */
+static int setup_hosts(void **state, int brokers)
 {
     const char *why = mwt_net_unavailable();
     if (why != NULL) {
@@ -36,8 +37,18 @@ static int setup(void **state)
     }
     fixture_t *f = calloc(1, sizeof(*f));
     *state = f;
-    f->net = mwt_net_new(2);
+    f->net = mwt_net_new(2, brokers);
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_hosts(state, 0);
+}
+
+static int setup_kafka_cluster(void **state)
+{
+    return setup_hosts(state, 3);
 }
 
 /* Kills the pipeline's processes, then the hosts, whether the test passed or not. */
@@ -241,6 +252,69 @@ static void host_cut_off_from_infra_is_expired_and_fenced_and_its_requests_answe
     cut_off_host(*state, "mhinfra", 0);
 }
 
+/* The broker leading partition of topic <p>.<suffix>; -1 when unknown. */
+static int leader_of(mwt_pipeline_t *p, const char *suffix, int partition)
+{
+    char name[200];
+    snprintf(name, sizeof(name), "%s.%s", p->name, suffix);
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->producer, name, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    int leader = -1;
+    if (rd_kafka_metadata(p->producer, 0, rkt, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+        md->topic_cnt == 1 && partition < md->topics[0].partition_cnt)
+        leader = md->topics[0].partitions[partition].leader;
+    if (md != NULL)
+        rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
+    return leader;
+}
+
+static void kafka_leader_killed_mid_run_loses_and_duplicates_nothing(void **state)
+{
+    fixture_t *f = *state;
+    const int n = 4000;
+    mwt_pipeline_t *p = pipeline_on_hosts(f, "mhleader", 2, 0);
+    worker_on(f, 0, 0, "w0-h1");
+    worker_on(f, 1, 0, "w0-h2");
+    worker_on(f, 0, 1, "w1-h1");
+    worker_on(f, 1, 1, "w1-h2");
+    float *expected = mwt_pipeline_reference(p, n);
+    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(60000)));
+
+    mwt_tally_t t = {0};
+    mwt_pipeline_submit(p, 0, n, NULL);
+    assert_true(mwt_pipeline_read(p, "results", &t, n, expected, n / 5, mwt_scaled(60000)) >=
+                n / 5);
+    int victim = leader_of(p, "requests", 0);
+    assert_true(victim >= 1 && victim <= 3);
+    print_message("killing broker %d: leader of requests/0, and of results/0: %s\n", victim,
+                  leader_of(p, "results", 0) == victim ? "yes" : "no");
+    assert_int_equal(mwt_net_broker(f->net, "kill", victim), 0);
+    int64_t killed = mw_now_ms(), last = killed, pause = 0;
+    int before = t.distinct;
+    /* The longest pause between new results after the kill: how long until
+     * results flow again (those read at once were committed before it). */
+    while (t.distinct < n && mw_now_ms() - killed < mwt_scaled(90000)) {
+        int seen = t.distinct;
+        mwt_pipeline_read(p, "results", &t, n, expected, seen + 1, 100);
+        if (t.distinct > seen) {
+            pause = mw_now_ms() - last > pause ? mw_now_ms() - last : pause;
+            last = mw_now_ms();
+        }
+    }
+    print_message("leader killed at %d/%d answered; longest pause in results %lld ms; all answered"
+                  " after %lld ms\n",
+                  before, n, (long long)pause, (long long)(last - killed));
+    assert_int_equal(t.distinct, n);
+    assert_int_equal(mwt_net_broker(f->net, "start", victim), 0);
+
+    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
+    int replayed = mwt_pipeline_check_exactly_once(p, &t, n, expected, NULL, NULL);
+    print_message("%d requests answered by a later attempt\n", replayed);
+    mwt_tally_fini(&t);
+    free(expected);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -253,6 +327,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             host_cut_off_from_infra_is_expired_and_fenced_and_its_requests_answered_once, setup,
             teardown),
+        cmocka_unit_test_setup_teardown(kafka_leader_killed_mid_run_loses_and_duplicates_nothing,
+                                        setup_kafka_cluster, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

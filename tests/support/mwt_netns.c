@@ -100,23 +100,37 @@ static void add_host(mwt_net_t *n, const char *ns, const char *addr)
         fail_with(n, "building a test host", out);
 }
 
-/* Starts service (redis|kafka) on infra; returns its port. */
-static int start_service(mwt_net_t *n, const char *service)
+static const char *repo_root(void)
 {
-    char out[4096];
-    const char *root = getenv("MWTEST_ROOT") ? getenv("MWTEST_ROOT") : ".";
-    if (sh(out, sizeof(out), "ip netns exec %s %s/ops/mwlocal %s start --dir %s/%s --host %s 2>&1",
-           n->infra, root, service, n->dir, service, n->infra_addr) != 0)
-        fail_with(n, service, out);
-    const char *colon = strrchr(out, ':');
-    if (colon == NULL || atoi(colon + 1) <= 0)
-        fail_with(n, service, out);
-    return atoi(colon + 1);
+    return getenv("MWTEST_ROOT") ? getenv("MWTEST_ROOT") : ".";
 }
 
-mwt_net_t *mwt_net_new(int nhosts)
+/* Starts service (redis|kafka, with `more` arguments) on infra; its address
+ * (host:port, or a bootstrap list) into addr. */
+static void start_service(mwt_net_t *n, const char *service, const char *more, char *addr,
+                          size_t size)
 {
-    char out[1024], value[64];
+    char out[8192];
+    if (sh(out, sizeof(out), "ip netns exec %s %s/ops/mwlocal %s start --dir %s/%s --host %s %s",
+           n->infra, repo_root(), service, n->dir, service, n->infra_addr, more) != 0 ||
+        strncmp(out, n->infra_addr, strlen(n->infra_addr)) != 0)
+        fail_with(n, service, "could not start it (its log is above)");
+    size_t len = strcspn(out, "\n");
+    if (len >= size)
+        fail_with(n, service, "its address is too long");
+    memcpy(addr, out, len);
+    addr[len] = '\0';
+}
+
+int mwt_net_broker(mwt_net_t *n, const char *action, int k)
+{
+    return sh(NULL, 0, "ip netns exec %s %s/ops/mwlocal kafka %s --dir %s/kafka --broker %d >/dev/null",
+              n->infra, repo_root(), action, n->dir, k);
+}
+
+mwt_net_t *mwt_net_new(int nhosts, int brokers)
+{
+    char out[1024], value[64], redis[64], more[32] = "";
     assert_true(nhosts >= 1 && nhosts <= MWT_NET_HOSTS);
     remove_stale();
     mwt_net_t *n = calloc(1, sizeof(*n));
@@ -141,14 +155,17 @@ mwt_net_t *mwt_net_new(int nhosts)
     add_host(n, n->infra, n->infra_addr);
     for (int i = 0; i < nhosts; i++)
         add_host(n, n->hosts[i], n->addrs[i]);
-    n->redis_port = start_service(n, "redis");
-    n->kafka_port = start_service(n, "kafka");
+    start_service(n, "redis", "", redis, sizeof(redis));
+    n->redis_port = atoi(strrchr(redis, ':') + 1);
+    n->brokers = brokers;
+    if (brokers > 0)
+        snprintf(more, sizeof(more), "--brokers %d", brokers);
+    start_service(n, "kafka", more, n->kafka, sizeof(n->kafka));
 
     setenv("MWTEST_REDIS_HOST", n->infra_addr, 1);
     snprintf(value, sizeof(value), "%d", n->redis_port);
     setenv("MWTEST_REDIS_PORT", value, 1);
-    snprintf(value, sizeof(value), "%s:%d", n->infra_addr, n->kafka_port);
-    setenv("MWTEST_KAFKA_BOOTSTRAP", value, 1);
+    setenv("MWTEST_KAFKA_BOOTSTRAP", n->kafka, 1);
     return n;
 }
 

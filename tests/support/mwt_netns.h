@@ -17,7 +17,9 @@ typedef struct mwt_net {
     char addrs[MWT_NET_HOSTS][24]; /* their addresses, 10.77.0.11.. */
     int nhosts;
     char dir[256]; /* the services' directories (redis/, kafka/) */
-    int redis_port, kafka_port;
+    int redis_port;
+    char kafka[256]; /* bootstrap servers: one broker, or every broker of the cluster */
+    int brokers;     /* 0: one broker; else a KRaft cluster of that many (ops/mwlocal --brokers) */
 } mwt_net_t;
 
 /* NULL when this process can build test hosts; else why not (for skip()). */
@@ -25,11 +27,16 @@ const char *mwt_net_unavailable(void);
 
 /* Removes what crashed earlier runs left (namespaces and links of a tag whose
  * process is gone, and the processes still in them), then builds `infra` and
- * nhosts hosts on a new bridge and starts Redis and Kafka on infra. Points the
- * harness at them (MWTEST_REDIS_HOST/PORT, MWTEST_KAFKA_BOOTSTRAP), so that
- * mwt_config and mwt_pipeline use them. Fails the test on error; the caller
- * frees with mwt_net_destroy (also on failure: a teardown). */
-mwt_net_t *mwt_net_new(int nhosts);
+ * nhosts hosts on a new bridge and starts Redis and Kafka on infra: one broker
+ * (brokers 0) or a cluster of `brokers`. Points the harness at them
+ * (MWTEST_REDIS_HOST/PORT, MWTEST_KAFKA_BOOTSTRAP), so that mwt_config and
+ * mwt_pipeline use them. Fails the test on error; the caller frees with
+ * mwt_net_destroy (also on failure: a teardown). */
+mwt_net_t *mwt_net_new(int nhosts, int brokers);
+
+/* `ops/mwlocal kafka ACTION --broker K` (kill|start|status) for broker k of
+ * infra's cluster; returns its exit status. */
+int mwt_net_broker(mwt_net_t *n, const char *action, int k);
 
 /* Kills every process in the namespaces, deletes them and the bridge. NULL is fine. */
 void mwt_net_destroy(mwt_net_t *n);
