@@ -64,31 +64,15 @@ static int teardown(void **state)
     return 0;
 }
 
-/* The processes started next run on host h. */
-static void on_host(fixture_t *f, int h)
-{
-    f->p->netns = f->net->hosts[h];
-    f->p->host_addr = mwt_net_addr(f->net, h);
-}
-
 /* A pipeline of `stages` stages whose coordinator runs on host `at`. */
 static mwt_pipeline_t *pipeline_on_hosts(fixture_t *f, const char *suffix, int stages, int at)
 {
-    f->p = mwt_pipeline_new(suffix, stages, 6, 4, flags);
-    /* mwt_pipeline_new starts the coordinator here; it is moved to its host.
-     * Killed by pid: it may not have made its process group yet. */
-    kill(f->p->coordinator, SIGKILL);
-    mwt_wait_exit(f->p->coordinator, 5000);
-    f->p->coordinator = 0;
-    on_host(f, at);
-    f->p->coordinator = mwt_pipeline_coordinator(f->p);
-    return f->p;
+    return f->p = mwt_net_pipeline(f->net, suffix, stages, flags, at);
 }
 
 static int worker_on(fixture_t *f, int h, int stage, const char *id)
 {
-    on_host(f, h);
-    return mwt_pipeline_worker(f->p, stage, id);
+    return mwt_net_worker(f->net, f->p, h, stage, id);
 }
 
 /* Established TCP connections in host h's namespace whose peer matches `peer`
@@ -252,23 +236,6 @@ static void host_cut_off_from_infra_is_expired_and_fenced_and_its_requests_answe
     cut_off_host(*state, "mhinfra", 0);
 }
 
-/* The broker leading partition of topic <p>.<suffix>; -1 when unknown. */
-static int leader_of(mwt_pipeline_t *p, const char *suffix, int partition)
-{
-    char name[200];
-    snprintf(name, sizeof(name), "%s.%s", p->name, suffix);
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->producer, name, NULL);
-    const struct rd_kafka_metadata *md = NULL;
-    int leader = -1;
-    if (rd_kafka_metadata(p->producer, 0, rkt, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-        md->topic_cnt == 1 && partition < md->topics[0].partition_cnt)
-        leader = md->topics[0].partitions[partition].leader;
-    if (md != NULL)
-        rd_kafka_metadata_destroy(md);
-    rd_kafka_topic_destroy(rkt);
-    return leader;
-}
-
 static void kafka_leader_killed_mid_run_loses_and_duplicates_nothing(void **state)
 {
     fixture_t *f = *state;
@@ -285,23 +252,16 @@ static void kafka_leader_killed_mid_run_loses_and_duplicates_nothing(void **stat
     mwt_pipeline_submit(p, 0, n, NULL);
     assert_true(mwt_pipeline_read(p, "results", &t, n, expected, n / 5, mwt_scaled(60000)) >=
                 n / 5);
-    int victim = leader_of(p, "requests", 0);
+    int victim = mwt_net_leader(p, "requests", 0);
     assert_true(victim >= 1 && victim <= 3);
     print_message("killing broker %d: leader of requests/0, and of results/0: %s\n", victim,
-                  leader_of(p, "results", 0) == victim ? "yes" : "no");
+                  mwt_net_leader(p, "results", 0) == victim ? "yes" : "no");
     assert_int_equal(mwt_net_broker(f->net, "kill", victim), 0);
-    int64_t killed = mw_now_ms(), last = killed, pause = 0;
+    int64_t killed = mw_now_ms(), last;
     int before = t.distinct;
-    /* The longest pause between new results after the kill: how long until
-     * results flow again (those read at once were committed before it). */
-    while (t.distinct < n && mw_now_ms() - killed < mwt_scaled(90000)) {
-        int seen = t.distinct;
-        mwt_pipeline_read(p, "results", &t, n, expected, seen + 1, 100);
-        if (t.distinct > seen) {
-            pause = mw_now_ms() - last > pause ? mw_now_ms() - last : pause;
-            last = mw_now_ms();
-        }
-    }
+    /* The longest pause in new results after the kill: how long until results
+     * flow again (those read at once were committed before it). */
+    int64_t pause = mwt_net_read_pause(p, &t, n, expected, killed, mwt_scaled(90000), &last);
     print_message("leader killed at %d/%d answered; longest pause in results %lld ms; all answered"
                   " after %lld ms\n",
                   before, n, (long long)pause, (long long)(last - killed));

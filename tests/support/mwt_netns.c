@@ -5,6 +5,7 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <librdkafka/rdkafka.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -222,4 +223,75 @@ int mwt_net_cut(mwt_net_t *n, int a, int b, int port)
 int mwt_net_heal(mwt_net_t *n, int a)
 {
     return sh(NULL, 0, "ip netns exec %s nft delete table inet mwcut", ns_of(n, a)) == 0 ? 0 : -1;
+}
+
+int mwt_net_delay(mwt_net_t *n, int ms)
+{
+    int rc = 0;
+    for (int i = -1; i < n->nhosts; i++) {
+        if (ms > 0)
+            rc |= sh(NULL, 0, "ip netns exec %s tc qdisc replace dev eth0 root netem delay %dms 2>/dev/null",
+                     ns_of(n, i), ms);
+        else
+            sh(NULL, 0, "ip netns exec %s tc qdisc del dev eth0 root 2>/dev/null", ns_of(n, i));
+    }
+    return rc == 0 ? 0 : -1;
+}
+
+void mwt_net_on_host(mwt_net_t *n, mwt_pipeline_t *p, int h)
+{
+    p->netns = n->hosts[h];
+    p->host_addr = n->addrs[h];
+}
+
+mwt_pipeline_t *mwt_net_pipeline(mwt_net_t *n, const char *suffix, int stages,
+                                 const char *const *flags, int at)
+{
+    mwt_pipeline_t *p = mwt_pipeline_new(suffix, stages, 6, 4, flags);
+    /* mwt_pipeline_new starts the coordinator here; it is moved to its host.
+     * Killed by pid: it may not have made its process group yet. */
+    kill(p->coordinator, SIGKILL);
+    mwt_wait_exit(p->coordinator, 5000);
+    p->coordinator = 0;
+    mwt_net_on_host(n, p, at);
+    p->coordinator = mwt_pipeline_coordinator(p);
+    return p;
+}
+
+int mwt_net_worker(mwt_net_t *n, mwt_pipeline_t *p, int h, int stage, const char *id)
+{
+    mwt_net_on_host(n, p, h);
+    return mwt_pipeline_worker(p, stage, id);
+}
+
+int mwt_net_leader(mwt_pipeline_t *p, const char *suffix, int partition)
+{
+    char name[200];
+    snprintf(name, sizeof(name), "%s.%s", p->name, suffix);
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->producer, name, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    int leader = -1;
+    if (rd_kafka_metadata(p->producer, 0, rkt, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+        md->topic_cnt == 1 && partition < md->topics[0].partition_cnt)
+        leader = md->topics[0].partitions[partition].leader;
+    if (md != NULL)
+        rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
+    return leader;
+}
+
+int64_t mwt_net_read_pause(mwt_pipeline_t *p, mwt_tally_t *t, int n, const float *expected,
+                           int64_t since, int64_t timeout_ms, int64_t *last_ms)
+{
+    int64_t last = since, pause = 0;
+    while (t->distinct < n && mw_now_ms() - since < timeout_ms) {
+        int seen = t->distinct;
+        mwt_pipeline_read(p, "results", t, n, expected, seen + 1, 100);
+        if (t->distinct > seen) {
+            pause = mw_now_ms() - last > pause ? mw_now_ms() - last : pause;
+            last = mw_now_ms();
+        }
+    }
+    *last_ms = last;
+    return pause;
 }

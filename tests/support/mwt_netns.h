@@ -5,7 +5,10 @@
 #ifndef MWT_NETNS_H
 #define MWT_NETNS_H
 
+#include "mwt_pipeline.h"
+
 #include <stddef.h>
+#include <stdint.h>
 
 #define MWT_NET_HOSTS 3
 
@@ -52,7 +55,33 @@ int mwt_net_cut(mwt_net_t *n, int a, int b, int port);
 /* Removes every cut of host a. Returns 0, or -1. */
 int mwt_net_heal(mwt_net_t *n, int a);
 
+/* Adds ms of delay (tc netem) to everything leaving every host, infra
+ * included; 0 removes it. Returns 0, or -1 when tc failed (a kernel without
+ * sch_netem). */
+int mwt_net_delay(mwt_net_t *n, int ms);
+
 /* The address of host i (-1: infra). */
 const char *mwt_net_addr(const mwt_net_t *n, int i);
+
+/* The processes p starts next run on host h: in its namespace, workers
+ * listening on and advertising its address. */
+void mwt_net_on_host(mwt_net_t *n, mwt_pipeline_t *p, int h);
+
+/* mwt_pipeline_new(suffix, stages, 6 layers, 4 partitions, flags) with its
+ * coordinator on host `at`. */
+mwt_pipeline_t *mwt_net_pipeline(mwt_net_t *n, const char *suffix, int stages,
+                                 const char *const *flags, int at);
+
+/* A worker of p on host h; returns its index. */
+int mwt_net_worker(mwt_net_t *n, mwt_pipeline_t *p, int h, int stage, const char *id);
+
+/* The broker (node id) leading partition of topic <p>.<suffix>; -1 when unknown. */
+int mwt_net_leader(mwt_pipeline_t *p, const char *suffix, int partition);
+
+/* Reads p's results into t until all n are answered or timeout_ms passes;
+ * returns the longest pause between new results from `since` on (how long
+ * results stopped after a fault), *last_ms gets when the last one came. */
+int64_t mwt_net_read_pause(mwt_pipeline_t *p, mwt_tally_t *t, int n, const float *expected,
+                           int64_t since, int64_t timeout_ms, int64_t *last_ms);
 
 #endif
