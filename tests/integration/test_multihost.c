@@ -230,8 +230,8 @@ static void host_cut_off_from_redis_is_expired_and_its_requests_answered_once(vo
     cut_off_host(*state, "mhredis", 1);
 }
 
-static void host_cut_off_from_infra_is_expired_and_fenced_and_its_requests_answered_once(
-    void **state)
+static void
+host_cut_off_from_infra_is_expired_and_fenced_and_its_requests_answered_once(void **state)
 {
     cut_off_host(*state, "mhinfra", 0);
 }

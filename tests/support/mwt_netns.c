@@ -125,7 +125,8 @@ static void start_service(mwt_net_t *n, const char *service, const char *more, c
 
 int mwt_net_broker(mwt_net_t *n, const char *action, int k)
 {
-    return sh(NULL, 0, "ip netns exec %s %s/ops/mwlocal kafka %s --dir %s/kafka --broker %d >/dev/null",
+    return sh(NULL, 0,
+              "ip netns exec %s %s/ops/mwlocal kafka %s --dir %s/kafka --broker %d >/dev/null",
               n->infra, repo_root(), action, n->dir, k);
 }
 
@@ -230,7 +231,8 @@ int mwt_net_delay(mwt_net_t *n, int ms)
     int rc = 0;
     for (int i = -1; i < n->nhosts; i++) {
         if (ms > 0)
-            rc |= sh(NULL, 0, "ip netns exec %s tc qdisc replace dev eth0 root netem delay %dms 2>/dev/null",
+            rc |= sh(NULL, 0,
+                     "ip netns exec %s tc qdisc replace dev eth0 root netem delay %dms 2>/dev/null",
                      ns_of(n, i), ms);
         else
             sh(NULL, 0, "ip netns exec %s tc qdisc del dev eth0 root 2>/dev/null", ns_of(n, i));

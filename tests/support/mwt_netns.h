@@ -13,9 +13,9 @@
 #define MWT_NET_HOSTS 3
 
 typedef struct mwt_net {
-    char tag[24];                 /* "mwn<pid>": prefix of every namespace and link */
-    char infra[40];               /* the infra namespace: Redis and Kafka */
-    char infra_addr[16];          /* 10.77.0.1 */
+    char tag[24];                  /* "mwn<pid>": prefix of every namespace and link */
+    char infra[40];                /* the infra namespace: Redis and Kafka */
+    char infra_addr[16];           /* 10.77.0.1 */
     char hosts[MWT_NET_HOSTS][40]; /* namespaces h1.. */
     char addrs[MWT_NET_HOSTS][24]; /* their addresses, 10.77.0.11.. */
     int nhosts;

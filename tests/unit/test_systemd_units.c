@@ -28,7 +28,8 @@ static int verify(const char *edit, char *out, size_t size)
              " >\"$d/mw-coordinator.service\" &&"
              " sed -e 's#/opt/mwserve/bin/#%s/#' -e '%s' ops/systemd/mw-worker@.service"
              " >\"$d/mw-worker@gpu0.service\" &&"
-             " SYSTEMD_LOG_TARGET=console systemd-analyze verify \"$d/mw-coordinator.service\" \"$d/mw-worker@gpu0.service\""
+             " SYSTEMD_LOG_TARGET=console systemd-analyze verify \"$d/mw-coordinator.service\" "
+             "\"$d/mw-worker@gpu0.service\""
              " 2>&1",
              bindir, edit, bindir, edit);
     return mwt_run(cmd, out, size);
