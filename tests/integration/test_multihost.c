@@ -275,6 +275,77 @@ static void kafka_leader_killed_mid_run_loses_and_duplicates_nothing(void **stat
     free(expected);
 }
 
+/* Waits until the active fault took effect (world broken, workers expired,
+ * partitions moved), then removes it. */
+static void heal(fixture_t *f, int fault, int victim)
+{
+    mwt_pipeline_t *p = f->p;
+    switch (fault) {
+    case 0: /* h1 and h2 apart */
+        assert_true(mwt_wait_for(field(p, "w0-h1", "worlds_up") == 1, mwt_scaled(10000)));
+        break;
+    case 1: /* h1 without Redis */
+        assert_true(mwt_wait_for(field(p, "w0-h1", "pid") < 0, mwt_scaled(10000)));
+        break;
+    case 2: /* h1 without Redis and Kafka */
+        assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, mwt_scaled(30000)));
+        break;
+    default: /* a broker killed */
+        assert_int_equal(mwt_net_broker(f->net, "start", victim), 0);
+        return;
+    }
+    assert_int_equal(mwt_net_heal(f->net, 0), 0);
+}
+
+/* The faults above in sequence under a steady load of 1000 requests a second,
+ * each lasting until it took effect and healed before the next. */
+static void chaos_across_hosts_answers_every_request_exactly_once(void **state)
+{
+    fixture_t *f = *state;
+    const int n = 20000, chunk = 1000;
+    mwt_pipeline_t *p = pipeline_on_hosts(f, "mhchaos", 2, 1);
+    worker_on(f, 0, 0, "w0-h1");
+    worker_on(f, 1, 0, "w0-h2");
+    worker_on(f, 0, 1, "w1-h1");
+    worker_on(f, 1, 1, "w1-h2");
+    float *expected = mwt_pipeline_reference(p, n);
+    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(60000)));
+    assert_true(mwt_wait_for(field(p, "w0-h1", "worlds_up") == 2, mwt_scaled(30000)));
+
+    mwt_tally_t t = {0};
+    int fault = 0, victim = 0;
+    int64_t t0 = mw_now_ms();
+    for (int c = 0; c * chunk < n; c++) {
+        int64_t next = mw_now_ms() + 1000;
+        mwt_pipeline_submit(p, c * chunk, chunk, NULL);
+        mwt_pipeline_read(p, "results", &t, n, expected, n, next - mw_now_ms());
+        /* Chunks 2, 6, 10, 14 start a fault; the next chunk heals it. */
+        if (c % 4 == 3 && fault < 4) {
+            heal(f, fault++, victim);
+            print_message("fault %d healed at %lld ms, %d answered\n", fault,
+                          (long long)(mw_now_ms() - t0), t.distinct);
+        }
+        if (c % 4 != 2 || fault >= 4)
+            continue;
+        if (fault == 3) {
+            victim = mwt_net_leader(p, "requests", 0);
+            assert_int_equal(mwt_net_broker(f->net, "kill", victim), 0);
+        } else {
+            int port = fault == 1 ? f->net->redis_port : 0;
+            assert_int_equal(mwt_net_cut(f->net, 0, fault == 0 ? 1 : -1, port), 0);
+        }
+    }
+    assert_int_equal(fault, 4);
+    assert_int_equal(mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(120000)), n);
+    print_message("%d requests through every fault answered in %lld ms\n", n,
+                  (long long)(mw_now_ms() - t0));
+    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
+    int replayed = mwt_pipeline_check_exactly_once(p, &t, n, expected, NULL, NULL);
+    print_message("%d requests answered by a later attempt\n", replayed);
+    mwt_tally_fini(&t);
+    free(expected);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -288,6 +359,8 @@ int main(void)
             host_cut_off_from_infra_is_expired_and_fenced_and_its_requests_answered_once, setup,
             teardown),
         cmocka_unit_test_setup_teardown(kafka_leader_killed_mid_run_loses_and_duplicates_nothing,
+                                        setup_kafka_cluster, teardown),
+        cmocka_unit_test_setup_teardown(chaos_across_hosts_answers_every_request_exactly_once,
                                         setup_kafka_cluster, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
