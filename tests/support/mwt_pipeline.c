@@ -40,7 +40,7 @@ static pid_t spawn(mwt_pipeline_t *p, const char *prog, const char *const *extra
     int n = 0;
 #define ARG(...) (snprintf(args[n], sizeof(args[0]), __VA_ARGS__), argv[n] = args[n], n++)
     if (p->netns != NULL) {
-        ARG("/usr/sbin/ip");
+        ARG("/bin/ip");
         ARG("netns");
         ARG("exec");
         ARG("%s", p->netns);
