@@ -35,19 +35,20 @@ static int verify(const char *edit, char *out, size_t size)
     return mwt_run(cmd, out, size);
 }
 
-static int setup(void **state)
+/* Skips the test where systemd-analyze is missing (in the test: cmocka counts a
+ * skip in a setup as an error). */
+static void need_systemd_analyze(void)
 {
-    (void)state;
     if (mwt_run("command -v systemd-analyze >/dev/null", NULL, 0) != 0) {
         print_message("skipped: systemd-analyze is not installed\n");
         skip();
     }
-    return 0;
 }
 
 static void coordinator_and_worker_units_verify_cleanly(void **state)
 {
     (void)state;
+    need_systemd_analyze();
     char out[8192];
     int rc = verify("", out, sizeof(out));
     if (rc != 0 || out[0] != '\0')
@@ -59,6 +60,7 @@ static void coordinator_and_worker_units_verify_cleanly(void **state)
 static void a_bad_value_in_a_unit_is_reported(void **state)
 {
     (void)state;
+    need_systemd_analyze();
     char out[8192];
     int rc = verify("s/^RestartSec=1$/RestartSec=soon/", out, sizeof(out));
     if (strstr(out, "ignoring: soon") == NULL)
@@ -68,8 +70,8 @@ static void a_bad_value_in_a_unit_is_reported(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup(coordinator_and_worker_units_verify_cleanly, setup),
-        cmocka_unit_test_setup(a_bad_value_in_a_unit_is_reported, setup),
+        cmocka_unit_test(coordinator_and_worker_units_verify_cleanly),
+        cmocka_unit_test(a_bad_value_in_a_unit_is_reported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
