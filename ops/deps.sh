@@ -100,7 +100,7 @@ fi
 
 packages=(build-essential pkg-config librdkafka-dev libhiredis-dev libcjson-dev
           libmicrohttpd-dev libopenblas-dev libcmocka-dev redis-server redis-tools kcat
-          clang libclang-rt-14-dev cppcheck clang-format clang-tidy iproute2 maven
+          clang libclang-rt-14-dev cppcheck clang-format clang-tidy iproute2 nftables maven
           openjdk-17-jre-headless procps python3-confluent-kafka python3-numpy
           python3-prometheus-client chromium)
 

@@ -55,7 +55,10 @@ void mwt_config(mw_config_t *cfg)
 {
     char err[256];
     mw_config_init(cfg);
-    if (mw_config_set(cfg, "redis.host", "127.0.0.1", "test", err, sizeof(err)) != 0 ||
+    /* MWTEST_REDIS_HOST: a test host's Redis (mwt_netns); else tests/run.sh's. */
+    const char *redis_host =
+        getenv("MWTEST_REDIS_HOST") ? getenv("MWTEST_REDIS_HOST") : "127.0.0.1";
+    if (mw_config_set(cfg, "redis.host", redis_host, "test", err, sizeof(err)) != 0 ||
         mw_config_set(cfg, "redis.port", env_or_die("MWTEST_REDIS_PORT"), "test", err,
                       sizeof(err)) != 0 ||
         mw_config_set(cfg, "cluster.name", mwt_prefix(), "test", err, sizeof(err)) != 0 ||

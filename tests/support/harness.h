@@ -31,7 +31,8 @@ const char *mwt_prefix(void);
 /* "<prefix>.<suffix>" in a static rotating buffer (valid for the next 15 calls). */
 const char *mwt_name(const char *suffix);
 
-/* A config pointing at the run's Redis and Kafka, with cluster.name = prefix.
+/* A config pointing at the run's Redis and Kafka (MWTEST_REDIS_HOST, default
+ * 127.0.0.1, MWTEST_REDIS_PORT, MWTEST_KAFKA_BOOTSTRAP), with cluster.name = prefix.
  * Caller calls mw_config_fini. Aborts the test when the services are not set. */
 void mwt_config(mw_config_t *cfg);
 

@@ -39,8 +39,17 @@ static pid_t spawn(mwt_pipeline_t *p, const char *prog, const char *const *extra
     char *argv[50];
     int n = 0;
 #define ARG(...) (snprintf(args[n], sizeof(args[0]), __VA_ARGS__), argv[n] = args[n], n++)
+    if (p->netns != NULL) {
+        ARG("/bin/ip");
+        ARG("netns");
+        ARG("exec");
+        ARG("%s", p->netns);
+    }
     ARG("%s", mwt_bin(prog));
+    ARG("--redis.host=%s", p->cfg.redis_host);
     ARG("--redis.port=%lld", (long long)p->cfg.redis_port);
+    if (p->host_addr != NULL)
+        ARG("--world.listen_host=%s", p->host_addr);
     ARG("--cluster.name=%s", p->cfg.cluster);
     ARG("--kafka.bootstrap.servers=%s", mw_config_kafka_get(&p->cfg, "bootstrap.servers"));
     ARG("--heartbeat.interval_ms=100");

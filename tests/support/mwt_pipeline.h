@@ -28,6 +28,9 @@ typedef struct mwt_pipeline {
     int stages[MWT_MAX_WORKERS];
     int nworkers;
     const char *const *worker_flags; /* extra flags for every worker (NULL-terminated) */
+    /* Where the processes started next run: `ip netns exec netns` (mwt_netns), and
+     * workers listen on and advertise host_addr. NULL: here, on 127.0.0.1. */
+    const char *netns, *host_addr;
     int rows_max; /* request i has mwt_request_rows(p, i) rows, 1..rows_max (0: one) */
     /* Adds headers of its own to the record of well-formed request i (NULL: none). */
     void (*headers)(const struct mwt_pipeline *p, int i, mw_record_t *rec);
