@@ -1,6 +1,6 @@
 # mwserve: one non-recursive Makefile. `make help` lists the targets.
 #
-#   make                 build build/libmw.a and build/bin/{mw-worker,mw-coordinator,mwctl}
+#   make                 build build/libmw.a and build/bin/{mw-worker,mw-coordinator,mwctl,mw-agent}
 #   make test            deps + unit + integration (real Redis and Kafka) + fuzz corpus replay
 #   make run             deps + a local Redis, Kafka and mwserve cluster (ops/run-local.sh)
 #   make SANITIZE=address,undefined test   the same, built with sanitizers (in build/san)
@@ -99,7 +99,7 @@ LIB_SRCS := $(filter-out $(GPU_NCCL_SRCS) $(GPU_CUDA_SRCS),$(COMMON_SRCS)) \
 LIB_CU_SRCS := $(if $(HAVE_CUBLAS),$(GPU_CU_SRCS))
 # Program code other than main() goes into libmwapp.a so tests can link it.
 APP_SRCS := $(filter-out %/main.c,$(wildcard coordinator/*.c worker/*.c ops/mwctl/*.c))
-PROGRAMS := $(foreach p,mw-worker:worker mw-coordinator:coordinator mwctl:ops/mwctl,\
+PROGRAMS := $(foreach p,mw-worker:worker mw-coordinator:coordinator mwctl:ops/mwctl mw-agent:ops/agent,\
               $(if $(wildcard $(lastword $(subst :, ,$(p)))/main.c),$(p)))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))

@@ -48,6 +48,19 @@ typedef struct mw_config {
     int64_t coordinator_interval_ms; /* coordinator.interval_ms: loop period */
     int64_t plan_max_fanout;         /* plan.max_fanout */
     int64_t events_maxlen;           /* events.maxlen: cap of the events stream */
+    int64_t autoscale_interval_ms;       /* autoscale.interval_ms: decision period */
+    int64_t autoscale_window_ms;         /* autoscale.window_ms: measurement window */
+    int64_t autoscale_busy_high_pct;     /* autoscale.busy_high_pct: bottleneck threshold */
+    int64_t autoscale_busy_low_pct;      /* autoscale.busy_low_pct: spare-capacity threshold */
+    int64_t autoscale_lag_min;           /* autoscale.lag_min: backlog that can scale out */
+    int64_t autoscale_cooldown_ms;       /* autoscale.cooldown_ms: between two decisions */
+    int64_t autoscale_scale_in_after_ms; /* autoscale.scale_in_after_ms: sustained spare */
+    char agent_id[64];                   /* agent.id ("": host name) */
+    char agent_slots[256];               /* agent.slots: cpu:N | cuda:0,1,... */
+    char agent_worker_command[1024];     /* agent.worker_command: sh -c, starts a worker */
+    int64_t agent_interval_ms;           /* agent.interval_ms: agent loop period */
+    int64_t agent_backoff_ms;            /* agent.backoff_ms: first restart backoff */
+    int64_t agent_backoff_max_ms;        /* agent.backoff_max_ms: longest restart backoff */
     char worker_id[64];              /* worker.id ("": host.pid.random) */
     char worker_pipeline[48];        /* worker.pipeline */
     char worker_stage[16];           /* worker.stage: "auto" or a number */

@@ -1,0 +1,314 @@
+/* Autoscaling with real processes (issue 18): a 3-stage pipeline whose middle
+ * stage is slower (worker.compute_delay_us), a leading coordinator measuring
+ * load and deciding desired counts, and a real mw-agent starting and draining
+ * mw-worker processes. A load ramp low -> high -> low must add workers to the
+ * middle stage only while the backlog grows, remove them once the load falls,
+ * explain each step in an event, and answer every request exactly once. */
+#include "clock.h"
+#include "err.h"
+#include "cluster/events.h"
+#include "cluster/keys.h"
+#include "harness.h"
+#include "mwt_pipeline.h"
+#include "redis.h"
+
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+/* The middle stage's cost per stage call, and one row per call: a worker there
+ * serves about 1e6 / DELAY_US requests a second; the others far more. */
+#define DELAY_US  20000
+#define LOW_RATE  10  /* requests/s: the middle stage under a quarter busy */
+#define HIGH_RATE 110 /* more than two middle workers serve */
+#define MAX_MID   3
+
+typedef struct fixture {
+    mwt_pipeline_t *p;
+    mw_redis_t *r;
+    pid_t agent;
+    float *expected;
+    mwt_tally_t t;
+} fixture_t;
+
+static void spawn_into(char args[][1200], char **argv, int *n, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void spawn_into(char args[][1200], char **argv, int *n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args[*n], 1200, fmt, ap);
+    va_end(ap);
+    argv[*n] = args[*n];
+    (*n)++;
+}
+
+/* The flags every process of the test shares. */
+static void common_flags(fixture_t *f, char args[][1200], char **argv, int *n)
+{
+    spawn_into(args, argv, n, "--redis.port=%lld", (long long)f->p->cfg.redis_port);
+    spawn_into(args, argv, n, "--cluster.name=%s", f->p->cfg.cluster);
+    spawn_into(args, argv, n, "--kafka.bootstrap.servers=%s",
+               mw_config_kafka_get(&f->p->cfg, "bootstrap.servers"));
+    spawn_into(args, argv, n, "--log.level=%s",
+               getenv("MWT_LOG_LEVEL") ? getenv("MWT_LOG_LEVEL") : "warn");
+    spawn_into(args, argv, n,
+               "--pipeline.spec={\"name\":\"%s\",\"model\":\"%s\",\"stages\":[{\"min\":1,"
+               "\"max\":2},{\"min\":1,\"max\":%d},{\"min\":1,\"max\":2}]}",
+               f->p->name, f->p->model_path, MAX_MID);
+}
+
+/* The pipeline's coordinator replaced by one that autoscales quickly. */
+static void start_coordinator(fixture_t *f)
+{
+    kill(-f->p->coordinator, SIGKILL);
+    mwt_wait_exit(f->p->coordinator, 5000);
+    char args[24][1200];
+    char *argv[25];
+    int n = 0;
+    spawn_into(args, argv, &n, "%s", mwt_bin("mw-coordinator"));
+    common_flags(f, args, argv, &n);
+    spawn_into(args, argv, &n, "--coordinator.interval_ms=50");
+    spawn_into(args, argv, &n, "--coordinator.lease_ms=1000");
+    spawn_into(args, argv, &n, "--heartbeat.ttl_ms=%lld", (long long)mwt_scaled(1500));
+    spawn_into(args, argv, &n, "--autoscale.interval_ms=500");
+    spawn_into(args, argv, &n, "--autoscale.window_ms=3000");
+    spawn_into(args, argv, &n, "--autoscale.lag_min=30");
+    spawn_into(args, argv, &n, "--autoscale.cooldown_ms=2000");
+    spawn_into(args, argv, &n, "--autoscale.scale_in_after_ms=3000");
+    argv[n] = NULL;
+    f->p->coordinator = mwt_spawn(argv);
+    assert_true(f->p->coordinator > 0);
+}
+
+/* The agent: 8 cpu slots, workers whose stage 1 is slow. */
+static void start_agent(fixture_t *f)
+{
+    char args[24][1200];
+    char *argv[25];
+    int n = 0;
+    spawn_into(args, argv, &n, "%s", mwt_bin("mw-agent"));
+    common_flags(f, args, argv, &n);
+    spawn_into(args, argv, &n, "--agent.slots=cpu:8");
+    spawn_into(args, argv, &n, "--agent.interval_ms=200");
+    spawn_into(args, argv, &n,
+               "--agent.worker_command=d=; [ \"$MW_WORKER_STAGE\" = 1 ] && "
+               "d=--worker.compute_delay_us=%d; exec %s --redis.port=%lld --cluster.name=%s "
+               "--kafka.bootstrap.servers=%s --heartbeat.interval_ms=100 "
+               "--heartbeat.ttl_ms=%lld --batch.max_rows=1 --log.level=warn $d",
+               DELAY_US, mwt_bin("mw-worker"), (long long)f->p->cfg.redis_port, f->p->cfg.cluster,
+               mw_config_kafka_get(&f->p->cfg, "bootstrap.servers"), (long long)mwt_scaled(1500));
+    argv[n] = NULL;
+    f->agent = mwt_spawn(argv);
+    assert_true(f->agent > 0);
+}
+
+/* Every worker the agents run (from `slots`), killed: they outlive the agent. */
+static void kill_pool(fixture_t *f)
+{
+    char key[MW_KEY_MAX];
+    redisReply *reply = NULL;
+    if (mw_redis_cmd(f->r, &reply, "HVALS %s", mw_key(f->r, MW_KEY_SLOTS, key, sizeof(key))) !=
+        MW_OK)
+        return;
+    for (size_t i = 0; reply->type == REDIS_REPLY_ARRAY && i < reply->elements; i++) {
+        long long pid = 0;
+        if (sscanf(reply->element[i]->str, "%*s %lld", &pid) == 1 && pid > 0) {
+            kill(-(pid_t)pid, SIGKILL);
+            mwt_wait_exit((pid_t)pid, 5000);
+        }
+    }
+    freeReplyObject(reply);
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    if (f == NULL)
+        return 0;
+    if (f->agent > 0) {
+        kill(-f->agent, SIGKILL);
+        mwt_wait_exit(f->agent, 5000);
+    }
+    kill_pool(f);
+    mwt_pipeline_destroy(f->p);
+    mw_redis_destroy(f->r);
+    mwt_tally_fini(&f->t);
+    free(f->expected);
+    free(f);
+    *state = NULL;
+    return 0;
+}
+
+/* A numeric field of hash kind:{pipeline} (load, desired); -1 when absent. */
+static double field(fixture_t *f, const char *(*key_of)(const mw_redis_t *, const char *, char *,
+                                                        size_t),
+                    const char *name)
+{
+    char key[MW_KEY_MAX];
+    redisReply *reply = NULL;
+    double v = -1;
+    if (mw_redis_cmd(f->r, &reply, "HGET %s %s", key_of(f->r, f->p->name, key, sizeof(key)),
+                     name) != MW_OK)
+        return -1;
+    if (reply->type == REDIS_REPLY_STRING)
+        v = atof(reply->str);
+    freeReplyObject(reply);
+    return v;
+}
+
+static int desired(fixture_t *f, int stage)
+{
+    char name[8];
+    snprintf(name, sizeof(name), "%d", stage);
+    return (int)field(f, mw_key_desired, name);
+}
+
+static int workers(fixture_t *f, int stage)
+{
+    char name[16];
+    snprintf(name, sizeof(name), "%d.workers", stage);
+    return (int)field(f, mw_key_load, name);
+}
+
+/* Scaling events of the pipeline so far: their number, and in msgs (when not
+ * NULL) their "type text" lines. */
+static int scale_events(fixture_t *f, char msgs[][600], int max)
+{
+    mw_event_t *ev = NULL;
+    size_t n = 0;
+    char last[32] = "";
+    if (mw_events_read(f->r, "0", 10000, 0, &ev, &n, last, sizeof(last)) != MW_OK)
+        return 0;
+    int k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(ev[i].type, "scale_", 6) != 0 || strstr(ev[i].text, f->p->name) == NULL)
+            continue;
+        if (msgs != NULL && k < max)
+            snprintf(msgs[k], 600, "%s %s", ev[i].type, ev[i].text);
+        k++;
+    }
+    free(ev);
+    return k;
+}
+
+/* Produces rate requests/s for up to ms, from *sent on; stops early once
+ * until(f) holds (NULL: never). Returns until's last answer (1 with NULL). */
+static int load(fixture_t *f, int rate, int64_t ms, int *sent, int (*until)(fixture_t *))
+{
+    int64_t t0 = mw_now_ms();
+    int first = *sent;
+    while (mw_now_ms() - t0 < ms) {
+        if (until != NULL && until(f))
+            return 1;
+        int due = first + (int)((mw_now_ms() - t0) * rate / 1000);
+        if (due > *sent) {
+            mwt_pipeline_submit(f->p, *sent, due - *sent, NULL);
+            *sent = due;
+        }
+        mwt_sleep_ms(50);
+    }
+    return until == NULL || until(f);
+}
+
+static int mid_at_max(fixture_t *f)
+{
+    return desired(f, 1) == MAX_MID && workers(f, 1) == MAX_MID;
+}
+
+static int mid_back_to_one(fixture_t *f)
+{
+    return desired(f, 1) == 1 && workers(f, 1) == 1;
+}
+
+static int pool_at_min(fixture_t *f)
+{
+    return workers(f, 0) == 1 && workers(f, 1) == 1 && workers(f, 2) == 1 &&
+           mwt_pipeline_origins_assigned(f->p) > 0;
+}
+
+static void load_ramp_scales_the_slow_middle_stage_out_and_back_in(void **state)
+{
+    char err[256];
+    fixture_t *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    *state = f;
+    f->p = mwt_pipeline_new("ramp", 3, 6, 2, NULL);
+    f->r = mw_redis_new(&f->p->cfg, 0, err, sizeof(err));
+    if (f->r == NULL)
+        fail_msg("redis: %s", err);
+    start_coordinator(f);
+    start_agent(f);
+    /* Nothing is desired yet: the coordinator starts every stage at its min. */
+    if (!mwt_wait_for(pool_at_min(f), mwt_scaled(30000)))
+        fail_msg("the agent did not start one worker per stage (workers %d %d %d)", workers(f, 0),
+                 workers(f, 1), workers(f, 2));
+
+    int sent = 0;
+    load(f, LOW_RATE, 6000, &sent, NULL);
+    char msgs[16][600];
+    int nev = scale_events(f, msgs, 16);
+    if (nev != 0)
+        fail_msg("scaled under low load: %s", msgs[0]);
+
+    int64_t t_high = mw_now_ms();
+    if (!load(f, HIGH_RATE, mwt_scaled(60000), &sent, mid_at_max))
+        fail_msg("the middle stage did not grow to %d workers under %d requests/s (desired %d, "
+                 "workers %d, busy %.2f, lag %.0f)",
+                 MAX_MID, HIGH_RATE, desired(f, 1), workers(f, 1), field(f, mw_key_load, "1.busy"),
+                 field(f, mw_key_load, "lag"));
+    int64_t t_max = mw_now_ms();
+    if (!load(f, LOW_RATE, mwt_scaled(90000), &sent, mid_back_to_one))
+        fail_msg("the middle stage did not shrink back to 1 worker (desired %d, workers %d, busy "
+                 "%.2f, lag %.0f)",
+                 desired(f, 1), workers(f, 1), field(f, mw_key_load, "1.busy"),
+                 field(f, mw_key_load, "lag"));
+    int64_t t_min = mw_now_ms();
+    assert_int_equal(desired(f, 0), 1);
+    assert_int_equal(desired(f, 2), 1);
+
+    /* Out to MAX_MID, then back in to 1, all at stage 1, each with its reason. */
+    nev = scale_events(f, msgs, 16);
+    for (int i = 0; i < nev && i < 16; i++)
+        printf("event: %s\n", msgs[i]);
+    assert_int_equal(nev, 2 * (MAX_MID - 1));
+    for (int i = 0; i < nev; i++) {
+        int out = i < MAX_MID - 1;
+        assert_non_null(strstr(msgs[i], out ? "scale_out" : "scale_in"));
+        assert_non_null(strstr(msgs[i], "stage=1 from"));
+        assert_non_null(strstr(msgs[i], "busy"));
+        if (out)
+            assert_non_null(strstr(msgs[i], "lag +"));
+    }
+
+    f->expected = mwt_pipeline_reference(f->p, sent);
+    if (mwt_pipeline_read(f->p, "results", &f->t, sent, f->expected, sent, mwt_scaled(60000)) !=
+        sent)
+        fail_msg("%d of %d requests answered", f->t.distinct, sent);
+    kill(-f->agent, SIGKILL);
+    mwt_wait_exit(f->agent, 5000);
+    f->agent = 0;
+    kill_pool(f);
+    mwt_pipeline_check_exactly_once(f->p, &f->t, sent, f->expected, NULL, NULL);
+    printf("ramp: %d requests; out to %d middle workers %.1f s after the step up, back to 1 "
+           "%.1f s after the step down\n",
+           sent, MAX_MID, (double)(t_max - t_high) / 1000, (double)(t_min - t_max) / 1000);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(load_ramp_scales_the_slow_middle_stage_out_and_back_in,
+                                  teardown),
+    };
+    if (getenv("MWT_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("MWT_FILTER"));
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
