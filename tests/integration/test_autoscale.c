@@ -265,6 +265,13 @@ static void load_ramp_scales_the_slow_middle_stage_out_and_back_in(void **state)
                  MAX_MID, HIGH_RATE, desired(f, 1), workers(f, 1), field(f, mw_key_load, "1.busy"),
                  field(f, mw_key_load, "lag"));
     int64_t t_max = mw_now_ms();
+    /* The operator sees the measured load and the desired counts. */
+    char cmd[1024], text[16384];
+    snprintf(cmd, sizeof(cmd), "%s --redis.port=%lld --cluster.name=%s status 2>&1",
+             mwt_bin("mwctl"), (long long)f->p->cfg.redis_port, f->p->cfg.cluster);
+    assert_int_equal(mwt_run(cmd, text, sizeof(text)), 0);
+    if (strstr(text, "  load: backlog ") == NULL || strstr(text, "desired 3, busy ") == NULL)
+        fail_msg("mwctl status shows no load or desired count:\n%s", text);
     if (!load(f, LOW_RATE, mwt_scaled(90000), &sent, mid_back_to_one))
         fail_msg("the middle stage did not shrink back to 1 worker (desired %d, workers %d, busy "
                  "%.2f, lag %.0f)",
