@@ -215,8 +215,10 @@ static void reap(agent_t *a)
     }
 }
 
-/* A restarted agent: its workers that still run are adopted, the slots of the
- * others freed. */
+/* At start: this agent's workers that still run (it was restarted) are
+ * adopted; a slot of this host whose worker is gone is freed, whichever agent
+ * claimed it (a slot on which a worker is still being started, pid 0, is
+ * left alone). */
 static void adopt(agent_t *a)
 {
     char key[MW_KEY_MAX];
@@ -232,20 +234,24 @@ static void adopt(agent_t *a)
         if (reply->type == REDIS_REPLY_STRING)
             sscanf(reply->str, "%63s %lld %47s %d", owner, &pid, pipeline, &stage);
         freeReplyObject(reply);
+        if (owner[0] == '\0' || pid <= 0)
+            continue;
+        if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
+            mw_log(MW_LOG_INFO, "agent", "freeing %s: its worker pid %lld (agent %s) is gone",
+                   s->name, pid, owner);
+            mw_pool_release(a->r, pipeline, stage, owner, s->name);
+            continue;
+        }
         const mw_pipeline_spec_t *ps = mw_pipelines_find(&a->spec, pipeline);
         if (strcmp(owner, a->id) != 0 || ps == NULL || stage < 0 || stage >= ps->nstages)
-            continue;
+            continue; /* another agent's, or a pipeline this one does not serve */
+        s->pid = (pid_t)pid;
         s->pipeline = (size_t)(ps - a->spec.items);
         s->stage = stage;
         s->child = 0;
         s->started_ms = 0; /* unknown: its end is no early exit */
-        if (pid > 0 && kill((pid_t)pid, 0) == 0) {
-            s->pid = (pid_t)pid;
-            mw_log(MW_LOG_INFO, "agent", "adopted worker pid %lld of %s stage %d on %s", pid,
-                   pipeline, stage, s->name);
-        } else {
-            mw_pool_release(a->r, pipeline, stage, a->id, s->name);
-        }
+        mw_log(MW_LOG_INFO, "agent", "adopted worker pid %lld of %s stage %d on %s", pid, pipeline,
+               stage, s->name);
     }
 }
 

@@ -25,10 +25,11 @@
 
 /* The middle stage's cost per stage call, and one row per call: a worker there
  * serves about 1e6 / DELAY_US requests a second; the others far more. */
-#define DELAY_US  20000
-#define LOW_RATE  10  /* requests/s: the middle stage under a quarter busy */
-#define HIGH_RATE 110 /* more than two middle workers serve */
+#define DELAY_US  40000
+#define LOW_RATE  5  /* requests/s: the middle stage a fifth busy */
+#define HIGH_RATE 65 /* more than two middle workers serve, less than three */
 #define MAX_MID   3
+#define MAX_REQUESTS 20000 /* room in a tally opened before the last request is sent */
 
 typedef struct fixture {
     mwt_pipeline_t *p;
@@ -68,8 +69,10 @@ static void common_flags(fixture_t *f, char args[][1200], char **argv, int *n)
 /* The pipeline's coordinator replaced by one that autoscales quickly. */
 static void start_coordinator(fixture_t *f)
 {
-    kill(-f->p->coordinator, SIGKILL);
-    mwt_wait_exit(f->p->coordinator, 5000);
+    if (f->p->coordinator > 0) {
+        kill(-f->p->coordinator, SIGKILL);
+        mwt_wait_exit(f->p->coordinator, 5000);
+    }
     char args[24][1200];
     char *argv[25];
     int n = 0;
@@ -88,17 +91,24 @@ static void start_coordinator(fixture_t *f)
     assert_true(f->p->coordinator > 0);
 }
 
-/* The agent: 8 cpu slots, workers whose stage 1 is slow. */
-static void start_agent(fixture_t *f)
+/* The agent: 8 cpu slots; workers whose stage 1 is slow, or with command
+ * (not NULL) as agent.worker_command. */
+static void start_agent(fixture_t *f, const char *command)
 {
     char args[24][1200];
     char *argv[25];
     int n = 0;
     spawn_into(args, argv, &n, "%s", mwt_bin("mw-agent"));
     common_flags(f, args, argv, &n);
+    spawn_into(args, argv, &n, "--agent.id=agent-%s", f->p->name);
     spawn_into(args, argv, &n, "--agent.slots=cpu:8");
     spawn_into(args, argv, &n, "--agent.interval_ms=200");
-    spawn_into(args, argv, &n,
+    spawn_into(args, argv, &n, "--agent.backoff_ms=200");
+    spawn_into(args, argv, &n, "--agent.backoff_max_ms=800");
+    if (command != NULL)
+        spawn_into(args, argv, &n, "--agent.worker_command=%s", command);
+    else
+        spawn_into(args, argv, &n,
                "--agent.worker_command=d=; [ \"$MW_WORKER_STAGE\" = 1 ] && "
                "d=--worker.compute_delay_us=%d; exec %s --redis.port=%lld --cluster.name=%s "
                "--kafka.bootstrap.servers=%s --heartbeat.interval_ms=100 "
@@ -108,6 +118,22 @@ static void start_agent(fixture_t *f)
     argv[n] = NULL;
     f->agent = mwt_spawn(argv);
     assert_true(f->agent > 0);
+}
+
+/* A pipeline with the autoscaling coordinator and an agent running command. */
+static fixture_t *fixture_new(void **state, const char *suffix, const char *command)
+{
+    char err[256];
+    fixture_t *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    *state = f; /* torn down by teardown() even when the test fails */
+    f->p = mwt_pipeline_new(suffix, 3, 6, 2, NULL);
+    f->r = mw_redis_new(&f->p->cfg, 0, err, sizeof(err));
+    if (f->r == NULL)
+        fail_msg("redis: %s", err);
+    start_coordinator(f);
+    start_agent(f, command);
+    return f;
 }
 
 /* Every worker the agents run (from `slots`), killed: they outlive the agent. */
@@ -178,9 +204,9 @@ static int workers(fixture_t *f, int stage)
     return (int)field(f, mw_key_load, name);
 }
 
-/* Scaling events of the pipeline so far: their number, and in msgs (when not
- * NULL) their "type text" lines. */
-static int scale_events(fixture_t *f, char msgs[][600], int max)
+/* Events of the pipeline (or its agent) so far whose type starts with prefix:
+ * their number, and in msgs (when not NULL) their "type text" lines. */
+static int events_of(fixture_t *f, const char *prefix, char msgs[][600], int max)
 {
     mw_event_t *ev = NULL;
     size_t n = 0;
@@ -189,7 +215,8 @@ static int scale_events(fixture_t *f, char msgs[][600], int max)
         return 0;
     int k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (strncmp(ev[i].type, "scale_", 6) != 0 || strstr(ev[i].text, f->p->name) == NULL)
+        if (strncmp(ev[i].type, prefix, strlen(prefix)) != 0 ||
+            strstr(ev[i].text, f->p->name) == NULL)
             continue;
         if (msgs != NULL && k < max)
             snprintf(msgs[k], 600, "%s %s", ev[i].type, ev[i].text);
@@ -236,16 +263,7 @@ static int pool_at_min(fixture_t *f)
 
 static void load_ramp_scales_the_slow_middle_stage_out_and_back_in(void **state)
 {
-    char err[256];
-    fixture_t *f = calloc(1, sizeof(*f));
-    assert_non_null(f);
-    *state = f;
-    f->p = mwt_pipeline_new("ramp", 3, 6, 2, NULL);
-    f->r = mw_redis_new(&f->p->cfg, 0, err, sizeof(err));
-    if (f->r == NULL)
-        fail_msg("redis: %s", err);
-    start_coordinator(f);
-    start_agent(f);
+    fixture_t *f = fixture_new(state, "ramp", NULL);
     /* Nothing is desired yet: the coordinator starts every stage at its min. */
     if (!mwt_wait_for(pool_at_min(f), mwt_scaled(30000)))
         fail_msg("the agent did not start one worker per stage (workers %d %d %d)", workers(f, 0),
@@ -254,7 +272,7 @@ static void load_ramp_scales_the_slow_middle_stage_out_and_back_in(void **state)
     int sent = 0;
     load(f, LOW_RATE, 6000, &sent, NULL);
     char msgs[16][600];
-    int nev = scale_events(f, msgs, 16);
+    int nev = events_of(f, "scale_", msgs, 16);
     if (nev != 0)
         fail_msg("scaled under low load: %s", msgs[0]);
 
@@ -282,7 +300,7 @@ static void load_ramp_scales_the_slow_middle_stage_out_and_back_in(void **state)
     assert_int_equal(desired(f, 2), 1);
 
     /* Out to MAX_MID, then back in to 1, all at stage 1, each with its reason. */
-    nev = scale_events(f, msgs, 16);
+    nev = events_of(f, "scale_", msgs, 16);
     for (int i = 0; i < nev && i < 16; i++)
         printf("event: %s\n", msgs[i]);
     assert_int_equal(nev, 2 * (MAX_MID - 1));
@@ -309,11 +327,140 @@ static void load_ramp_scales_the_slow_middle_stage_out_and_back_in(void **state)
            sent, MAX_MID, (double)(t_max - t_high) / 1000, (double)(t_min - t_max) / 1000);
 }
 
+static int crashes_at_stage(fixture_t *f, int stage)
+{
+    char msgs[64][600], want[32];
+    int n = events_of(f, "worker_crash", msgs, 64), k = 0;
+    snprintf(want, sizeof(want), " stage %d on ", stage);
+    for (int i = 0; i < n && i < 64; i++)
+        k += strstr(msgs[i], want) != NULL;
+    return k;
+}
+
+static void worker_exiting_at_once_is_backed_off_and_reported(void **state)
+{
+    char command[700];
+    snprintf(command, sizeof(command), "exec %s --no.such.key=1", mwt_bin("mw-worker"));
+    fixture_t *f = fixture_new(state, "crash", command);
+    /* Every stage wants one worker; each start exits at once with status 2. */
+    if (!mwt_wait_for(crashes_at_stage(f, 1) >= 1, mwt_scaled(20000)))
+        fail_msg("no worker_crash event");
+    int64_t t0 = mw_now_ms();
+    mwt_sleep_ms(4000);
+    /* Waits of 200, 400, 800, 800 ... ms: at most 7 starts in 4 s, where the
+     * agent's 200 ms loop alone would make 20. */
+    int n = crashes_at_stage(f, 1);
+    if (n < 3 || n > 8)
+        fail_msg("%d early exits at stage 1 in %lld ms", n, (long long)(mw_now_ms() - t0));
+    char msgs[64][600];
+    int all = events_of(f, "worker_crash", msgs, 64);
+    int waits[3] = {0, 0, 0};
+    for (int i = 0; i < all && i < 64; i++) {
+        assert_non_null(strstr(msgs[i], "exited with status 2"));
+        waits[0] |= strstr(msgs[i], "(early exit 1 in a row): next start in 200 ms") != NULL;
+        waits[1] |= strstr(msgs[i], "(early exit 2 in a row): next start in 400 ms") != NULL;
+        waits[2] |= strstr(msgs[i], "(early exit 4 in a row): next start in 800 ms") != NULL;
+    }
+    if (!waits[0] || !waits[1] || !waits[2])
+        fail_msg("the backoff did not double up to its cap: %s", msgs[all > 0 ? all - 1 : 0]);
+    /* The agent's report carries the exits; the desired counts stay at min. */
+    char key[MW_KEY_MAX], id[160];
+    snprintf(id, sizeof(id), "agent-%s", f->p->name);
+    redisReply *reply = NULL;
+    assert_int_equal(mw_redis_cmd(f->r, &reply, "HGET %s exits",
+                                  mw_key_agent(f->r, id, key, sizeof(key))),
+                     MW_OK);
+    assert_int_equal(reply->type, REDIS_REPLY_STRING);
+    assert_true(atoi(reply->str) >= 3 * 3);
+    freeReplyObject(reply);
+    for (int s = 0; s < 3; s++)
+        assert_int_equal(desired(f, s), 1);
+}
+
+/* The pids of the agents' workers (from `slots`), sorted; returns how many. */
+static int pool_pids(fixture_t *f, long long *pids, int max)
+{
+    char key[MW_KEY_MAX];
+    redisReply *reply = NULL;
+    int n = 0;
+    if (mw_redis_cmd(f->r, &reply, "HVALS %s", mw_key(f->r, MW_KEY_SLOTS, key, sizeof(key))) !=
+        MW_OK)
+        return 0;
+    for (size_t i = 0; reply->type == REDIS_REPLY_ARRAY && i < reply->elements && n < max; i++)
+        if (sscanf(reply->element[i]->str, "%*s %lld", &pids[n]) == 1)
+            n++;
+    freeReplyObject(reply);
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && pids[j - 1] > pids[j]; j--) {
+            long long t = pids[j];
+            pids[j] = pids[j - 1];
+            pids[j - 1] = t;
+        }
+    return n;
+}
+
+static void killed_agent_and_coordinator_freeze_the_pool_while_serving_continues(void **state)
+{
+    fixture_t *f = fixture_new(state, "freeze", NULL);
+    if (!mwt_wait_for(pool_at_min(f), mwt_scaled(30000)))
+        fail_msg("the agent did not start one worker per stage");
+    long long before[8], after[8];
+    int nbefore = pool_pids(f, before, 8);
+    assert_int_equal(nbefore, 3);
+
+    kill(-f->agent, SIGKILL);
+    mwt_wait_exit(f->agent, 5000);
+    f->agent = 0;
+    kill(-f->p->coordinator, SIGKILL);
+    mwt_wait_exit(f->p->coordinator, 5000);
+    f->p->coordinator = 0;
+    /* Serving continues on the frozen pool, and nothing changes it. */
+    int sent = 0;
+    load(f, HIGH_RATE, 4000, &sent, NULL);
+    f->expected = mwt_pipeline_reference(f->p, MAX_REQUESTS);
+    if (mwt_pipeline_read(f->p, "results", &f->t, MAX_REQUESTS, f->expected, sent / 2,
+                          mwt_scaled(30000)) < sent / 2)
+        fail_msg("%d of %d requests answered without coordinator and agent", f->t.distinct, sent);
+    assert_int_equal(pool_pids(f, after, 8), 3);
+    assert_memory_equal(before, after, sizeof(long long) * 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(kill((pid_t)after[i], 0), 0);
+
+    /* A restarted agent adopts the workers instead of starting others; a
+     * restarted coordinator resumes scaling the backlog that grew meanwhile. */
+    start_agent(f, NULL);
+    start_coordinator(f);
+    if (!load(f, HIGH_RATE, mwt_scaled(60000), &sent, mid_at_max))
+        fail_msg("scaling did not resume (desired %d, workers %d)", desired(f, 1), workers(f, 1));
+    int nafter = pool_pids(f, after, 8);
+    assert_int_equal(nafter, 3 + MAX_MID - 1);
+    int kept = 0;
+    for (int i = 0; i < nafter; i++)
+        for (int j = 0; j < 3; j++)
+            kept += after[i] == before[j];
+    assert_int_equal(kept, 3);
+    assert_int_equal(desired(f, 0), 1);
+    assert_int_equal(desired(f, 2), 1);
+
+    assert_true(sent <= MAX_REQUESTS);
+    if (mwt_pipeline_read(f->p, "results", &f->t, MAX_REQUESTS, f->expected, sent,
+                          mwt_scaled(60000)) != sent)
+        fail_msg("%d of %d requests answered", f->t.distinct, sent);
+    kill(-f->agent, SIGKILL);
+    mwt_wait_exit(f->agent, 5000);
+    f->agent = 0;
+    kill_pool(f);
+    mwt_pipeline_check_exactly_once(f->p, &f->t, sent, f->expected, NULL, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(load_ramp_scales_the_slow_middle_stage_out_and_back_in,
                                   teardown),
+        cmocka_unit_test_teardown(worker_exiting_at_once_is_backed_off_and_reported, teardown),
+        cmocka_unit_test_teardown(
+            killed_agent_and_coordinator_freeze_the_pool_while_serving_continues, teardown),
     };
     if (getenv("MWT_FILTER") != NULL)
         cmocka_set_test_filter(getenv("MWT_FILTER"));
