@@ -21,7 +21,7 @@
 static mw_redis_script_t claim_script = {
     "pool_claim",
     COUNT_LUA "if want == nil or count() >= want then return 0 end\n"
-              "if redis.call('HSETNX', KEYS[3], ARGV[3], ARGV[4]) == 0 then return 0 end\n"
+              "if redis.call('HSETNX', KEYS[3], ARGV[3], ARGV[4]) == 0 then return 2 end\n"
               "redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])\n"
               "return 1\n",
     "",
@@ -51,14 +51,15 @@ static void name(names_t *n, mw_redis_t *r, const char *pipeline, int stage, con
     snprintf(n->value, sizeof(n->value), "%s %lld %s %d", agent, (long long)pid, pipeline, stage);
 }
 
-static int eval01(mw_redis_t *r, mw_redis_script_t *s, int nkeys, const char **keys, int nargs,
-                  const char **args)
+/* The script's integer answer (0 when it is not one), or a negative MW_E*. */
+static int eval_int(mw_redis_t *r, mw_redis_script_t *s, int nkeys, const char **keys, int nargs,
+                    const char **args)
 {
     redisReply *reply = NULL;
     int rc = mw_redis_eval(r, s, &reply, nkeys, keys, nargs, args, NULL);
     if (rc != MW_OK)
         return rc;
-    rc = reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
+    rc = reply->type == REDIS_REPLY_INTEGER ? (int)reply->integer : 0;
     freeReplyObject(reply);
     return rc;
 }
@@ -70,7 +71,7 @@ int mw_pool_claim(mw_redis_t *r, const char *pipeline, int stage, const char *ag
     name(&n, r, pipeline, stage, agent, slot, 0);
     const char *keys[] = {n.pool, n.desired, n.slots};
     const char *args[] = {n.stage, n.field, slot, n.value};
-    return eval01(r, &claim_script, 3, keys, 4, args);
+    return eval_int(r, &claim_script, 3, keys, 4, args);
 }
 
 int mw_pool_started(mw_redis_t *r, const char *pipeline, int stage, const char *agent,
@@ -88,7 +89,7 @@ int mw_pool_shrink(mw_redis_t *r, const char *pipeline, int stage, const char *a
     name(&n, r, pipeline, stage, agent, slot, 0);
     const char *keys[] = {n.pool, n.desired};
     const char *args[] = {n.stage, n.field};
-    return eval01(r, &shrink_script, 2, keys, 2, args);
+    return eval_int(r, &shrink_script, 2, keys, 2, args);
 }
 
 int mw_pool_release(mw_redis_t *r, const char *pipeline, int stage, const char *agent,

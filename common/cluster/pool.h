@@ -13,8 +13,11 @@
 #include <stdint.h>
 
 /* Claims slot for a new worker of pipeline at stage when the pool holds fewer
- * than desired:{pipeline}[stage] workers there and the slot is free: 1 claimed,
- * 0 not (enough workers, or the slot is taken), or a negative MW_E*. */
+ * than desired:{pipeline}[stage] workers there and the slot is free: 1
+ * claimed, 0 not (enough workers), MW_POOL_SLOT_TAKEN (the slot is in use:
+ * try another), or a negative MW_E*. */
+#define MW_POOL_SLOT_TAKEN 2
+
 int mw_pool_claim(mw_redis_t *r, const char *pipeline, int stage, const char *agent,
                   const char *slot);
 

@@ -115,12 +115,13 @@ static void event(agent_t *a, const char *type, const char *msg)
                   (const char *)NULL);
 }
 
-static void start_worker(agent_t *a, slot_t *s, size_t p, int stage)
+/* Claims s and starts a worker there: mw_pool_claim's answer. */
+static int start_worker(agent_t *a, slot_t *s, size_t p, int stage)
 {
     const char *pipeline = a->spec.items[p].name;
     int rc = mw_pool_claim(a->r, pipeline, stage, a->id, s->name);
     if (rc != 1)
-        return;
+        return rc;
     char stage_text[16];
     snprintf(stage_text, sizeof(stage_text), "%d", stage);
     pid_t pid = fork();
@@ -135,7 +136,7 @@ static void start_worker(agent_t *a, slot_t *s, size_t p, int stage)
     if (pid < 0) {
         mw_log(MW_LOG_ERROR, "agent", "fork: %s", strerror(errno));
         mw_pool_release(a->r, pipeline, stage, a->id, s->name);
-        return;
+        return MW_ENOMEM;
     }
     s->pid = pid;
     s->child = 1;
@@ -149,6 +150,7 @@ static void start_worker(agent_t *a, slot_t *s, size_t p, int stage)
              pipeline, stage, s->name);
     mw_log(MW_LOG_INFO, "agent", "%s", msg);
     event(a, "agent_start", msg);
+    return rc;
 }
 
 /* The worker on s is gone (status from waitpid, -1 when adopted and unknown). */
@@ -215,44 +217,42 @@ static void reap(agent_t *a)
     }
 }
 
-/* At start: this agent's workers that still run (it was restarted) are
- * adopted; a slot of this host whose worker is gone is freed, whichever agent
- * claimed it (a slot on which a worker is still being started, pid 0, is
- * left alone). */
-static void adopt(agent_t *a)
+/* Slot s in use according to `slots` but not by this agent (not since it
+ * started): its worker is freed when it is gone, whichever agent claimed it
+ * (a slot on which a worker is still being started, pid 0, is left alone), or,
+ * with adopt_mine, adopted when it is this agent's (it was restarted). */
+static void take_over(agent_t *a, slot_t *s, int adopt_mine)
 {
     char key[MW_KEY_MAX];
-    for (int i = 0; i < a->nslots; i++) {
-        slot_t *s = &a->slots[i];
-        redisReply *reply = NULL;
-        if (mw_redis_cmd(a->r, &reply, "HGET %s %s", mw_key(a->r, MW_KEY_SLOTS, key, sizeof(key)),
-                         s->name) != MW_OK)
-            continue;
-        char owner[64] = "", pipeline[MW_PIPELINE_NAME_MAX] = "";
-        long long pid = 0;
-        int stage = -1;
-        if (reply->type == REDIS_REPLY_STRING)
-            sscanf(reply->str, "%63s %lld %47s %d", owner, &pid, pipeline, &stage);
-        freeReplyObject(reply);
-        if (owner[0] == '\0' || pid <= 0)
-            continue;
-        if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
-            mw_log(MW_LOG_INFO, "agent", "freeing %s: its worker pid %lld (agent %s) is gone",
-                   s->name, pid, owner);
-            mw_pool_release(a->r, pipeline, stage, owner, s->name);
-            continue;
-        }
-        const mw_pipeline_spec_t *ps = mw_pipelines_find(&a->spec, pipeline);
-        if (strcmp(owner, a->id) != 0 || ps == NULL || stage < 0 || stage >= ps->nstages)
-            continue; /* another agent's, or a pipeline this one does not serve */
-        s->pid = (pid_t)pid;
-        s->pipeline = (size_t)(ps - a->spec.items);
-        s->stage = stage;
-        s->child = 0;
-        s->started_ms = 0; /* unknown: its end is no early exit */
-        mw_log(MW_LOG_INFO, "agent", "adopted worker pid %lld of %s stage %d on %s", pid, pipeline,
-               stage, s->name);
+    redisReply *reply = NULL;
+    if (mw_redis_cmd(a->r, &reply, "HGET %s %s", mw_key(a->r, MW_KEY_SLOTS, key, sizeof(key)),
+                     s->name) != MW_OK)
+        return;
+    char owner[64] = "", pipeline[MW_PIPELINE_NAME_MAX] = "";
+    long long pid = 0;
+    int stage = -1;
+    if (reply->type == REDIS_REPLY_STRING)
+        sscanf(reply->str, "%63s %lld %47s %d", owner, &pid, pipeline, &stage);
+    freeReplyObject(reply);
+    if (owner[0] == '\0' || pid <= 0)
+        return;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
+        mw_log(MW_LOG_INFO, "agent", "freeing %s: its worker pid %lld (agent %s) is gone", s->name,
+               pid, owner);
+        mw_pool_release(a->r, pipeline, stage, owner, s->name);
+        return;
     }
+    const mw_pipeline_spec_t *ps = mw_pipelines_find(&a->spec, pipeline);
+    if (!adopt_mine || strcmp(owner, a->id) != 0 || ps == NULL || stage < 0 ||
+        stage >= ps->nstages)
+        return; /* another agent's, or a pipeline this one does not serve */
+    s->pid = (pid_t)pid;
+    s->pipeline = (size_t)(ps - a->spec.items);
+    s->stage = stage;
+    s->child = 0;
+    s->started_ms = 0; /* unknown: its end is no early exit */
+    mw_log(MW_LOG_INFO, "agent", "adopted worker pid %lld of %s stage %d on %s", pid, pipeline,
+           stage, s->name);
 }
 
 /* The desired count of every stage of pipeline p; 0 when not published. */
@@ -286,18 +286,22 @@ static void act(agent_t *a)
         if (!read_desired(a, p, desired))
             continue;
         for (int st = 0; st < a->spec.items[p].nstages; st++) {
-            slot_t *mine = NULL, *free_slot = NULL;
+            slot_t *mine = NULL;
             for (int i = 0; i < a->nslots; i++) {
                 slot_t *s = &a->slots[i];
-                if (s->pid == 0 && free_slot == NULL)
-                    free_slot = s;
                 if (s->pid != 0 && !s->draining && s->pipeline == p && s->stage == st &&
                     (mine == NULL || s->started_ms > mine->started_ms))
                     mine = s; /* the newest: the one to stop first */
             }
             backoff_t *b = &a->backoff[p * MW_PIPELINE_MAX_STAGES + (size_t)st];
-            if (free_slot != NULL && now >= b->next_start_ms)
-                start_worker(a, free_slot, p, st);
+            /* The first free slot, or the next when another agent holds one. */
+            for (int i = 0; i < a->nslots && now >= b->next_start_ms; i++) {
+                if (a->slots[i].pid != 0)
+                    continue;
+                if (start_worker(a, &a->slots[i], p, st) != MW_POOL_SLOT_TAKEN)
+                    break;
+                take_over(a, &a->slots[i], 0);
+            }
             if (mine != NULL &&
                 mw_pool_shrink(a->r, a->spec.items[p].name, st, a->id, mine->name) == 1) {
                 kill(mine->pid, SIGTERM);
@@ -376,7 +380,8 @@ int main(int argc, char **argv)
     mw_program_on_stop(on_signal);
     mw_log(MW_LOG_INFO, "agent", "%s starting on %s: %d slot(s) (%s), %zu pipeline(s)", a.id,
            a.host, a.nslots, cfg.agent_slots, a.spec.count);
-    adopt(&a);
+    for (int i = 0; i < a.nslots; i++)
+        take_over(&a, &a.slots[i], 1);
     while (!stop_requested) {
         int64_t t0 = mw_now_ms();
         reap(&a);

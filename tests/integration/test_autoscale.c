@@ -70,6 +70,8 @@ static void common_flags(fixture_t *f, char args[][1200], char **argv, int *n)
 static void start_coordinator(fixture_t *f)
 {
     if (f->p->coordinator > 0) {
+        /* Also by pid: it may not have made its process group yet. */
+        kill(f->p->coordinator, SIGKILL);
         kill(-f->p->coordinator, SIGKILL);
         mwt_wait_exit(f->p->coordinator, 5000);
     }
@@ -377,17 +379,20 @@ static void worker_exiting_at_once_is_backed_off_and_reported(void **state)
         assert_int_equal(desired(f, s), 1);
 }
 
-/* The pids of the agents' workers (from `slots`), sorted; returns how many. */
+/* The pids of the workers of this test's agent (from `slots`), sorted;
+ * returns how many. */
 static int pool_pids(fixture_t *f, long long *pids, int max)
 {
-    char key[MW_KEY_MAX];
+    char key[MW_KEY_MAX], me[160], owner[160];
     redisReply *reply = NULL;
     int n = 0;
+    snprintf(me, sizeof(me), "agent-%s", f->p->name);
     if (mw_redis_cmd(f->r, &reply, "HVALS %s", mw_key(f->r, MW_KEY_SLOTS, key, sizeof(key))) !=
         MW_OK)
         return 0;
     for (size_t i = 0; reply->type == REDIS_REPLY_ARRAY && i < reply->elements && n < max; i++)
-        if (sscanf(reply->element[i]->str, "%*s %lld", &pids[n]) == 1)
+        if (sscanf(reply->element[i]->str, "%159s %lld", owner, &pids[n]) == 2 &&
+            strcmp(owner, me) == 0)
             n++;
     freeReplyObject(reply);
     for (int i = 1; i < n; i++)
