@@ -215,7 +215,7 @@ deps:
 
 # --- code hygiene -----------------------------------------------------------
 FORMAT_SRCS := $(wildcard common/*.[ch] common/*/*.[ch] topics/*.[ch] coordinator/*.[ch] worker/*.[ch] \
-                 ops/mwctl/*.[ch] tests/*/*.[ch])
+                 ops/mwctl/*.[ch] ops/agent/*.[ch] tests/*/*.[ch])
 
 format:
 	clang-format -i $(FORMAT_SRCS)
@@ -226,7 +226,7 @@ format-check:
 lint:
 	cppcheck --quiet --error-exitcode=1 --std=c11 --enable=warning,portability,performance \
 	    --inline-suppr --suppress=missingIncludeSystem -D__GNUC__ -Icommon -I. \
-	    common topics coordinator worker ops/mwctl
+	    common topics coordinator worker ops/mwctl ops/agent
 
 clean:
 	rm -rf build

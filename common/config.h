@@ -48,6 +48,14 @@ typedef struct mw_config {
     int64_t coordinator_interval_ms; /* coordinator.interval_ms: loop period */
     int64_t plan_max_fanout;         /* plan.max_fanout */
     int64_t events_maxlen;           /* events.maxlen: cap of the events stream */
+    char worker_id[64];              /* worker.id ("": host.pid.random) */
+    char worker_pipeline[48];        /* worker.pipeline */
+    char worker_stage[16];           /* worker.stage: "auto" or a number */
+    char worker_device[32];          /* worker.device: cpu, cuda:N */
+    int64_t worker_capacity;         /* worker.capacity */
+    int64_t worker_drain_timeout_ms; /* worker.drain_timeout_ms */
+
+    /* autoscaling (coordinator/autoscale.c) and the host agent (ops/agent/) */
     int64_t autoscale_interval_ms;       /* autoscale.interval_ms: decision period */
     int64_t autoscale_window_ms;         /* autoscale.window_ms: measurement window */
     int64_t autoscale_busy_high_pct;     /* autoscale.busy_high_pct: bottleneck threshold */
@@ -61,12 +69,6 @@ typedef struct mw_config {
     int64_t agent_interval_ms;           /* agent.interval_ms: agent loop period */
     int64_t agent_backoff_ms;            /* agent.backoff_ms: first restart backoff */
     int64_t agent_backoff_max_ms;        /* agent.backoff_max_ms: longest restart backoff */
-    char worker_id[64];              /* worker.id ("": host.pid.random) */
-    char worker_pipeline[48];        /* worker.pipeline */
-    char worker_stage[16];           /* worker.stage: "auto" or a number */
-    char worker_device[32];          /* worker.device: cpu, cuda:N */
-    int64_t worker_capacity;         /* worker.capacity */
-    int64_t worker_drain_timeout_ms; /* worker.drain_timeout_ms */
 
     /* data plane (worker/dataplane.c, worker/origin.c) */
     char model_path[MW_CFG_STR_MAX];    /* model.path: used when the pipeline names no model */

@@ -141,8 +141,8 @@ static void decide(mw_autoscale_t *a, mw_redis_t *r, size_t p, int64_t now)
         return;
     }
     mw_log(MW_LOG_INFO, "coordinator", "%s %s %s", ps->name, type, msg);
-    mw_events_add(r, a->cfg->events_maxlen, type, "pipeline", ps->name, "stage", stage, "from", from,
-                  "to", to, "msg", msg, (const char *)NULL);
+    mw_events_add(r, a->cfg->events_maxlen, type, "pipeline", ps->name, "stage", stage, "from",
+                  from, "to", to, "msg", msg, (const char *)NULL);
 }
 
 void mw_autoscale_tick(mw_autoscale_t *a, mw_redis_t *r, const mw_member_record_t *recs, size_t n)

@@ -139,8 +139,8 @@ static int read_compute(mw_redis_t *r, const char *id, int64_t *v, int *rc)
 {
     char key[MW_KEY_MAX];
     redisReply *reply = NULL;
-    *rc = mw_redis_cmd(r, &reply, "HGET %s compute_us",
-                       mw_key_worker_stats(r, id, key, sizeof(key)));
+    *rc =
+        mw_redis_cmd(r, &reply, "HGET %s compute_us", mw_key_worker_stats(r, id, key, sizeof(key)));
     if (*rc != MW_OK)
         return 0;
     int have = reply->type == REDIS_REPLY_STRING;
@@ -203,8 +203,8 @@ int mw_load_sample(mw_load_t *l, mw_redis_t *r, const mw_member_record_t *recs, 
     for (size_t p = 0; p < l->spec->count; p++)
         for (int s = 0; s < l->now[p].nstages; s++)
             if (l->now[p].stages[s].measured > 0)
-                l->now[p].stages[s].busy = busy_sum[p * MW_PIPELINE_MAX_STAGES + (size_t)s] /
-                                           l->now[p].stages[s].measured;
+                l->now[p].stages[s].busy =
+                    busy_sum[p * MW_PIPELINE_MAX_STAGES + (size_t)s] / l->now[p].stages[s].measured;
     free(busy_sum);
     forget_gone(l);
     return rc;

@@ -24,7 +24,8 @@ void mw_scale_init(mw_scale_state_t *st, const mw_pipeline_spec_t *spec, const i
 static mw_scale_decision_t change(mw_scale_state_t *st, mw_scale_action_t action, int stage, int to,
                                   int64_t now_ms)
 {
-    mw_scale_decision_t d = {.action = action, .stage = stage, .from = st->desired[stage], .to = to};
+    mw_scale_decision_t d = {
+        .action = action, .stage = stage, .from = st->desired[stage], .to = to};
     st->desired[stage] = to;
     st->changed_ms = now_ms;
     st->spare_since_ms = 0;
@@ -48,7 +49,8 @@ mw_scale_decision_t mw_scale_decide(mw_scale_state_t *st, const mw_pipeline_spec
         /* Busy with one worker less, if the load spreads evenly over the rest. */
         double after = sl->workers > 1 ? sl->busy * sl->workers / (sl->workers - 1) : 2;
         spare &= sl->busy < opt->busy_low;
-        if (st->desired[s] > spec->stages[s].min && after < opt->busy_high && after < idlest_after) {
+        if (st->desired[s] > spec->stages[s].min && after < opt->busy_high &&
+            after < idlest_after) {
             idlest = s;
             idlest_after = after;
         }
@@ -61,20 +63,21 @@ mw_scale_decision_t mw_scale_decide(mw_scale_state_t *st, const mw_pipeline_spec
         st->spare_since_ms = 0;
     else if (st->spare_since_ms == 0)
         st->spare_since_ms = now_ms;
-    if (!settled || unmeasured || (st->changed_ms != 0 && now_ms - st->changed_ms < opt->cooldown_ms))
+    if (!settled || unmeasured ||
+        (st->changed_ms != 0 && now_ms - st->changed_ms < opt->cooldown_ms))
         return none;
 
     const mw_stage_load_t *b = &load->stages[busiest];
     const mw_stage_spec_t *bs = &spec->stages[busiest];
     if ((growing || slo_missed) && b->busy >= opt->busy_high &&
         (bs->max == 0 || st->desired[busiest] < bs->max)) {
-        mw_scale_decision_t d =
-            change(st, MW_SCALE_OUT, busiest, st->desired[busiest] + 1, now_ms);
-        int len = snprintf(d.reason, sizeof(d.reason), "busy %.2f, lag %+.0f/s", b->busy,
-                           load->lag_rate);
+        mw_scale_decision_t d = change(st, MW_SCALE_OUT, busiest, st->desired[busiest] + 1, now_ms);
+        int len =
+            snprintf(d.reason, sizeof(d.reason), "busy %.2f, lag %+.0f/s", b->busy, load->lag_rate);
         if (slo_missed && len > 0 && (size_t)len < sizeof(d.reason))
-            snprintf(d.reason + len, sizeof(d.reason) - (size_t)len, ", p99 %lld ms over slo %lld ms",
-                     (long long)(load->p99_us / 1000), (long long)spec->slo_ms);
+            snprintf(d.reason + len, sizeof(d.reason) - (size_t)len,
+                     ", p99 %lld ms over slo %lld ms", (long long)(load->p99_us / 1000),
+                     (long long)spec->slo_ms);
         return d;
     }
     if (spare && idlest >= 0 && now_ms - st->spare_since_ms >= opt->scale_in_after_ms) {

@@ -80,12 +80,13 @@ typedef struct mw_dataplane_stats {
                           held or being sent */
     int64_t processed; /* batches this stage computed (one stage call each) */
     int64_t rows;      /* rows in them: rows / processed is the mean batch */
-    int64_t compute_us; /* time spent in stage calls: its growth over wall time is how busy */
     int64_t results;   /* origin: results committed (ok and error) */
     int64_t errors;    /* origin: error results (each with a DLQ copy) */
     int64_t replays;   /* origin: dispatches after the first (attempt > 1) */
     int64_t aborts;    /* abort frames sent upstream */
     int64_t worlds;    /* worlds handed over and usable */
+
+    int64_t compute_us; /* time in stage calls: its growth over wall time is how busy */
 } mw_dataplane_stats_t;
 
 /* A snapshot of the counters. Any thread. */

@@ -324,9 +324,8 @@ static void report_activity(worker_t *w)
                      "HSET %s processed %lld rows %lld compute_us %lld results %lld errors %lld "
                      "replays %lld aborts %lld inflight %lld",
                      key, (long long)st.processed, (long long)st.rows, (long long)st.compute_us,
-                     (long long)st.results,
-                     (long long)st.errors, (long long)st.replays, (long long)st.aborts,
-                     (long long)st.inflight) != MW_OK)
+                     (long long)st.results, (long long)st.errors, (long long)st.replays,
+                     (long long)st.aborts, (long long)st.inflight) != MW_OK)
         return;
     freeReplyObject(reply);
     int64_t ttl = 10 * w->cfg->heartbeat_ttl_ms;

@@ -103,8 +103,8 @@ static int parse_stage(const cJSON *js, mw_stage_spec_t *st, const char *where, 
         }
     }
     if (st->max != 0 && st->max < st->min)
-        return mw_errf(MW_EINVAL, errstr, errstr_size, "%s: \"max\" %d is below \"min\" %d",
-                       where, st->max, st->min);
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "%s: \"max\" %d is below \"min\" %d", where,
+                       st->max, st->min);
     return MW_OK;
 }
 

@@ -23,7 +23,7 @@ typedef struct mw_pipeline_spec {
     char name[MW_PIPELINE_NAME_MAX];
     int nstages;
     char model[MW_PIPELINE_MODEL_MAX]; /* model path, "" when not given */
-    int64_t slo_ms; /* end-to-end latency target (p99), 0 when not given */
+    int64_t slo_ms;                    /* end-to-end latency target (p99), 0 when not given */
     mw_stage_spec_t stages[MW_PIPELINE_MAX_STAGES];
 } mw_pipeline_spec_t;
 

@@ -74,8 +74,8 @@ static int parse_slots(agent_t *a, const char *text, char *err, size_t errsize)
         errno = 0;
         long n = strtol(text + 4, &end, 10);
         if (errno != 0 || end == text + 4 || *end != '\0' || n < 1 || n > SLOTS_MAX)
-            return mw_errf(MW_EINVAL, err, errsize,
-                           "agent.slots '%s': cpu:N needs N in 1..%d", text, SLOTS_MAX);
+            return mw_errf(MW_EINVAL, err, errsize, "agent.slots '%s': cpu:N needs N in 1..%d",
+                           text, SLOTS_MAX);
         for (int i = 0; i < n; i++) {
             snprintf(a->slots[i].name, sizeof(a->slots[i].name), "%s/cpu#%d", a->host, i);
             snprintf(a->slots[i].device, sizeof(a->slots[i].device), "cpu");
@@ -84,8 +84,8 @@ static int parse_slots(agent_t *a, const char *text, char *err, size_t errsize)
         return MW_OK;
     }
     if (strncmp(text, "cuda:", 5) != 0)
-        return mw_errf(MW_EINVAL, err, errsize,
-                       "agent.slots '%s': expected cpu:N or cuda:0,1,...", text);
+        return mw_errf(MW_EINVAL, err, errsize, "agent.slots '%s': expected cpu:N or cuda:0,1,...",
+                       text);
     const char *p = text + 5;
     for (;;) {
         errno = 0;
@@ -243,8 +243,7 @@ static void take_over(agent_t *a, slot_t *s, int adopt_mine)
         return;
     }
     const mw_pipeline_spec_t *ps = mw_pipelines_find(&a->spec, pipeline);
-    if (!adopt_mine || strcmp(owner, a->id) != 0 || ps == NULL || stage < 0 ||
-        stage >= ps->nstages)
+    if (!adopt_mine || strcmp(owner, a->id) != 0 || ps == NULL || stage < 0 || stage >= ps->nstages)
         return; /* another agent's, or a pipeline this one does not serve */
     s->pid = (pid_t)pid;
     s->pipeline = (size_t)(ps - a->spec.items);
@@ -261,8 +260,8 @@ static int read_desired(agent_t *a, size_t p, int *desired)
     const mw_pipeline_spec_t *ps = &a->spec.items[p];
     char key[MW_KEY_MAX];
     redisReply *reply = NULL;
-    if (mw_redis_cmd(a->r, &reply, "HGETALL %s", mw_key_desired(a->r, ps->name, key, sizeof(key))) !=
-        MW_OK)
+    if (mw_redis_cmd(a->r, &reply, "HGETALL %s",
+                     mw_key_desired(a->r, ps->name, key, sizeof(key))) != MW_OK)
         return 0;
     int found = 0;
     for (size_t i = 0; reply->type == REDIS_REPLY_ARRAY && i + 1 < reply->elements; i += 2) {

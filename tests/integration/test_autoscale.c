@@ -25,10 +25,10 @@
 
 /* The middle stage's cost per stage call, and one row per call: a worker there
  * serves about 1e6 / DELAY_US requests a second; the others far more. */
-#define DELAY_US  40000
-#define LOW_RATE  5  /* requests/s: the middle stage a fifth busy */
-#define HIGH_RATE 65 /* more than two middle workers serve, less than three */
-#define MAX_MID   3
+#define DELAY_US     40000
+#define LOW_RATE     5  /* requests/s: the middle stage a fifth busy */
+#define HIGH_RATE    65 /* more than two middle workers serve, less than three */
+#define MAX_MID      3
 #define MAX_REQUESTS 20000 /* room in a tally opened before the last request is sent */
 
 typedef struct fixture {
@@ -111,12 +111,13 @@ static void start_agent(fixture_t *f, const char *command)
         spawn_into(args, argv, &n, "--agent.worker_command=%s", command);
     else
         spawn_into(args, argv, &n,
-               "--agent.worker_command=d=; [ \"$MW_WORKER_STAGE\" = 1 ] && "
-               "d=--worker.compute_delay_us=%d; exec %s --redis.port=%lld --cluster.name=%s "
-               "--kafka.bootstrap.servers=%s --heartbeat.interval_ms=100 "
-               "--heartbeat.ttl_ms=%lld --batch.max_rows=1 --log.level=warn $d",
-               DELAY_US, mwt_bin("mw-worker"), (long long)f->p->cfg.redis_port, f->p->cfg.cluster,
-               mw_config_kafka_get(&f->p->cfg, "bootstrap.servers"), (long long)mwt_scaled(1500));
+                   "--agent.worker_command=d=; [ \"$MW_WORKER_STAGE\" = 1 ] && "
+                   "d=--worker.compute_delay_us=%d; exec %s --redis.port=%lld --cluster.name=%s "
+                   "--kafka.bootstrap.servers=%s --heartbeat.interval_ms=100 "
+                   "--heartbeat.ttl_ms=%lld --batch.max_rows=1 --log.level=warn $d",
+                   DELAY_US, mwt_bin("mw-worker"), (long long)f->p->cfg.redis_port,
+                   f->p->cfg.cluster, mw_config_kafka_get(&f->p->cfg, "bootstrap.servers"),
+                   (long long)mwt_scaled(1500));
     argv[n] = NULL;
     f->agent = mwt_spawn(argv);
     assert_true(f->agent > 0);
@@ -176,8 +177,8 @@ static int teardown(void **state)
 }
 
 /* A numeric field of hash kind:{pipeline} (load, desired); -1 when absent. */
-static double field(fixture_t *f, const char *(*key_of)(const mw_redis_t *, const char *, char *,
-                                                        size_t),
+static double field(fixture_t *f,
+                    const char *(*key_of)(const mw_redis_t *, const char *, char *, size_t),
                     const char *name)
 {
     char key[MW_KEY_MAX];
@@ -369,9 +370,9 @@ static void worker_exiting_at_once_is_backed_off_and_reported(void **state)
     char key[MW_KEY_MAX], id[160];
     snprintf(id, sizeof(id), "agent-%s", f->p->name);
     redisReply *reply = NULL;
-    assert_int_equal(mw_redis_cmd(f->r, &reply, "HGET %s exits",
-                                  mw_key_agent(f->r, id, key, sizeof(key))),
-                     MW_OK);
+    assert_int_equal(
+        mw_redis_cmd(f->r, &reply, "HGET %s exits", mw_key_agent(f->r, id, key, sizeof(key))),
+        MW_OK);
     assert_int_equal(reply->type, REDIS_REPLY_STRING);
     assert_true(atoi(reply->str) >= 3 * 3);
     freeReplyObject(reply);
@@ -461,8 +462,7 @@ static void killed_agent_and_coordinator_freeze_the_pool_while_serving_continues
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(load_ramp_scales_the_slow_middle_stage_out_and_back_in,
-                                  teardown),
+        cmocka_unit_test_teardown(load_ramp_scales_the_slow_middle_stage_out_and_back_in, teardown),
         cmocka_unit_test_teardown(worker_exiting_at_once_is_backed_off_and_reported, teardown),
         cmocka_unit_test_teardown(
             killed_agent_and_coordinator_freeze_the_pool_while_serving_continues, teardown),

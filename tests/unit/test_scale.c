@@ -14,9 +14,11 @@
 
 #include <cmocka.h>
 
-static const mw_scale_options_t opt = {
-    .busy_high = 0.85, .busy_low = 0.5, .lag_min = 100, .cooldown_ms = 1000,
-    .scale_in_after_ms = 5000};
+static const mw_scale_options_t opt = {.busy_high = 0.85,
+                                       .busy_low = 0.5,
+                                       .lag_min = 100,
+                                       .cooldown_ms = 1000,
+                                       .scale_in_after_ms = 5000};
 
 static mw_pipelines_t spec_of(const char *text)
 {
