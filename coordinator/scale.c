@@ -42,7 +42,7 @@ mw_scale_decision_t mw_scale_decide(mw_scale_state_t *st, const mw_pipeline_spec
     double idlest_after = 2;
     for (int s = 0; s < spec->nstages; s++) {
         const mw_stage_load_t *sl = &load->stages[s];
-        settled &= sl->workers == st->desired[s];
+        settled &= sl->workers >= st->desired[s]; /* more: started by hand, or draining soon */
         unmeasured |= sl->measured == 0;
         if (busiest < 0 || sl->busy > load->stages[busiest].busy)
             busiest = s;
