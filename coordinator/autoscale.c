@@ -20,6 +20,7 @@ struct mw_autoscale {
     const mw_config_t *cfg;
     const mw_pipelines_t *spec;
     mw_history_t *history;
+    mw_lease_t *lease;
     mw_load_t *load;
     mw_scale_state_t *state; /* per pipeline */
     mw_scale_options_t opt;
@@ -28,7 +29,7 @@ struct mw_autoscale {
 };
 
 mw_autoscale_t *mw_autoscale_new(const mw_config_t *cfg, const mw_pipelines_t *spec,
-                                 mw_history_t *history)
+                                 mw_history_t *history, mw_lease_t *lease)
 {
     mw_autoscale_t *a = calloc(1, sizeof(*a));
     if (a == NULL)
@@ -36,6 +37,7 @@ mw_autoscale_t *mw_autoscale_new(const mw_config_t *cfg, const mw_pipelines_t *s
     a->cfg = cfg;
     a->spec = spec;
     a->history = history;
+    a->lease = lease;
     a->load = mw_load_new(spec, cfg->autoscale_window_ms);
     a->state = calloc(spec->count + 1, sizeof(*a->state));
     a->lag = calloc(spec->count + 1, sizeof(*a->lag));
@@ -92,21 +94,21 @@ static int read_desired(mw_redis_t *r, const mw_pipeline_spec_t *ps, int *counts
     return found == ps->nstages;
 }
 
-static int write_desired(mw_redis_t *r, const mw_pipeline_spec_t *ps, const int *desired)
+/* desired:{P}, fenced: a deposed leader's decision is not published. */
+static int write_desired(mw_autoscale_t *a, mw_redis_t *r, const mw_pipeline_spec_t *ps,
+                         const int *desired)
 {
     char key[MW_KEY_MAX];
     char text[2 * MW_PIPELINE_MAX_STAGES][16];
-    const char *argv[2 + 2 * MW_PIPELINE_MAX_STAGES];
-    int argc = 0;
-    argv[argc++] = "HSET";
-    argv[argc++] = mw_key_desired(r, ps->name, key, sizeof(key));
+    const char *fields[2 * MW_PIPELINE_MAX_STAGES];
     for (int s = 0; s < ps->nstages; s++) {
         snprintf(text[2 * s], sizeof(text[0]), "%d", s);
         snprintf(text[2 * s + 1], sizeof(text[0]), "%d", desired[s]);
-        argv[argc++] = text[2 * s];
-        argv[argc++] = text[2 * s + 1];
+        fields[2 * s] = text[2 * s];
+        fields[2 * s + 1] = text[2 * s + 1];
     }
-    return mw_redis_argv(r, NULL, argc, argv, NULL);
+    return mw_lease_hset(a->lease, mw_key_desired(r, ps->name, key, sizeof(key)), ps->nstages,
+                         fields);
 }
 
 static void decide(mw_autoscale_t *a, mw_redis_t *r, size_t p, int64_t now)
@@ -123,7 +125,7 @@ static void decide(mw_autoscale_t *a, mw_redis_t *r, size_t p, int64_t now)
                 counts[s] = pl->stages[s].workers;
         }
         mw_scale_init(st, ps, counts);
-        if (write_desired(r, ps, st->desired) != MW_OK)
+        if (write_desired(a, r, ps, st->desired) != MW_OK)
             st->initialized = 0;
         return;
     }
@@ -136,7 +138,7 @@ static void decide(mw_autoscale_t *a, mw_redis_t *r, size_t p, int64_t now)
     snprintf(from, sizeof(from), "%d", d.from);
     snprintf(to, sizeof(to), "%d", d.to);
     snprintf(msg, sizeof(msg), "stage=%d from %d to %d: %s", d.stage, d.from, d.to, d.reason);
-    if (write_desired(r, ps, st->desired) != MW_OK) {
+    if (write_desired(a, r, ps, st->desired) != MW_OK) {
         st->desired[d.stage] = d.from; /* not published: decide again next time */
         return;
     }

@@ -11,13 +11,15 @@
 #include "cluster/pipeline.h"
 #include "config.h"
 #include "history.h"
+#include "lease.h"
 #include "redis.h"
 
 typedef struct mw_autoscale mw_autoscale_t;
 
-/* cfg, spec and history are borrowed and must outlive the handle. NULL when out of memory. */
+/* cfg, spec, history and lease are borrowed and must outlive the handle;
+ * desired:{P} is written through lease (fenced). NULL when out of memory. */
 mw_autoscale_t *mw_autoscale_new(const mw_config_t *cfg, const mw_pipelines_t *spec,
-                                 mw_history_t *history);
+                                 mw_history_t *history, mw_lease_t *lease);
 
 /* Leadership was (re)gained: the next tick starts each pipeline from its
  * published desired counts (or, when none, from the workers at each stage). */

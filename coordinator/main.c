@@ -281,7 +281,7 @@ int main(int argc, char **argv)
     c.r = mw_redis_new(&cfg, 1, err, sizeof(err));
     c.lease = c.r ? mw_lease_new(c.r, id, cfg.coordinator_lease_ms, cfg.events_maxlen) : NULL;
     c.history = mw_history_new(&cfg, &c.spec);
-    c.autoscale = c.history ? mw_autoscale_new(&cfg, &c.spec, c.history) : NULL;
+    c.autoscale = c.history && c.lease ? mw_autoscale_new(&cfg, &c.spec, c.history, c.lease) : NULL;
     if (c.r == NULL || c.lease == NULL || c.autoscale == NULL) {
         fprintf(stderr, "mw-coordinator: %s\n", c.r ? "out of memory" : err);
         goto out_spec;
