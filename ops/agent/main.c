@@ -303,7 +303,7 @@ static void act(agent_t *a)
             }
             if (mine != NULL &&
                 mw_pool_shrink(a->r, a->spec.items[p].name, st, a->id, mine->name) == 1) {
-                kill(mine->pid, SIGTERM);
+                kill(-mine->pid, SIGTERM); /* its group: sh -c without exec too */
                 mine->draining = 1;
                 char msg[512];
                 snprintf(msg, sizeof(msg), "draining worker pid %lld of %s stage %d on %s",
