@@ -1,6 +1,6 @@
 /* Autoscaling with real processes (issue 18): a 3-stage pipeline whose middle
  * stage is slower (worker.compute_delay_us), a leading coordinator measuring
- * load and deciding desired counts, and a real mw-agent starting and draining
+ * load and deciding desired counts, and real mw-agents starting and draining
  * mw-worker processes. A load ramp low -> high -> low must add workers to the
  * middle stage only while the backlog grows, remove them once the load falls,
  * explain each step in an event, and answer every request exactly once. */
@@ -34,7 +34,7 @@
 typedef struct fixture {
     mwt_pipeline_t *p;
     mw_redis_t *r;
-    pid_t agent;
+    pid_t agent, agent2; /* agent-{P}; agent2-{P} when a second one shares the slots */
     float *expected;
     mwt_tally_t t;
 } fixture_t;
@@ -93,16 +93,18 @@ static void start_coordinator(fixture_t *f)
     assert_true(f->p->coordinator > 0);
 }
 
-/* The agent: 8 cpu slots; workers whose stage 1 is slow, or with command
- * (not NULL) as agent.worker_command. */
+/* An agent (agent-{P}, or agent2-{P} while that one runs): 8 cpu slots of this
+ * host; workers whose stage 1 is slow, or with command (not NULL) as
+ * agent.worker_command. */
 static void start_agent(fixture_t *f, const char *command)
 {
+    int second = f->agent > 0;
     char args[24][1200];
     char *argv[25];
     int n = 0;
     spawn_into(args, argv, &n, "%s", mwt_bin("mw-agent"));
     common_flags(f, args, argv, &n);
-    spawn_into(args, argv, &n, "--agent.id=agent-%s", f->p->name);
+    spawn_into(args, argv, &n, "--agent.id=agent%s-%s", second ? "2" : "", f->p->name);
     spawn_into(args, argv, &n, "--agent.slots=cpu:8");
     spawn_into(args, argv, &n, "--agent.interval_ms=200");
     spawn_into(args, argv, &n, "--agent.backoff_ms=200");
@@ -119,8 +121,22 @@ static void start_agent(fixture_t *f, const char *command)
                    f->p->cfg.cluster, mw_config_kafka_get(&f->p->cfg, "bootstrap.servers"),
                    (long long)mwt_scaled(1500));
     argv[n] = NULL;
-    f->agent = mwt_spawn(argv);
-    assert_true(f->agent > 0);
+    pid_t pid = mwt_spawn(argv);
+    assert_true(pid > 0);
+    *(second ? &f->agent2 : &f->agent) = pid;
+}
+
+/* SIGKILL to the agents; their workers keep running. */
+static void kill_agents(fixture_t *f)
+{
+    pid_t *agents[] = {&f->agent, &f->agent2};
+    for (int i = 0; i < 2; i++) {
+        if (*agents[i] > 0) {
+            kill(-*agents[i], SIGKILL);
+            mwt_wait_exit(*agents[i], 5000);
+        }
+        *agents[i] = 0;
+    }
 }
 
 /* A pipeline with the autoscaling coordinator and an agent running command. */
@@ -162,10 +178,7 @@ static int teardown(void **state)
     fixture_t *f = *state;
     if (f == NULL)
         return 0;
-    if (f->agent > 0) {
-        kill(-f->agent, SIGKILL);
-        mwt_wait_exit(f->agent, 5000);
-    }
+    kill_agents(f);
     kill_pool(f);
     mwt_pipeline_destroy(f->p);
     mw_redis_destroy(f->r);
@@ -264,9 +277,27 @@ static int pool_at_min(fixture_t *f)
            mwt_pipeline_origins_assigned(f->p) > 0;
 }
 
+/* Workers of the pipeline that agents run, from `slots` (pid 0 while starting). */
+static int slots_in_use(fixture_t *f)
+{
+    char key[MW_KEY_MAX], pipeline[160];
+    redisReply *reply = NULL;
+    long long pid;
+    int n = 0;
+    if (mw_redis_cmd(f->r, &reply, "HVALS %s", mw_key(f->r, MW_KEY_SLOTS, key, sizeof(key))) !=
+        MW_OK)
+        return -1;
+    for (size_t i = 0; reply->type == REDIS_REPLY_ARRAY && i < reply->elements; i++)
+        n += sscanf(reply->element[i]->str, "%*s %lld %159s", &pid, pipeline) == 2 &&
+             strcmp(pipeline, f->p->name) == 0;
+    freeReplyObject(reply);
+    return n;
+}
+
 static void load_ramp_scales_the_slow_middle_stage_out_and_back_in(void **state)
 {
     fixture_t *f = fixture_new(state, "ramp", NULL);
+    start_agent(f, NULL); /* a second agent on the same slots: they share, never overshoot */
     /* Nothing is desired yet: the coordinator starts every stage at its min. */
     if (!mwt_wait_for(pool_at_min(f), mwt_scaled(30000)))
         fail_msg("the agent did not start one worker per stage (workers %d %d %d)", workers(f, 0),
@@ -286,6 +317,7 @@ static void load_ramp_scales_the_slow_middle_stage_out_and_back_in(void **state)
                  MAX_MID, HIGH_RATE, desired(f, 1), workers(f, 1), field(f, mw_key_load, "1.busy"),
                  field(f, mw_key_load, "lag"));
     int64_t t_max = mw_now_ms();
+    assert_int_equal(slots_in_use(f), 1 + MAX_MID + 1);
     /* The operator sees the measured load and the desired counts. */
     char cmd[1024], text[16384];
     snprintf(cmd, sizeof(cmd), "%s --redis.port=%lld --cluster.name=%s status 2>&1",
@@ -320,9 +352,7 @@ static void load_ramp_scales_the_slow_middle_stage_out_and_back_in(void **state)
     if (mwt_pipeline_read(f->p, "results", &f->t, sent, f->expected, sent, mwt_scaled(60000)) !=
         sent)
         fail_msg("%d of %d requests answered", f->t.distinct, sent);
-    kill(-f->agent, SIGKILL);
-    mwt_wait_exit(f->agent, 5000);
-    f->agent = 0;
+    kill_agents(f);
     kill_pool(f);
     mwt_pipeline_check_exactly_once(f->p, &f->t, sent, f->expected, NULL, NULL);
     printf("ramp: %d requests; out to %d middle workers %.1f s after the step up, back to 1 "
@@ -414,9 +444,7 @@ static void killed_agent_and_coordinator_freeze_the_pool_while_serving_continues
     int nbefore = pool_pids(f, before, 8);
     assert_int_equal(nbefore, 3);
 
-    kill(-f->agent, SIGKILL);
-    mwt_wait_exit(f->agent, 5000);
-    f->agent = 0;
+    kill_agents(f);
     kill(-f->p->coordinator, SIGKILL);
     mwt_wait_exit(f->p->coordinator, 5000);
     f->p->coordinator = 0;
@@ -452,9 +480,7 @@ static void killed_agent_and_coordinator_freeze_the_pool_while_serving_continues
     if (mwt_pipeline_read(f->p, "results", &f->t, MAX_REQUESTS, f->expected, sent,
                           mwt_scaled(60000)) != sent)
         fail_msg("%d of %d requests answered", f->t.distinct, sent);
-    kill(-f->agent, SIGKILL);
-    mwt_wait_exit(f->agent, 5000);
-    f->agent = 0;
+    kill_agents(f);
     kill_pool(f);
     mwt_pipeline_check_exactly_once(f->p, &f->t, sent, f->expected, NULL, NULL);
 }
