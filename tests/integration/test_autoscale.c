@@ -485,9 +485,35 @@ static void killed_agent_and_coordinator_freeze_the_pool_while_serving_continues
     mwt_pipeline_check_exactly_once(f->p, &f->t, sent, f->expected, NULL, NULL);
 }
 
+static void bad_agent_slots_and_command_are_refused_with_a_message(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *flags, *expect;
+    } cases[] = {
+        {"--agent.slots=gpu:0", "expected cpu:N or cuda:0,1,..."},
+        {"--agent.slots=cpu:0", "cpu:N needs N in 1..256"},
+        {"--agent.slots=cpu:2x", "cpu:N needs N in 1..256"},
+        {"--agent.slots=cuda:1,x", "cuda: needs a list of device numbers 0..1023"},
+        {"--agent.slots=cuda:0,1,0", "cuda:0 listed twice"},
+        {"--agent.worker_command=", "agent.worker_command is empty"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char cmd[1024], out[1024];
+        snprintf(cmd, sizeof(cmd),
+                 "%s --pipeline.spec=p:2 --agent.worker_command=true %s 2>&1; echo \"rc=$?\"",
+                 mwt_bin("mw-agent"), cases[i].flags);
+        assert_int_equal(mwt_run(cmd, out, sizeof(out)), 0);
+        if (strstr(out, cases[i].expect) == NULL || strstr(out, "rc=2") == NULL)
+            fail_msg("mw-agent %s: expected '%s' and exit status 2, got: %s", cases[i].flags,
+                     cases[i].expect, out);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(bad_agent_slots_and_command_are_refused_with_a_message),
         cmocka_unit_test_teardown(load_ramp_scales_the_slow_middle_stage_out_and_back_in, teardown),
         cmocka_unit_test_teardown(worker_exiting_at_once_is_backed_off_and_reported, teardown),
         cmocka_unit_test_teardown(
