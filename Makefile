@@ -1,6 +1,6 @@
 # mwserve: one non-recursive Makefile. `make help` lists the targets.
 #
-#   make                 build build/libmw.a and build/bin/{mw-worker,mw-coordinator,mwctl}
+#   make                 build build/libmw.a and build/bin/{mw-worker,mw-coordinator,mwctl,mw-agent}
 #   make test            deps + unit + integration (real Redis and Kafka) + fuzz corpus replay
 #   make run             deps + a local Redis, Kafka and mwserve cluster (ops/run-local.sh)
 #   make SANITIZE=address,undefined test   the same, built with sanitizers (in build/san)
@@ -108,7 +108,7 @@ LIB_SRCS := $(filter-out $(GPU_NCCL_SRCS) $(GPU_IPC_SRCS) $(GPU_CUDA_SRCS),$(COM
 LIB_CU_SRCS := $(if $(HAVE_CUBLAS),$(GPU_CU_SRCS))
 # Program code other than main() goes into libmwapp.a so tests can link it.
 APP_SRCS := $(filter-out %/main.c,$(wildcard coordinator/*.c worker/*.c ops/mwctl/*.c))
-PROGRAMS := $(foreach p,mw-worker:worker mw-coordinator:coordinator mwctl:ops/mwctl,\
+PROGRAMS := $(foreach p,mw-worker:worker mw-coordinator:coordinator mwctl:ops/mwctl mw-agent:ops/agent,\
               $(if $(wildcard $(lastword $(subst :, ,$(p)))/main.c),$(p)))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
@@ -224,7 +224,7 @@ deps:
 
 # --- code hygiene -----------------------------------------------------------
 FORMAT_SRCS := $(wildcard common/*.[ch] common/*/*.[ch] topics/*.[ch] coordinator/*.[ch] worker/*.[ch] \
-                 ops/mwctl/*.[ch] tests/*/*.[ch])
+                 ops/mwctl/*.[ch] ops/agent/*.[ch] tests/*/*.[ch])
 
 format:
 	clang-format -i $(FORMAT_SRCS)
@@ -235,7 +235,7 @@ format-check:
 lint:
 	cppcheck --quiet --error-exitcode=1 --std=c11 --enable=warning,portability,performance \
 	    --inline-suppr --suppress=missingIncludeSystem -D__GNUC__ -Icommon -I. \
-	    common topics coordinator worker ops/mwctl
+	    common topics coordinator worker ops/mwctl ops/agent
 
 clean:
 	rm -rf build

@@ -55,6 +55,21 @@ typedef struct mw_config {
     int64_t worker_capacity;         /* worker.capacity */
     int64_t worker_drain_timeout_ms; /* worker.drain_timeout_ms */
 
+    /* autoscaling (coordinator/autoscale.c) and the host agent (ops/agent/) */
+    int64_t autoscale_interval_ms;       /* autoscale.interval_ms: decision period */
+    int64_t autoscale_window_ms;         /* autoscale.window_ms: measurement window */
+    int64_t autoscale_busy_high_pct;     /* autoscale.busy_high_pct: bottleneck threshold */
+    int64_t autoscale_busy_low_pct;      /* autoscale.busy_low_pct: spare-capacity threshold */
+    int64_t autoscale_lag_min;           /* autoscale.lag_min: backlog that can scale out */
+    int64_t autoscale_cooldown_ms;       /* autoscale.cooldown_ms: between two decisions */
+    int64_t autoscale_scale_in_after_ms; /* autoscale.scale_in_after_ms: sustained spare */
+    char agent_id[64];                   /* agent.id ("": host name) */
+    char agent_slots[256];               /* agent.slots: cpu:N | cuda:0,1,... */
+    char agent_worker_command[1024];     /* agent.worker_command: sh -c, starts a worker */
+    int64_t agent_interval_ms;           /* agent.interval_ms: agent loop period */
+    int64_t agent_backoff_ms;            /* agent.backoff_ms: first restart backoff */
+    int64_t agent_backoff_max_ms;        /* agent.backoff_max_ms: longest restart backoff */
+
     /* data plane (worker/dataplane.c, worker/origin.c) */
     char model_path[MW_CFG_STR_MAX];    /* model.path: used when the pipeline names no model */
     int64_t worker_max_inflight;        /* worker.max_inflight: origin window (pauses input) */

@@ -99,15 +99,21 @@ void mw_history_sample(mw_history_t *h, mw_redis_t *r)
             if (reply->element[i]->type == REDIS_REPLY_STRING)
                 v[i] = atoll(reply->element[i]->str);
         freeReplyObject(reply);
-        pthread_mutex_lock(&h->lock);
-        long long lag = (long long)h->total[p];
-        pthread_mutex_unlock(&h->lock);
+        long long lag = (long long)mw_history_lag(h, p);
         if (mw_redis_cmd(r, &reply,
                          "XADD %s MAXLEN ~ %d * results %lld errors %lld replays %lld lag %lld",
                          mw_key_history(r, name, history, sizeof(history)), MW_HISTORY_MAXLEN, v[0],
                          v[1], v[2], lag) == MW_OK)
             freeReplyObject(reply);
     }
+}
+
+int64_t mw_history_lag(mw_history_t *h, size_t p)
+{
+    pthread_mutex_lock(&h->lock);
+    int64_t lag = h->total[p];
+    pthread_mutex_unlock(&h->lock);
+    return lag;
 }
 
 void mw_history_destroy(mw_history_t *h)

@@ -20,6 +20,10 @@ mw_history_t *mw_history_new(const mw_config_t *cfg, const mw_pipelines_t *spec)
  * unknown (Kafka unreachable, no topic yet). */
 void mw_history_sample(mw_history_t *h, mw_redis_t *r);
 
+/* The last total lag the lag thread read for pipeline p (index in the spec);
+ * -1 while unknown. */
+int64_t mw_history_lag(mw_history_t *h, size_t p);
+
 /* Stops the lag thread; accepts NULL. */
 void mw_history_destroy(mw_history_t *h);
 

@@ -82,6 +82,16 @@ static mw_redis_script_t publish_script = {
     {0},
 };
 
+/* KEYS: coordinator, epoch, hash. ARGV: id, epoch, field, value, ... */
+static mw_redis_script_t hset_script = {
+    "fenced_hset",
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then\n"
+    "  return redis.error_reply('FENCED not the leader of epoch ' .. ARGV[2])\n"
+    "end\n"
+    "return redis.call('HSET', KEYS[3], unpack(ARGV, 3))\n",
+    {0},
+};
+
 /* KEYS: coordinator, epoch, workers, events.
  * ARGV: id, epoch, ttl_ms, maxlen, worker hash prefix (worker:{id} without the id). */
 static mw_redis_script_t sweep_script = {
@@ -236,6 +246,20 @@ int mw_lease_publish(mw_lease_t *l, const char *plan_json, int64_t version, cons
     const char *keys[5] = {l->k_coord, l->k_epoch, l->k_plan, l->k_version, l->k_events};
     const char *args[7] = {l->id, epoch, plan_json, ver, maxlen, summary, l->channel};
     return fenced(l, mw_redis_eval(l->r, &publish_script, NULL, 5, keys, 7, args, NULL));
+}
+
+int mw_lease_hset(mw_lease_t *l, const char *key, int nfields, const char *const *fields)
+{
+    char epoch[24];
+    const char *args[2 + 2 * MW_LEASE_HSET_MAX];
+    if (nfields < 1 || nfields > MW_LEASE_HSET_MAX)
+        return MW_EINVAL;
+    snprintf(epoch, sizeof(epoch), "%lld", (long long)l->epoch);
+    args[0] = l->id;
+    args[1] = epoch;
+    memcpy(&args[2], fields, 2 * (size_t)nfields * sizeof(*fields));
+    const char *keys[3] = {l->k_coord, l->k_epoch, key};
+    return fenced(l, mw_redis_eval(l->r, &hset_script, NULL, 3, keys, 2 + 2 * nfields, args, NULL));
 }
 
 int mw_lease_sweep(mw_lease_t *l, int64_t ttl_ms, char (**expired)[64], size_t *n)

@@ -40,6 +40,12 @@ int mw_lease_release(mw_lease_t *l);
  * MW_EFENCED when the lease or epoch moved on (the caller steps down). */
 int mw_lease_publish(mw_lease_t *l, const char *plan_json, int64_t version, const char *summary);
 
+/* Sets nfields (1..MW_LEASE_HSET_MAX) field/value pairs (fields[2i],
+ * fields[2i+1]) of hash key, fenced like publication (MW_EFENCED when the
+ * lease or epoch moved on). */
+#define MW_LEASE_HSET_MAX 64
+int mw_lease_hset(mw_lease_t *l, const char *key, int nfields, const char *const *fields);
+
 /* Removes workers whose last heartbeat (server time) is older than ttl_ms, with an
  * `expire` event each; fenced like publication. *expired (caller frees, may be NULL)
  * gets *n ids, each MW_PLAN-sized (64 bytes). */

@@ -1,6 +1,7 @@
 /* mw-coordinator: lease, sweep, read workers, plan, publish; standbys wait their turn. */
 #include "clock.h"
 #include "program.h"
+#include "autoscale.h"
 #include "config.h"
 #include "err.h"
 #include "cluster/events.h"
@@ -88,6 +89,7 @@ typedef struct coord {
     mw_lease_t *lease;
     mw_pipelines_t spec;
     mw_history_t *history;
+    mw_autoscale_t *autoscale;
     mw_plan_t *prev; /* last plan published or read (the planner's previous plan) */
     int have_prev;   /* prev is current for this leadership */
     int64_t version; /* version of prev */
@@ -141,7 +143,7 @@ static void count_changes(const mw_plan_t *a, const mw_plan_t *b, size_t *added,
         *removed += mw_plan_find_world(b, a->worlds[i].name) == NULL;
 }
 
-/* One leader iteration: sweep, read, plan, publish when changed. */
+/* One leader iteration: sweep, read, measure load and scale, plan, publish when changed. */
 static void lead_once(coord_t *c)
 {
     char err[512];
@@ -179,6 +181,7 @@ static void lead_once(coord_t *c)
         else
             mw_member_to_plan(&recs[i], &members[nm++]);
     }
+    mw_autoscale_tick(c->autoscale, c->r, recs, n);
     free(recs);
 
     mw_plan_options_t opt = {.max_fanout = (int)c->cfg->plan_max_fanout};
@@ -278,7 +281,8 @@ int main(int argc, char **argv)
     c.r = mw_redis_new(&cfg, 1, err, sizeof(err));
     c.lease = c.r ? mw_lease_new(c.r, id, cfg.coordinator_lease_ms, cfg.events_maxlen) : NULL;
     c.history = mw_history_new(&cfg, &c.spec);
-    if (c.r == NULL || c.lease == NULL || c.history == NULL) {
+    c.autoscale = c.history && c.lease ? mw_autoscale_new(&cfg, &c.spec, c.history, c.lease) : NULL;
+    if (c.r == NULL || c.lease == NULL || c.autoscale == NULL) {
         fprintf(stderr, "mw-coordinator: %s\n", c.r ? "out of memory" : err);
         goto out_spec;
     }
@@ -311,8 +315,10 @@ int main(int argc, char **argv)
             c.redis_down = 0;
         }
         if (lead == 1) {
-            if (!was_leader)
+            if (!was_leader) {
                 c.have_prev = 0;
+                mw_autoscale_reset(c.autoscale);
+            }
             if (!c.have_prev)
                 load_published(&c);
             if (c.have_prev)
@@ -340,6 +346,7 @@ int main(int argc, char **argv)
     free(c.reported.keys);
     free(c.reported.mark);
 out_spec:
+    mw_autoscale_destroy(c.autoscale);
     mw_history_destroy(c.history);
     mw_lease_destroy(c.lease);
     mw_redis_destroy(c.r);

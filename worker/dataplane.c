@@ -56,6 +56,7 @@ static uint64_t random_u64(void)
 int mw_dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *data,
                   mw_tensor_desc_t *out_desc, const void **out, char *errstr, size_t errstr_size)
 {
+    int64_t t0 = mw_now_us();
     int rc = mw_stage_run(dp->st, desc, data, out_desc, out, errstr, errstr_size);
     uint64_t numel;
     if (dp->cfg.worker_compute_delay_us > 0) { /* a slower device, for tests */
@@ -63,6 +64,7 @@ int mw_dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *
                               .tv_nsec = (dp->cfg.worker_compute_delay_us % 1000000) * 1000};
         nanosleep(&ts, NULL);
     }
+    dp->counters.compute_us += mw_now_us() - t0;
     if (rc == MW_OK) {
         dp->counters.processed++;
         if (mw_tensor_numel(out_desc, &numel) == MW_OK && out_desc->shape[out_desc->ndim - 1] > 0)

@@ -85,6 +85,8 @@ typedef struct mw_dataplane_stats {
     int64_t replays;   /* origin: dispatches after the first (attempt > 1) */
     int64_t aborts;    /* abort frames sent upstream */
     int64_t worlds;    /* worlds handed over and usable */
+
+    int64_t compute_us; /* time in stage calls: its growth over wall time is how busy */
 } mw_dataplane_stats_t;
 
 /* A snapshot of the counters. Any thread. */

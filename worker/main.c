@@ -321,11 +321,11 @@ static void report_activity(worker_t *w)
     mw_key_stats(w->r, w->info.pipeline, totals, sizeof(totals));
     redisReply *reply = NULL;
     if (mw_redis_cmd(w->r, &reply,
-                     "HSET %s processed %lld rows %lld results %lld errors %lld replays %lld "
-                     "aborts %lld inflight %lld",
-                     key, (long long)st.processed, (long long)st.rows, (long long)st.results,
-                     (long long)st.errors, (long long)st.replays, (long long)st.aborts,
-                     (long long)st.inflight) != MW_OK)
+                     "HSET %s processed %lld rows %lld compute_us %lld results %lld errors %lld "
+                     "replays %lld aborts %lld inflight %lld",
+                     key, (long long)st.processed, (long long)st.rows, (long long)st.compute_us,
+                     (long long)st.results, (long long)st.errors, (long long)st.replays,
+                     (long long)st.aborts, (long long)st.inflight) != MW_OK)
         return;
     freeReplyObject(reply);
     int64_t ttl = 10 * w->cfg->heartbeat_ttl_ms;

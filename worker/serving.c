@@ -186,6 +186,7 @@ void mw_serving_stats(mw_serving_t *s, mw_serving_stats_t *stats)
         stats->inflight = d.inflight;
         stats->processed = d.processed;
         stats->rows = d.rows;
+        stats->compute_us = d.compute_us;
         stats->errors = d.errors;
         stats->replays = d.replays;
         stats->results = d.results;

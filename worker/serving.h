@@ -41,7 +41,7 @@ void mw_serving_drain(mw_serving_t *s);
 
 typedef struct mw_serving_stats {
     int64_t worlds_up; /* READY worlds */
-    int64_t inflight, processed, rows, errors, replays;
+    int64_t inflight, processed, rows, compute_us, errors, replays;
     int64_t results, aborts; /* see mw_dataplane_stats_t */
 } mw_serving_stats_t;
 

@@ -12,6 +12,8 @@ static const char *const names[] = {
     [MW_KEY_PLAN_VERSION] = "plan:version",
     [MW_KEY_PLAN_NOTIFY] = "plan:notify",
     [MW_KEY_EVENTS] = "events",
+    [MW_KEY_AGENTS] = "agents",
+    [MW_KEY_SLOTS] = "slots",
 };
 
 const char *mw_key(const mw_redis_t *r, mw_key_t k, char *buf, size_t size)
@@ -38,8 +40,34 @@ const char *mw_key_stats(const mw_redis_t *r, const char *pipeline, char *buf, s
     return buf;
 }
 
+static const char *named(const mw_redis_t *r, const char *kind, const char *name, char *buf,
+                         size_t size)
+{
+    snprintf(buf, size, "%s%s:%s", mw_redis_prefix(r), kind, name);
+    return buf;
+}
+
 const char *mw_key_history(const mw_redis_t *r, const char *pipeline, char *buf, size_t size)
 {
-    snprintf(buf, size, "%shistory:%s", mw_redis_prefix(r), pipeline);
-    return buf;
+    return named(r, "history", pipeline, buf, size);
+}
+
+const char *mw_key_load(const mw_redis_t *r, const char *pipeline, char *buf, size_t size)
+{
+    return named(r, "load", pipeline, buf, size);
+}
+
+const char *mw_key_desired(const mw_redis_t *r, const char *pipeline, char *buf, size_t size)
+{
+    return named(r, "desired", pipeline, buf, size);
+}
+
+const char *mw_key_pool(const mw_redis_t *r, const char *pipeline, char *buf, size_t size)
+{
+    return named(r, "pool", pipeline, buf, size);
+}
+
+const char *mw_key_agent(const mw_redis_t *r, const char *id, char *buf, size_t size)
+{
+    return named(r, "agent", id, buf, size);
 }

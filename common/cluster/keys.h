@@ -21,6 +21,8 @@ typedef enum {
     MW_KEY_PLAN_VERSION, /* plan:version: "<epoch>:<version>" of plan */
     MW_KEY_PLAN_NOTIFY,  /* plan:notify: pub/sub channel of plan notices */
     MW_KEY_EVENTS,       /* events: stream */
+    MW_KEY_AGENTS,       /* agents: sorted set of host agents, score = last report (ms) */
+    MW_KEY_SLOTS,        /* slots: hash, a host's slot -> the agent's worker on it */
 } mw_key_t;
 
 /* Writes key k of r's cluster into buf (size >= MW_KEY_MAX); returns buf. */
@@ -42,5 +44,17 @@ const char *mw_key_stats(const mw_redis_t *r, const char *pipeline, char *buf, s
 /* history:{pipeline}, the stream of the leader's per-second samples of the
  * pipeline's totals. Returns buf. */
 const char *mw_key_history(const mw_redis_t *r, const char *pipeline, char *buf, size_t size);
+
+/* load:{pipeline}, the leader's measured load of the pipeline (hash). Returns buf. */
+const char *mw_key_load(const mw_redis_t *r, const char *pipeline, char *buf, size_t size);
+
+/* desired:{pipeline}, the desired worker count per stage (hash). Returns buf. */
+const char *mw_key_desired(const mw_redis_t *r, const char *pipeline, char *buf, size_t size);
+
+/* pool:{pipeline}, the workers host agents run for the pipeline (hash). Returns buf. */
+const char *mw_key_pool(const mw_redis_t *r, const char *pipeline, char *buf, size_t size);
+
+/* agent:{id}, a host agent's capacity report (hash). Returns buf. */
+const char *mw_key_agent(const mw_redis_t *r, const char *id, char *buf, size_t size);
 
 #endif

@@ -60,6 +60,8 @@ static void default_stages(mw_pipeline_spec_t *ps, int n)
         ps->stages[s].need = 1.0;
         ps->stages[s].layer_begin = -1;
         ps->stages[s].layer_end = -1;
+        ps->stages[s].min = 1;
+        ps->stages[s].max = 0;
     }
 }
 
@@ -88,11 +90,21 @@ static int parse_stage(const cJSON *js, mw_stage_spec_t *st, const char *where, 
                                "%s: \"layers\" must be [first, end] with 0 <= first < end", where);
             st->layer_begin = (int64_t)b->valuedouble;
             st->layer_end = (int64_t)e->valuedouble;
+        } else if (strcmp(f->string, "min") == 0 || strcmp(f->string, "max") == 0) {
+            if (!is_int(f) || f->valuedouble < 1 || f->valuedouble > MW_STAGE_WORKERS_MAX)
+                return mw_errf(MW_EINVAL, errstr, errstr_size,
+                               "%s: \"%s\" must be a whole number of workers, 1..%d", where,
+                               f->string, MW_STAGE_WORKERS_MAX);
+            *(f->string[1] == 'i' ? &st->min : &st->max) = (int)f->valuedouble;
         } else {
             return mw_errf(MW_EINVAL, errstr, errstr_size,
-                           "%s: unknown field \"%s\" (known: need, layers)", where, f->string);
+                           "%s: unknown field \"%s\" (known: need, layers, min, max)", where,
+                           f->string);
         }
     }
+    if (st->max != 0 && st->max < st->min)
+        return mw_errf(MW_EINVAL, errstr, errstr_size, "%s: \"max\" %d is below \"min\" %d", where,
+                       st->max, st->min);
     return MW_OK;
 }
 
@@ -128,6 +140,11 @@ static int parse_one(const cJSON *jp, size_t index, mw_pipelines_t *out, char *e
                                "%s: \"model\" must be a path shorter than %zu bytes", where,
                                sizeof(ps->model));
             snprintf(ps->model, sizeof(ps->model), "%s", f->valuestring);
+        } else if (strcmp(f->string, "slo_ms") == 0) {
+            if (!is_int(f) || f->valuedouble < 1 || f->valuedouble > 86400000)
+                return mw_errf(MW_EINVAL, errstr, errstr_size,
+                               "%s: \"slo_ms\" must be a whole number of ms, 1..86400000", where);
+            ps->slo_ms = (int64_t)f->valuedouble;
         } else if (strcmp(f->string, "stages") == 0) {
             have_stages = 1;
             if (is_int(f)) {
@@ -164,7 +181,7 @@ static int parse_one(const cJSON *jp, size_t index, mw_pipelines_t *out, char *e
             }
         } else {
             return mw_errf(MW_EINVAL, errstr, errstr_size,
-                           "%s: unknown field \"%s\" (known: name, stages, model)", where,
+                           "%s: unknown field \"%s\" (known: name, stages, model, slo_ms)", where,
                            f->string);
         }
     }

@@ -39,6 +39,7 @@ typedef struct view_pipeline {
     size_t nlag;
     char lag_error[256];
     cJSON *history; /* [{ms, results_per_s, errors_per_s, replays_per_s}]; NULL: not read */
+    int desired[MW_PIPELINE_MAX_STAGES]; /* desired:{P} per stage, -1 when not published */
 } view_pipeline_t;
 
 typedef struct view {
@@ -104,6 +105,24 @@ static cJSON *read_history(mw_redis_t *r, const char *pipeline)
     return points;
 }
 
+/* desired:{pipeline} (README, Autoscaling) into desired[stage]; -1 where absent. */
+static void read_desired(mw_redis_t *r, const char *pipeline, int *desired)
+{
+    char key[MW_KEY_MAX];
+    redisReply *reply = NULL;
+    for (int s = 0; s < MW_PIPELINE_MAX_STAGES; s++)
+        desired[s] = -1;
+    if (mw_redis_cmd(r, &reply, "HGETALL %s", mw_key_desired(r, pipeline, key, sizeof(key))) !=
+        MW_OK)
+        return;
+    for (size_t i = 0; reply->type == REDIS_REPLY_ARRAY && i + 1 < reply->elements; i += 2) {
+        int s = atoi(reply->element[i]->str);
+        if (s >= 0 && s < MW_PIPELINE_MAX_STAGES)
+            desired[s] = atoi(reply->element[i + 1]->str);
+    }
+    freeReplyObject(reply);
+}
+
 /* Reads everything a page or a scrape shows. v->redis_up 0 when Redis failed. */
 static void view_read(dash_t *d, view_t *v, int with_history)
 {
@@ -121,6 +140,7 @@ static void view_read(dash_t *d, view_t *v, int with_history)
         const char *name = v->s.plan->pipelines[p].spec.name;
         mw_lag_read(d->lag, name, DASH_LAG_MAX_AGE_MS, &vp->lag, &vp->nlag, vp->lag_error,
                     sizeof(vp->lag_error));
+        read_desired(d->r, name, vp->desired);
         if (with_history)
             vp->history = read_history(d->r, name);
     }
@@ -313,6 +333,21 @@ static void write_pipeline_metrics(const dash_t *d, const view_t *v, FILE *f, co
                    "live (not draining) workers of the stage in the plan");
             fprintf(f, "mwserve_stage_workers{cluster=\"%s\",pipeline=\"%s\",stage=\"%d\"} %d\n",
                     cl, pl, k, mwctl_snapshot_stage_workers(&v->s, pp->spec.name, k));
+        }
+    }
+    for (size_t p = 0; v->pipes != NULL && p < np; p++) {
+        const mw_plan_pipeline_t *pp = &plan->pipelines[p];
+        esc(pp->spec.name, pl, sizeof(pl));
+        for (int k = 0; k < pp->spec.nstages; k++) {
+            if (v->pipes[p].desired[k] < 0)
+                continue;
+            family(f, last, "mwserve_stage_desired_workers", "gauge",
+                   "workers the leading coordinator wants at the stage (desired:{P}): the target "
+                   "for mw-agent or an external scaler");
+            fprintf(f,
+                    "mwserve_stage_desired_workers{cluster=\"%s\",pipeline=\"%s\",stage=\"%d\"} "
+                    "%d\n",
+                    cl, pl, k, v->pipes[p].desired[k]);
         }
     }
     for (size_t t = 0; t < sizeof(totals) / sizeof(totals[0]); t++) {

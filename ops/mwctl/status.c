@@ -4,6 +4,7 @@
 
 #include "snapshot.h"
 
+#include "cluster/keys.h"
 #include "err.h"
 
 #include <cjson/cJSON.h>
@@ -39,7 +40,83 @@ static void print_event(const mw_event_t *ev, FILE *out)
             ev->text);
 }
 
-static void print_human(const mw_config_t *cfg, const mwctl_snapshot_t *s, FILE *out)
+/* The fields of hash key as numbers into obj (nothing when the hash is absent). */
+static void add_hash(mw_redis_t *r, const char *key, cJSON *obj)
+{
+    redisReply *reply = NULL;
+    if (mw_redis_cmd(r, &reply, "HGETALL %s", key) != MW_OK)
+        return;
+    for (size_t i = 0; reply->type == REDIS_REPLY_ARRAY && i + 1 < reply->elements; i += 2)
+        if (reply->element[i]->str != NULL && reply->element[i + 1]->str != NULL)
+            cJSON_AddNumberToObject(obj, reply->element[i]->str,
+                                    strtod(reply->element[i + 1]->str, NULL));
+    freeReplyObject(reply);
+}
+
+/* {"load": load:{P}, "desired": desired:{P}} of each pipeline of the plan
+ * (README, Autoscaling), keyed by pipeline name. */
+static cJSON *autoscale_json(mw_redis_t *r, const mwctl_snapshot_t *s)
+{
+    cJSON *all = cJSON_CreateObject();
+    for (size_t p = 0; all != NULL && s->plan != NULL && p < s->plan->npipelines; p++) {
+        const char *name = s->plan->pipelines[p].spec.name;
+        char key[MW_KEY_MAX];
+        cJSON *one = cJSON_AddObjectToObject(all, name);
+        cJSON *load = one ? cJSON_AddObjectToObject(one, "load") : NULL;
+        cJSON *desired = one ? cJSON_AddObjectToObject(one, "desired") : NULL;
+        if (load == NULL || desired == NULL)
+            break;
+        add_hash(r, mw_key_load(r, name, key, sizeof(key)), load);
+        add_hash(r, mw_key_desired(r, name, key, sizeof(key)), desired);
+    }
+    return all;
+}
+
+static double number_or(const cJSON *obj, const char *name, double dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+/* One pipeline's measured load line, and a stage's load and desired count. */
+static void print_load(const cJSON *as, FILE *out)
+{
+    const cJSON *load = cJSON_GetObjectItemCaseSensitive(as, "load");
+    if (load == NULL || load->child == NULL) {
+        fprintf(out, "  load: not measured yet (no leading coordinator?)\n");
+        return;
+    }
+    double lag = number_or(load, "lag", -1), slo = number_or(load, "slo_ms", 0);
+    fprintf(out, "  load: backlog ");
+    if (lag < 0)
+        fprintf(out, "unknown");
+    else
+        fprintf(out, "%.0f (%+.0f/s)", lag, number_or(load, "lag_rate", 0));
+    fprintf(out, ", p99 %.1f ms", number_or(load, "p99_us", 0) / 1e3);
+    if (slo > 0)
+        fprintf(out, " (slo %.0f ms%s)", slo,
+                number_or(load, "p99_us", 0) > slo * 1e3 ? ", MISSED" : "");
+    fprintf(out, "\n");
+}
+
+static void print_stage_load(const cJSON *as, int k, FILE *out)
+{
+    const cJSON *load = cJSON_GetObjectItemCaseSensitive(as, "load");
+    const cJSON *desired = cJSON_GetObjectItemCaseSensitive(as, "desired");
+    char name[32];
+    snprintf(name, sizeof(name), "%d", k);
+    double want = number_or(desired, name, -1);
+    if (want >= 0)
+        fprintf(out, ", desired %.0f", want);
+    snprintf(name, sizeof(name), "%d.busy", k);
+    double busy = number_or(load, name, -1);
+    snprintf(name, sizeof(name), "%d.queued", k);
+    if (busy >= 0)
+        fprintf(out, ", busy %.2f, queued %.0f", busy, number_or(load, name, 0));
+}
+
+static void print_human(const mw_config_t *cfg, const mwctl_snapshot_t *s, const cJSON *as,
+                        FILE *out)
 {
     fprintf(out, "cluster %s   leader %s", cfg->cluster, s->leader[0] ? s->leader : "NONE");
     if (s->leader[0])
@@ -62,12 +139,15 @@ static void print_human(const mw_config_t *cfg, const mwctl_snapshot_t *s, FILE 
 
     for (size_t p = 0; s->plan != NULL && p < s->plan->npipelines; p++) {
         const mw_plan_pipeline_t *pp = &s->plan->pipelines[p];
+        const cJSON *pas = cJSON_GetObjectItemCaseSensitive(as, pp->spec.name);
         fprintf(out, "\npipeline %s: %d stage(s), %s\n", pp->spec.name, pp->spec.nstages,
                 pp->complete ? "complete" : "INCOMPLETE (a stage has no live worker)");
+        print_load(pas, out);
         for (int k = 0; k < pp->spec.nstages; k++) {
             int n = mwctl_snapshot_stage_workers(s, pp->spec.name, k);
-            fprintf(out, "  stage %d: %d worker(s), need %g%s\n", k, n, pp->spec.stages[k].need,
-                    n == 0 ? "  <- EMPTY" : "");
+            fprintf(out, "  stage %d: %d worker(s), need %g", k, n, pp->spec.stages[k].need);
+            print_stage_load(pas, k, out);
+            fprintf(out, "%s\n", n == 0 ? "  <- EMPTY" : "");
         }
     }
 
@@ -102,9 +182,11 @@ static void print_human(const mw_config_t *cfg, const mwctl_snapshot_t *s, FILE 
         print_event(&s->events[i], out);
 }
 
-static void print_json(const mw_config_t *cfg, const mwctl_snapshot_t *s, FILE *out)
+static void print_json(const mw_config_t *cfg, const mwctl_snapshot_t *s, cJSON *as, FILE *out)
 {
     cJSON *root = mwctl_snapshot_json(cfg, s);
+    if (root != NULL && as != NULL)
+        cJSON_AddItemReferenceToObject(root, "autoscale", as);
     char *text = root != NULL ? cJSON_Print(root) : NULL;
     if (text != NULL)
         fprintf(out, "%s\n", text);
@@ -124,7 +206,8 @@ int mwctl_status(int argc, char **argv, const mw_config_t *cfg)
         else {
             fprintf(strcmp(argv[i], "--help") == 0 ? stdout : stderr,
                     "usage: mwctl status [--json] [--events=N]\n"
-                    "  leader and epoch, pipelines and stages, workers (state, heartbeat age,\n"
+                    "  leader and epoch, pipelines and stages (with their measured load and\n"
+                    "  desired worker counts), workers (state, heartbeat age,\n"
                     "  worlds up/total, in-flight, processed, errors, origins' latency p50/p99\n"
                     "  of the last 10 s), the last N events\n");
             return strcmp(argv[i], "--help") == 0 ? 0 : 2;
@@ -140,10 +223,13 @@ int mwctl_status(int argc, char **argv, const mw_config_t *cfg)
     if (rc != MW_OK) {
         fprintf(stderr, "mwctl: reading the cluster state from Redis failed: %s\n",
                 mw_redis_errstr(r));
-    } else if (json) {
-        print_json(cfg, &s, stdout);
     } else {
-        print_human(cfg, &s, stdout);
+        cJSON *as = autoscale_json(r, &s);
+        if (json)
+            print_json(cfg, &s, as, stdout);
+        else
+            print_human(cfg, &s, as, stdout);
+        cJSON_Delete(as);
     }
     mwctl_snapshot_free(&s);
     mw_redis_destroy(r);
