@@ -85,6 +85,20 @@ static int worker_on(fixture_t *f, int h, int stage, const char *id)
     return mwt_net_worker(f->net, f->p, h, stage, id);
 }
 
+/* make run's shape on pipeline p: 2 stages x 2 workers, one of each stage per
+ * host; waits until both origins have partitions. Returns the reference
+ * outputs of n requests (the caller frees them). */
+static float *make_run_shape_on_hosts(fixture_t *f, mwt_pipeline_t *p, int n)
+{
+    worker_on(f, 0, 0, "w0-h1");
+    worker_on(f, 1, 0, "w0-h2");
+    worker_on(f, 0, 1, "w1-h1");
+    worker_on(f, 1, 1, "w1-h2");
+    float *expected = mwt_pipeline_reference(p, n);
+    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(60000)));
+    return expected;
+}
+
 /* Established TCP connections in host h's namespace whose peer matches `peer`
  * (an address or "127.0.0.1"). */
 static int connections(fixture_t *f, int h, const char *peer)
@@ -99,14 +113,8 @@ static void stages_on_two_hosts_answer_a_burst_exactly_once(void **state)
 {
     fixture_t *f = hosts(state);
     const int n = 2000;
-    /* make run's shape: 2 stages x 2 workers, here one of each stage per host. */
     mwt_pipeline_t *p = pipeline_on_hosts(f, "mh", 2, 0);
-    worker_on(f, 0, 0, "w0-h1");
-    worker_on(f, 1, 0, "w0-h2");
-    worker_on(f, 0, 1, "w1-h1");
-    worker_on(f, 1, 1, "w1-h2");
-    float *expected = mwt_pipeline_reference(p, n);
-    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(60000)));
+    float *expected = make_run_shape_on_hosts(f, p, n);
 
     int64_t t0 = mw_now_ms();
     mwt_pipeline_submit(p, 0, n, NULL);
@@ -251,12 +259,7 @@ static void kafka_leader_killed_mid_run_loses_and_duplicates_nothing(void **stat
     fixture_t *f = hosts(state);
     const int n = 4000;
     mwt_pipeline_t *p = pipeline_on_hosts(f, "mhleader", 2, 0);
-    worker_on(f, 0, 0, "w0-h1");
-    worker_on(f, 1, 0, "w0-h2");
-    worker_on(f, 0, 1, "w1-h1");
-    worker_on(f, 1, 1, "w1-h2");
-    float *expected = mwt_pipeline_reference(p, n);
-    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(60000)));
+    float *expected = make_run_shape_on_hosts(f, p, n);
 
     mwt_tally_t t = {0};
     mwt_pipeline_submit(p, 0, n, NULL);
@@ -314,12 +317,7 @@ static void chaos_across_hosts_answers_every_request_exactly_once(void **state)
     fixture_t *f = hosts(state);
     const int n = 20000, chunk = 1000;
     mwt_pipeline_t *p = pipeline_on_hosts(f, "mhchaos", 2, 1);
-    worker_on(f, 0, 0, "w0-h1");
-    worker_on(f, 1, 0, "w0-h2");
-    worker_on(f, 0, 1, "w1-h1");
-    worker_on(f, 1, 1, "w1-h2");
-    float *expected = mwt_pipeline_reference(p, n);
-    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 2, mwt_scaled(60000)));
+    float *expected = make_run_shape_on_hosts(f, p, n);
     assert_true(mwt_wait_for(field(p, "w0-h1", "worlds_up") == 2, mwt_scaled(30000)));
 
     mwt_tally_t t = {0};
