@@ -449,6 +449,37 @@ static void kafka_restart_mid_run_loses_and_duplicates_nothing(void **state)
     mwt_pipeline_check_exactly_once(f->p, &f->t, n, f->expected, NULL, NULL);
 }
 
+/* A broker hung (SIGSTOP) for longer than kafka_client.timeout_ms while
+ * results commit: the commit times out (retriable), the origin releases
+ * nothing more and resumes that commit once the broker is back. */
+static void kafka_hung_past_the_commit_timeout_resumes_the_commit_and_loses_nothing(void **state)
+{
+    const int n = 2000;
+    /* A window of 50: the origin takes more of the backlog below only as it
+     * commits, so it is committing when the broker stops. */
+    const char *const flags[] = {"--kafka_client.timeout_ms=1000", "--worker.max_inflight=50",
+                                 NULL};
+    fixture_t *f = fixture_new(state, "kafkahung", 1, 2, n, flags);
+    mwt_pipeline_t *p = f->p;
+    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, mwt_scaled(30000)));
+    int sent = 0;
+    assert_true(pump_until(f, &sent, n, 300, mwt_scaled(60000)));
+    mwt_pipeline_submit(p, sent, n / 2 - sent, NULL); /* a backlog being served and committed */
+    sent = n / 2;
+    assert_int_equal(mwt_service("kafka", "pause"), 0);
+    mwt_sleep_ms(3000); /* three commit timeouts, on purpose: the fault is the wait */
+    assert_int_equal(mwt_service("kafka", "resume"), 0);
+    int64_t t0 = mw_now_ms();
+    while (sent < n)
+        pump(f, &sent, n, 50, 20);
+    int got = mwt_pipeline_read(p, "results", &f->t, n, f->expected, n, mwt_scaled(90000));
+    print_message("%d/%d answered %lld ms after the broker resumed\n", got, n,
+                  (long long)(mw_now_ms() - t0));
+    assert_int_equal(got, n);
+    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
+    mwt_pipeline_check_exactly_once(f->p, &f->t, n, f->expected, NULL, NULL);
+}
+
 static int one_in_ten(int i)
 {
     return i % 10 == 3;
@@ -493,6 +524,8 @@ int main(void)
         cmocka_unit_test_teardown(
             killed_coordinator_does_not_pause_serving_and_a_standby_takes_over, teardown),
         cmocka_unit_test_teardown(kafka_restart_mid_run_loses_and_duplicates_nothing, teardown),
+        cmocka_unit_test_teardown(
+            kafka_hung_past_the_commit_timeout_resumes_the_commit_and_loses_nothing, teardown),
         cmocka_unit_test_teardown(data_plane_activity_reaches_stats_and_events, teardown),
     };
     if (getenv("MWT_FILTER") != NULL) /* e.g. MWT_FILTER='*coordinator*' */
