@@ -14,11 +14,11 @@ struct mw_commit {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    int busy;                                 /* the caller's thread only */
-    rd_kafka_topic_partition_list_t *kept;    /* the caller's thread only: a resumable commit's */
+    int busy;                              /* the caller's thread only */
+    rd_kafka_topic_partition_list_t *kept; /* the caller's thread only: a resumable commit's */
     int kept_sent; /* its offsets are in the transaction (the committer's while a commit runs) */
-    int state;                                /* lock */
-    int stop;                                 /* lock */
+    int state;     /* lock */
+    int stop;      /* lock */
     rd_kafka_topic_partition_list_t *offsets; /* lock: C_RUNNING's, then its result's */
     mw_commit_result_t res;                   /* lock: C_ENDED */
 };
