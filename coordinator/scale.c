@@ -81,11 +81,11 @@ static void add_slo(char *reason, size_t size, int len, const mw_pipeline_spec_t
                  (long long)(load->p99_us / 1000), (long long)spec->slo_ms);
 }
 
-/* Auto workers that left take their place with them: when fewer are measured in
- * all than placed, the stages short of theirs give up the difference (desired
- * too, down to min: below it the agents replace the worker). */
-static void forget_gone_autos(mw_scale_state_t *st, const mw_pipeline_spec_t *spec,
-                              const mw_pipeline_load_t *load)
+/* The auto workers placed follow those measured: one that left takes its
+ * place with it (desired too, down to min: below it the agents replace it),
+ * one that joined adds its place (desired too, up to max). */
+static void follow_autos(mw_scale_state_t *st, const mw_pipeline_spec_t *spec,
+                         const mw_pipeline_load_t *load)
 {
     int placed = 0, measured = 0;
     for (int s = 0; s < spec->nstages; s++) {
@@ -99,6 +99,15 @@ static void forget_gone_autos(mw_scale_state_t *st, const mw_pipeline_spec_t *sp
             placed--;
         }
     }
+    for (int s = 0; s < spec->nstages && measured > placed; s++) {
+        while (st->autos[s] < load->stages[s].autos && measured > placed) {
+            st->desired[s] = clamp(&spec->stages[s], st->desired[s] + 1);
+            if (st->autos[s] == st->desired[s])
+                break; /* at max */
+            st->autos[s]++;
+            placed++;
+        }
+    }
 }
 
 mw_scale_decision_t mw_scale_decide(mw_scale_state_t *st, const mw_pipeline_spec_t *spec,
@@ -106,7 +115,7 @@ mw_scale_decision_t mw_scale_decide(mw_scale_state_t *st, const mw_pipeline_spec
                                     int64_t now_ms)
 {
     mw_scale_decision_t none = {.action = MW_SCALE_NONE, .stage = -1, .donor = -1};
-    forget_gone_autos(st, spec, load);
+    follow_autos(st, spec, load);
     int settled = 1, spare = 1, unmeasured = 0;
     int busiest = -1, idlest = -1;
     double idlest_after = 2;
@@ -118,8 +127,9 @@ mw_scale_decision_t mw_scale_decide(mw_scale_state_t *st, const mw_pipeline_spec
             busiest = s;
         double after = busy_without_one(sl);
         spare &= sl->busy < opt->busy_low;
-        if (st->desired[s] > spec->stages[s].min && after < opt->busy_high &&
-            after < idlest_after) {
+        /* A scale-in stops an agent's worker: auto workers only move. */
+        if (st->desired[s] > spec->stages[s].min && st->desired[s] > st->autos[s] &&
+            after < opt->busy_high && after < idlest_after) {
             idlest = s;
             idlest_after = after;
         }

@@ -62,9 +62,11 @@ void mw_scale_init(mw_scale_state_t *st, const mw_pipeline_spec_t *spec, const i
                    const int *autos);
 
 /* Decides at now_ms; updates st->desired and st->autos and returns the decision
- * (action MW_SCALE_NONE when nothing is decided). --stage auto workers placed
- * but no longer measured anywhere are forgotten first, with their desired
- * count (not under min), without a decision. Pure: no I/O. */
+ * (action MW_SCALE_NONE when nothing is decided). First, without a decision,
+ * the --stage auto workers placed follow those measured (load's autos): one
+ * gone is forgotten with its desired count (not under min), one new is added
+ * with one (not over max). A scale-in never counts on stopping an auto
+ * worker. Pure: no I/O. */
 mw_scale_decision_t mw_scale_decide(mw_scale_state_t *st, const mw_pipeline_spec_t *spec,
                                     const mw_pipeline_load_t *load, const mw_scale_options_t *opt,
                                     int64_t now_ms);

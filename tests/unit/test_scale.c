@@ -269,11 +269,9 @@ static void no_move_from_a_busy_stage_its_min_or_without_auto_workers(void **sta
         if (c == 1)
             autos[2] = 1, busy[2] = 0.9; /* an auto worker, on a busy stage */
         if (c == 2)
-            autos[2] = 0, busy[2] = 0.1; /* spare, but none placed there as auto */
+            autos[0] = autos[2] = 0, busy[2] = 0.1; /* spare, but no auto worker anywhere */
         mw_scale_init(&st, ps, w, autos);
         mw_pipeline_load_t l = load_with_autos(w, autos, busy, 1500, 1200);
-        if (c == 2)
-            l.stages[2].autos = 1; /* one there, but placed elsewhere: on its way */
         mw_scale_decision_t d = mw_scale_decide(&st, ps, &l, &opt, 10000);
         assert_int_equal(d.action, MW_SCALE_OUT);
         assert_int_equal(d.stage, 1);
@@ -282,7 +280,7 @@ static void no_move_from_a_busy_stage_its_min_or_without_auto_workers(void **sta
     mw_pipelines_fini(&p);
 }
 
-static void auto_worker_that_leaves_takes_its_desired_count_with_it(void **state)
+static void auto_workers_that_leave_or_join_take_their_desired_count_along(void **state)
 {
     (void)state;
     mw_pipelines_t p = three_stages();
@@ -303,6 +301,13 @@ static void auto_worker_that_leaves_takes_its_desired_count_with_it(void **state
     mw_scale_decide(&st, ps, &l, &opt, 2000);
     assert_int_equal(st.desired[1], 2);
     assert_int_equal(st.autos[1], 1);
+    /* Two new ones at stage 2 (with the one on its way): desired up to max (2) only. */
+    w[2] = 4, autos[2] = 3;
+    l = load_with_autos(w, autos, busy, 0, 0);
+    mw_scale_decide(&st, ps, &l, &opt, 3000);
+    assert_int_equal(st.desired[2], 2);
+    assert_int_equal(st.autos[2], 2);
+    assert_int_equal(st.autos[1], 1);
     mw_pipelines_fini(&p);
 }
 
@@ -317,7 +322,7 @@ int main(void)
         cmocka_unit_test(init_clamps_counts_to_the_bounds),
         cmocka_unit_test(spare_auto_worker_moves_to_the_bottleneck_and_back),
         cmocka_unit_test(no_move_from_a_busy_stage_its_min_or_without_auto_workers),
-        cmocka_unit_test(auto_worker_that_leaves_takes_its_desired_count_with_it),
+        cmocka_unit_test(auto_workers_that_leave_or_join_take_their_desired_count_along),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
