@@ -147,6 +147,9 @@ static const struct cfg_key keys[] = {
           "is there)"),
     CFG_I("worker.compute_delay_us", worker_compute_delay_us, "0", 0, 1000000,
           "testing: extra time each stage computation takes (simulates a slower device)"),
+    CFG_I("worker.compute_delay_stage", worker_compute_delay_stage, "-1", -1, 63,
+          "testing: the only stage worker.compute_delay_us slows (-1: every stage), so that a "
+          "worker moved between stages is slow at one of them only"),
     CFG_E("results.delivery", results_delivery, "exactly-once", "exactly-once|at-least-once",
           "exactly-once: results and input offsets in one Kafka transaction; at-least-once: "
           "produce, then commit offsets"),
