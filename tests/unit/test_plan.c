@@ -617,6 +617,35 @@ static void auto_workers_follow_the_wanted_counts_and_back(void **state)
     int unknown[MW_PIPELINE_MAX_STAGES] = {-1};
     mw_plan_t *p6 = compute_wanting(&spec, m, 5, p2, unknown);
     assert_int_equal(mw_plan_find_worker(p6, "x0")->stage, 1);
+    mw_plan_destroy(p5);
+    mw_plan_destroy(p6);
+    /* A worker holding requests drains at its stage first (no new work routed
+     * to it, its worlds kept), and moves once it holds none. */
+    int back[MW_PIPELINE_MAX_STAGES] = {0, 0, 2};
+    m[3].inflight = 2;
+    p5 = compute_wanting(&spec, m, 5, p2, back);
+    const mw_plan_worker_t *x0 = mw_plan_find_worker(p5, "x0");
+    assert_int_equal(x0->stage, 1);
+    assert_true(x0->draining);
+    assert_int_equal(p5->nworlds, p2->nworlds);
+    assert_int_equal(mw_plan_find_worker(p5, "x1")->stage, 2);
+    p6 = compute_wanting(&spec, m, 5, p5, back); /* still holding: still draining */
+    assert_true(mw_plan_find_worker(p6, "x0")->draining);
+    m[3].inflight = 0;
+    mw_plan_destroy(p5);
+    p5 = compute_wanting(&spec, m, 5, p6, back);
+    assert_int_equal(mw_plan_find_worker(p5, "x0")->stage, 2);
+    assert_false(mw_plan_find_worker(p5, "x0")->draining);
+    /* Wanted back where it is before it left: it stays, serving again. */
+    m[3].inflight = 2;
+    mw_plan_destroy(p6);
+    p6 = compute_wanting(&spec, m, 5, p2, back);
+    assert_true(mw_plan_find_worker(p6, "x0")->draining);
+    int stay[MW_PIPELINE_MAX_STAGES] = {0, 1, 1};
+    mw_plan_t *p7 = compute_wanting(&spec, m, 5, p6, stay);
+    assert_int_equal(mw_plan_find_worker(p7, "x0")->stage, 1);
+    assert_false(mw_plan_find_worker(p7, "x0")->draining);
+    mw_plan_destroy(p7);
     mw_plan_destroy(p);
     mw_plan_destroy(p2);
     mw_plan_destroy(p3);
