@@ -24,7 +24,9 @@ typedef struct mw_plan_options {
  * missing; whenever each stage has a live non-draining worker, every such worker
  * lies on a cycle origin -> ... -> last stage -> same origin. --stage auto
  * workers keep their stage, except to fill a stage with none or to follow
- * opt->auto_want (from a stage over its count to one under it). epoch and version are
+ * opt->auto_want (from a stage over its count to one under it); one leaving
+ * for auto_want while its member reports requests in flight (and not at stage
+ * 0) is first kept at its stage marked draining, and placed by a later plan. epoch and version are
  * copied from prev (0 without one); the caller sets them. *out is the caller's
  * (mw_plan_destroy). Pure: no I/O, no clock, deterministic. */
 /* The backend of a new world between members a and b (DESIGN §4): between GPU
