@@ -108,7 +108,8 @@ static const struct cfg_key keys[] = {
     CFG_I("autoscale.cooldown_ms", autoscale_cooldown_ms, "30000", 0, 86400000,
           "no new decision for a pipeline this long after its last one"),
     CFG_I("autoscale.scale_in_after_ms", autoscale_scale_in_after_ms, "120000", 0, 86400000,
-          "every stage must have spare capacity this long before one worker is removed"),
+          "every stage must have spare capacity this long before a moved --stage auto worker "
+          "goes back or one worker is removed"),
     CFG_S("agent.id", agent_id, "", "host agent identity (empty: the host name)"),
     CFG_S("agent.slots", agent_slots, "cpu:1",
           "what the host agent may run workers on: \"cpu:N\" (N cpu workers) or "
@@ -147,6 +148,9 @@ static const struct cfg_key keys[] = {
           "is there)"),
     CFG_I("worker.compute_delay_us", worker_compute_delay_us, "0", 0, 1000000,
           "testing: extra time each stage computation takes (simulates a slower device)"),
+    CFG_I("worker.compute_delay_stage", worker_compute_delay_stage, "-1", -1, 63,
+          "testing: the only stage worker.compute_delay_us slows (-1: every stage), so that a "
+          "worker moved between stages is slow at one of them only"),
     CFG_E("results.delivery", results_delivery, "exactly-once", "exactly-once|at-least-once",
           "exactly-once: results and input offsets in one Kafka transaction; at-least-once: "
           "produce, then commit offsets"),

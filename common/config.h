@@ -78,6 +78,7 @@ typedef struct mw_config {
     int64_t batch_max_rows;             /* batch.max_rows: rows per stage call, per request */
     int64_t batch_max_delay_us;         /* batch.max_delay_us: origin waits to fill a batch */
     int64_t worker_compute_delay_us;    /* worker.compute_delay_us: testing, slower stage */
+    int64_t worker_compute_delay_stage; /* worker.compute_delay_stage: -1 every stage */
     char results_delivery[16];          /* results.delivery: exactly-once | at-least-once */
     int64_t results_commit_interval_ms; /* results.commit_interval_ms: longest wait to commit */
     int64_t results_commit_min_gap_ms;  /* results.commit_min_gap_ms: between two commits */

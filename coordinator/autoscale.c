@@ -72,12 +72,13 @@ void mw_autoscale_reset(mw_autoscale_t *a)
     a->next_decision_ms = 0;
 }
 
-/* The published desired counts of pipeline p into counts: 1 when every stage has one. */
-static int read_desired(mw_redis_t *r, const mw_pipeline_spec_t *ps, int *counts, int *rc)
+/* A published per-stage hash (desired:{P} or auto:{P}) of pipeline ps into
+ * counts: 1 when every stage has a count. */
+static int read_counts(mw_redis_t *r, const char *key, const mw_pipeline_spec_t *ps, int *counts,
+                       int *rc)
 {
-    char key[MW_KEY_MAX];
     redisReply *reply = NULL;
-    *rc = mw_redis_cmd(r, &reply, "HGETALL %s", mw_key_desired(r, ps->name, key, sizeof(key)));
+    *rc = mw_redis_cmd(r, &reply, "HGETALL %s", key);
     if (*rc != MW_OK)
         return 0;
     int found = 0;
@@ -94,21 +95,49 @@ static int read_desired(mw_redis_t *r, const mw_pipeline_spec_t *ps, int *counts
     return found == ps->nstages;
 }
 
-/* desired:{P}, fenced: a deposed leader's decision is not published. */
+/* desired:{P} and auto:{P} in one fenced step (agents read both at once): a
+ * deposed leader's decision is not published. */
 static int write_desired(mw_autoscale_t *a, mw_redis_t *r, const mw_pipeline_spec_t *ps,
-                         const int *desired)
+                         const mw_scale_state_t *st)
 {
-    char key[MW_KEY_MAX];
-    char text[2 * MW_PIPELINE_MAX_STAGES][16];
-    const char *fields[2 * MW_PIPELINE_MAX_STAGES];
-    for (int s = 0; s < ps->nstages; s++) {
-        snprintf(text[2 * s], sizeof(text[0]), "%d", s);
-        snprintf(text[2 * s + 1], sizeof(text[0]), "%d", desired[s]);
-        fields[2 * s] = text[2 * s];
-        fields[2 * s + 1] = text[2 * s + 1];
+    char desired[MW_KEY_MAX], autos[MW_KEY_MAX];
+    char text[4 * MW_PIPELINE_MAX_STAGES][16];
+    const char *fields[4 * MW_PIPELINE_MAX_STAGES];
+    const char *keys[2] = {mw_key_desired(r, ps->name, desired, sizeof(desired)),
+                           mw_key_auto(r, ps->name, autos, sizeof(autos))};
+    int nfields[2] = {ps->nstages, ps->nstages};
+    for (int k = 0, f = 0; k < 2; k++) {
+        for (int s = 0; s < ps->nstages; s++, f += 2) {
+            snprintf(text[f], sizeof(text[0]), "%d", s);
+            snprintf(text[f + 1], sizeof(text[0]), "%d", k == 0 ? st->desired[s] : st->autos[s]);
+            fields[f] = text[f];
+            fields[f + 1] = text[f + 1];
+        }
     }
-    return mw_lease_hset(a->lease, mw_key_desired(r, ps->name, key, sizeof(key)), ps->nstages,
-                         fields);
+    return mw_lease_hset(a->lease, 2, keys, nfields, fields);
+}
+
+/* The event and log line of decision d. */
+static void report(mw_autoscale_t *a, mw_redis_t *r, const mw_pipeline_spec_t *ps,
+                   const mw_scale_decision_t *d)
+{
+    char stage[16], from[16], to[16], msg[256];
+    snprintf(stage, sizeof(stage), "%d", d->stage);
+    if (d->action == MW_SCALE_MOVE) {
+        snprintf(from, sizeof(from), "%d", d->donor);
+        snprintf(msg, sizeof(msg), "stage=%d to stage=%d: %s", d->donor, d->stage, d->reason);
+        mw_log(MW_LOG_INFO, "coordinator", "%s move %s", ps->name, msg);
+        mw_events_add(r, a->cfg->events_maxlen, "move", "pipeline", ps->name, "from_stage", from,
+                      "to_stage", stage, "msg", msg, (const char *)NULL);
+        return;
+    }
+    const char *type = d->action == MW_SCALE_OUT ? "scale_out" : "scale_in";
+    snprintf(from, sizeof(from), "%d", d->from);
+    snprintf(to, sizeof(to), "%d", d->to);
+    snprintf(msg, sizeof(msg), "stage=%d from %d to %d: %s", d->stage, d->from, d->to, d->reason);
+    mw_log(MW_LOG_INFO, "coordinator", "%s %s %s", ps->name, type, msg);
+    mw_events_add(r, a->cfg->events_maxlen, type, "pipeline", ps->name, "stage", stage, "from",
+                  from, "to", to, "msg", msg, (const char *)NULL);
 }
 
 static void decide(mw_autoscale_t *a, mw_redis_t *r, size_t p, int64_t now)
@@ -117,34 +146,45 @@ static void decide(mw_autoscale_t *a, mw_redis_t *r, size_t p, int64_t now)
     const mw_pipeline_load_t *pl = mw_load_get(a->load, p);
     mw_scale_state_t *st = &a->state[p];
     if (!st->initialized) {
-        int counts[MW_PIPELINE_MAX_STAGES] = {0}, rc;
-        if (!read_desired(r, ps, counts, &rc)) {
+        int counts[MW_PIPELINE_MAX_STAGES] = {0}, autos[MW_PIPELINE_MAX_STAGES] = {0}, rc;
+        char key[MW_KEY_MAX];
+        if (!read_counts(r, mw_key_desired(r, ps->name, key, sizeof(key)), ps, counts, &rc)) {
             if (rc != MW_OK)
                 return;
             for (int s = 0; s < ps->nstages; s++)
                 counts[s] = pl->stages[s].workers;
         }
-        mw_scale_init(st, ps, counts);
-        if (write_desired(a, r, ps, st->desired) != MW_OK)
+        if (!read_counts(r, mw_key_auto(r, ps->name, key, sizeof(key)), ps, autos, &rc)) {
+            if (rc != MW_OK)
+                return;
+            for (int s = 0; s < ps->nstages; s++)
+                autos[s] = pl->stages[s].autos;
+        }
+        mw_scale_init(st, ps, counts, autos);
+        if (write_desired(a, r, ps, st) != MW_OK)
             st->initialized = 0;
         return;
     }
+    mw_scale_state_t before = *st;
     mw_scale_decision_t d = mw_scale_decide(st, ps, pl, &a->opt, now);
-    if (d.action == MW_SCALE_NONE)
+    if (memcmp(before.desired, st->desired, sizeof(st->desired)) == 0 &&
+        memcmp(before.autos, st->autos, sizeof(st->autos)) == 0)
         return;
-    const char *type = d.action == MW_SCALE_OUT ? "scale_out" : "scale_in";
-    char stage[16], from[16], to[16], msg[256];
-    snprintf(stage, sizeof(stage), "%d", d.stage);
-    snprintf(from, sizeof(from), "%d", d.from);
-    snprintf(to, sizeof(to), "%d", d.to);
-    snprintf(msg, sizeof(msg), "stage=%d from %d to %d: %s", d.stage, d.from, d.to, d.reason);
-    if (write_desired(a, r, ps, st->desired) != MW_OK) {
-        st->desired[d.stage] = d.from; /* not published: decide again next time */
+    if (write_desired(a, r, ps, st) != MW_OK) {
+        *st = before; /* not published: decide again next time */
         return;
     }
-    mw_log(MW_LOG_INFO, "coordinator", "%s %s %s", ps->name, type, msg);
-    mw_events_add(r, a->cfg->events_maxlen, type, "pipeline", ps->name, "stage", stage, "from",
-                  from, "to", to, "msg", msg, (const char *)NULL);
+    if (d.action != MW_SCALE_NONE)
+        report(a, r, ps, &d);
+}
+
+int mw_autoscale_auto_want(const mw_autoscale_t *a, size_t p, int *want)
+{
+    const mw_scale_state_t *st = &a->state[p];
+    if (!st->initialized)
+        return 0;
+    memcpy(want, st->autos, sizeof(st->autos));
+    return 1;
 }
 
 void mw_autoscale_tick(mw_autoscale_t *a, mw_redis_t *r, const mw_member_record_t *recs, size_t n)

@@ -82,13 +82,20 @@ static mw_redis_script_t publish_script = {
     {0},
 };
 
-/* KEYS: coordinator, epoch, hash. ARGV: id, epoch, field, value, ... */
+/* KEYS: coordinator, epoch, hash, ... ARGV: id, epoch, pairs of each hash, then
+ * field, value, ... of the first hash, then of the next. */
 static mw_redis_script_t hset_script = {
     "fenced_hset",
     "if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then\n"
     "  return redis.error_reply('FENCED not the leader of epoch ' .. ARGV[2])\n"
     "end\n"
-    "return redis.call('HSET', KEYS[3], unpack(ARGV, 3))\n",
+    "local at = #KEYS + 1\n"
+    "for i = 3, #KEYS do\n"
+    "  local n = 2 * tonumber(ARGV[i])\n"
+    "  redis.call('HSET', KEYS[i], unpack(ARGV, at, at + n - 1))\n"
+    "  at = at + n\n"
+    "end\n"
+    "return 1\n",
     {0},
 };
 
@@ -248,18 +255,31 @@ int mw_lease_publish(mw_lease_t *l, const char *plan_json, int64_t version, cons
     return fenced(l, mw_redis_eval(l->r, &publish_script, NULL, 5, keys, 7, args, NULL));
 }
 
-int mw_lease_hset(mw_lease_t *l, const char *key, int nfields, const char *const *fields)
+int mw_lease_hset(mw_lease_t *l, int nkeys, const char *const *keys, const int *nfields,
+                  const char *const *fields)
 {
-    char epoch[24];
-    const char *args[2 + 2 * MW_LEASE_HSET_MAX];
-    if (nfields < 1 || nfields > MW_LEASE_HSET_MAX)
+    char epoch[24], counts[MW_LEASE_HSET_KEYS][16];
+    const char *k[2 + MW_LEASE_HSET_KEYS];
+    const char *args[2 + MW_LEASE_HSET_KEYS + 2 * MW_LEASE_HSET_MAX];
+    int total = 0;
+    if (nkeys < 1 || nkeys > MW_LEASE_HSET_KEYS)
         return MW_EINVAL;
     snprintf(epoch, sizeof(epoch), "%lld", (long long)l->epoch);
+    k[0] = l->k_coord;
+    k[1] = l->k_epoch;
     args[0] = l->id;
     args[1] = epoch;
-    memcpy(&args[2], fields, 2 * (size_t)nfields * sizeof(*fields));
-    const char *keys[3] = {l->k_coord, l->k_epoch, key};
-    return fenced(l, mw_redis_eval(l->r, &hset_script, NULL, 3, keys, 2 + 2 * nfields, args, NULL));
+    for (int i = 0; i < nkeys; i++) {
+        if (nfields[i] < 1 || total + nfields[i] > MW_LEASE_HSET_MAX)
+            return MW_EINVAL;
+        total += nfields[i];
+        k[2 + i] = keys[i];
+        snprintf(counts[i], sizeof(counts[i]), "%d", nfields[i]);
+        args[2 + i] = counts[i];
+    }
+    memcpy(&args[2 + nkeys], fields, 2 * (size_t)total * sizeof(*fields));
+    return fenced(l, mw_redis_eval(l->r, &hset_script, NULL, 2 + nkeys, k, 2 + nkeys + 2 * total,
+                                   args, NULL));
 }
 
 int mw_lease_sweep(mw_lease_t *l, int64_t ttl_ms, char (**expired)[64], size_t *n)

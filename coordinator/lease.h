@@ -40,11 +40,14 @@ int mw_lease_release(mw_lease_t *l);
  * MW_EFENCED when the lease or epoch moved on (the caller steps down). */
 int mw_lease_publish(mw_lease_t *l, const char *plan_json, int64_t version, const char *summary);
 
-/* Sets nfields (1..MW_LEASE_HSET_MAX) field/value pairs (fields[2i],
- * fields[2i+1]) of hash key, fenced like publication (MW_EFENCED when the
- * lease or epoch moved on). */
-#define MW_LEASE_HSET_MAX 64
-int mw_lease_hset(mw_lease_t *l, const char *key, int nfields, const char *const *fields);
+/* Sets, in one step, nfields[i] (at least 1) field/value pairs of each hash
+ * keys[i] (i < nkeys <= MW_LEASE_HSET_KEYS; MW_LEASE_HSET_MAX pairs in all):
+ * fields holds the pairs of keys[0], then of keys[1], ...; fenced like
+ * publication (MW_EFENCED when the lease or epoch moved on). */
+#define MW_LEASE_HSET_KEYS 4
+#define MW_LEASE_HSET_MAX  64
+int mw_lease_hset(mw_lease_t *l, int nkeys, const char *const *keys, const int *nfields,
+                  const char *const *fields);
 
 /* Removes workers whose last heartbeat (server time) is older than ttl_ms, with an
  * `expire` event each; fenced like publication. *expired (caller frees, may be NULL)

@@ -179,6 +179,7 @@ int mw_load_sample(mw_load_t *l, mw_redis_t *r, const mw_member_record_t *recs, 
         mw_pipeline_load_t *pl = &l->now[p];
         mw_stage_load_t *st = &pl->stages[stage];
         st->workers++;
+        st->autos += info->stage == MW_PLAN_STAGE_AUTO;
         st->queued += info->inflight;
         if (info->latency_p99_us > pl->p99_us)
             pl->p99_us = info->latency_p99_us;

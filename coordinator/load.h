@@ -16,6 +16,7 @@
 
 typedef struct mw_stage_load {
     int workers;    /* serving at the stage (planned there, or asking for it), not draining */
+    int autos;      /* of them, --stage auto workers (the planner may move them) */
     int measured;   /* of them, those with two compute samples in the window */
     double busy;    /* mean over the measured of compute time / wall time (0..1); 0: none */
     int64_t queued; /* requests its workers hold (inflight) */

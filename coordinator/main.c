@@ -184,10 +184,16 @@ static void lead_once(coord_t *c)
     mw_autoscale_tick(c->autoscale, c->r, recs, n);
     free(recs);
 
-    mw_plan_options_t opt = {.max_fanout = (int)c->cfg->plan_max_fanout};
+    /* Auto workers follow the autoscaling decision (README, Autoscaling). */
+    int *want = calloc(c->spec.count * MW_PIPELINE_MAX_STAGES + 1, sizeof(*want));
+    for (size_t p = 0; want != NULL && p < c->spec.count; p++)
+        if (!mw_autoscale_auto_want(c->autoscale, p, &want[p * MW_PIPELINE_MAX_STAGES]))
+            want[p * MW_PIPELINE_MAX_STAGES] = -1;
+    mw_plan_options_t opt = {.max_fanout = (int)c->cfg->plan_max_fanout, .auto_want = want};
     mw_plan_t *plan = NULL;
     rc = mw_plan_compute(&c->spec, members, nm, c->prev, &opt, &plan, err, sizeof(err));
     free(members);
+    free(want);
     if (rc != MW_OK) {
         mw_log(MW_LOG_ERROR, "coordinator", "%s", err);
         return;

@@ -549,30 +549,111 @@ static int cmp_member_ptr(const void *a, const void *b)
                   (*(const mw_plan_member_t *const *)b)->id);
 }
 
-/* Stage for new --stage auto workers: least capacity relative to need. */
-static int pick_stage(const mw_pipeline_spec_t *spec, const double *load)
+/* Stage for new --stage auto workers: the one furthest under its wanted auto
+ * workers when want is given and one is under, else least capacity relative to need. */
+static int pick_stage(const mw_pipeline_spec_t *spec, const double *load, const int *want,
+                      const int *autos)
 {
-    int best = 0;
+    int best = 0, short_best = 0;
     for (int s = 1; s < spec->nstages; s++)
         if (load[s] / spec->stages[s].need < load[best] / spec->stages[best].need)
+            best = s;
+    for (int s = 1; want != NULL && s < spec->nstages; s++)
+        if (want[s] - autos[s] > want[short_best] - autos[short_best])
+            short_best = s;
+    return want != NULL && want[short_best] > autos[short_best] ? short_best : best;
+}
+
+/* Worker w leaves its stage for stage to: at once when it holds nothing (or is
+ * an origin, whose own intake a plan does not pause), else it drains there
+ * first (marked draining: no new work is routed to it) and is placed at to by
+ * a later plan, once its member reports nothing in flight. Either way it
+ * counts toward to's auto workers. */
+static void leave_for(mw_plan_t *plan, size_t w, int to, const int64_t *capacity,
+                      const mw_plan_member_t *const *member_of, double *load, int *count,
+                      int *autos)
+{
+    mw_plan_worker_t *pw = &plan->workers[w];
+    load[pw->stage] -= (double)capacity[w];
+    count[pw->stage]--;
+    autos[pw->stage]--;
+    autos[to]++;
+    if (pw->stage != 0 && member_of[w]->inflight > 0) {
+        pw->draining = 1;
+        return;
+    }
+    pw->stage = to;
+    load[to] += (double)capacity[w];
+    count[to]++;
+}
+
+/* The stage furthest under its wanted auto workers; -1 when none is under. */
+static int most_short(const mw_plan_pipeline_t *pp, const int *want, const int *autos)
+{
+    int best = -1;
+    for (int s = 0; s < pp->spec.nstages; s++)
+        if (autos[s] < want[s] && (best < 0 || want[s] - autos[s] > want[best] - autos[best]))
             best = s;
     return best;
 }
 
-static int resolve_stages(mw_plan_t *plan, const mw_plan_t *prev, const int64_t *capacity,
-                          char *isnew)
+/* Moves auto workers of pipeline pp from stages over their wanted count to
+ * stages under it (never emptying a stage), one at a time, each from the stage
+ * most over. A worker that prev had draining for a move (its member is not
+ * draining) goes on leaving while it is still wanted elsewhere. */
+static void follow_want(mw_plan_t *plan, const mw_plan_pipeline_t *pp, const int *want,
+                        const mw_plan_t *prev, const int64_t *capacity,
+                        const mw_plan_member_t *const *member_of, double *load, int *count,
+                        int *autos)
+{
+    for (size_t w = 0; w < plan->nworkers; w++) {
+        const mw_plan_worker_t *pw = &plan->workers[w];
+        const mw_plan_worker_t *old = mw_plan_find_worker(prev, pw->id);
+        int to = most_short(pp, want, autos);
+        if (strcmp(pw->pipeline, pp->spec.name) == 0 && pw->auto_stage && !pw->draining &&
+            old != NULL && old->draining && old->stage == pw->stage && to >= 0 &&
+            autos[pw->stage] > want[pw->stage])
+            leave_for(plan, w, to, capacity, member_of, load, count, autos);
+    }
+    for (int s; (s = most_short(pp, want, autos)) >= 0;) {
+        size_t take = plan->nworkers;
+        int most = 0;
+        for (size_t w = 0; w < plan->nworkers; w++) {
+            const mw_plan_worker_t *pw = &plan->workers[w];
+            if (strcmp(pw->pipeline, pp->spec.name) != 0 || !pw->auto_stage || pw->draining ||
+                pw->stage == s || count[pw->stage] < 2 ||
+                autos[pw->stage] - want[pw->stage] <= most)
+                continue;
+            most = autos[pw->stage] - want[pw->stage];
+            take = w;
+        }
+        if (take == plan->nworkers)
+            break;
+        leave_for(plan, take, s, capacity, member_of, load, count, autos);
+    }
+}
+
+static int resolve_stages(mw_plan_t *plan, const mw_pipelines_t *spec, const mw_plan_t *prev,
+                          const int64_t *capacity, const mw_plan_member_t *const *member_of,
+                          const int *auto_want, char *isnew)
 {
     double *load = calloc(MW_PIPELINE_MAX_STAGES, sizeof(double));
-    int *count = calloc(MW_PIPELINE_MAX_STAGES, sizeof(int));
+    int *count = calloc(2 * MW_PIPELINE_MAX_STAGES, sizeof(int));
     if (load == NULL || count == NULL) {
         free(load);
         free(count);
         return MW_ENOMEM;
     }
+    int *autos = count + MW_PIPELINE_MAX_STAGES;
     for (size_t p = 0; p < plan->npipelines; p++) {
         const mw_plan_pipeline_t *pp = &plan->pipelines[p];
+        const mw_pipeline_spec_t *ps = mw_pipelines_find(spec, pp->spec.name);
+        const int *want = auto_want != NULL && ps != NULL &&
+                                  auto_want[(ps - spec->items) * MW_PIPELINE_MAX_STAGES] >= 0
+                              ? &auto_want[(ps - spec->items) * MW_PIPELINE_MAX_STAGES]
+                              : NULL;
         memset(load, 0, MW_PIPELINE_MAX_STAGES * sizeof(double));
-        memset(count, 0, MW_PIPELINE_MAX_STAGES * sizeof(int));
+        memset(count, 0, 2 * MW_PIPELINE_MAX_STAGES * sizeof(int));
         /* Fixed stages and auto workers that keep the stage prev gave them. */
         for (size_t w = 0; w < plan->nworkers; w++) {
             mw_plan_worker_t *pw = &plan->workers[w];
@@ -589,18 +670,22 @@ static int resolve_stages(mw_plan_t *plan, const mw_plan_t *prev, const int64_t 
             if (pw->stage >= 0 && !pw->draining) {
                 load[pw->stage] += (double)capacity[w];
                 count[pw->stage]++;
+                autos[pw->stage] += pw->auto_stage;
             }
         }
         for (size_t w = 0; w < plan->nworkers; w++) {
             mw_plan_worker_t *pw = &plan->workers[w];
             if (strcmp(pw->pipeline, pp->spec.name) != 0 || pw->stage != MW_PLAN_STAGE_AUTO)
                 continue;
-            pw->stage = pick_stage(&pp->spec, load);
+            pw->stage = pick_stage(&pp->spec, load, want, autos);
             if (!pw->draining) {
                 load[pw->stage] += (double)capacity[w];
                 count[pw->stage]++;
+                autos[pw->stage]++;
             }
         }
+        if (want != NULL)
+            follow_want(plan, pp, want, prev, capacity, member_of, load, count, autos);
         /* An empty stage takes an auto worker from a stage that has several. */
         for (int s = 0; s < pp->spec.nstages; s++) {
             if (count[s] > 0)
@@ -623,9 +708,11 @@ static int resolve_stages(mw_plan_t *plan, const mw_plan_t *prev, const int64_t 
             mw_plan_worker_t *pw = &plan->workers[take];
             load[pw->stage] -= (double)capacity[take];
             count[pw->stage]--;
+            autos[pw->stage]--;
             pw->stage = s;
             load[s] += (double)capacity[take];
             count[s]++;
+            autos[s]++;
         }
         int complete = 1;
         for (int s = 0; s < pp->spec.nstages; s++)
@@ -706,7 +793,7 @@ int mw_plan_compute(const mw_pipelines_t *spec, const mw_plan_member_t *members,
             goto out_fail;
     }
 
-    rc = resolve_stages(plan, prev, capacity, isnew);
+    rc = resolve_stages(plan, spec, prev, capacity, member_of, opt->auto_want, isnew);
     for (size_t p = 0; p < plan->npipelines && rc == MW_OK; p++)
         rc = plan_pipeline(plan, &wcap, &plan->pipelines[p], prev, isnew, member_of,
                            opt->max_fanout);

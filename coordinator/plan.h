@@ -9,6 +9,10 @@
 
 typedef struct mw_plan_options {
     int max_fanout; /* worlds a worker opens toward each adjacent stage (soft bound, >= 1) */
+    /* --stage auto workers wanted at stage s of spec->items[p]:
+     * auto_want[p * MW_PIPELINE_MAX_STAGES + s] (the autoscaling decision). NULL,
+     * or -1 at stage 0 of a pipeline: placed by the stages' need alone. */
+    const int *auto_want;
 } mw_plan_options_t;
 
 /* Computes the plan for members (any order; duplicates and members naming an unknown
@@ -18,7 +22,11 @@ typedef struct mw_plan_options {
  * the same pipeline, stage and device is kept under the same name; new worlds go
  * only to workers that are new or changed, except where a route would otherwise be
  * missing; whenever each stage has a live non-draining worker, every such worker
- * lies on a cycle origin -> ... -> last stage -> same origin. epoch and version are
+ * lies on a cycle origin -> ... -> last stage -> same origin. --stage auto
+ * workers keep their stage, except to fill a stage with none or to follow
+ * opt->auto_want (from a stage over its count to one under it); one leaving
+ * for auto_want while its member reports requests in flight (and not at stage
+ * 0) is first kept at its stage marked draining, and placed by a later plan. epoch and version are
  * copied from prev (0 without one); the caller sets them. *out is the caller's
  * (mw_plan_destroy). Pure: no I/O, no clock, deterministic. */
 /* The backend of a new world between members a and b (DESIGN §4): between GPU

@@ -59,7 +59,9 @@ int mw_dp_compute(mw_dataplane_t *dp, const mw_tensor_desc_t *desc, const void *
     int64_t t0 = mw_now_us();
     int rc = mw_stage_run(dp->st, desc, data, out_desc, out, errstr, errstr_size);
     uint64_t numel;
-    if (dp->cfg.worker_compute_delay_us > 0) { /* a slower device, for tests */
+    if (dp->cfg.worker_compute_delay_us > 0 && /* a slower device, for tests */
+        (dp->cfg.worker_compute_delay_stage < 0 ||
+         dp->cfg.worker_compute_delay_stage == dp->stage)) {
         struct timespec ts = {.tv_sec = dp->cfg.worker_compute_delay_us / 1000000,
                               .tv_nsec = (dp->cfg.worker_compute_delay_us % 1000000) * 1000};
         nanosleep(&ts, NULL);

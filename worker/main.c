@@ -45,7 +45,7 @@ typedef struct worker {
     mw_plan_world_t *worlds;          /* current worlds (the reconciliation's "current") */
     size_t nworlds;
     int in_plan;
-    int64_t drain_epoch, drain_version; /* first plan applied that shows us draining */
+    int64_t drain_epoch, drain_version; /* first plan applied that shows us draining, lately */
     mw_serving_stats_t reported;        /* counters as of the last activity report */
     mw_serving_t *serving;              /* worlds and data plane */
 } worker_t;
@@ -155,6 +155,8 @@ static void apply_plan(worker_t *w, const mw_plan_t *plan)
     if (me != NULL && me->draining && w->drain_version == 0) {
         w->drain_epoch = plan->epoch;
         w->drain_version = plan->version;
+    } else if (me != NULL && !me->draining) {
+        w->drain_version = 0; /* drained for a move, and serving again */
     }
     w->info.assigned_stage = me ? me->stage : -1;
     w->info.worlds_total = (int64_t)w->nworlds;

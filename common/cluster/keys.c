@@ -62,6 +62,11 @@ const char *mw_key_desired(const mw_redis_t *r, const char *pipeline, char *buf,
     return named(r, "desired", pipeline, buf, size);
 }
 
+const char *mw_key_auto(const mw_redis_t *r, const char *pipeline, char *buf, size_t size)
+{
+    return named(r, "auto", pipeline, buf, size);
+}
+
 const char *mw_key_pool(const mw_redis_t *r, const char *pipeline, char *buf, size_t size)
 {
     return named(r, "pool", pipeline, buf, size);

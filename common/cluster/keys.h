@@ -51,6 +51,10 @@ const char *mw_key_load(const mw_redis_t *r, const char *pipeline, char *buf, si
 /* desired:{pipeline}, the desired worker count per stage (hash). Returns buf. */
 const char *mw_key_desired(const mw_redis_t *r, const char *pipeline, char *buf, size_t size);
 
+/* auto:{pipeline}, of the desired count per stage, the --stage auto workers the
+ * coordinator places there (hash). Returns buf. */
+const char *mw_key_auto(const mw_redis_t *r, const char *pipeline, char *buf, size_t size);
+
 /* pool:{pipeline}, the workers host agents run for the pipeline (hash). Returns buf. */
 const char *mw_key_pool(const mw_redis_t *r, const char *pipeline, char *buf, size_t size);
 

@@ -345,5 +345,6 @@ void mw_member_to_plan(const mw_member_record_t *rec, mw_plan_member_t *m)
     m->stage = rec->info.stage;
     m->capacity = rec->info.capacity;
     m->draining = rec->info.state == MW_MEMBER_DRAINING;
+    m->inflight = rec->info.inflight;
     snprintf(m->broken, sizeof(m->broken), "%s", rec->info.broken);
 }

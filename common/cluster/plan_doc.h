@@ -24,6 +24,7 @@ typedef struct mw_plan_member {
     char device[MW_PLAN_DEVICE_MAX];
     int64_t capacity; /* relative capacity (>= 1) */
     int draining;     /* keeps its worlds, gets no new ones, is not relied on for routes */
+    int64_t inflight; /* requests it holds, as last reported (a moved auto worker drains first) */
     char broken[MW_PLAN_BROKEN_MAX]; /* worlds it reports broken: "name@gen name@gen ..." */
     char host[64];                   /* where it runs: with device, picks a world's backend */
     unsigned carries;                /* MW_PLAN_CARRIES_*: device backends its data plane uses */

@@ -6,7 +6,9 @@
 
 #include <stdio.h>
 
-/* Workers of stage ARGV[1] in pool KEYS[1], as a Lua function. */
+/* Workers of stage ARGV[1] in pool KEYS[1], as a Lua function, and the pool's
+ * share of the stage: desired KEYS[2] less the --stage auto workers the
+ * coordinator places there (KEYS[3]; absent: none). */
 #define COUNT_LUA                                                                                  \
     "local function count()\n"                                                                     \
     "  local n, p = 0, ARGV[1] .. '|'\n"                                                           \
@@ -15,19 +17,22 @@
     "  end\n"                                                                                      \
     "  return n\n"                                                                                 \
     "end\n"                                                                                        \
-    "local want = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '')\n"
+    "local want = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '')\n"                          \
+    "if want ~= nil then\n"                                                                        \
+    "  want = want - (tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '') or 0)\n"                \
+    "end\n"
 
-/* KEYS: pool, desired, slots; ARGV: stage, field, slot, slot value */
+/* KEYS: pool, desired, auto, slots; ARGV: stage, field, slot, slot value */
 static mw_redis_script_t claim_script = {
     "pool_claim",
     COUNT_LUA "if want == nil or count() >= want then return 0 end\n"
-              "if redis.call('HSETNX', KEYS[3], ARGV[3], ARGV[4]) == 0 then return 2 end\n"
+              "if redis.call('HSETNX', KEYS[4], ARGV[3], ARGV[4]) == 0 then return 2 end\n"
               "redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])\n"
               "return 1\n",
     "",
 };
 
-/* KEYS: pool, desired; ARGV: stage, field */
+/* KEYS: pool, desired, auto; ARGV: stage, field */
 static mw_redis_script_t shrink_script = {
     "pool_shrink",
     COUNT_LUA "if want == nil or count() <= want then return 0 end\n"
@@ -36,7 +41,7 @@ static mw_redis_script_t shrink_script = {
 };
 
 typedef struct names {
-    char pool[MW_KEY_MAX], desired[MW_KEY_MAX], slots[MW_KEY_MAX];
+    char pool[MW_KEY_MAX], desired[MW_KEY_MAX], autos[MW_KEY_MAX], slots[MW_KEY_MAX];
     char stage[16], field[512], value[512];
 } names_t;
 
@@ -45,6 +50,7 @@ static void name(names_t *n, mw_redis_t *r, const char *pipeline, int stage, con
 {
     mw_key_pool(r, pipeline, n->pool, sizeof(n->pool));
     mw_key_desired(r, pipeline, n->desired, sizeof(n->desired));
+    mw_key_auto(r, pipeline, n->autos, sizeof(n->autos));
     mw_key(r, MW_KEY_SLOTS, n->slots, sizeof(n->slots));
     snprintf(n->stage, sizeof(n->stage), "%d", stage);
     snprintf(n->field, sizeof(n->field), "%d|%s|%s", stage, agent, slot);
@@ -69,9 +75,9 @@ int mw_pool_claim(mw_redis_t *r, const char *pipeline, int stage, const char *ag
 {
     names_t n;
     name(&n, r, pipeline, stage, agent, slot, 0);
-    const char *keys[] = {n.pool, n.desired, n.slots};
+    const char *keys[] = {n.pool, n.desired, n.autos, n.slots};
     const char *args[] = {n.stage, n.field, slot, n.value};
-    return eval_int(r, &claim_script, 3, keys, 4, args);
+    return eval_int(r, &claim_script, 4, keys, 4, args);
 }
 
 int mw_pool_started(mw_redis_t *r, const char *pipeline, int stage, const char *agent,
@@ -87,9 +93,9 @@ int mw_pool_shrink(mw_redis_t *r, const char *pipeline, int stage, const char *a
 {
     names_t n;
     name(&n, r, pipeline, stage, agent, slot, 0);
-    const char *keys[] = {n.pool, n.desired};
+    const char *keys[] = {n.pool, n.desired, n.autos};
     const char *args[] = {n.stage, n.field};
-    return eval_int(r, &shrink_script, 2, keys, 2, args);
+    return eval_int(r, &shrink_script, 3, keys, 2, args);
 }
 
 int mw_pool_release(mw_redis_t *r, const char *pipeline, int stage, const char *agent,

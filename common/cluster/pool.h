@@ -2,7 +2,8 @@
  * holds one field "<stage>|<agent>|<slot>" per worker started and not being
  * stopped, and `slots` one field "<slot>" (a host's device slot, "host/cpu#0",
  * "host/cuda:1") -> "<agent> <pid> <pipeline> <stage>" per slot in use. Each
- * change is one Lua script that compares the pool with desired:{P}, so several
+ * change is one Lua script that compares the pool with its share of
+ * desired:{P} (less the --stage auto workers of auto:{P}), so several
  * agents never start more workers than desired, never stop more than the
  * surplus, and never take the same slot. */
 #ifndef MW_POOL_H

@@ -1,9 +1,10 @@
 /* mw-agent: one per host. Keeps as many mw-worker processes on this host's
- * device slots as the pool needs to reach desired:{P} (README, Autoscaling):
- * claims a free slot and starts a worker when the pool is short at a stage,
- * stops one with SIGTERM (the worker drains, then leaves) when the pool holds
- * more than desired, backs off from workers that exit early, and reports the
- * host's capacity in agent:{id}. Its workers run in their own process groups
+ * device slots as the pool needs to reach its share of desired:{P} (README,
+ * Autoscaling; the share leaves out the --stage auto workers of auto:{P}, which
+ * the coordinator moves between stages itself): claims a free slot and starts a
+ * worker when the pool is short at a stage, stops one with SIGTERM (the worker
+ * drains, then leaves) when the pool holds more than its share, backs off from workers that exit
+ * early, and reports the host's capacity in agent:{id}. Its workers run in their own process groups
  * and outlive it: a restarted agent adopts them from the `slots` hash. */
 #include "clock.h"
 #include "cluster/events.h"

@@ -3,11 +3,14 @@
  * load and deciding desired counts, and real mw-agents starting and draining
  * mw-worker processes. A load ramp low -> high -> low must add workers to the
  * middle stage only while the backlog grows, remove them once the load falls,
- * explain each step in an event, and answer every request exactly once. */
+ * explain each step in an event, and answer every request exactly once; with
+ * --stage auto workers and no agent, the same ramp moves them to the middle
+ * stage and back. */
 #include "clock.h"
 #include "err.h"
 #include "cluster/events.h"
 #include "cluster/keys.h"
+#include "cluster/plan_doc.h"
 #include "harness.h"
 #include "mwt_pipeline.h"
 #include "redis.h"
@@ -32,6 +35,7 @@
 #define MAX_REQUESTS 20000 /* room in a tally opened before the last request is sent */
 
 typedef struct fixture {
+    const char *stages; /* the pipeline spec's stages (JSON); NULL: the ramp's */
     mwt_pipeline_t *p;
     mw_redis_t *r;
     pid_t agent, agent2; /* agent-{P}; agent2-{P} when a second one shares the slots */
@@ -60,10 +64,11 @@ static void common_flags(fixture_t *f, char args[][1200], char **argv, int *n)
                mw_config_kafka_get(&f->p->cfg, "bootstrap.servers"));
     spawn_into(args, argv, n, "--log.level=%s",
                getenv("MWT_LOG_LEVEL") ? getenv("MWT_LOG_LEVEL") : "warn");
-    spawn_into(args, argv, n,
-               "--pipeline.spec={\"name\":\"%s\",\"model\":\"%s\",\"stages\":[{\"min\":1,"
-               "\"max\":2},{\"min\":1,\"max\":%d},{\"min\":1,\"max\":2}]}",
-               f->p->name, f->p->model_path, MAX_MID);
+    char ramp[160];
+    snprintf(ramp, sizeof(ramp),
+             "[{\"min\":1,\"max\":2},{\"min\":1,\"max\":%d},{\"min\":1,\"max\":2}]", MAX_MID);
+    spawn_into(args, argv, n, "--pipeline.spec={\"name\":\"%s\",\"model\":\"%s\",\"stages\":%s}",
+               f->p->name, f->p->model_path, f->stages != NULL ? f->stages : ramp);
 }
 
 /* The pipeline's coordinator replaced by one that autoscales quickly. */
@@ -485,6 +490,93 @@ static void killed_agent_and_coordinator_freeze_the_pool_while_serving_continues
     mwt_pipeline_check_exactly_once(f->p, &f->t, sent, f->expected, NULL, NULL);
 }
 
+static int mid_at_max_by_moves(fixture_t *f)
+{
+    return desired(f, 1) == MAX_MID && workers(f, 1) == MAX_MID && workers(f, 2) == 1;
+}
+
+static int moved_back(fixture_t *f)
+{
+    return desired(f, 1) == 1 && workers(f, 1) == 1 && workers(f, 2) == MAX_MID;
+}
+
+static void auto_workers_move_to_the_slow_stage_under_load_and_back(void **state)
+{
+    /* Every worker is slow at stage 1 only, wherever it is placed. */
+    static char delay[64];
+    snprintf(delay, sizeof(delay), "--worker.compute_delay_us=%d", DELAY_US);
+    static const char *flags[] = {delay, "--worker.compute_delay_stage=1", "--batch.max_rows=1",
+                                  NULL};
+    fixture_t *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    *state = f;
+    /* Stage 2 needs 4x the capacity of the others: the auto workers start there. */
+    f->stages = "[{\"min\":1,\"max\":1},{\"min\":1,\"max\":3},{\"min\":1,\"max\":3,\"need\":4}]";
+    f->p = mwt_pipeline_new("move", 3, 6, 2, flags);
+    char err[256];
+    f->r = mw_redis_new(&f->p->cfg, 0, err, sizeof(err));
+    if (f->r == NULL)
+        fail_msg("redis: %s", err);
+    start_coordinator(f);
+    mwt_pipeline_worker(f->p, 0, "fixed0");
+    mwt_pipeline_worker(f->p, 1, "fixed1");
+    if (!mwt_wait_for(workers(f, 0) == 1 && workers(f, 1) == 1, mwt_scaled(20000)))
+        fail_msg("the fixed workers did not join");
+    for (int i = 0; i < MAX_MID; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "auto%d", i);
+        mwt_pipeline_worker(f->p, MW_PLAN_STAGE_AUTO, id);
+    }
+    if (!mwt_wait_for(workers(f, 2) == MAX_MID && desired(f, 2) == MAX_MID &&
+                          mwt_pipeline_origins_assigned(f->p) > 0,
+                      mwt_scaled(30000)))
+        fail_msg("the auto workers did not all join stage 2 (workers %d %d %d, desired %d)",
+                 workers(f, 0), workers(f, 1), workers(f, 2), desired(f, 2));
+
+    int sent = 0;
+    int64_t t_high = mw_now_ms();
+    if (!load(f, HIGH_RATE, mwt_scaled(40000), &sent, mid_at_max_by_moves))
+        fail_msg("the auto workers did not move to stage 1 under %d requests/s (desired %d %d, "
+                 "workers %d %d, busy %.2f, lag %.0f)",
+                 HIGH_RATE, desired(f, 1), desired(f, 2), workers(f, 1), workers(f, 2),
+                 field(f, mw_key_load, "1.busy"), field(f, mw_key_load, "lag"));
+    int64_t t_max = mw_now_ms();
+    if (!load(f, LOW_RATE, mwt_scaled(40000), &sent, moved_back))
+        fail_msg("the auto workers did not move back (desired %d %d, workers %d %d, busy %.2f, "
+                 "lag %.0f)",
+                 desired(f, 1), desired(f, 2), workers(f, 1), workers(f, 2),
+                 field(f, mw_key_load, "1.busy"), field(f, mw_key_load, "lag"));
+    int64_t t_back = mw_now_ms();
+
+    /* Two moves there and two back, each with its reason; nothing started or stopped. */
+    char msgs[16][600];
+    int nev = events_of(f, "move", msgs, 16);
+    for (int i = 0; i < nev && i < 16; i++)
+        printf("event: %s\n", msgs[i]);
+    assert_int_equal(nev, 2 * (MAX_MID - 1));
+    for (int i = 0; i < nev; i++) {
+        int out = i < MAX_MID - 1;
+        assert_non_null(
+            strstr(msgs[i], out ? "stage=2 to stage=1: busy " : "stage=1 to stage=2: back: busy "));
+        if (out)
+            assert_non_null(strstr(msgs[i], "lag +"));
+    }
+    assert_int_equal(events_of(f, "scale_", msgs, 16), 0);
+    /* Moved workers drain first: what they held is not replayed (not asserted:
+     * a request racing a plan change may still be). */
+    int replays = events_of(f, "replay", NULL, 0);
+
+    f->expected = mwt_pipeline_reference(f->p, sent);
+    if (mwt_pipeline_read(f->p, "results", &f->t, sent, f->expected, sent, mwt_scaled(60000)) !=
+        sent)
+        fail_msg("%d of %d requests answered", f->t.distinct, sent);
+    mwt_pipeline_check_exactly_once(f->p, &f->t, sent, f->expected, NULL, NULL);
+    printf("move: %d requests; %d auto workers at stage 1 %.1f s after the step up, back at "
+           "stage 2 %.1f s after the step down; %d replay event(s)\n",
+           sent, MAX_MID - 1, (double)(t_max - t_high) / 1000, (double)(t_back - t_max) / 1000,
+           replays);
+}
+
 static void bad_agent_slots_and_command_are_refused_with_a_message(void **state)
 {
     (void)state;
@@ -518,6 +610,8 @@ int main(void)
         cmocka_unit_test_teardown(worker_exiting_at_once_is_backed_off_and_reported, teardown),
         cmocka_unit_test_teardown(
             killed_agent_and_coordinator_freeze_the_pool_while_serving_continues, teardown),
+        cmocka_unit_test_teardown(auto_workers_move_to_the_slow_stage_under_load_and_back,
+                                  teardown),
     };
     if (getenv("MWT_FILTER") != NULL)
         cmocka_set_test_filter(getenv("MWT_FILTER"));

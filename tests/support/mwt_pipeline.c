@@ -5,6 +5,7 @@
 #include "err.h"
 #include "harness.h"
 #include "cluster/keys.h"
+#include "cluster/plan_doc.h"
 #include "kafka.h"
 #include "model/model.h"
 #include "topics/record.h"
@@ -151,7 +152,10 @@ int mwt_pipeline_worker(mwt_pipeline_t *p, int stage, const char *id)
     if (p->nworkers >= MWT_MAX_WORKERS)
         die("worker", "too many workers");
     snprintf(a, sizeof(a), "--id=%s", id);
-    snprintf(b, sizeof(b), "--stage=%d", stage);
+    if (stage == MW_PLAN_STAGE_AUTO)
+        snprintf(b, sizeof(b), "--stage=auto");
+    else
+        snprintf(b, sizeof(b), "--stage=%d", stage);
     snprintf(c, sizeof(c), "--pipeline=%s", p->name);
     snprintf(d, sizeof(d), "--world.timeout_ms=%lld", (long long)mwt_scaled(2000));
     snprintf(e, sizeof(e), "--request.attempt_timeout_ms=%lld", (long long)mwt_scaled(3000));

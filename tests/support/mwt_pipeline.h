@@ -66,7 +66,8 @@ void mwt_pipeline_destroy(mwt_pipeline_t *p);
  * whether the test passed or failed. */
 int mwt_pipeline_teardown(void **state);
 
-/* Starts a worker at stage with the given id; returns its index. */
+/* Starts a worker at stage (MW_PLAN_STAGE_AUTO: --stage=auto) with the given id;
+ * returns its index. */
 int mwt_pipeline_worker(mwt_pipeline_t *p, int stage, const char *id);
 
 /* per_stage workers at every stage, ids w<stage>-<k>. */

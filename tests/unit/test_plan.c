@@ -565,6 +565,96 @@ static void empty_stage_takes_an_auto_worker_from_a_crowded_one(void **state)
     mw_pipelines_fini(&spec);
 }
 
+static mw_plan_t *compute_wanting(const mw_pipelines_t *spec, const mw_plan_member_t *m, size_t n,
+                                  const mw_plan_t *prev, const int *want)
+{
+    mw_plan_options_t opt = {.max_fanout = 4, .auto_want = want};
+    mw_plan_t *plan = NULL;
+    if (mw_plan_compute(spec, m, n, prev, &opt, &plan, err, sizeof(err)) != MW_OK)
+        fail_msg("mw_plan_compute: %s", err);
+    assert_routes(plan);
+    return plan;
+}
+
+static void auto_workers_follow_the_wanted_counts_and_back(void **state)
+{
+    (void)state;
+    mw_pipelines_t spec = spec_of("A:3");
+    mw_plan_member_t m[6] = {member("f0", "A", 0, "cpu"),
+                             member("f1", "A", 1, "cpu"),
+                             member("f2", "A", 2, "cpu"),
+                             member("x0", "A", MW_PLAN_STAGE_AUTO, "cpu"),
+                             member("x1", "A", MW_PLAN_STAGE_AUTO, "cpu"),
+                             member("x2", "A", MW_PLAN_STAGE_AUTO, "cpu")};
+    int want[MW_PIPELINE_MAX_STAGES] = {0, 0, 2};
+    /* New auto workers go where they are wanted (by need alone, x1 would go to stage 1). */
+    mw_plan_t *p = compute_wanting(&spec, m, 5, NULL, want);
+    assert_int_equal(mw_plan_find_worker(p, "x0")->stage, 2);
+    assert_int_equal(mw_plan_find_worker(p, "x1")->stage, 2);
+    /* One more wanted at stage 1: one moves from stage 2, nothing else changes stage. */
+    want[1] = 1, want[2] = 1;
+    mw_plan_t *p2 = compute_wanting(&spec, m, 5, p, want);
+    assert_int_equal(mw_plan_find_worker(p2, "x0")->stage, 1);
+    assert_int_equal(mw_plan_find_worker(p2, "x1")->stage, 2);
+    assert_int_equal(mw_plan_find_worker(p2, "f2")->stage, 2);
+    /* And back. A draining auto worker is neither moved nor counted: with x0
+     * draining, x1 is the one stage 2 wants and stays. */
+    want[1] = 0, want[2] = 2;
+    mw_plan_t *p3 = compute_wanting(&spec, m, 5, p2, want);
+    assert_int_equal(mw_plan_find_worker(p3, "x0")->stage, 2);
+    m[3].draining = 1;
+    want[1] = 1, want[2] = 1;
+    mw_plan_t *p4 = compute_wanting(&spec, m, 5, p3, want);
+    assert_int_equal(mw_plan_find_worker(p4, "x0")->stage, 2);
+    assert_int_equal(mw_plan_find_worker(p4, "x1")->stage, 2);
+    /* Never at the cost of emptying a stage; with no wanted counts (-1), auto workers stay. */
+    m[3].draining = 0;
+    mw_plan_member_t lone[3] = {m[0], m[1], m[5]};
+    int none_at_2[MW_PIPELINE_MAX_STAGES] = {0, 1, 0};
+    mw_plan_t *p5 = compute_wanting(&spec, lone, 3, NULL, none_at_2);
+    assert_int_equal(mw_plan_find_worker(p5, "x2")->stage, 2);
+    assert_true(p5->pipelines[0].complete);
+    int unknown[MW_PIPELINE_MAX_STAGES] = {-1};
+    mw_plan_t *p6 = compute_wanting(&spec, m, 5, p2, unknown);
+    assert_int_equal(mw_plan_find_worker(p6, "x0")->stage, 1);
+    mw_plan_destroy(p5);
+    mw_plan_destroy(p6);
+    /* A worker holding requests drains at its stage first (no new work routed
+     * to it, its worlds kept), and moves once it holds none. */
+    int back[MW_PIPELINE_MAX_STAGES] = {0, 0, 2};
+    m[3].inflight = 2;
+    p5 = compute_wanting(&spec, m, 5, p2, back);
+    const mw_plan_worker_t *x0 = mw_plan_find_worker(p5, "x0");
+    assert_int_equal(x0->stage, 1);
+    assert_true(x0->draining);
+    assert_int_equal(p5->nworlds, p2->nworlds);
+    assert_int_equal(mw_plan_find_worker(p5, "x1")->stage, 2);
+    p6 = compute_wanting(&spec, m, 5, p5, back); /* still holding: still draining */
+    assert_true(mw_plan_find_worker(p6, "x0")->draining);
+    m[3].inflight = 0;
+    mw_plan_destroy(p5);
+    p5 = compute_wanting(&spec, m, 5, p6, back);
+    assert_int_equal(mw_plan_find_worker(p5, "x0")->stage, 2);
+    assert_false(mw_plan_find_worker(p5, "x0")->draining);
+    /* Wanted back where it is before it left: it stays, serving again. */
+    m[3].inflight = 2;
+    mw_plan_destroy(p6);
+    p6 = compute_wanting(&spec, m, 5, p2, back);
+    assert_true(mw_plan_find_worker(p6, "x0")->draining);
+    int stay[MW_PIPELINE_MAX_STAGES] = {0, 1, 1};
+    mw_plan_t *p7 = compute_wanting(&spec, m, 5, p6, stay);
+    assert_int_equal(mw_plan_find_worker(p7, "x0")->stage, 1);
+    assert_false(mw_plan_find_worker(p7, "x0")->draining);
+    mw_plan_destroy(p7);
+    mw_plan_destroy(p);
+    mw_plan_destroy(p2);
+    mw_plan_destroy(p3);
+    mw_plan_destroy(p4);
+    mw_plan_destroy(p5);
+    mw_plan_destroy(p6);
+    mw_pipelines_fini(&spec);
+}
+
 static void bad_members_are_rejected_with_reasons(void **state)
 {
     (void)state;
@@ -779,6 +869,7 @@ int main(void)
         cmocka_unit_test(backend_follows_both_devices_hosts_and_what_both_carry),
         cmocka_unit_test(auto_workers_go_to_stage_with_least_capacity_per_need),
         cmocka_unit_test(empty_stage_takes_an_auto_worker_from_a_crowded_one),
+        cmocka_unit_test(auto_workers_follow_the_wanted_counts_and_back),
         cmocka_unit_test(bad_members_are_rejected_with_reasons),
         cmocka_unit_test(long_ids_get_hashed_world_names),
         cmocka_unit_test(malformed_plans_are_rejected_with_a_message),
