@@ -125,7 +125,8 @@ mw_scale_decision_t mw_scale_decide(mw_scale_state_t *st, const mw_pipeline_spec
         unmeasured |= sl->measured == 0;
         if (busiest < 0 || sl->busy > load->stages[busiest].busy)
             busiest = s;
-        double after = busy_without_one(sl);
+        /* Below its desired count, one less stops no worker. */
+        double after = sl->workers < st->desired[s] ? sl->busy : busy_without_one(sl);
         spare &= sl->busy < opt->busy_low;
         /* A scale-in stops an agent's worker: auto workers only move. */
         if (st->desired[s] > spec->stages[s].min && st->desired[s] > st->autos[s] &&
@@ -142,6 +143,10 @@ mw_scale_decision_t mw_scale_decide(mw_scale_state_t *st, const mw_pipeline_spec
         st->spare_since_ms = 0;
     else if (st->spare_since_ms == 0)
         st->spare_since_ms = now_ms;
+    /* A change that was not reached within scale_in_after_ms (no free slot,
+     * a worker that keeps failing) no longer holds decisions back: else the
+     * pipeline would never be scaled again, not even in. */
+    settled |= st->changed_ms != 0 && now_ms - st->changed_ms >= opt->scale_in_after_ms;
     if (!settled || unmeasured ||
         (st->changed_ms != 0 && now_ms - st->changed_ms < opt->cooldown_ms))
         return none;

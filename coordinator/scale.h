@@ -4,7 +4,8 @@
  * decision, with hysteresis: scale out the busiest stage by one while the
  * backlog grows or the p99 misses slo_ms; scale in by one when every stage has
  * had spare capacity for scale_in_after_ms; nothing within cooldown_ms of the
- * last change, nor while the last change has not taken effect. A scale-out
+ * last change, nor while the last change has not taken effect (for at most
+ * scale_in_after_ms: a count that cannot be reached does not freeze it). A scale-out
  * is a move instead when another stage can give one of its --stage auto
  * workers (above its min, spare even without it), and spare capacity moves it
  * back before anything is scaled in. */

@@ -181,6 +181,35 @@ static void sustained_spare_capacity_scales_in_never_below_min(void **state)
     mw_pipelines_fini(&p);
 }
 
+static void
+scale_out_that_cannot_be_reached_freezes_decisions_for_scale_in_after_ms_only(void **state)
+{
+    (void)state;
+    mw_pipelines_t p = three_stages();
+    mw_scale_state_t st;
+    int w[3] = {1, 1, 1};
+    mw_scale_init(&st, &p.items[0], w, no_autos);
+    double busy[3] = {0.2, 0.95, 0.2};
+    mw_pipeline_load_t l = load_of(w, busy, 500, 100);
+    mw_scale_decision_t d = mw_scale_decide(&st, &p.items[0], &l, &opt, 1000);
+    assert_int_equal(d.action, MW_SCALE_OUT);
+    assert_int_equal(d.to, 2);
+    /* No slot for the second worker: stage 1 stays at one, the load falls. */
+    busy[1] = 0.1;
+    l = load_of(w, busy, 0, 0);
+    for (int64_t t = 2000; t < 1000 + opt.scale_in_after_ms; t += 500)
+        assert_int_equal(mw_scale_decide(&st, &p.items[0], &l, &opt, t).action, MW_SCALE_NONE);
+    /* Past the deadline the spare capacity counts again: scaled back in. */
+    d.action = MW_SCALE_NONE;
+    for (int64_t t = 1000 + opt.scale_in_after_ms; t <= 30000 && d.action == MW_SCALE_NONE;
+         t += 500)
+        d = mw_scale_decide(&st, &p.items[0], &l, &opt, t);
+    assert_int_equal(d.action, MW_SCALE_IN);
+    assert_int_equal(d.stage, 1);
+    assert_int_equal(d.to, 1);
+    mw_pipelines_fini(&p);
+}
+
 static void init_clamps_counts_to_the_bounds(void **state)
 {
     (void)state;
@@ -319,6 +348,8 @@ int main(void)
         cmocka_unit_test(growing_backlog_scales_out_the_busiest_stage_one_step_at_a_time),
         cmocka_unit_test(busy_stage_without_backlog_or_slo_miss_is_left_alone),
         cmocka_unit_test(sustained_spare_capacity_scales_in_never_below_min),
+        cmocka_unit_test(
+            scale_out_that_cannot_be_reached_freezes_decisions_for_scale_in_after_ms_only),
         cmocka_unit_test(init_clamps_counts_to_the_bounds),
         cmocka_unit_test(spare_auto_worker_moves_to_the_bottleneck_and_back),
         cmocka_unit_test(no_move_from_a_busy_stage_its_min_or_without_auto_workers),
