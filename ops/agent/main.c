@@ -47,6 +47,7 @@ typedef struct slot {
     size_t pipeline; /* index in the spec */
     int stage;
     int64_t started_ms;
+    char value[MW_POOL_VALUE_MAX]; /* its value in `slots`, for mw_pool_release */
 } slot_t;
 
 /* Restart backoff of one pipeline stage. */
@@ -123,6 +124,7 @@ static int start_worker(agent_t *a, slot_t *s, size_t p, int stage)
     int rc = mw_pool_claim(a->r, pipeline, stage, a->id, s->name);
     if (rc != 1)
         return rc;
+    mw_pool_slot_value(s->value, sizeof(s->value), a->id, 0, pipeline, stage);
     char stage_text[16];
     snprintf(stage_text, sizeof(stage_text), "%d", stage);
     pid_t pid = fork();
@@ -136,7 +138,7 @@ static int start_worker(agent_t *a, slot_t *s, size_t p, int stage)
     }
     if (pid < 0) {
         mw_log(MW_LOG_ERROR, "agent", "fork: %s", strerror(errno));
-        mw_pool_release(a->r, pipeline, stage, a->id, s->name);
+        mw_pool_release(a->r, pipeline, stage, a->id, s->name, s->value);
         return MW_ENOMEM;
     }
     s->pid = pid;
@@ -145,7 +147,8 @@ static int start_worker(agent_t *a, slot_t *s, size_t p, int stage)
     s->pipeline = p;
     s->stage = stage;
     s->started_ms = mw_now_ms();
-    mw_pool_started(a->r, pipeline, stage, a->id, s->name, pid);
+    if (mw_pool_started(a->r, pipeline, stage, a->id, s->name, pid) == MW_OK)
+        mw_pool_slot_value(s->value, sizeof(s->value), a->id, pid, pipeline, stage);
     char msg[512];
     snprintf(msg, sizeof(msg), "started worker pid %lld for %s stage %d on %s", (long long)pid,
              pipeline, stage, s->name);
@@ -166,7 +169,7 @@ static void worker_gone(agent_t *a, slot_t *s, int status)
         snprintf(how, sizeof(how), "was killed by signal %d", WTERMSIG(status));
     else
         snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(status));
-    mw_pool_release(a->r, pipeline, s->stage, a->id, s->name);
+    mw_pool_release(a->r, pipeline, s->stage, a->id, s->name, s->value);
     backoff_t *b = &a->backoff[s->pipeline * MW_PIPELINE_MAX_STAGES + (size_t)s->stage];
     if (s->draining) {
         snprintf(msg, sizeof(msg), "worker pid %lld of %s stage %d on %s stopped (%s)",
@@ -229,18 +232,22 @@ static void take_over(agent_t *a, slot_t *s, int adopt_mine)
     if (mw_redis_cmd(a->r, &reply, "HGET %s %s", mw_key(a->r, MW_KEY_SLOTS, key, sizeof(key)),
                      s->name) != MW_OK)
         return;
-    char owner[64] = "", pipeline[MW_PIPELINE_NAME_MAX] = "";
+    char owner[64] = "", pipeline[MW_PIPELINE_NAME_MAX] = "", value[MW_POOL_VALUE_MAX] = "";
     long long pid = 0;
     int stage = -1;
-    if (reply->type == REDIS_REPLY_STRING)
-        sscanf(reply->str, "%63s %lld %47s %d", owner, &pid, pipeline, &stage);
+    if (reply->type == REDIS_REPLY_STRING) {
+        snprintf(value, sizeof(value), "%s", reply->str);
+        sscanf(value, "%63s %lld %47s %d", owner, &pid, pipeline, &stage);
+    }
     freeReplyObject(reply);
     if (owner[0] == '\0' || pid <= 0)
         return;
     if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
         mw_log(MW_LOG_INFO, "agent", "freeing %s: its worker pid %lld (agent %s) is gone", s->name,
                pid, owner);
-        mw_pool_release(a->r, pipeline, stage, owner, s->name);
+        /* Only if it still holds what was read: its agent may have freed and
+         * claimed it again meanwhile. */
+        mw_pool_release(a->r, pipeline, stage, owner, s->name, value);
         return;
     }
     const mw_pipeline_spec_t *ps = mw_pipelines_find(&a->spec, pipeline);
@@ -251,6 +258,7 @@ static void take_over(agent_t *a, slot_t *s, int adopt_mine)
     s->stage = stage;
     s->child = 0;
     s->started_ms = 0; /* unknown: its end is no early exit */
+    snprintf(s->value, sizeof(s->value), "%s", value);
     mw_log(MW_LOG_INFO, "agent", "adopted worker pid %lld of %s stage %d on %s", pid, pipeline,
            stage, s->name);
 }
