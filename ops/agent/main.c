@@ -28,7 +28,10 @@
 
 /* A worker that exits sooner than this after its start counts as a crash. */
 #define EARLY_EXIT_MS 10000
-#define SLOTS_MAX     256
+/* A draining worker still there this long after worker.drain_timeout_ms gets
+ * SIGKILL: it ignores SIGTERM (hung, stopped) and would hold its slot forever. */
+#define DRAIN_KILL_MARGIN_MS 5000
+#define SLOTS_MAX            256
 
 static volatile sig_atomic_t stop_requested;
 
@@ -44,6 +47,8 @@ typedef struct slot {
     pid_t pid;       /* its worker, 0 when free */
     int child;       /* the worker is our child (else adopted: polled with kill 0) */
     int draining;    /* SIGTERM sent */
+    int64_t term_ms; /* when */
+    int killed;      /* SIGKILL sent */
     size_t pipeline; /* index in the spec */
     int stage;
     int64_t started_ms;
@@ -117,6 +122,15 @@ static void event(agent_t *a, const char *type, const char *msg)
                   (const char *)NULL);
 }
 
+/* sig to the worker on s: its group (sh -c without exec too), else the worker
+ * alone (a group that is gone); 0 or -1 with errno. */
+static int signal_worker(const slot_t *s, int sig)
+{
+    if (kill(-s->pid, sig) == 0)
+        return 0;
+    return errno == ESRCH ? kill(s->pid, sig) : -1;
+}
+
 /* Claims s and starts a worker there: mw_pool_claim's answer. */
 static int start_worker(agent_t *a, slot_t *s, size_t p, int stage)
 {
@@ -141,9 +155,13 @@ static int start_worker(agent_t *a, slot_t *s, size_t p, int stage)
         mw_pool_release(a->r, pipeline, stage, a->id, s->name, s->value);
         return MW_ENOMEM;
     }
+    /* Also here, so that the group exists before the child gets to it: a
+     * kill(-pid) soon after must not miss it (EACCES: it exec'd already). */
+    setpgid(pid, pid);
     s->pid = pid;
     s->child = 1;
     s->draining = 0;
+    s->killed = 0;
     s->pipeline = p;
     s->stage = stage;
     s->started_ms = mw_now_ms();
@@ -203,6 +221,7 @@ static void worker_gone(agent_t *a, slot_t *s, int status)
     }
     s->pid = 0;
     s->draining = 0;
+    s->killed = 0;
 }
 
 static void reap(agent_t *a)
@@ -312,14 +331,42 @@ static void act(agent_t *a)
             }
             if (mine != NULL &&
                 mw_pool_shrink(a->r, a->spec.items[p].name, st, a->id, mine->name) == 1) {
-                kill(-mine->pid, SIGTERM); /* its group: sh -c without exec too */
+                if (signal_worker(mine, SIGTERM) != 0)
+                    mw_log(MW_LOG_WARN, "agent", "SIGTERM to worker pid %lld: %s",
+                           (long long)mine->pid, strerror(errno));
                 mine->draining = 1;
+                mine->term_ms = mw_now_ms();
+                mine->killed = 0;
                 char msg[512];
                 snprintf(msg, sizeof(msg), "draining worker pid %lld of %s stage %d on %s",
                          (long long)mine->pid, a->spec.items[p].name, st, mine->name);
                 mw_log(MW_LOG_INFO, "agent", "%s", msg);
             }
         }
+    }
+}
+
+/* SIGKILL for each worker that still drains well past worker.drain_timeout_ms. */
+static void kill_hung(agent_t *a)
+{
+    int64_t now = mw_now_ms();
+    for (int i = 0; i < a->nslots; i++) {
+        slot_t *s = &a->slots[i];
+        if (s->pid == 0 || !s->draining || s->killed ||
+            now - s->term_ms < a->cfg->worker_drain_timeout_ms + DRAIN_KILL_MARGIN_MS)
+            continue;
+        s->killed = 1; /* once: reap frees the slot when it is gone */
+        char msg[512];
+        if (signal_worker(s, SIGKILL) != 0) {
+            mw_log(MW_LOG_WARN, "agent", "SIGKILL to worker pid %lld: %s", (long long)s->pid,
+                   strerror(errno));
+            continue;
+        }
+        snprintf(msg, sizeof(msg),
+                 "killed worker pid %lld on %s: still draining %lld ms after SIGTERM",
+                 (long long)s->pid, s->name, (long long)(now - s->term_ms));
+        mw_log(MW_LOG_WARN, "agent", "%s", msg);
+        event(a, "agent_kill", msg);
     }
 }
 
@@ -393,6 +440,7 @@ int main(int argc, char **argv)
     while (!stop_requested) {
         int64_t t0 = mw_now_ms();
         reap(&a);
+        kill_hung(&a);
         act(&a);
         report(&a);
         int64_t left = t0 + cfg.agent_interval_ms - mw_now_ms();
