@@ -122,6 +122,18 @@ static void event(agent_t *a, const char *type, const char *msg)
                   (const char *)NULL);
 }
 
+/* The worker keeps 0-2 only: the agent's Redis socket and the rest are not its. */
+static void close_inherited_fds(void)
+{
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+    closefrom(3);
+#else
+    long max = sysconf(_SC_OPEN_MAX);
+    for (long fd = 3; fd < (max > 0 ? max : 1024); fd++)
+        close((int)fd);
+#endif
+}
+
 /* sig to the worker on s: its group (sh -c without exec too), else the worker
  * alone (a group that is gone); 0 or -1 with errno. */
 static int signal_worker(const slot_t *s, int sig)
@@ -144,6 +156,7 @@ static int start_worker(agent_t *a, slot_t *s, size_t p, int stage)
     pid_t pid = fork();
     if (pid == 0) {
         setpgid(0, 0); /* outlives the agent; a signal to the agent's group spares it */
+        close_inherited_fds();
         setenv("MW_WORKER_PIPELINE", pipeline, 1);
         setenv("MW_WORKER_STAGE", stage_text, 1);
         setenv("MW_WORKER_DEVICE", s->device, 1);
