@@ -207,7 +207,8 @@ int mw_load_sample(mw_load_t *l, mw_redis_t *r, const mw_member_record_t *recs, 
                 l->now[p].stages[s].busy =
                     busy_sum[p * MW_PIPELINE_MAX_STAGES + (size_t)s] / l->now[p].stages[s].measured;
     free(busy_sum);
-    forget_gone(l);
+    if (rc == MW_OK)
+        forget_gone(l); /* after a Redis error the workers not read are not gone */
     return rc;
 }
 

@@ -40,9 +40,21 @@ static mw_redis_script_t shrink_script = {
     "",
 };
 
+/* KEYS: pool, slots; ARGV: field, slot, the slot's value as the caller read it.
+ * Only while the slot still holds that value: another agent may have freed it
+ * and claimed it again since (the same field when the same agent and stage). */
+static mw_redis_script_t release_script = {
+    "pool_release",
+    "if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end\n"
+    "redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "redis.call('HDEL', KEYS[2], ARGV[2])\n"
+    "return 1\n",
+    "",
+};
+
 typedef struct names {
     char pool[MW_KEY_MAX], desired[MW_KEY_MAX], autos[MW_KEY_MAX], slots[MW_KEY_MAX];
-    char stage[16], field[512], value[512];
+    char stage[16], field[512], value[MW_POOL_VALUE_MAX];
 } names_t;
 
 static void name(names_t *n, mw_redis_t *r, const char *pipeline, int stage, const char *agent,
@@ -54,7 +66,14 @@ static void name(names_t *n, mw_redis_t *r, const char *pipeline, int stage, con
     mw_key(r, MW_KEY_SLOTS, n->slots, sizeof(n->slots));
     snprintf(n->stage, sizeof(n->stage), "%d", stage);
     snprintf(n->field, sizeof(n->field), "%d|%s|%s", stage, agent, slot);
-    snprintf(n->value, sizeof(n->value), "%s %lld %s %d", agent, (long long)pid, pipeline, stage);
+    mw_pool_slot_value(n->value, sizeof(n->value), agent, pid, pipeline, stage);
+}
+
+char *mw_pool_slot_value(char *buf, size_t size, const char *agent, int64_t pid,
+                         const char *pipeline, int stage)
+{
+    snprintf(buf, size, "%s %lld %s %d", agent, (long long)pid, pipeline, stage);
+    return buf;
 }
 
 /* The script's integer answer (0 when it is not one), or a negative MW_E*. */
@@ -99,12 +118,11 @@ int mw_pool_shrink(mw_redis_t *r, const char *pipeline, int stage, const char *a
 }
 
 int mw_pool_release(mw_redis_t *r, const char *pipeline, int stage, const char *agent,
-                    const char *slot)
+                    const char *slot, const char *value)
 {
     names_t n;
     name(&n, r, pipeline, stage, agent, slot, 0);
-    int rc = mw_redis_cmd(r, NULL, "HDEL %s %s", n.pool, n.field);
-    if (rc == MW_OK)
-        rc = mw_redis_cmd(r, NULL, "HDEL %s %s", n.slots, slot);
-    return rc;
+    const char *keys[] = {n.pool, n.slots};
+    const char *args[] = {n.field, slot, value};
+    return eval_int(r, &release_script, 2, keys, 3, args);
 }

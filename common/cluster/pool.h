@@ -11,6 +11,7 @@
 
 #include "redis.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* Claims slot for a new worker of pipeline at stage when the pool holds fewer
@@ -18,6 +19,9 @@
  * claimed, 0 not (enough workers), MW_POOL_SLOT_TAKEN (the slot is in use:
  * try another), or a negative MW_E*. */
 #define MW_POOL_SLOT_TAKEN 2
+
+/* Room for a value of `slots`. */
+#define MW_POOL_VALUE_MAX 256
 
 int mw_pool_claim(mw_redis_t *r, const char *pipeline, int stage, const char *agent,
                   const char *slot);
@@ -32,8 +36,16 @@ int mw_pool_started(mw_redis_t *r, const char *pipeline, int stage, const char *
 int mw_pool_shrink(mw_redis_t *r, const char *pipeline, int stage, const char *agent,
                    const char *slot);
 
-/* Frees slot and removes its worker from the pool (it exited). */
+/* The value of `slots` for agent's worker pid (0 while it is being started)
+ * of pipeline at stage, in buf; returns buf. */
+char *mw_pool_slot_value(char *buf, size_t size, const char *agent, int64_t pid,
+                         const char *pipeline, int stage);
+
+/* Frees slot and removes its worker from the pool (it exited), but only while
+ * `slots` still holds value for slot (what the caller read there, or wrote:
+ * mw_pool_slot_value), so that a stale release never frees a slot claimed
+ * again since: 1 freed, 0 not (its value changed), or a negative MW_E*. */
 int mw_pool_release(mw_redis_t *r, const char *pipeline, int stage, const char *agent,
-                    const char *slot);
+                    const char *slot, const char *value);
 
 #endif

@@ -28,7 +28,10 @@
 
 /* A worker that exits sooner than this after its start counts as a crash. */
 #define EARLY_EXIT_MS 10000
-#define SLOTS_MAX     256
+/* A draining worker still there this long after worker.drain_timeout_ms gets
+ * SIGKILL: it ignores SIGTERM (hung, stopped) and would hold its slot forever. */
+#define DRAIN_KILL_MARGIN_MS 5000
+#define SLOTS_MAX            256
 
 static volatile sig_atomic_t stop_requested;
 
@@ -44,9 +47,12 @@ typedef struct slot {
     pid_t pid;       /* its worker, 0 when free */
     int child;       /* the worker is our child (else adopted: polled with kill 0) */
     int draining;    /* SIGTERM sent */
+    int64_t term_ms; /* when */
+    int killed;      /* SIGKILL sent */
     size_t pipeline; /* index in the spec */
     int stage;
     int64_t started_ms;
+    char value[MW_POOL_VALUE_MAX]; /* its value in `slots`, for mw_pool_release */
 } slot_t;
 
 /* Restart backoff of one pipeline stage. */
@@ -116,6 +122,27 @@ static void event(agent_t *a, const char *type, const char *msg)
                   (const char *)NULL);
 }
 
+/* The worker keeps 0-2 only: the agent's Redis socket and the rest are not its. */
+static void close_inherited_fds(void)
+{
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+    closefrom(3);
+#else
+    long max = sysconf(_SC_OPEN_MAX);
+    for (long fd = 3; fd < (max > 0 ? max : 1024); fd++)
+        close((int)fd);
+#endif
+}
+
+/* sig to the worker on s: its group (sh -c without exec too), else the worker
+ * alone (a group that is gone); 0 or -1 with errno. */
+static int signal_worker(const slot_t *s, int sig)
+{
+    if (kill(-s->pid, sig) == 0)
+        return 0;
+    return errno == ESRCH ? kill(s->pid, sig) : -1;
+}
+
 /* Claims s and starts a worker there: mw_pool_claim's answer. */
 static int start_worker(agent_t *a, slot_t *s, size_t p, int stage)
 {
@@ -123,11 +150,13 @@ static int start_worker(agent_t *a, slot_t *s, size_t p, int stage)
     int rc = mw_pool_claim(a->r, pipeline, stage, a->id, s->name);
     if (rc != 1)
         return rc;
+    mw_pool_slot_value(s->value, sizeof(s->value), a->id, 0, pipeline, stage);
     char stage_text[16];
     snprintf(stage_text, sizeof(stage_text), "%d", stage);
     pid_t pid = fork();
     if (pid == 0) {
         setpgid(0, 0); /* outlives the agent; a signal to the agent's group spares it */
+        close_inherited_fds();
         setenv("MW_WORKER_PIPELINE", pipeline, 1);
         setenv("MW_WORKER_STAGE", stage_text, 1);
         setenv("MW_WORKER_DEVICE", s->device, 1);
@@ -136,16 +165,21 @@ static int start_worker(agent_t *a, slot_t *s, size_t p, int stage)
     }
     if (pid < 0) {
         mw_log(MW_LOG_ERROR, "agent", "fork: %s", strerror(errno));
-        mw_pool_release(a->r, pipeline, stage, a->id, s->name);
+        mw_pool_release(a->r, pipeline, stage, a->id, s->name, s->value);
         return MW_ENOMEM;
     }
+    /* Also here, so that the group exists before the child gets to it: a
+     * kill(-pid) soon after must not miss it (EACCES: it exec'd already). */
+    setpgid(pid, pid);
     s->pid = pid;
     s->child = 1;
     s->draining = 0;
+    s->killed = 0;
     s->pipeline = p;
     s->stage = stage;
     s->started_ms = mw_now_ms();
-    mw_pool_started(a->r, pipeline, stage, a->id, s->name, pid);
+    if (mw_pool_started(a->r, pipeline, stage, a->id, s->name, pid) == MW_OK)
+        mw_pool_slot_value(s->value, sizeof(s->value), a->id, pid, pipeline, stage);
     char msg[512];
     snprintf(msg, sizeof(msg), "started worker pid %lld for %s stage %d on %s", (long long)pid,
              pipeline, stage, s->name);
@@ -166,7 +200,7 @@ static void worker_gone(agent_t *a, slot_t *s, int status)
         snprintf(how, sizeof(how), "was killed by signal %d", WTERMSIG(status));
     else
         snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(status));
-    mw_pool_release(a->r, pipeline, s->stage, a->id, s->name);
+    mw_pool_release(a->r, pipeline, s->stage, a->id, s->name, s->value);
     backoff_t *b = &a->backoff[s->pipeline * MW_PIPELINE_MAX_STAGES + (size_t)s->stage];
     if (s->draining) {
         snprintf(msg, sizeof(msg), "worker pid %lld of %s stage %d on %s stopped (%s)",
@@ -200,6 +234,7 @@ static void worker_gone(agent_t *a, slot_t *s, int status)
     }
     s->pid = 0;
     s->draining = 0;
+    s->killed = 0;
 }
 
 static void reap(agent_t *a)
@@ -229,18 +264,22 @@ static void take_over(agent_t *a, slot_t *s, int adopt_mine)
     if (mw_redis_cmd(a->r, &reply, "HGET %s %s", mw_key(a->r, MW_KEY_SLOTS, key, sizeof(key)),
                      s->name) != MW_OK)
         return;
-    char owner[64] = "", pipeline[MW_PIPELINE_NAME_MAX] = "";
+    char owner[64] = "", pipeline[MW_PIPELINE_NAME_MAX] = "", value[MW_POOL_VALUE_MAX] = "";
     long long pid = 0;
     int stage = -1;
-    if (reply->type == REDIS_REPLY_STRING)
-        sscanf(reply->str, "%63s %lld %47s %d", owner, &pid, pipeline, &stage);
+    if (reply->type == REDIS_REPLY_STRING) {
+        snprintf(value, sizeof(value), "%s", reply->str);
+        sscanf(value, "%63s %lld %47s %d", owner, &pid, pipeline, &stage);
+    }
     freeReplyObject(reply);
     if (owner[0] == '\0' || pid <= 0)
         return;
     if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
         mw_log(MW_LOG_INFO, "agent", "freeing %s: its worker pid %lld (agent %s) is gone", s->name,
                pid, owner);
-        mw_pool_release(a->r, pipeline, stage, owner, s->name);
+        /* Only if it still holds what was read: its agent may have freed and
+         * claimed it again meanwhile. */
+        mw_pool_release(a->r, pipeline, stage, owner, s->name, value);
         return;
     }
     const mw_pipeline_spec_t *ps = mw_pipelines_find(&a->spec, pipeline);
@@ -251,6 +290,7 @@ static void take_over(agent_t *a, slot_t *s, int adopt_mine)
     s->stage = stage;
     s->child = 0;
     s->started_ms = 0; /* unknown: its end is no early exit */
+    snprintf(s->value, sizeof(s->value), "%s", value);
     mw_log(MW_LOG_INFO, "agent", "adopted worker pid %lld of %s stage %d on %s", pid, pipeline,
            stage, s->name);
 }
@@ -304,14 +344,42 @@ static void act(agent_t *a)
             }
             if (mine != NULL &&
                 mw_pool_shrink(a->r, a->spec.items[p].name, st, a->id, mine->name) == 1) {
-                kill(-mine->pid, SIGTERM); /* its group: sh -c without exec too */
+                if (signal_worker(mine, SIGTERM) != 0)
+                    mw_log(MW_LOG_WARN, "agent", "SIGTERM to worker pid %lld: %s",
+                           (long long)mine->pid, strerror(errno));
                 mine->draining = 1;
+                mine->term_ms = mw_now_ms();
+                mine->killed = 0;
                 char msg[512];
                 snprintf(msg, sizeof(msg), "draining worker pid %lld of %s stage %d on %s",
                          (long long)mine->pid, a->spec.items[p].name, st, mine->name);
                 mw_log(MW_LOG_INFO, "agent", "%s", msg);
             }
         }
+    }
+}
+
+/* SIGKILL for each worker that still drains well past worker.drain_timeout_ms. */
+static void kill_hung(agent_t *a)
+{
+    int64_t now = mw_now_ms();
+    for (int i = 0; i < a->nslots; i++) {
+        slot_t *s = &a->slots[i];
+        if (s->pid == 0 || !s->draining || s->killed ||
+            now - s->term_ms < a->cfg->worker_drain_timeout_ms + DRAIN_KILL_MARGIN_MS)
+            continue;
+        s->killed = 1; /* once: reap frees the slot when it is gone */
+        char msg[512];
+        if (signal_worker(s, SIGKILL) != 0) {
+            mw_log(MW_LOG_WARN, "agent", "SIGKILL to worker pid %lld: %s", (long long)s->pid,
+                   strerror(errno));
+            continue;
+        }
+        snprintf(msg, sizeof(msg),
+                 "killed worker pid %lld on %s: still draining %lld ms after SIGTERM",
+                 (long long)s->pid, s->name, (long long)(now - s->term_ms));
+        mw_log(MW_LOG_WARN, "agent", "%s", msg);
+        event(a, "agent_kill", msg);
     }
 }
 
@@ -385,6 +453,7 @@ int main(int argc, char **argv)
     while (!stop_requested) {
         int64_t t0 = mw_now_ms();
         reap(&a);
+        kill_hung(&a);
         act(&a);
         report(&a);
         int64_t left = t0 + cfg.agent_interval_ms - mw_now_ms();

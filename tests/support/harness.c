@@ -108,6 +108,10 @@ pid_t mwt_spawn(char *const argv[])
         fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
+    /* In the parent too, so that a kill(-pid) right after this finds the group;
+     * EACCES (it exec'd already) and ESRCH (it is gone) lose no race. */
+    if (pid > 0)
+        setpgid(pid, pid);
     return pid;
 }
 

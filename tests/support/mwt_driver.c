@@ -117,6 +117,8 @@ static int join_planned_worlds(mwt_driver_t *d, int64_t deadline, char *errstr, 
             if (!mw_plan_world_has(pw, DRIVER_ID, &rank) || pw->nmembers != 2)
                 continue;
             const mw_plan_worker_t *peer = mw_plan_find_worker(plan, pw->members[1 - rank]);
+            if (peer == NULL)
+                continue;
             int is_down = peer->stage == 1, is_back = peer->stage == d->nstages - 1;
             if ((!is_down || d->down != NULL) && (!is_back || d->back != NULL))
                 continue;
