@@ -134,10 +134,36 @@ static void close_inherited_fds(void)
 #endif
 }
 
+/* Whether process pid is the worker an agent started on slot: alive, and its
+ * environment names the slot (MW_AGENT_SLOT). A pid is reused once its process
+ * is gone (after a reboot, at once): `slots` alone must not make an agent
+ * adopt, signal or keep a slot for a process that is not its worker. */
+static int is_slot_worker(pid_t pid, const char *slot)
+{
+    char path[64], want[MW_POOL_VALUE_MAX + 16], env[65536];
+    snprintf(path, sizeof(path), "/proc/%lld/environ", (long long)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0; /* gone, or not ours to read */
+    size_t n = fread(env, 1, sizeof(env) - 1, f);
+    fclose(f);
+    env[n] = '\0';
+    int len = snprintf(want, sizeof(want), "MW_AGENT_SLOT=%s", slot);
+    for (size_t i = 0; i < n; i += strlen(env + i) + 1)
+        if (strncmp(env + i, want, (size_t)len + 1) == 0)
+            return 1;
+    return 0;
+}
+
 /* sig to the worker on s: its group (sh -c without exec too), else the worker
- * alone (a group that is gone); 0 or -1 with errno. */
+ * alone (a group that is gone); 0 or -1 with errno. An adopted worker is
+ * checked to be the slot's first: its pid may have been reused. */
 static int signal_worker(const slot_t *s, int sig)
 {
+    if (!s->child && !is_slot_worker(s->pid, s->name)) {
+        errno = ESRCH;
+        return -1;
+    }
     if (kill(-s->pid, sig) == 0)
         return 0;
     return errno == ESRCH ? kill(s->pid, sig) : -1;
@@ -160,6 +186,7 @@ static int start_worker(agent_t *a, slot_t *s, size_t p, int stage)
         setenv("MW_WORKER_PIPELINE", pipeline, 1);
         setenv("MW_WORKER_STAGE", stage_text, 1);
         setenv("MW_WORKER_DEVICE", s->device, 1);
+        setenv("MW_AGENT_SLOT", s->name, 1);
         execl("/bin/sh", "sh", "-c", a->cfg->agent_worker_command, (char *)NULL);
         _exit(127);
     }
@@ -247,7 +274,7 @@ static void reap(agent_t *a)
         if (s->child) {
             if (waitpid(s->pid, &status, WNOHANG) == s->pid)
                 worker_gone(a, s, status);
-        } else if (kill(s->pid, 0) != 0 && errno == ESRCH) {
+        } else if (!is_slot_worker(s->pid, s->name)) {
             worker_gone(a, s, -1);
         }
     }
@@ -274,7 +301,11 @@ static void take_over(agent_t *a, slot_t *s, int adopt_mine)
     freeReplyObject(reply);
     if (owner[0] == '\0' || pid <= 0)
         return;
-    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
+    /* A slot of this agent's from before its restart must name its worker;
+     * another agent's may name a child between fork and exec (its environment
+     * not yet the worker's): only a pid that is gone frees it. */
+    int mine = adopt_mine && strcmp(owner, a->id) == 0;
+    if (mine ? !is_slot_worker((pid_t)pid, s->name) : kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
         mw_log(MW_LOG_INFO, "agent", "freeing %s: its worker pid %lld (agent %s) is gone", s->name,
                pid, owner);
         /* Only if it still holds what was read: its agent may have freed and
@@ -283,7 +314,7 @@ static void take_over(agent_t *a, slot_t *s, int adopt_mine)
         return;
     }
     const mw_pipeline_spec_t *ps = mw_pipelines_find(&a->spec, pipeline);
-    if (!adopt_mine || strcmp(owner, a->id) != 0 || ps == NULL || stage < 0 || stage >= ps->nstages)
+    if (!mine || ps == NULL || stage < 0 || stage >= ps->nstages)
         return; /* another agent's, or a pipeline this one does not serve */
     s->pid = (pid_t)pid;
     s->pipeline = (size_t)(ps - a->spec.items);

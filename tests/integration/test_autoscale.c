@@ -440,6 +440,48 @@ static int pool_pids(fixture_t *f, long long *pids, int max)
     return n;
 }
 
+/* The value of field slot of `slots` (empty when absent), in buf. */
+static const char *slot_value(fixture_t *f, const char *slot, char *buf, size_t size)
+{
+    char key[MW_KEY_MAX];
+    redisReply *reply = NULL;
+    buf[0] = '\0';
+    if (mw_redis_cmd(f->r, &reply, "HGET %s %s", mw_key(f->r, MW_KEY_SLOTS, key, sizeof(key)),
+                     slot) == MW_OK) {
+        if (reply->type == REDIS_REPLY_STRING)
+            snprintf(buf, size, "%s", reply->str);
+        freeReplyObject(reply);
+    }
+    return buf;
+}
+
+/* After a reboot (or a long time), the pid a slot names may be another
+ * process's: a restarted agent must neither adopt it nor ever signal it. */
+static void slot_naming_a_reused_pid_is_freed_and_that_process_left_alone(void **state)
+{
+    fixture_t *f = fixture_new(state, "reuse", NULL);
+    assert_true(mwt_wait_for(pool_at_min(f), mwt_scaled(60000)));
+    kill_agents(f);
+    char *sleeper[] = {"/bin/sleep", "120", NULL};
+    pid_t other = mwt_spawn(sleeper);
+    assert_true(other > 0);
+    char host[64] = "", slot[160], value[400], key[MW_KEY_MAX], buf[400];
+    gethostname(host, sizeof(host) - 1);
+    snprintf(slot, sizeof(slot), "%s/cpu#7", host); /* the pool at min uses the first ones */
+    snprintf(value, sizeof(value), "agent-%s %lld %s 1", f->p->name, (long long)other, f->p->name);
+    redisReply *reply = NULL;
+    assert_int_equal(mw_redis_cmd(f->r, &reply, "HSET %s %s %s",
+                                  mw_key(f->r, MW_KEY_SLOTS, key, sizeof(key)), slot, value),
+                     MW_OK);
+    freeReplyObject(reply);
+    start_agent(f, NULL);
+    assert_true(
+        mwt_wait_for(strcmp(slot_value(f, slot, buf, sizeof(buf)), value) != 0, mwt_scaled(10000)));
+    assert_int_equal(kill(other, 0), 0); /* not signalled */
+    kill(other, SIGKILL);
+    mwt_wait_exit(other, 5000);
+}
+
 static void killed_agent_and_coordinator_freeze_the_pool_while_serving_continues(void **state)
 {
     fixture_t *f = fixture_new(state, "freeze", NULL);
@@ -608,6 +650,8 @@ int main(void)
         cmocka_unit_test(bad_agent_slots_and_command_are_refused_with_a_message),
         cmocka_unit_test_teardown(load_ramp_scales_the_slow_middle_stage_out_and_back_in, teardown),
         cmocka_unit_test_teardown(worker_exiting_at_once_is_backed_off_and_reported, teardown),
+        cmocka_unit_test_teardown(slot_naming_a_reused_pid_is_freed_and_that_process_left_alone,
+                                  teardown),
         cmocka_unit_test_teardown(
             killed_agent_and_coordinator_freeze_the_pool_while_serving_continues, teardown),
         cmocka_unit_test_teardown(auto_workers_move_to_the_slow_stage_under_load_and_back,
