@@ -14,37 +14,23 @@ struct mw_commit {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    int busy;                              /* the caller's thread only */
-    rd_kafka_topic_partition_list_t *kept; /* the caller's thread only: a resumable commit's */
-    int kept_sent; /* its offsets are in the transaction (the committer's while a commit runs) */
-    int state;     /* lock */
-    int stop;      /* lock */
+    int busy;                                 /* the caller's thread only */
+    int state;                                /* lock */
+    int stop;                                 /* lock */
     rd_kafka_topic_partition_list_t *offsets; /* lock: C_RUNNING's, then its result's */
     mw_commit_result_t res;                   /* lock: C_ENDED */
 };
 
-/* The Kafka side of one commit (committer thread). A resumed one does again
- * what did not succeed: the offsets (the same ones), then the commit. */
-static void commit_run(mw_commit_t *c, mw_commit_result_t *res)
+/* The Kafka side of one commit (committer thread). */
+static void commit_run(const mw_commit_opts_t *o, mw_commit_result_t *res)
 {
-    const mw_commit_opts_t *o = &c->o;
     if (o->transactional) {
-        rd_kafka_error_t *e = NULL;
-        if (!c->kept_sent) {
-            rd_kafka_consumer_group_metadata_t *cgmd =
-                rd_kafka_consumer_group_metadata(o->consumer);
-            e = rd_kafka_send_offsets_to_transaction(o->producer, res->offsets, cgmd,
-                                                     o->timeout_ms);
-            rd_kafka_consumer_group_metadata_destroy(cgmd);
-            c->kept_sent = e == NULL;
-        }
-        if (e == NULL)
-            e = rd_kafka_commit_transaction(o->producer, o->timeout_ms);
-        res->error = e;
-        res->resumable = e != NULL && rd_kafka_error_is_retriable(e) &&
-                         !rd_kafka_error_txn_requires_abort(e) && !rd_kafka_error_is_fatal(e);
-        if (!res->resumable)
-            c->kept_sent = 0;
+        rd_kafka_consumer_group_metadata_t *cgmd = rd_kafka_consumer_group_metadata(o->consumer);
+        res->error =
+            rd_kafka_send_offsets_to_transaction(o->producer, res->offsets, cgmd, o->timeout_ms);
+        rd_kafka_consumer_group_metadata_destroy(cgmd);
+        if (res->error == NULL)
+            res->error = rd_kafka_commit_transaction(o->producer, o->timeout_ms);
         return;
     }
     rd_kafka_resp_err_t err = rd_kafka_flush(o->producer, o->timeout_ms);
@@ -67,7 +53,7 @@ static void *committer_main(void *arg)
             break;
         mw_commit_result_t res = {.offsets = c->offsets, .err = RD_KAFKA_RESP_ERR_NO_ERROR};
         pthread_mutex_unlock(&c->lock);
-        commit_run(c, &res);
+        commit_run(&c->o, &res);
         pthread_mutex_lock(&c->lock);
         c->res = res;
         c->state = C_ENDED;
@@ -102,10 +88,6 @@ mw_commit_t *mw_commit_new(const mw_commit_opts_t *opts, char *errstr, size_t er
 
 void mw_commit_start(mw_commit_t *c, rd_kafka_topic_partition_list_t *offsets)
 {
-    if (offsets == NULL) {
-        offsets = c->kept;
-        c->kept = NULL;
-    }
     c->busy = 1;
     pthread_mutex_lock(&c->lock);
     c->offsets = offsets;
@@ -119,19 +101,6 @@ int mw_commit_busy(const mw_commit_t *c)
     return c->busy;
 }
 
-int mw_commit_resumable(const mw_commit_t *c)
-{
-    return c->kept != NULL;
-}
-
-void mw_commit_forget(mw_commit_t *c)
-{
-    if (c->kept != NULL)
-        rd_kafka_topic_partition_list_destroy(c->kept);
-    c->kept = NULL;
-    c->kept_sent = 0;
-}
-
 int mw_commit_collect(mw_commit_t *c, int wait, mw_commit_result_t *res)
 {
     pthread_mutex_lock(&c->lock);
@@ -143,10 +112,6 @@ int mw_commit_collect(mw_commit_t *c, int wait, mw_commit_result_t *res)
         memset(&c->res, 0, sizeof(c->res));
         c->state = C_IDLE;
         c->busy = 0;
-        if (res->resumable) {
-            c->kept = res->offsets;
-            res->offsets = NULL;
-        }
     }
     pthread_mutex_unlock(&c->lock);
     return ended;
@@ -158,12 +123,10 @@ void mw_commit_destroy(mw_commit_t *c)
         return;
     mw_commit_result_t res;
     if (mw_commit_collect(c, 1, &res)) {
-        if (res.offsets != NULL)
-            rd_kafka_topic_partition_list_destroy(res.offsets);
+        rd_kafka_topic_partition_list_destroy(res.offsets);
         if (res.error != NULL)
             rd_kafka_error_destroy(res.error);
     }
-    mw_commit_forget(c);
     pthread_mutex_lock(&c->lock);
     c->stop = 1;
     pthread_cond_broadcast(&c->cond);

@@ -26,14 +26,8 @@ typedef struct mw_commit_opts {
 
 /* How a commit ended. */
 typedef struct mw_commit_result {
-    rd_kafka_topic_partition_list_t *offsets; /* what it committed (or tried to); the caller's;
-                                                 NULL when resumable */
+    rd_kafka_topic_partition_list_t *offsets; /* what it committed (or tried to); the caller's */
     rd_kafka_error_t *error; /* transactional: NULL when committed, else the caller's */
-    /* Transactional: the error is retriable (a timeout, a broker away): the
-     * transaction stays as it is, offsets included, and the committer keeps
-     * the commit to resume it (librdkafka: the same offsets, then
-     * rd_kafka_commit_transaction again); nothing may be produced meanwhile. */
-    int resumable;
     rd_kafka_resp_err_t err; /* at least once: the offset commit's (NO_ERROR: committed) */
     int undelivered;         /* at least once: a result was not delivered; nothing committed */
 } mw_commit_result_t;
@@ -41,16 +35,9 @@ typedef struct mw_commit_result {
 /* Starts the committer's thread. NULL on failure, with errstr set. */
 mw_commit_t *mw_commit_new(const mw_commit_opts_t *opts, char *errstr, size_t errstr_size);
 
-/* Commits offsets (taken over), with the open transaction when transactional;
- * offsets NULL: resumes the commit that ended resumable. Only while none runs
- * (mw_commit_busy). */
+/* Commits offsets (taken over), with the open transaction when transactional.
+ * Only while none runs (mw_commit_busy). */
 void mw_commit_start(mw_commit_t *c, rd_kafka_topic_partition_list_t *offsets);
-
-/* 1 while a commit that ended resumable is kept, to be resumed. */
-int mw_commit_resumable(const mw_commit_t *c);
-
-/* Drops the kept commit (its transaction was aborted). */
-void mw_commit_forget(mw_commit_t *c);
 
 /* 1 from mw_commit_start until its result is collected. */
 int mw_commit_busy(const mw_commit_t *c);

@@ -694,7 +694,6 @@ static void txn_abort(mw_dataplane_t *dp, const char *why)
     commit_settle(dp);
     if (!o->txn_open)
         return;
-    mw_commit_forget(o->committer);
     mw_log(MW_LOG_WARN, FAC, "aborting the results transaction: %s", why);
     rd_kafka_error_t *e = rd_kafka_abort_transaction(o->producer, (int)dp->cfg.kafka_timeout_ms);
     if (e != NULL) {
@@ -706,16 +705,10 @@ static void txn_abort(mw_dataplane_t *dp, const char *why)
 }
 
 /* Releases what it can and starts committing the released results with their
- * input offsets, or resumes a commit that timed out (releasing nothing: its
- * transaction is committing); 0 when there is nothing to commit. No commit may
- * be running. */
+ * input offsets; 0 when there is nothing to commit. No commit may be running. */
 static int commit_start(mw_dataplane_t *dp)
 {
     dp_origin_t *o = dp->origin;
-    if (mw_commit_resumable(o->committer)) {
-        mw_commit_start(o->committer, NULL);
-        return 1;
-    }
     release(dp);
     rd_kafka_topic_partition_list_t *offsets = produced_offsets(o);
     if (offsets->cnt == 0) {
@@ -746,20 +739,17 @@ static void commit_end(mw_dataplane_t *dp, mw_commit_result_t *res)
                    res->offsets->elems[i].topic, (int)res->offsets->elems[i].partition,
                    (long long)res->offsets->elems[i].offset);
         retire_produced(dp);
-    } else if (res->resumable) {
-        /* The transaction stays as it is; the next commit resumes it. */
-        mw_log(MW_LOG_WARN, FAC, "committing results: %s (will resume)", rd_kafka_error_string(e));
-    } else if (rd_kafka_error_txn_requires_abort(e) && !rd_kafka_error_is_fatal(e)) {
+    } else if (rd_kafka_error_is_fatal(e)) {
+        mw_dp_fatal(dp, MW_EFENCED, "results transaction: %s", rd_kafka_error_string(e));
+    } else if (rd_kafka_error_txn_requires_abort(e)) {
         txn_abort(dp, rd_kafka_error_string(e));
     } else {
-        /* Fatal (fenced), or neither abortable nor retriable, which librdkafka
-         * says to treat as fatal. */
-        mw_dp_fatal(dp, MW_EFENCED, "results transaction: %s", rd_kafka_error_string(e));
+        /* Retriable: the transaction stays open; the next commit tries again. */
+        mw_log(MW_LOG_WARN, FAC, "committing results: %s (will retry)", rd_kafka_error_string(e));
     }
     if (e != NULL)
         rd_kafka_error_destroy(e);
-    if (res->offsets != NULL)
-        rd_kafka_topic_partition_list_destroy(res->offsets);
+    rd_kafka_topic_partition_list_destroy(res->offsets);
 }
 
 /* Waits for the running commit, if any, and acts on its end. */

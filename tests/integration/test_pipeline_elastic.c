@@ -450,9 +450,9 @@ static void kafka_restart_mid_run_loses_and_duplicates_nothing(void **state)
 }
 
 /* A broker hung (SIGSTOP) for longer than kafka_client.timeout_ms while
- * results commit: the commit times out (retriable), the origin releases
- * nothing more and resumes that commit once the broker is back. */
-static void kafka_hung_past_the_commit_timeout_resumes_the_commit_and_loses_nothing(void **state)
+ * results commit: the commits time out and are tried again until the broker
+ * is back. */
+static void kafka_hung_past_the_commit_timeout_loses_and_duplicates_nothing(void **state)
 {
     const int n = 2000;
     /* A window of 50: the origin takes more of the backlog below only as it
@@ -524,8 +524,8 @@ int main(void)
         cmocka_unit_test_teardown(
             killed_coordinator_does_not_pause_serving_and_a_standby_takes_over, teardown),
         cmocka_unit_test_teardown(kafka_restart_mid_run_loses_and_duplicates_nothing, teardown),
-        cmocka_unit_test_teardown(
-            kafka_hung_past_the_commit_timeout_resumes_the_commit_and_loses_nothing, teardown),
+        cmocka_unit_test_teardown(kafka_hung_past_the_commit_timeout_loses_and_duplicates_nothing,
+                                  teardown),
         cmocka_unit_test_teardown(data_plane_activity_reaches_stats_and_events, teardown),
     };
     if (getenv("MWT_FILTER") != NULL) /* e.g. MWT_FILTER='*coordinator*' */
