@@ -28,6 +28,11 @@ typedef struct mw_commit_opts {
 typedef struct mw_commit_result {
     rd_kafka_topic_partition_list_t *offsets; /* what it committed (or tried to); the caller's */
     rd_kafka_error_t *error; /* transactional: NULL when committed, else the caller's */
+    /* Transactional: rd_kafka_commit_transaction itself failed retriably (a
+     * timeout): it goes on in the background and only calling it again may
+     * finish it, so the next commit must be mw_commit_resume; nothing may be
+     * produced meanwhile. */
+    int resumable;
     rd_kafka_resp_err_t err; /* at least once: the offset commit's (NO_ERROR: committed) */
     int undelivered;         /* at least once: a result was not delivered; nothing committed */
 } mw_commit_result_t;
@@ -38,6 +43,10 @@ mw_commit_t *mw_commit_new(const mw_commit_opts_t *opts, char *errstr, size_t er
 /* Commits offsets (taken over), with the open transaction when transactional.
  * Only while none runs (mw_commit_busy). */
 void mw_commit_start(mw_commit_t *c, rd_kafka_topic_partition_list_t *offsets);
+
+/* Calls rd_kafka_commit_transaction again for a commit that ended resumable.
+ * Only while none runs. */
+void mw_commit_resume(mw_commit_t *c);
 
 /* 1 from mw_commit_start until its result is collected. */
 int mw_commit_busy(const mw_commit_t *c);

@@ -97,6 +97,7 @@ struct dp_origin {
     int txn_open;
     atomic_int delivery_failed; /* at-least-once: a delivery report failed since the last flush */
     mw_commit_t *committer;     /* runs the results commits */
+    int commit_resumable;       /* the last commit_transaction timed out: call it again */
     dp_part_t *parts;
     dp_req_t *hash[REQ_BUCKETS];
     dp_batch_t *batches[BATCH_BUCKETS];
@@ -694,6 +695,7 @@ static void txn_abort(mw_dataplane_t *dp, const char *why)
     commit_settle(dp);
     if (!o->txn_open)
         return;
+    o->commit_resumable = 0;
     mw_log(MW_LOG_WARN, FAC, "aborting the results transaction: %s", why);
     rd_kafka_error_t *e = rd_kafka_abort_transaction(o->producer, (int)dp->cfg.kafka_timeout_ms);
     if (e != NULL) {
@@ -705,10 +707,16 @@ static void txn_abort(mw_dataplane_t *dp, const char *why)
 }
 
 /* Releases what it can and starts committing the released results with their
- * input offsets; 0 when there is nothing to commit. No commit may be running. */
+ * input offsets, or calls commit_transaction again after it timed out
+ * (releasing nothing: that transaction is committing); 0 when there is
+ * nothing to commit. No commit may be running. */
 static int commit_start(mw_dataplane_t *dp)
 {
     dp_origin_t *o = dp->origin;
+    if (o->commit_resumable) {
+        mw_commit_resume(o->committer);
+        return 1;
+    }
     release(dp);
     rd_kafka_topic_partition_list_t *offsets = produced_offsets(o);
     if (offsets->cnt == 0) {
@@ -724,6 +732,7 @@ static void commit_end(mw_dataplane_t *dp, mw_commit_result_t *res)
 {
     dp_origin_t *o = dp->origin;
     rd_kafka_error_t *e = res->error;
+    o->commit_resumable = res->resumable;
     if (!o->transactional) {
         if (res->undelivered)
             unproduce_all(o); /* produced again next time: at least once */
@@ -734,7 +743,8 @@ static void commit_end(mw_dataplane_t *dp, mw_commit_result_t *res)
                    rd_kafka_err2str(res->err));
     } else if (e == NULL) {
         o->txn_open = 0;
-        for (int i = 0; i < res->offsets->cnt && mw_log_enabled(MW_LOG_DEBUG); i++)
+        for (int i = 0;
+             res->offsets != NULL && i < res->offsets->cnt && mw_log_enabled(MW_LOG_DEBUG); i++)
             mw_log(MW_LOG_DEBUG, FAC, "committed %s [%d] up to offset %lld",
                    res->offsets->elems[i].topic, (int)res->offsets->elems[i].partition,
                    (long long)res->offsets->elems[i].offset);
@@ -749,7 +759,8 @@ static void commit_end(mw_dataplane_t *dp, mw_commit_result_t *res)
     }
     if (e != NULL)
         rd_kafka_error_destroy(e);
-    rd_kafka_topic_partition_list_destroy(res->offsets);
+    if (res->offsets != NULL)
+        rd_kafka_topic_partition_list_destroy(res->offsets);
 }
 
 /* Waits for the running commit, if any, and acts on its end. */

@@ -450,8 +450,8 @@ static void kafka_restart_mid_run_loses_and_duplicates_nothing(void **state)
 }
 
 /* A broker hung (SIGSTOP) for longer than kafka_client.timeout_ms while
- * results commit: the commits time out and are tried again until the broker
- * is back. */
+ * results commit: a commit_transaction that timed out is called again (a new
+ * commit would be refused as conflicting, for good) until the broker is back. */
 static void kafka_hung_past_the_commit_timeout_loses_and_duplicates_nothing(void **state)
 {
     const int n = 2000;
