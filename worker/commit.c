@@ -14,20 +14,20 @@ struct mw_commit {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    int busy;   /* the caller's thread only */
-    int resume; /* lock: the running commit only calls commit_transaction again */
-    int state;  /* lock */
-    int stop;   /* lock */
-    rd_kafka_topic_partition_list_t *offsets; /* lock: C_RUNNING's, then its result's */
+    int busy;                                 /* the caller's thread only */
+    int state;                                /* lock */
+    int stop;                                 /* lock */
+    rd_kafka_topic_partition_list_t *offsets; /* lock: C_RUNNING's (NULL: a resume), then its
+                                                 result's */
     mw_commit_result_t res;                   /* lock: C_ENDED */
 };
 
-/* The Kafka side of one commit (committer thread); resume: only
- * commit_transaction again. */
-static void commit_run(const mw_commit_opts_t *o, int resume, mw_commit_result_t *res)
+/* The Kafka side of one commit (committer thread); without offsets, a resume:
+ * only commit_transaction again. */
+static void commit_run(const mw_commit_opts_t *o, mw_commit_result_t *res)
 {
     if (o->transactional) {
-        if (!resume) {
+        if (res->offsets != NULL) {
             rd_kafka_consumer_group_metadata_t *cgmd =
                 rd_kafka_consumer_group_metadata(o->consumer);
             res->error = rd_kafka_send_offsets_to_transaction(o->producer, res->offsets, cgmd,
@@ -61,9 +61,8 @@ static void *committer_main(void *arg)
         if (c->state != C_RUNNING)
             break;
         mw_commit_result_t res = {.offsets = c->offsets, .err = RD_KAFKA_RESP_ERR_NO_ERROR};
-        int resume = c->resume;
         pthread_mutex_unlock(&c->lock);
-        commit_run(&c->o, resume, &res);
+        commit_run(&c->o, &res);
         pthread_mutex_lock(&c->lock);
         c->res = res;
         c->state = C_ENDED;
@@ -96,25 +95,19 @@ mw_commit_t *mw_commit_new(const mw_commit_opts_t *opts, char *errstr, size_t er
     return c;
 }
 
-static void start(mw_commit_t *c, rd_kafka_topic_partition_list_t *offsets, int resume)
+void mw_commit_start(mw_commit_t *c, rd_kafka_topic_partition_list_t *offsets)
 {
     c->busy = 1;
     pthread_mutex_lock(&c->lock);
     c->offsets = offsets;
-    c->resume = resume;
     c->state = C_RUNNING;
     pthread_cond_broadcast(&c->cond);
     pthread_mutex_unlock(&c->lock);
 }
 
-void mw_commit_start(mw_commit_t *c, rd_kafka_topic_partition_list_t *offsets)
-{
-    start(c, offsets, 0);
-}
-
 void mw_commit_resume(mw_commit_t *c)
 {
-    start(c, NULL, 1);
+    mw_commit_start(c, NULL);
 }
 
 int mw_commit_busy(const mw_commit_t *c)
