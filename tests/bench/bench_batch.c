@@ -2,7 +2,8 @@
  * workers, make run's model, f32 [R, 64] requests, 4 partitions), with real
  * processes on the Redis and Kafka of tests/run.sh: throughput against a Kafka
  * exactly-once relay on the same broker (consume, produce the value unchanged,
- * commit a transaction with the input offsets every 100 ms; no compute), requests/s
+ * commit a transaction with the input offsets every 100 ms; no compute), both
+ * draining backlogs made visible at once (mwt_batch_backlog), requests/s
  * and rows/s at 1, 8 and 64 rows per request, mean rows per stage call, the
  * stage-0 workers' CPU per request, throughput with group commit (the default)
  * against a pipeline whose workers commit at most every 100 ms (the timer of
@@ -10,8 +11,7 @@
  * saturation throughput, and the latency of one request at a time answered on
  * a reply topic (kafka_replyTopic) next to P.results. JSON lines on stdout.
  *
- * MW_BENCH_ONLY=relay|rows|commit|latency|reply runs one part only (latency
- * without relay measures the saturation throughput by one burst). */
+ * MW_BENCH_ONLY=relay|rows|commit|latency|reply runs one part only. */
 #include "clock.h"
 #include "err.h"
 #include "harness.h"
@@ -55,9 +55,8 @@ enum { REPS = 3 };
 typedef struct relay {
     const char *in, *out, *group;
     char txn_id[200];
-    const atomic_int *stop, *go; /* go = 0: pause the partitions */
-    atomic_int assigned;         /* partitions assigned now */
-    atomic_int consuming;        /* 0 once paused */
+    const atomic_int *stop;
+    atomic_int assigned; /* partitions assigned now */
     rd_kafka_t *cons, *prod;
     int txn_open;
     pthread_t th;
@@ -130,20 +129,6 @@ static void relay_one(relay_t *rl, const rd_kafka_message_t *m)
         mwt_die("relay produce", rd_kafka_err2str(err));
 }
 
-/* Pauses or resumes every assigned partition (the consumer, polled, still
- * serves rebalances). */
-static void relay_pause(relay_t *rl, int pause)
-{
-    rd_kafka_topic_partition_list_t *parts = NULL;
-    rd_kafka_resp_err_t err = rd_kafka_assignment(rl->cons, &parts);
-    if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
-        err = pause ? rd_kafka_pause_partitions(rl->cons, parts)
-                    : rd_kafka_resume_partitions(rl->cons, parts);
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-        mwt_die("relay pause", rd_kafka_err2str(err));
-    rd_kafka_topic_partition_list_destroy(parts);
-}
-
 static void *relay_run(void *arg)
 {
     relay_t *rl = arg;
@@ -165,14 +150,7 @@ static void *relay_run(void *arg)
     if (rerr != RD_KAFKA_RESP_ERR_NO_ERROR)
         mwt_die("relay subscribe", rd_kafka_err2str(rerr));
     int64_t last_commit = mw_now_ms();
-    atomic_store(&rl->consuming, 1);
     while (!atomic_load(rl->stop)) {
-        int go = atomic_load(rl->go);
-        if (go != atomic_load(&rl->consuming)) {
-            relay_commit(rl);
-            relay_pause(rl, !go);
-            atomic_store(&rl->consuming, go);
-        }
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rl->cons, 5);
         if (m != NULL) {
             if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -282,14 +260,14 @@ static void pipeline_stop(bench_t *b)
     mwt_pipeline_destroy(b->p);
 }
 
-/* A burst of n requests of `rows` rows on the pipeline; adds its workers' CPU
- * ticks to ticks[stage]. */
+/* A backlog of n requests of `rows` rows drained by the pipeline
+ * (mwt_batch_backlog); adds its workers' CPU ticks to ticks[stage]. */
 static mwt_batch_rate_t pipeline_burst(bench_t *b, int n, int rows, double *ticks)
 {
     double t0[STAGES];
     for (int s = 0; s < STAGES; s++)
         t0[s] = stage_ticks(b->p, s);
-    mwt_batch_rate_t r = mwt_batch_burst(&b->l, n, rows, PARTITIONS);
+    mwt_batch_rate_t r = mwt_batch_backlog(&b->l, n, rows, PARTITIONS);
     for (int s = 0; s < STAGES; s++)
         ticks[s] += stage_ticks(b->p, s) - t0[s];
     b->rows_sent += (long long)n * rows;
@@ -297,7 +275,7 @@ static mwt_batch_rate_t pipeline_burst(bench_t *b, int n, int rows, double *tick
 }
 
 /* throughput_req_s, throughput_rows_s, batch_rows_mean per stage and
- * stage0_cpu_us_per_request of REPS bursts of n requests of `rows` rows. */
+ * stage0_cpu_us_per_request of REPS backlogs of n requests of `rows` rows. */
 static void report(const bench_t *b, int rows, int n, double *req_s, double *first_last,
                    const usage_t *u0, const usage_t *u1, const double *ticks)
 {
@@ -307,8 +285,9 @@ static void report(const bench_t *b, int rows, int n, double *req_s, double *fir
              ", \"rows_per_request\": %d, \"requests\": %d, \"runs\": %d, \"first_to_last_req_s\": "
              "%.1f, \"errors\": %d, \"note\": \"2 stages x 2 CPU workers, make run's model, "
              "f32 [%d, %d] requests over 4 partitions, defaults (batch.max_rows 256, "
-             "batch.max_delay_us 0, exactly-once); median of %d bursts of n requests produced "
-             "at once; value: committed results (read_committed) per second between the 10th "
+             "batch.max_delay_us 0, exactly-once); median of %d backlogs of n requests made "
+             "visible at once (one client transaction committed); value: committed results "
+             "(read_committed) per second between the 10th "
              "and the 90th percentile result\"",
              rows, n, REPS, fl, b->l.errors, rows, WIDTH, REPS);
     mwt_emit("throughput_req_s", m, "req/s", extra);
@@ -333,29 +312,9 @@ static void report(const bench_t *b, int rows, int n, double *req_s, double *fir
     mwt_emit("stage0_cpu_us_per_request", ticks[0] * us_per_tick / served, "us", extra);
 }
 
-/* n requests produced to the relay's input while its partitions are paused
- * (produced while it runs, the load would limit it), then released: their
- * rate from then. */
-static mwt_batch_rate_t relay_burst(mwt_load_t *lr, relay_t *rl, atomic_int *go, int n)
-{
-    atomic_store(go, 0);
-    if (!mwt_wait_for(!atomic_load(&rl[0].consuming) && !atomic_load(&rl[1].consuming), SETUP_MS))
-        mwt_die("relay", "did not pause");
-    int first = atomic_load(&lr->next);
-    mwt_load_submit_rows(lr, n, 1, PARTITIONS);
-    if (rd_kafka_flush(lr->prod, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        mwt_die("relay", "requests not delivered");
-    double t0 = mwt_now_us();
-    atomic_store(go, 1);
-    int got = mwt_load_collect(lr, first + n, 300000);
-    if (got < first + n)
-        mwt_die("relay", "results missing");
-    return mwt_batch_rate(lr, first, n, t0);
-}
-
 /* Rows per request 1, against the relay on topics of the same shape, measured
- * interleaved. Returns the pipeline's throughput (median). */
-static double bench_vs_relay(bench_t *b)
+ * interleaved. */
+static void bench_vs_relay(bench_t *b)
 {
     const int n = 50000, nr = 300000; /* relay: over a second of its commits */
     const char *prefix = mwt_name("relay");
@@ -365,7 +324,7 @@ static double bench_vs_relay(bench_t *b)
     snprintf(group, sizeof(group), "%s.group", prefix);
     const char *names[] = {in, out};
     mwt_load_create_topics(names, 2, PARTITIONS);
-    atomic_int stop = 0, go = 1;
+    atomic_int stop = 0;
     relay_t rl[PER_STAGE]; /* as many members as origins */
     for (int i = 0; i < PER_STAGE; i++) {
         memset(&rl[i], 0, sizeof(rl[i]));
@@ -373,7 +332,6 @@ static double bench_vs_relay(bench_t *b)
         rl[i].out = out;
         rl[i].group = group;
         rl[i].stop = &stop;
-        rl[i].go = &go;
         snprintf(rl[i].txn_id, sizeof(rl[i].txn_id), "%s.txn%d", prefix, i);
         if (pthread_create(&rl[i].th, NULL, relay_run, &rl[i]) != 0)
             mwt_die("relay", "no thread");
@@ -385,26 +343,30 @@ static double bench_vs_relay(bench_t *b)
     mwt_load_t lr;
     mwt_batch_init(&lr, prefix, WIDTH, 1, PARTITIONS, 1);
     double warm[STAGES] = {0};
-    relay_burst(&lr, rl, &go, nr / 10); /* warm-up, both */
+    mwt_batch_backlog(&lr, nr / 10, 1, PARTITIONS); /* warm-up, both */
     pipeline_burst(b, n / 10, 1, warm);
 
     usage_t u0, u1;
     usage_settled(b, &u0);
     double ticks[STAGES] = {0};
-    double pr[REPS], pfl[REPS], rr[REPS], rfl[REPS];
+    double pr[REPS], pfl[REPS], rr[REPS], rfl[REPS], pcpu[REPS], rcpu[REPS], pus[REPS], rus[REPS];
     for (int r = 0; r < REPS; r++) { /* alternate which goes first */
         mwt_batch_rate_t p, q;
         if (r % 2 == 0) {
             p = pipeline_burst(b, n, 1, ticks);
-            q = relay_burst(&lr, rl, &go, nr);
+            q = mwt_batch_backlog(&lr, nr, 1, PARTITIONS);
         } else {
-            q = relay_burst(&lr, rl, &go, nr);
+            q = mwt_batch_backlog(&lr, nr, 1, PARTITIONS);
             p = pipeline_burst(b, n, 1, ticks);
         }
         pr[r] = p.steady_req_s;
         pfl[r] = p.first_last_req_s;
         rr[r] = q.steady_req_s;
         rfl[r] = q.first_last_req_s;
+        pcpu[r] = p.cpu_busy;
+        rcpu[r] = q.cpu_busy;
+        pus[r] = p.cpu_us_per_req;
+        rus[r] = q.cpu_us_per_req;
     }
     usage_settled(b, &u1);
     atomic_store(&stop, 1);
@@ -413,24 +375,30 @@ static double bench_vs_relay(bench_t *b)
     mwt_load_fini(&lr);
 
     double mp = mwt_median(pr, REPS), mr = mwt_median(rr, REPS), mrfl = mwt_median(rfl, REPS);
-    char extra[1400];
+    char extra[2000];
     snprintf(extra, sizeof(extra),
              ", \"baseline\": %.1f, \"ratio\": %.4f, \"baseline_first_to_last_req_s\": %.1f, "
+             "\"cpu_busy\": %.3f, \"baseline_cpu_busy\": %.3f, \"cpu_us_per_request\": %.2f, "
+             "\"baseline_cpu_us_per_request\": %.2f, "
              "\"rows_per_request\": 1, \"requests\": %d, \"baseline_requests\": %d, \"runs\": "
              "%d, \"note\": \"value: the pipeline (2 stages x 2 CPU workers, make run's model, "
-             "f32 [1, 64] requests over 4 partitions, defaults), bursts produced while it runs "
-             "(the load outpaces it); baseline: a relay on topics of the same shape in this "
-             "process (2 members of a consumer group, each with a transactional producer: "
-             "consume, produce key, headers and value unchanged, send_offsets_to_transaction + "
-             "commit_transaction every 100 ms; no compute), the same requests produced while it "
-             "is paused, then released (produced while it runs, the load would limit it): Kafka's "
-             "exactly-once floor on this broker; both: committed results (read_committed) per "
+             "f32 [1, 64] requests over 4 partitions, defaults); baseline: a relay on topics of "
+             "the same shape in this process (2 members of a consumer group, each with a "
+             "transactional producer: consume, produce key, headers and value unchanged, "
+             "send_offsets_to_transaction + commit_transaction every 100 ms; no compute): "
+             "Kafka's exactly-once floor on this broker; both drain a backlog: n requests "
+             "produced in one client transaction, invisible to their read_committed consumers "
+             "until it commits, so that no producer competes for this machine's CPUs meanwhile "
+             "(the relay outpaces any producer here); committed results (read_committed) per "
              "second between the 10th and the 90th percentile result; medians of %d "
-             "interleaved bursts\"",
-             mr, mp / mr, mrfl, n, nr, REPS, REPS);
+             "interleaved backlogs; cpu_busy: the share of the machine's CPUs busy (/proc/stat) "
+             "from the client's commit to the last result, "
+             "cpu_us_per_request: that busy CPU time (Kafka broker, client, workers or relay, "
+             "everything else running) per request\"",
+             mr, mp / mr, mrfl, mwt_median(pcpu, REPS), mwt_median(rcpu, REPS),
+             mwt_median(pus, REPS), mwt_median(rus, REPS), n, nr, REPS, REPS);
     mwt_emit("throughput_vs_eos_relay", mp, "req/s", extra);
     report(b, 1, n, pr, pfl, &u0, &u1, ticks);
-    return mp;
 }
 
 /* Rows per request 8 and 64 on the same pipeline. */
@@ -528,20 +496,20 @@ static void bench_group_vs_timer(bench_t *b, double *timer)
              "100 ms timer of earlier versions), both up at once, bursts taken in turn; "
              "committed results (read_committed) per second between the 10th and the 90th "
              "percentile result, "
-             "medians of %d interleaved bursts of n requests produced at once\"",
+             "medians of %d interleaved backlogs of n requests made visible at once (one client "
+             "transaction committed)\"",
              mt, mg / mt, bursts[0], bursts[1], n, REPS, errors, REPS);
     mwt_emit("throughput_group_vs_timer_commit", mg, "req/s", extra);
 }
 
-/* One request at a time, then paced open-loop load at half of sat_req_s (the
- * saturation throughput); timer: the timer pipeline's lone p50, p99 and mean
- * (timer[0] 0: not measured). */
-static void bench_latency(bench_t *b, double sat_req_s, const double *timer)
+/* One request at a time, then paced open-loop load at half of the saturation
+ * throughput with a producer at work beside the pipeline, as in that load;
+ * timer: the timer pipeline's lone p50, p99 and mean (timer[0] 0: not
+ * measured). */
+static void bench_latency(bench_t *b, const double *timer)
 {
-    if (sat_req_s == 0) {
-        double ticks[STAGES] = {0};
-        sat_req_s = pipeline_burst(b, 50000, 1, ticks).steady_req_s;
-    }
+    double sat_req_s = mwt_batch_burst(&b->l, 50000, 1, PARTITIONS).steady_req_s;
+    b->rows_sent += 50000;
     mwt_batch_linger0(&b->l);
     double lone[3];
     b->rows_sent += lone_latency(&b->l, LONE, lone);
@@ -583,8 +551,10 @@ static void bench_latency(bench_t *b, double sat_req_s, const double *timer)
     free(lat);
     note = "\"note\": \"2 stages x 2 CPU workers, make run's model, f32 [1, 64] requests over 4 "
            "partitions, defaults; requests produced open-loop (a producer with linger.ms 0, "
-           "request k due k / rate after the first) at half the saturation throughput of this "
-           "run (throughput_req_s at 1 row), produce call -> result read by a read_committed "
+           "request k due k / rate after the first) at half the saturation throughput measured "
+           "just before (saturation_req_s: 50,000 requests produced at once by this client "
+           "while the pipeline serves them, as in this load), produce call -> result read by a "
+           "read_committed "
            "consumer (fetch.wait.max.ms 5)";
     snprintf(extra, sizeof(extra),
              ", \"p50_ms\": %.2f, \"goal\": \"<= 60\", \"rate_req_s\": %.1f, \"produced_req_s\": "
@@ -650,9 +620,9 @@ int main(void)
     if (setenv("MW_RESULTS_REPLY_TOPICS", "*.replies", 1) != 0)
         mwt_die("setenv", "refused");
     pipeline_start(&b, "batch", mwt_load_elastic_flags);
-    double sat_req_s = 0, timer[3] = {0};
+    double timer[3] = {0};
     if (runs("relay"))
-        sat_req_s = bench_vs_relay(&b);
+        bench_vs_relay(&b);
     if (runs("rows")) {
         bench_rows(&b, 8, 20000);
         bench_rows(&b, 64, 5000);
@@ -660,7 +630,7 @@ int main(void)
     if (runs("commit"))
         bench_group_vs_timer(&b, timer);
     if (runs("latency"))
-        bench_latency(&b, sat_req_s, timer);
+        bench_latency(&b, timer);
     if (runs("reply"))
         bench_reply(&b);
     pipeline_stop(&b);

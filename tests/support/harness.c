@@ -169,3 +169,21 @@ double mwt_cpu_ticks(pid_t pid)
         return 0;
     return (double)(ut + st);
 }
+
+void mwt_machine_ticks(double *busy, double *total)
+{
+    *busy = *total = 0;
+    FILE *f = fopen("/proc/stat", "r");
+    if (f == NULL)
+        return;
+    unsigned long long v[8] = {0};
+    /* cpu  user nice system idle iowait irq softirq steal */
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n != 8)
+        return;
+    for (int i = 0; i < 8; i++)
+        *total += (double)v[i];
+    *busy = *total - (double)(v[3] + v[4]);
+}

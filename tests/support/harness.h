@@ -53,6 +53,10 @@ pid_t mwt_spawn(char *const argv[]);
 /* CPU time (user + system, clock ticks) of a process; 0 when it is gone. */
 double mwt_cpu_ticks(pid_t pid);
 
+/* CPU time of the whole machine (/proc/stat, clock ticks summed over every
+ * CPU): busy (all but idle and iowait) and total, into *busy and *total. */
+void mwt_machine_ticks(double *busy, double *total);
+
 /* Waits for pid to exit within timeout_ms; returns its wait status or -1 on timeout. */
 int mwt_wait_exit(pid_t pid, int64_t timeout_ms);
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 const mw_model_spec_t mwt_make_run_model = {
     .layers = 6, .inputs = 64, .hidden = 256, .outputs = 10, .seed = 7, .activation = MW_ACT_GELU};
@@ -59,8 +60,11 @@ static void *burst_produce(void *arg)
     return NULL;
 }
 
-mwt_batch_rate_t mwt_batch_rate(const mwt_load_t *l, int first, int n, double t0)
+mwt_batch_rate_t mwt_batch_rate(const mwt_load_t *l, int first, int n, double t0,
+                                const double cpu0[2])
 {
+    double busy, total;
+    mwt_machine_ticks(&busy, &total);
     double *t = malloc((size_t)n * sizeof(double));
     if (t == NULL)
         mwt_die("rate", "out of memory");
@@ -72,6 +76,8 @@ mwt_batch_rate_t mwt_batch_rate(const mwt_load_t *l, int first, int n, double t0
     mwt_batch_rate_t r = {
         .steady_req_s = (hi - lo) / ((t[hi] - t[lo]) / 1e6),
         .first_last_req_s = n / ((t[n - 1] - t0) / 1e6),
+        .cpu_busy = total > cpu0[1] ? (busy - cpu0[0]) / (total - cpu0[1]) : 0,
+        .cpu_us_per_req = (busy - cpu0[0]) * 1e6 / (double)sysconf(_SC_CLK_TCK) / n,
     };
     free(t);
     return r;
@@ -82,6 +88,8 @@ mwt_batch_rate_t mwt_batch_burst(mwt_load_t *l, int n, int rows, int partitions)
     int first = atomic_load(&l->next);
     burst_arg_t b = {.l = l, .n = n, .rows = rows, .partitions = partitions};
     pthread_t th;
+    double cpu0[2];
+    mwt_machine_ticks(&cpu0[0], &cpu0[1]);
     double t0 = mwt_now_us();
     if (pthread_create(&th, NULL, burst_produce, &b) != 0)
         mwt_die("burst", "no thread");
@@ -89,7 +97,40 @@ mwt_batch_rate_t mwt_batch_burst(mwt_load_t *l, int n, int rows, int partitions)
     pthread_join(th, NULL);
     if (got < first + n)
         mwt_die("burst", "results missing");
-    return mwt_batch_rate(l, first, n, t0);
+    return mwt_batch_rate(l, first, n, t0, cpu0);
+}
+
+mwt_batch_rate_t mwt_batch_backlog(mwt_load_t *l, int n, int rows, int partitions)
+{
+    char err[512], txn_id[240];
+    mw_config_t cfg;
+    mwt_config(&cfg);
+    snprintf(txn_id, sizeof(txn_id), "%s.backlog", l->requests);
+    rd_kafka_t *txn = mw_kafka_producer_new(&cfg, txn_id, NULL, err, sizeof(err));
+    mw_config_fini(&cfg);
+    if (txn == NULL)
+        mwt_die("backlog producer", err);
+    rd_kafka_error_t *e = rd_kafka_begin_transaction(txn);
+    if (e != NULL)
+        mwt_die("backlog", rd_kafka_error_string(e));
+    rd_kafka_t *prod = l->prod;
+    l->prod = txn;
+    int first = atomic_load(&l->next);
+    mwt_load_submit_rows(l, n, rows, partitions);
+    if (rd_kafka_flush(txn, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        mwt_die("backlog", "requests not delivered");
+    l->prod = prod;
+    double cpu0[2];
+    mwt_machine_ticks(&cpu0[0], &cpu0[1]);
+    double t0 = mwt_now_us();
+    if ((e = rd_kafka_commit_transaction(txn, 60000)) != NULL)
+        mwt_die("backlog commit", rd_kafka_error_string(e));
+    int got = mwt_load_collect(l, first + n, 300000);
+    mwt_batch_rate_t r = mwt_batch_rate(l, first, n, t0, cpu0);
+    mw_kafka_destroy(txn);
+    if (got < first + n)
+        mwt_die("backlog", "results missing");
+    return r;
 }
 
 void mwt_batch_own_cluster(mwt_pipeline_t *p)

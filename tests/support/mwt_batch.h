@@ -20,8 +20,6 @@ void mwt_batch_init(mwt_load_t *l, const char *topic_prefix, int in_features, in
  * results there, every partition from the beginning. */
 void mwt_batch_reply(mwt_load_t *l, const char *reply_topic, int partitions);
 
-/* Throughput of requests [first, first + n) of l, all answered, from t0
- * (mwt_now_us). */
 /* make run's model: mwctl model init --layers 6 --hidden 256 --inputs 64
  * --outputs 10 --seed 7 (gelu, no layer norm, no residual). */
 extern const mw_model_spec_t mwt_make_run_model;
@@ -29,13 +27,25 @@ extern const mw_model_spec_t mwt_make_run_model;
 typedef struct mwt_batch_rate {
     double steady_req_s;     /* between the 10th and the 90th percentile result */
     double first_last_req_s; /* n over t0 -> last result */
+    double cpu_busy;         /* share of the machine's CPU busy from t0 to now */
+    double cpu_us_per_req;   /* the machine's busy CPU time from t0 to now, over n */
 } mwt_batch_rate_t;
 
-mwt_batch_rate_t mwt_batch_rate(const mwt_load_t *l, int first, int n, double t0);
+/* Throughput of requests [first, first + n) of l, all answered, from t0
+ * (mwt_now_us), and the machine's CPU use since cpu0 (mwt_machine_ticks at
+ * t0: busy, total). */
+mwt_batch_rate_t mwt_batch_rate(const mwt_load_t *l, int first, int n, double t0,
+                                const double cpu0[2]);
 
 /* n requests of `rows` rows produced at once (by a thread of their own, while
  * this one reads results): their rate from the first produce. */
 mwt_batch_rate_t mwt_batch_burst(mwt_load_t *l, int n, int rows, int partitions);
+
+/* n requests of `rows` rows made visible at once: produced in one transaction
+ * (read_committed consumers, as the pipeline's origins, see none of them yet),
+ * then committed: their rate from the commit call. A backlog drained, with no
+ * producer at work on this machine meanwhile. */
+mwt_batch_rate_t mwt_batch_backlog(mwt_load_t *l, int n, int rows, int partitions);
 
 /* Moves p, before any of its workers started, to a cluster of its own named
  * after it (its coordinator is restarted there), so that pipelines of one
