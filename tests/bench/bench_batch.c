@@ -465,16 +465,21 @@ static void bench_group_vs_timer(bench_t *b, double *timer)
     timer_flags[k] = "--results.commit_min_gap_ms=100";
     bench_t t = {0};
     pipeline_start(&t, "batch-timer", timer_flags);
-    double ticks[STAGES] = {0}, gr[REPS], tr[REPS];
+    double ticks[STAGES] = {0}, gr[REPS], tr[REPS], gus[REPS], tus[REPS];
     pipeline_burst(&t, n / 10, 1, ticks); /* warm-up of the new pipeline */
     for (int r = 0; r < REPS; r++) {      /* alternate which goes first */
+        mwt_batch_rate_t g, q;
         if (r % 2 == 0) {
-            gr[r] = pipeline_burst(b, n, 1, ticks).steady_req_s;
-            tr[r] = pipeline_burst(&t, n, 1, ticks).steady_req_s;
+            g = pipeline_burst(b, n, 1, ticks);
+            q = pipeline_burst(&t, n, 1, ticks);
         } else {
-            tr[r] = pipeline_burst(&t, n, 1, ticks).steady_req_s;
-            gr[r] = pipeline_burst(b, n, 1, ticks).steady_req_s;
+            q = pipeline_burst(&t, n, 1, ticks);
+            g = pipeline_burst(b, n, 1, ticks);
         }
+        gr[r] = g.steady_req_s;
+        tr[r] = q.steady_req_s;
+        gus[r] = g.cpu_us_per_req;
+        tus[r] = q.cpu_us_per_req;
     }
     mwt_batch_linger0(&t.l);
     lone_latency(&t.l, LONE_TIMER, timer);
@@ -488,8 +493,9 @@ static void bench_group_vs_timer(bench_t *b, double *timer)
     char extra[1200];
     snprintf(extra, sizeof(extra),
              ", \"baseline\": %.1f, \"ratio\": %.4f, \"goal\": \"ratio >= 0.95\", \"bursts\": %s, "
-             "\"baseline_bursts\": %s, "
-             "\"rows_per_request\": 1, \"requests\": %d, \"runs\": %d, \"errors\": %d, \"note\": "
+             "\"baseline_bursts\": %s, \"cpu_us_per_request\": %.2f, "
+             "\"baseline_cpu_us_per_request\": %.2f, \"rows_per_request\": 1, \"requests\": %d, "
+             "\"runs\": %d, \"errors\": %d, \"note\": "
              "\"value: the pipeline with default workers (group commit: results.commit_min_gap_ms "
              "10); baseline: the same shape (2 stages x 2 CPU workers, make run's model, f32 [1, "
              "64] requests over 4 partitions) with --results.commit_min_gap_ms=100 (about the "
@@ -497,19 +503,35 @@ static void bench_group_vs_timer(bench_t *b, double *timer)
              "committed results (read_committed) per second between the 10th and the 90th "
              "percentile result, "
              "medians of %d interleaved backlogs of n requests made visible at once (one client "
-             "transaction committed)\"",
-             mt, mg / mt, bursts[0], bursts[1], n, REPS, errors, REPS);
+             "transaction committed); cpu_us_per_request: the machine's busy CPU time "
+             "(/proc/stat: Kafka broker, workers, client, everything) per request\"",
+             mt, mg / mt, bursts[0], bursts[1], mwt_median(gus, REPS), mwt_median(tus, REPS), n,
+             REPS, errors, REPS);
     mwt_emit("throughput_group_vs_timer_commit", mg, "req/s", extra);
 }
 
-/* One request at a time, then paced open-loop load at half of the saturation
- * throughput with a producer at work beside the pipeline, as in that load;
- * timer: the timer pipeline's lone p50, p99 and mean (timer[0] 0: not
- * measured). */
+/* Paced open-loop load at half of the saturation throughput, both produced by
+ * the load's producer (librdkafka's linger.ms, 5 ms: what a client producing
+ * thousands of requests a second uses) beside the pipeline; then one request
+ * at a time with a producer of linger.ms 0. timer: the timer pipeline's lone
+ * p50, p99 and mean (timer[0] 0: not measured). */
 static void bench_latency(bench_t *b, const double *timer)
 {
     double sat_req_s = mwt_batch_burst(&b->l, 50000, 1, PARTITIONS).steady_req_s;
     b->rows_sent += 50000;
+    const int n = (int)(sat_req_s / 2 * HALF_S);
+    int first = atomic_load(&b->l.next);
+    double produced = mwt_batch_paced(&b->l, n, sat_req_s / 2, PARTITIONS);
+    b->rows_sent += n;
+    double *lat = malloc((size_t)n * sizeof(double));
+    if (lat == NULL)
+        mwt_die("latency", "out of memory");
+    for (int i = 0; i < n; i++)
+        lat[i] = (b->l.got[first + i] - b->l.sent[first + i]) / 1e3;
+    double half[3];
+    lat_stats(lat, n, half);
+    free(lat);
+
     mwt_batch_linger0(&b->l);
     double lone[3];
     b->rows_sent += lone_latency(&b->l, LONE, lone);
@@ -538,32 +560,20 @@ static void bench_latency(bench_t *b, const double *timer)
              note);
     mwt_emit("latency_lone_e2e_p99_ms", lone[1], "ms", extra);
 
-    const int n = (int)(sat_req_s / 2 * HALF_S);
-    int first = atomic_load(&b->l.next);
-    double produced = mwt_batch_paced(&b->l, n, sat_req_s / 2, PARTITIONS);
-    b->rows_sent += n;
-    double *lat = malloc((size_t)n * sizeof(double));
-    if (lat == NULL)
-        mwt_die("latency", "out of memory");
-    for (int i = 0; i < n; i++)
-        lat[i] = (b->l.got[first + i] - b->l.sent[first + i]) / 1e3;
-    double p50 = mwt_percentile(lat, n, 50), p99 = mwt_percentile(lat, n, 99);
-    free(lat);
     note = "\"note\": \"2 stages x 2 CPU workers, make run's model, f32 [1, 64] requests over 4 "
-           "partitions, defaults; requests produced open-loop (a producer with linger.ms 0, "
-           "request k due k / rate after the first) at half the saturation throughput measured "
-           "just before (saturation_req_s: 50,000 requests produced at once by this client "
-           "while the pipeline serves them, as in this load), produce call -> result read by a "
-           "read_committed "
-           "consumer (fetch.wait.max.ms 5)";
+           "partitions, defaults; requests produced open-loop (request k due k / rate after the "
+           "first) at half the saturation throughput measured just before (saturation_req_s: "
+           "50,000 requests produced at once while the pipeline serves them), both by one "
+           "producer with librdkafka's linger.ms (5 ms), produce call -> result read by a "
+           "read_committed consumer (fetch.wait.max.ms 5)";
     snprintf(extra, sizeof(extra),
-             ", \"p50_ms\": %.2f, \"goal\": \"<= 60\", \"rate_req_s\": %.1f, \"produced_req_s\": "
-             "%.1f, \"saturation_req_s\": %.1f, \"requests\": %d, \"seconds\": %d, \"errors\": "
-             "%d, %s\"",
-             p50, sat_req_s / 2, produced, sat_req_s, n, HALF_S, b->l.errors, note);
-    mwt_emit("latency_half_load_e2e_p99_ms", p99, "ms", extra);
+             ", \"p50_ms\": %.2f, \"mean_ms\": %.2f, \"goal\": \"<= 60\", \"rate_req_s\": %.1f, "
+             "\"produced_req_s\": %.1f, \"saturation_req_s\": %.1f, \"requests\": %d, "
+             "\"seconds\": %d, \"errors\": %d, %s\"",
+             half[0], half[2], sat_req_s / 2, produced, sat_req_s, n, HALF_S, b->l.errors, note);
+    mwt_emit("latency_half_load_e2e_p99_ms", half[1], "ms", extra);
     snprintf(extra, sizeof(extra), ", \"rate_req_s\": %.1f", sat_req_s / 2);
-    mwt_emit("latency_half_load_e2e_p50_ms", p50, "ms", extra);
+    mwt_emit("latency_half_load_e2e_p50_ms", half[0], "ms", extra);
 }
 
 /* Lone requests answered on P.results and on a reply topic <name>.replies
