@@ -789,14 +789,168 @@ AVX2 static void matmul_avx2(const float *a, int rows, const float *w, int in, i
 }
 #endif
 
-/* The AVX2 kernel where the CPU has it; the same bits either way (checked by
- * forcing each on the same inputs), so a fleet of mixed CPUs agrees too. */
-static matmul_fn *matmul_select(void)
+#if defined(__x86_64__) || defined(__i386__)
+/* AVX-512: the same per-element sums, two columns to a register: lanes 0-7
+ * hold column c's 8 partial sums, lanes 8-15 column c+1's, each lane
+ * accumulating the same products in the same order as the AVX2 kernel, and
+ * each half added up by lanes_sum_avx2: the same bits, twice the products per
+ * instruction. Only AVX-512F instructions. */
+#define AVX512        __attribute__((target("avx512f,avx2,fma")))
+#define AVX512_INLINE __attribute__((target("avx512f,avx2,fma"), always_inline))
+#define Z_ROWS        8 /* rows of a tile (or 4, at the end of a batch) */
+#define Z_PAIRS       3 /* column pairs: ROW_COLS columns, as a lone row's AVX2 tile */
+
+/* 8 floats of w0 in lanes 0-7, 8 of w1 in lanes 8-15. */
+AVX512_INLINE static inline __m512 pair_load(const float *w0, const float *w1)
+{
+    const __m512d lo = _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_loadu_ps(w0)));
+    return _mm512_castpd_ps(_mm512_insertf64x4(lo, _mm256_castps_pd(_mm256_loadu_ps(w1)), 1));
+}
+
+/* 8 floats of a in both halves. */
+AVX512_INLINE static inline __m512 half_broadcast(const float *a)
+{
+    return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(a))));
+}
+
+/* As tile_avx2, for rows x 2 * pairs columns (w: 2 * pairs weight rows). */
+AVX512_INLINE static inline void tile_avx512(const float *a, int rows, int pairs,
+                                             const float *const *w, int k, float *y, size_t ldy,
+                                             int cols)
+{
+    __m512 acc[Z_ROWS][Z_PAIRS];
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 8
+        for (int p = 0; p < pairs; p++)
+            acc[r][p] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + DOT_LANES <= k; i += DOT_LANES) {
+        __m512 wv[Z_PAIRS];
+#pragma GCC unroll 8
+        for (int p = 0; p < pairs; p++)
+            wv[p] = pair_load(w[2 * p] + i, w[2 * p + 1] + i);
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; r++) {
+            const __m512 av = half_broadcast(a + (size_t)r * (size_t)k + i);
+#pragma GCC unroll 8
+            for (int p = 0; p < pairs; p++)
+                acc[r][p] = _mm512_fmadd_ps(av, wv[p], acc[r][p]);
+        }
+    }
+    if (i < k) {
+        float pad[2][DOT_LANES] = {{0}};
+        __m512 wv[Z_PAIRS];
+#pragma GCC unroll 8
+        for (int p = 0; p < pairs; p++) {
+            memcpy(pad[0], w[2 * p] + i, (size_t)(k - i) * sizeof(float));
+            memcpy(pad[1], w[2 * p + 1] + i, (size_t)(k - i) * sizeof(float));
+            wv[p] = pair_load(pad[0], pad[1]);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; r++) {
+            memcpy(pad[0], a + (size_t)r * (size_t)k + i, (size_t)(k - i) * sizeof(float));
+            const __m512 av = half_broadcast(pad[0]);
+#pragma GCC unroll 8
+            for (int p = 0; p < pairs; p++)
+                acc[r][p] = _mm512_fmadd_ps(av, wv[p], acc[r][p]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 8
+        for (int p = 0; p < pairs; p++) {
+            const __m512d d = _mm512_castps_pd(acc[r][p]);
+            if (2 * p < cols)
+                y[(size_t)r * ldy + (size_t)(2 * p)] =
+                    lanes_sum_avx2(_mm256_castpd_ps(_mm512_castpd512_pd256(d)));
+            if (2 * p + 1 < cols)
+                y[(size_t)r * ldy + (size_t)(2 * p + 1)] =
+                    lanes_sum_avx2(_mm256_castpd_ps(_mm512_extractf64x4_pd(d, 1)));
+        }
+}
+
+/* Tiles of 8 rows, then of 4; rows left over go one at a time through the
+ * AVX2 kernel's lone-row tile (memory-bound, where it is the faster). Every
+ * tile is ROW_COLS columns wide. */
+AVX512 static void matmul_avx512(const float *a, int rows, const float *w, int in, int out,
+                                 float *y)
+{
+    int panel = (int)(PANEL_BYTES / ((size_t)in * sizeof(float))) / ROW_COLS * ROW_COLS;
+    panel = panel < ROW_COLS ? ROW_COLS : panel;
+    for (int j0 = 0; j0 < out; j0 += panel) {
+        const int j1 = out - j0 < panel ? out : j0 + panel;
+        for (int r = 0; r < rows;) {
+            const int tile_rows = rows - r >= Z_ROWS       ? Z_ROWS
+                                  : rows - r >= Z_ROWS / 2 ? Z_ROWS / 2
+                                                           : 1;
+            for (int j = j0; j < j1; j += ROW_COLS) {
+                const float *wc[ROW_COLS];
+                for (int c = 0; c < ROW_COLS; c++)
+                    wc[c] = w + (size_t)(j + c < j1 ? j + c : j1 - 1) * (size_t)in;
+                const int cols = j1 - j < ROW_COLS ? j1 - j : ROW_COLS;
+                const float *ar = a + (size_t)r * (size_t)in;
+                float *yr = y + (size_t)r * (size_t)out + (size_t)j;
+                if (tile_rows == Z_ROWS)
+                    tile_avx512(ar, Z_ROWS, Z_PAIRS, wc, in, yr, (size_t)out, cols);
+                else if (tile_rows == Z_ROWS / 2)
+                    tile_avx512(ar, Z_ROWS / 2, Z_PAIRS, wc, in, yr, (size_t)out, cols);
+                else
+                    tile_avx2(ar, 1, ROW_COLS, wc, in, yr, (size_t)out, cols);
+            }
+            r += tile_rows;
+        }
+    }
+}
+#endif
+
+/* The kernels, fastest first; every one gives the same bits
+ * (tests/unit/test_model.c runs each the CPU has on the same inputs), so a
+ * fleet of mixed CPUs agrees too. */
+static const struct {
+    const char *name;
+    matmul_fn *fn;
+} kernels[] = {
+#if defined(__x86_64__) || defined(__i386__)
+    {"avx512", matmul_avx512},
+    {"avx2", matmul_avx2},
+#endif
+    {"portable", matmul_portable},
+};
+enum { NKERNELS = sizeof(kernels) / sizeof(kernels[0]) };
+
+static int kernel_supported(int i)
 {
 #if defined(__x86_64__) || defined(__i386__)
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return matmul_avx2;
+    if (kernels[i].fn == matmul_avx512)
+        return __builtin_cpu_supports("avx512f");
+    if (kernels[i].fn == matmul_avx2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
+    return 1;
+}
+
+const char *mw_cpu_kernel_name(int i)
+{
+    return i >= 0 && i < NKERNELS && kernel_supported(i) ? kernels[i].name : NULL;
+}
+
+int mw_cpu_kernel_count(void)
+{
+    return NKERNELS;
+}
+
+void mw_cpu_kernel_matmul(int i, const float *a, int rows, const float *w, int in, int out,
+                          float *y)
+{
+    kernels[i].fn(a, rows, w, in, out, y);
+}
+
+static matmul_fn *matmul_select(void)
+{
+    for (int i = 0; i < NKERNELS; i++)
+        if (kernel_supported(i))
+            return kernels[i].fn;
     return matmul_portable;
 }
 

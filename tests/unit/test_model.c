@@ -317,6 +317,53 @@ static void batched_rows_are_bit_identical_to_each_row_alone(void **state)
     }
 }
 
+/* A fleet of mixed CPUs gives the same outputs: every layer-product kernel
+ * this CPU has (AVX-512, AVX2, portable) gives the portable kernel's bits, on
+ * rows 1 to 9 and 64 (tiles and lone rows), widths that are not multiples of
+ * a vector or of a tile, and values of both signs including zeros (a padded
+ * lane may turn -0 into +0: every kernel must do so alike). */
+static void every_cpu_kernel_gives_the_same_bits(void **state)
+{
+    (void)state;
+    static const int shapes[][2] = {{64, 256}, {256, 10}, {13, 37}, {1, 1031},
+                                    {100, 3},  {8, 8},    {9, 25},  {1, 1}};
+    static const int rows[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 64};
+    int tried = 0;
+    for (size_t sh = 0; sh < sizeof(shapes) / sizeof(shapes[0]); sh++) {
+        const int in = shapes[sh][0], out = shapes[sh][1];
+        float *w = mwt_random_rows((size_t)out, in, 500 + sh);
+        float *a = mwt_random_rows(64, in, 600 + sh);
+        for (int i = 0; i < in; i += 5) /* zeros of both signs */
+            a[i] = (i / 5) % 2 ? -0.0f : 0.0f;
+        float *want = malloc((size_t)64 * (size_t)out * sizeof(float));
+        float *got = malloc((size_t)64 * (size_t)out * sizeof(float));
+        assert_non_null(want);
+        assert_non_null(got);
+        const int portable = mw_cpu_kernel_count() - 1;
+        assert_string_equal(mw_cpu_kernel_name(portable), "portable");
+        for (size_t ri = 0; ri < sizeof(rows) / sizeof(rows[0]); ri++) {
+            mw_cpu_kernel_matmul(portable, a, rows[ri], w, in, out, want);
+            for (int k = 0; k < portable; k++) {
+                if (mw_cpu_kernel_name(k) == NULL)
+                    continue;
+                tried++;
+                mw_cpu_kernel_matmul(k, a, rows[ri], w, in, out, got);
+                for (int e = 0; e < rows[ri] * out; e++)
+                    if (memcmp(&got[e], &want[e], sizeof(float)) != 0)
+                        fail_msg("kernel %s, [%d x %d] x [%d x %d]: element %d is %a, portable %a",
+                                 mw_cpu_kernel_name(k), rows[ri], in, out, in, e, (double)got[e],
+                                 (double)want[e]);
+            }
+        }
+        free(want);
+        free(got);
+        free(a);
+        free(w);
+    }
+    if (tried == 0)
+        print_message("only the portable kernel on this CPU: nothing to compare\n");
+}
+
 /* Each stage's cost is within one (largest) layer of total/k. */
 static void check_balanced(const uint64_t *cost, int n, int k)
 {
@@ -734,6 +781,7 @@ int main(void)
         cmocka_unit_test(forward_matches_a_naive_double_precision_reference),
         cmocka_unit_test(every_cut_into_stages_is_bit_identical_to_the_whole_model),
         cmocka_unit_test(batched_rows_are_bit_identical_to_each_row_alone),
+        cmocka_unit_test(every_cpu_kernel_gives_the_same_bits),
         cmocka_unit_test(auto_split_balances_flops_within_one_layer),
         cmocka_unit_test(layer_ranges_parse_accepts_contiguous_lists_and_names_mistakes),
         cmocka_unit_test(malformed_models_are_rejected_with_the_tensor_named),
