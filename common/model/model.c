@@ -693,6 +693,46 @@ static void matmul_portable(const float *a, int rows, const float *w, int in, in
                 dot_portable(a + (size_t)r * (size_t)in, w + (size_t)j * (size_t)in, in);
 }
 
+/* GELU, 0.5 v (1 + erf(v / sqrt 2)), with erf as the rational function
+ * x P(x^2) / Q(x^2) on x clamped to [-4, 4] (Eigen's and TensorFlow's float
+ * erf), the quotient clamped to [-1, 1]: within 1e-6 of the exact GELU over
+ * every float (relative to max(1, |GELU|); libm's erff gave 1.2e-7), and made
+ * of operations a vector unit does with the same bits (fused multiply-adds,
+ * products, one quotient, min and max), in this order, so every kernel's
+ * GELU is this function's, element for element. libm's erff, one call per
+ * element, took half of make run's model. */
+#define ERF_X_MAX 4.0f
+static const float erf_p[] = {
+    -2.72614225801306e-10f, 2.77068142495902e-08f,  -2.10102402082508e-06f, -5.69250639462346e-05f,
+    -7.34990630326855e-04f, -2.95459980854025e-03f, -1.60960333262415e-02f};
+static const float erf_q[] = {-1.45660718464996e-05f, -2.13374055278905e-04f,
+                              -1.68282697438203e-03f, -7.37332916720468e-03f,
+                              -1.42647390514189e-02f};
+#define ERF_NP ((int)(sizeof(erf_p) / sizeof(erf_p[0])))
+#define ERF_NQ ((int)(sizeof(erf_q) / sizeof(erf_q[0])))
+
+static float gelu_one(float v)
+{
+    const float x = fminf(fmaxf(v * (float)M_SQRT1_2, -ERF_X_MAX), ERF_X_MAX);
+    const float x2 = x * x;
+    float p = erf_p[0], q = erf_q[0];
+    for (int i = 1; i < ERF_NP; i++)
+        p = fmaf(x2, p, erf_p[i]);
+    for (int i = 1; i < ERF_NQ; i++)
+        q = fmaf(x2, q, erf_q[i]);
+    const float e = fminf(fmaxf(x * p / q, -1.0f), 1.0f);
+    return 0.5f * v * (1.0f + e);
+}
+
+/* y[i] = GELU(y[i] + bias[i]), i < n. */
+typedef void gelu_fn(float *y, const float *bias, int n);
+
+static void gelu_portable(float *y, const float *bias, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] = gelu_one(y[i] + bias[i]);
+}
+
 #if defined(__x86_64__) || defined(__i386__)
 #define AVX2        __attribute__((target("avx2,fma")))
 #define AVX2_INLINE __attribute__((target("avx2,fma"), always_inline))
@@ -786,6 +826,30 @@ AVX2 static void matmul_avx2(const float *a, int rows, const float *w, int in, i
             r += tile_rows;
         }
     }
+}
+
+/* gelu_one on 8 elements; the rest one at a time. */
+AVX2 static void gelu_avx2(float *y, const float *bias, int n)
+{
+    const __m256 lo = _mm256_set1_ps(-ERF_X_MAX), hi = _mm256_set1_ps(ERF_X_MAX);
+    const __m256 one = _mm256_set1_ps(1.0f), minus_one = _mm256_set1_ps(-1.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(bias + i));
+        const __m256 x = _mm256_min_ps(
+            _mm256_max_ps(_mm256_mul_ps(v, _mm256_set1_ps((float)M_SQRT1_2)), lo), hi);
+        const __m256 x2 = _mm256_mul_ps(x, x);
+        __m256 p = _mm256_set1_ps(erf_p[0]), q = _mm256_set1_ps(erf_q[0]);
+        for (int k = 1; k < ERF_NP; k++)
+            p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(erf_p[k]));
+        for (int k = 1; k < ERF_NQ; k++)
+            q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(erf_q[k]));
+        const __m256 e =
+            _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(_mm256_mul_ps(x, p), q), minus_one), one);
+        _mm256_storeu_ps(
+            y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(one, e)));
+    }
+    gelu_portable(y + i, bias + i, n - i);
 }
 #endif
 
@@ -902,6 +966,30 @@ AVX512 static void matmul_avx512(const float *a, int rows, const float *w, int i
         }
     }
 }
+
+/* gelu_one on 16 elements; the rest through gelu_avx2. */
+AVX512 static void gelu_avx512(float *y, const float *bias, int n)
+{
+    const __m512 lo = _mm512_set1_ps(-ERF_X_MAX), hi = _mm512_set1_ps(ERF_X_MAX);
+    const __m512 one = _mm512_set1_ps(1.0f), minus_one = _mm512_set1_ps(-1.0f);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_add_ps(_mm512_loadu_ps(y + i), _mm512_loadu_ps(bias + i));
+        const __m512 x = _mm512_min_ps(
+            _mm512_max_ps(_mm512_mul_ps(v, _mm512_set1_ps((float)M_SQRT1_2)), lo), hi);
+        const __m512 x2 = _mm512_mul_ps(x, x);
+        __m512 p = _mm512_set1_ps(erf_p[0]), q = _mm512_set1_ps(erf_q[0]);
+        for (int k = 1; k < ERF_NP; k++)
+            p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(erf_p[k]));
+        for (int k = 1; k < ERF_NQ; k++)
+            q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(erf_q[k]));
+        const __m512 e =
+            _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(_mm512_mul_ps(x, p), q), minus_one), one);
+        _mm512_storeu_ps(
+            y + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(one, e)));
+    }
+    gelu_avx2(y + i, bias + i, n - i);
+}
 #endif
 
 /* The kernels, fastest first; every one gives the same bits
@@ -910,12 +998,13 @@ AVX512 static void matmul_avx512(const float *a, int rows, const float *w, int i
 static const struct {
     const char *name;
     matmul_fn *fn;
+    gelu_fn *gelu;
 } kernels[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {"avx512", matmul_avx512},
-    {"avx2", matmul_avx2},
+    {"avx512", matmul_avx512, gelu_avx512},
+    {"avx2", matmul_avx2, gelu_avx2},
 #endif
-    {"portable", matmul_portable},
+    {"portable", matmul_portable, gelu_portable},
 };
 enum { NKERNELS = sizeof(kernels) / sizeof(kernels[0]) };
 
@@ -946,18 +1035,25 @@ void mw_cpu_kernel_matmul(int i, const float *a, int rows, const float *w, int i
     kernels[i].fn(a, rows, w, in, out, y);
 }
 
-static matmul_fn *matmul_select(void)
+void mw_cpu_kernel_gelu(int i, float *y, const float *bias, int n)
 {
-    for (int i = 0; i < NKERNELS; i++)
-        if (kernel_supported(i))
-            return kernels[i].fn;
-    return matmul_portable;
+    kernels[i].gelu(y, bias, n);
+}
+
+/* The first kernel this CPU has (the portable one, last, always). */
+static int kernel_select(void)
+{
+    int i = 0;
+    while (!kernel_supported(i))
+        i++;
+    return i;
 }
 
 struct cpu_stage {
     const mw_model_t *m;
     int first, last, max_batch;
     matmul_fn *matmul;
+    gelu_fn *gelu;
     float *buf[2]; /* activations between layers, ping-pong */
     float *ln;     /* layer-norm output */
 };
@@ -988,7 +1084,7 @@ static inline float relu(float v)
 }
 
 static void bias_act_residual(float *y, int rows, int n, const float *bias, mw_activation_t act,
-                              const float *x)
+                              gelu_fn *gelu, const float *x)
 {
     for (int r = 0; r < rows; r++) {
         float *yr = y + (size_t)r * (size_t)n;
@@ -1015,10 +1111,7 @@ static void bias_act_residual(float *y, int rows, int n, const float *bias, mw_a
             break;
         }
         case MW_ACT_GELU:
-            for (int i = 0; i < n; i++) {
-                float v = yr[i] + bias[i];
-                yr[i] = 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2));
-            }
+            gelu(yr, bias, n);
             break;
         }
         if (xr != NULL)
@@ -1040,7 +1133,8 @@ static int cpu_forward(void *impl, const float *in, int batch, float *out)
             a = cs->ln;
         }
         cs->matmul(a, batch, l->weight, l->in, l->out, y);
-        bias_act_residual(y, batch, l->out, l->bias, l->activation, l->residual ? x : NULL);
+        bias_act_residual(y, batch, l->out, l->bias, l->activation, cs->gelu,
+                          l->residual ? x : NULL);
         x = y;
     }
     return MW_OK;
@@ -1101,7 +1195,9 @@ int mw_stage_new(const mw_model_t *m, int first, int last, int max_batch, int de
     cs->first = first;
     cs->last = last;
     cs->max_batch = max_batch;
-    cs->matmul = matmul_select();
+    const int kernel = kernel_select();
+    cs->matmul = kernels[kernel].fn;
+    cs->gelu = kernels[kernel].gelu;
     size_t width = 1, ln_width = 0;
     for (int i = first; i < last; i++) {
         if (i < last - 1 && (size_t)m->layers[i].out > width)

@@ -154,8 +154,8 @@ int mw_stage_rows(const mw_stage_t *st, const mw_tensor_desc_t *in_desc, uint64_
 /* Accepts NULL. */
 void mw_stage_destroy(mw_stage_t *st);
 
-/* The CPU stage's layer-product kernels, fastest first (i in [0,
- * mw_cpu_kernel_count())): y [rows, out] = a [rows, in] W^T, W [out, in].
+/* The CPU stage's kernels, fastest first (i in [0, mw_cpu_kernel_count())):
+ * the layer product y [rows, out] = a [rows, in] W^T, W [out, in], and GELU.
  * Every kernel gives the same bits; CPU stages use the first this CPU has.
  * mw_cpu_kernel_name is NULL for a kernel this CPU lacks (then do not call
  * it). */
@@ -163,6 +163,8 @@ int mw_cpu_kernel_count(void);
 const char *mw_cpu_kernel_name(int i);
 void mw_cpu_kernel_matmul(int i, const float *a, int rows, const float *w, int in, int out,
                           float *y);
+/* y[j] = GELU(y[j] + bias[j]) for j < n, with kernel i's vector unit. */
+void mw_cpu_kernel_gelu(int i, float *y, const float *bias, int n);
 
 /* "cpu", "cuda" or "plugin". */
 const char *mw_stage_kind(const mw_stage_t *st);

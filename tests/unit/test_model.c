@@ -364,6 +364,54 @@ static void every_cpu_kernel_gives_the_same_bits(void **state)
         print_message("only the portable kernel on this CPU: nothing to compare\n");
 }
 
+/* GELU's vector kernels give the portable kernel's bits, on a sweep of
+ * values, tails, zeros of both signs, denormals and infinities, at lengths
+ * that leave remainders for the narrower kernels; and the portable GELU is
+ * within 1e-6 of the exact GELU (relative to max(1, |GELU|)), as the README
+ * says. */
+static void every_cpu_kernel_gives_the_same_gelu_and_it_is_within_1e_6(void **state)
+{
+    (void)state;
+    enum { N = 20000 + 23 };
+    static const float special[] = {0.0f,   -0.0f,     1e-38f, -1e-38f, 1e-45f,   -1e-45f,
+                                    3.99f,  -3.99f,    4.0f,   -4.0f,   5.6523f,  -5.6523f,
+                                    100.0f, -100.0f,   1e30f,  -1e30f,  INFINITY, -INFINITY,
+                                    0.5f,   -0.70711f, 1.0f,   -1.0f,   2.5f};
+    float *x = malloc(N * sizeof(float)), *bias = calloc(N, sizeof(float));
+    float *want = malloc(N * sizeof(float)), *got = malloc(N * sizeof(float));
+    assert_true(x && bias && want && got);
+    for (int i = 0; i < N; i++) /* -12 .. 12, then the specials */
+        x[i] = i < N - 23 ? -12.0f + 24.0f * (float)i / (float)(N - 23) : special[i - (N - 23)];
+    const int portable = mw_cpu_kernel_count() - 1;
+    memcpy(want, x, N * sizeof(float));
+    mw_cpu_kernel_gelu(portable, want, bias, N);
+    for (int k = 0; k < portable; k++) {
+        if (mw_cpu_kernel_name(k) == NULL)
+            continue;
+        for (int n = N - 17; n <= N; n += 17) { /* remainders of 16 and 8 */
+            memcpy(got, x, N * sizeof(float));
+            mw_cpu_kernel_gelu(k, got, bias, n);
+            for (int i = 0; i < n; i++)
+                if (memcmp(&got[i], &want[i], sizeof(float)) != 0 &&
+                    !(isnan(got[i]) && isnan(want[i])))
+                    fail_msg("kernel %s: GELU(%a) is %a, portable %a", mw_cpu_kernel_name(k),
+                             (double)x[i], (double)got[i], (double)want[i]);
+        }
+    }
+    double worst = 0;
+    for (int i = 0; i < N - 23; i++) {
+        const double v = x[i], exact = 0.5 * v * (1 + erf(v / sqrt(2.0)));
+        const double err = fabs(want[i] - exact) / fmax(1.0, fabs(exact));
+        worst = err > worst ? err : worst;
+    }
+    assert_true(worst <= 1e-6);
+    assert_true(want[N - 23 + 16] == INFINITY && isnan(want[N - 23 + 17])); /* as 0.5 v (1 + erf) */
+    free(x);
+    free(bias);
+    free(want);
+    free(got);
+}
+
 /* Each stage's cost is within one (largest) layer of total/k. */
 static void check_balanced(const uint64_t *cost, int n, int k)
 {
@@ -782,6 +830,7 @@ int main(void)
         cmocka_unit_test(every_cut_into_stages_is_bit_identical_to_the_whole_model),
         cmocka_unit_test(batched_rows_are_bit_identical_to_each_row_alone),
         cmocka_unit_test(every_cpu_kernel_gives_the_same_bits),
+        cmocka_unit_test(every_cpu_kernel_gives_the_same_gelu_and_it_is_within_1e_6),
         cmocka_unit_test(auto_split_balances_flops_within_one_layer),
         cmocka_unit_test(layer_ranges_parse_accepts_contiguous_lists_and_names_mistakes),
         cmocka_unit_test(malformed_models_are_rejected_with_the_tensor_named),
