@@ -157,8 +157,9 @@ static const struct cfg_key keys[] = {
     CFG_I("results.commit_interval_ms", results_commit_interval_ms, "100", 1, 600000,
           "longest a released result waits for its results transaction to start"),
     CFG_I("results.commit_min_gap_ms", results_commit_min_gap_ms, "10", 0, 600000,
-          "group commit: a results transaction starts as soon as results are released and the "
-          "previous one ended this long ago (at most results.commit_interval_ms)"),
+          "group commit: results that became ready while a results transaction committed wait "
+          "this long after it ended for more to join them (at most "
+          "results.commit_interval_ms); with none waiting then, the next result commits at once"),
     CFG_S("results.reply_topics", results_reply_topics, "",
           "comma-separated fnmatch globs of the topics a request may name as its reply topic "
           "(mw-reply-topic, kafka_replyTopic); empty: reply routing off (such a request gets an "

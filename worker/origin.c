@@ -1067,24 +1067,26 @@ static void flow_control(mw_dataplane_t *dp, int64_t now)
     rd_kafka_topic_partition_list_destroy(list);
 }
 
-/* Group commit: a results transaction starts as soon as a result can be
- * released (or a commit that failed is to be retried), none is running on the
- * committer, and the previous one ended at least the gap ago: under load each
- * one carries everything released while the previous one committed, and a
- * lone result waits for one commit. The gap is
- * results.commit_min_gap_ms, or results.commit_interval_ms when that is
- * shorter: the longest a released result waits for its transaction to start. */
-static int commit_due(mw_dataplane_t *dp, int64_t now)
+/* Whether a result is waiting for a transaction: a partition's head that is
+ * done is either released into the open transaction or releasable now
+ * (results leave in offset order). */
+static int results_waiting(const dp_origin_t *o)
 {
-    dp_origin_t *o = dp->origin;
-    if (now < o->next_commit_ms || mw_commit_busy(o->committer))
-        return 0;
-    /* A partition's head that is done is either released into the open
-     * transaction or releasable now (results leave in offset order). */
-    for (dp_part_t *p = o->parts; p != NULL; p = p->next)
+    for (const dp_part_t *p = o->parts; p != NULL; p = p->next)
         if (p->head != NULL && p->head->state == RQ_DONE)
             return 1;
     return 0;
+}
+
+/* Group commit: a results transaction starts as soon as a result can be
+ * released (or a commit that failed is to be retried), none is running on the
+ * committer, and next_commit_ms has come: under load each one carries
+ * everything released while the previous one committed, and a lone result
+ * waits for one commit. */
+static int commit_due(mw_dataplane_t *dp, int64_t now)
+{
+    dp_origin_t *o = dp->origin;
+    return now >= o->next_commit_ms && !mw_commit_busy(o->committer) && results_waiting(o);
 }
 
 /* Deadlines and unanswered attempts. */
@@ -1147,11 +1149,15 @@ int mw_dp_origin_step(mw_dataplane_t *dp)
     rd_kafka_poll(o->producer, 0);
     mw_commit_result_t res;
     if (mw_commit_collect(o->committer, 0, &res)) {
+        /* Results that became ready while it committed wait the gap
+         * (results.commit_min_gap_ms, at most results.commit_interval_ms) for
+         * more to join them; when none did, the next result is committed as
+         * soon as it is ready: a lone request waits for no gap. */
         int64_t gap = dp->cfg.results_commit_interval_ms < dp->cfg.results_commit_min_gap_ms
                           ? dp->cfg.results_commit_interval_ms
                           : dp->cfg.results_commit_min_gap_ms;
         commit_end(dp, &res);
-        o->next_commit_ms = mw_now_ms() + gap;
+        o->next_commit_ms = results_waiting(o) ? mw_now_ms() + gap : 0;
         n++;
     }
     if (commit_due(dp, now))

@@ -44,9 +44,8 @@ enum { REPS = 3 };
 
 #define LONE       300 /* lone requests timed, after LONE_WARM */
 #define LONE_WARM  20
-#define LONE_BLOCK 25  /* the reply part alternates P.results and the reply topic */
-#define LONE_TIMER 100 /* on the timer pipeline: about 100 ms each */
-#define HALF_S     10  /* seconds of paced load at half the saturation */
+#define LONE_BLOCK 25 /* the reply part alternates P.results and the reply topic */
+#define HALF_S     10 /* seconds of paced load at half the saturation */
 
 /* --- the relay: Kafka's exactly-once floor ------------------------------------ */
 
@@ -451,11 +450,10 @@ static int lone_latency(mwt_load_t *l, int n, double *p)
 }
 
 /* Saturation throughput at one row per request with the default workers
- * (group commit) against workers with results.commit_min_gap_ms 100 (about the
- * 100 ms timer of earlier versions), a pipeline each, interleaved bursts; then
- * the lone-request latency of the timer pipeline into timer[0..2] (p50, p99,
- * mean). */
-static void bench_group_vs_timer(bench_t *b, double *timer)
+ * (group commit) against workers with results.commit_min_gap_ms 100 (under
+ * load, about the 100 ms timer of earlier versions), a pipeline each,
+ * interleaved bursts. */
+static void bench_group_vs_timer(bench_t *b)
 {
     const int n = 50000;
     static const char *timer_flags[16];
@@ -481,8 +479,6 @@ static void bench_group_vs_timer(bench_t *b, double *timer)
         gus[r] = g.cpu_us_per_req;
         tus[r] = q.cpu_us_per_req;
     }
-    mwt_batch_linger0(&t.l);
-    lone_latency(&t.l, LONE_TIMER, timer);
     int errors = b->l.errors + t.l.errors;
     pipeline_stop(&t);
 
@@ -513,9 +509,8 @@ static void bench_group_vs_timer(bench_t *b, double *timer)
 /* Paced open-loop load at half of the saturation throughput, both produced by
  * the load's producer (librdkafka's linger.ms, 5 ms: what a client producing
  * thousands of requests a second uses) beside the pipeline; then one request
- * at a time with a producer of linger.ms 0. timer: the timer pipeline's lone
- * p50, p99 and mean (timer[0] 0: not measured). */
-static void bench_latency(bench_t *b, const double *timer)
+ * at a time with a producer of linger.ms 0. */
+static void bench_latency(bench_t *b)
 {
     double sat_req_s = mwt_batch_burst(&b->l, 50000, 1, PARTITIONS).steady_req_s;
     b->rows_sent += 50000;
@@ -535,25 +530,16 @@ static void bench_latency(bench_t *b, const double *timer)
     mwt_batch_linger0(&b->l);
     double lone[3];
     b->rows_sent += lone_latency(&b->l, LONE, lone);
-    char extra[1400], base[240] = "";
-    if (timer[0] > 0)
-        snprintf(base, sizeof(base),
-                 ", \"baseline\": %.2f, \"ratio\": %.4f, \"baseline_p99_ms\": %.2f, "
-                 "\"baseline_mean_ms\": %.2f, \"baseline_requests\": %d",
-                 timer[0], lone[0] / timer[0], timer[1], timer[2], LONE_TIMER);
+    char extra[1400];
     const char *note =
         "\"note\": \"2 stages x 2 CPU workers, make run's model, f32 [1, 64] requests over 4 "
         "partitions, defaults; one request at a time (produced by a producer with linger.ms 0 "
         "once the previous result was read, partitions in turn), produce call -> result read "
         "by a read_committed consumer (fetch.wait.max.ms 5)";
     snprintf(extra, sizeof(extra),
-             "%s, \"goal\": \"<= 15\", \"requests\": %d, \"warm_up\": %d, %s%s\"", base, LONE,
-             LONE_WARM, note,
-             timer[0] > 0 ? "; baseline: the same with --results.commit_min_gap_ms=100 on the "
-                            "workers (about the 100 ms timer), bimodal: a request whose origin "
-                            "committed less than 100 ms before waits out the rest, others do "
-                            "not, so its p50 lands in either mode; see its mean"
-                          : "");
+             ", \"goal\": \"<= 15\", \"mean_ms\": %.2f, \"requests\": %d, \"warm_up\": %d, "
+             "%s\"",
+             lone[2], LONE, LONE_WARM, note);
     mwt_emit("latency_lone_e2e_p50_ms", lone[0], "ms", extra);
     snprintf(extra, sizeof(extra),
              ", \"goal\": \"<= 30\", \"mean_ms\": %.2f, \"requests\": %d, %s\"", lone[2], LONE,
@@ -630,7 +616,6 @@ int main(void)
     if (setenv("MW_RESULTS_REPLY_TOPICS", "*.replies", 1) != 0)
         mwt_die("setenv", "refused");
     pipeline_start(&b, "batch", mwt_load_elastic_flags);
-    double timer[3] = {0};
     if (runs("relay"))
         bench_vs_relay(&b);
     if (runs("rows")) {
@@ -638,9 +623,9 @@ int main(void)
         bench_rows(&b, 64, 5000);
     }
     if (runs("commit"))
-        bench_group_vs_timer(&b, timer);
+        bench_group_vs_timer(&b);
     if (runs("latency"))
-        bench_latency(&b, timer);
+        bench_latency(&b);
     if (runs("reply"))
         bench_reply(&b);
     pipeline_stop(&b);
