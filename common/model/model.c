@@ -828,27 +828,32 @@ AVX2 static void matmul_avx2(const float *a, int rows, const float *w, int in, i
     }
 }
 
-/* gelu_one on 8 elements; the rest one at a time. */
+/* gelu_one's operations, in its order, on vectors of LANES floats of type T
+ * through the intrinsics prefixed P (_mm256 or _mm512: the same names at
+ * either width), from y + i while whole vectors remain; leaves i at the rest. */
+#define GELU_VECTORS(P, T, LANES)                                                                  \
+    for (; i + (LANES) <= n; i += (LANES)) {                                                       \
+        const T v = P##_add_ps(P##_loadu_ps(y + i), P##_loadu_ps(bias + i));                       \
+        const T x = P##_min_ps(                                                                    \
+            P##_max_ps(P##_mul_ps(v, P##_set1_ps((float)M_SQRT1_2)), P##_set1_ps(-ERF_X_MAX)),     \
+            P##_set1_ps(ERF_X_MAX));                                                               \
+        const T x2 = P##_mul_ps(x, x);                                                             \
+        T p = P##_set1_ps(erf_p[0]), q = P##_set1_ps(erf_q[0]);                                    \
+        for (int k = 1; k < ERF_NP; k++)                                                           \
+            p = P##_fmadd_ps(x2, p, P##_set1_ps(erf_p[k]));                                        \
+        for (int k = 1; k < ERF_NQ; k++)                                                           \
+            q = P##_fmadd_ps(x2, q, P##_set1_ps(erf_q[k]));                                        \
+        const T e = P##_min_ps(P##_max_ps(P##_div_ps(P##_mul_ps(x, p), q), P##_set1_ps(-1.0f)),    \
+                               P##_set1_ps(1.0f));                                                 \
+        P##_storeu_ps(y + i, P##_mul_ps(P##_mul_ps(P##_set1_ps(0.5f), v),                          \
+                                        P##_add_ps(P##_set1_ps(1.0f), e)));                        \
+    }
+
+/* gelu_one on 8 elements at a time; the rest one at a time. */
 AVX2 static void gelu_avx2(float *y, const float *bias, int n)
 {
-    const __m256 lo = _mm256_set1_ps(-ERF_X_MAX), hi = _mm256_set1_ps(ERF_X_MAX);
-    const __m256 one = _mm256_set1_ps(1.0f), minus_one = _mm256_set1_ps(-1.0f);
     int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 v = _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(bias + i));
-        const __m256 x = _mm256_min_ps(
-            _mm256_max_ps(_mm256_mul_ps(v, _mm256_set1_ps((float)M_SQRT1_2)), lo), hi);
-        const __m256 x2 = _mm256_mul_ps(x, x);
-        __m256 p = _mm256_set1_ps(erf_p[0]), q = _mm256_set1_ps(erf_q[0]);
-        for (int k = 1; k < ERF_NP; k++)
-            p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(erf_p[k]));
-        for (int k = 1; k < ERF_NQ; k++)
-            q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(erf_q[k]));
-        const __m256 e =
-            _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(_mm256_mul_ps(x, p), q), minus_one), one);
-        _mm256_storeu_ps(
-            y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(one, e)));
-    }
+    GELU_VECTORS(_mm256, __m256, 8)
     gelu_portable(y + i, bias + i, n - i);
 }
 #endif
@@ -967,27 +972,11 @@ AVX512 static void matmul_avx512(const float *a, int rows, const float *w, int i
     }
 }
 
-/* gelu_one on 16 elements; the rest through gelu_avx2. */
+/* gelu_one on 16 elements at a time; the rest through gelu_avx2. */
 AVX512 static void gelu_avx512(float *y, const float *bias, int n)
 {
-    const __m512 lo = _mm512_set1_ps(-ERF_X_MAX), hi = _mm512_set1_ps(ERF_X_MAX);
-    const __m512 one = _mm512_set1_ps(1.0f), minus_one = _mm512_set1_ps(-1.0f);
     int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 v = _mm512_add_ps(_mm512_loadu_ps(y + i), _mm512_loadu_ps(bias + i));
-        const __m512 x = _mm512_min_ps(
-            _mm512_max_ps(_mm512_mul_ps(v, _mm512_set1_ps((float)M_SQRT1_2)), lo), hi);
-        const __m512 x2 = _mm512_mul_ps(x, x);
-        __m512 p = _mm512_set1_ps(erf_p[0]), q = _mm512_set1_ps(erf_q[0]);
-        for (int k = 1; k < ERF_NP; k++)
-            p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(erf_p[k]));
-        for (int k = 1; k < ERF_NQ; k++)
-            q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(erf_q[k]));
-        const __m512 e =
-            _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(_mm512_mul_ps(x, p), q), minus_one), one);
-        _mm512_storeu_ps(
-            y + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(one, e)));
-    }
+    GELU_VECTORS(_mm512, __m512, 16)
     gelu_avx2(y + i, bias + i, n - i);
 }
 #endif
