@@ -3,7 +3,7 @@
  * waits at most batch.max_delay_us, a world that breaks under batches in
  * flight has each of their requests answered once, by its second attempt, and
  * a lone request's result is committed without waiting for
- * results.commit_interval_ms. */
+ * results.commit_interval_ms or the gap after the previous commit. */
 #include "clock.h"
 #include "harness.h"
 #include "mwt_pipeline.h"
@@ -124,10 +124,14 @@ static void broken_world_under_batches_answers_each_request_once_by_attempt_2(vo
     free(expected);
 }
 
-static void lone_request_is_committed_without_waiting_for_the_commit_interval(void **state)
+static void lone_request_waits_for_neither_the_commit_interval_nor_the_gap(void **state)
 {
-    /* A 5 s interval: a timer would make each request wait 2.5 s on average. */
-    static const char *const flags[] = {"--results.commit_interval_ms=5000", NULL};
+    /* A 20 s interval: a timer would make each request wait 10 s on average.
+     * A 10 s gap: it is for results that became ready while a commit ran;
+     * each request here is produced after the previous result was read, so
+     * it finds the origin idle and must not wait for it. */
+    static const char *const flags[] = {"--results.commit_interval_ms=20000",
+                                        "--results.commit_min_gap_ms=10000", NULL};
     mwt_pipeline_t *p = mwt_pipeline_new("group", 2, 4, 1, flags);
     *state = p; /* killed by mwt_pipeline_teardown() even when the test fails */
     mwt_pipeline_worker(p, 0, "w0");
@@ -164,7 +168,7 @@ int main(void)
                                   mwt_pipeline_teardown),
         cmocka_unit_test_teardown(broken_world_under_batches_answers_each_request_once_by_attempt_2,
                                   mwt_pipeline_teardown),
-        cmocka_unit_test_teardown(lone_request_is_committed_without_waiting_for_the_commit_interval,
+        cmocka_unit_test_teardown(lone_request_waits_for_neither_the_commit_interval_nor_the_gap,
                                   mwt_pipeline_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
