@@ -25,6 +25,7 @@
 #define POLL_MIN       64 /* messages taken per engine pass, at least */
 #define FULL_POLL_MS   50
 #define PAUSE_AFTER_MS 250
+#define RESUME_TRIES   3 /* commit_transaction calls to finish one that timed out */
 /* How long a snapshot of the cluster's topics serves reply routes: a reply
  * topic created (or grown) is used at most this long after. */
 #define REPLY_METADATA_TTL_MS 2000
@@ -688,14 +689,27 @@ static void retire_produced(mw_dataplane_t *dp)
 
 static void commit_settle(mw_dataplane_t *dp);
 
-/* Aborts the open transaction, once a running commit has ended. */
+/* Aborts the open transaction, once a running commit has ended. librdkafka
+ * takes no abort_transaction while a commit_transaction that timed out is
+ * unfinished ("Conflicting commit_transaction API call is already in
+ * progress"): that commit is resumed first, up to RESUME_TRIES times; it may
+ * well commit (its offsets went with it: exactly once either way, as the next
+ * owner of the partitions reads stable offsets). */
 static void txn_abort(mw_dataplane_t *dp, const char *why)
 {
     dp_origin_t *o = dp->origin;
     commit_settle(dp);
+    for (int tries = 0; o->commit_resumable && !dp->fatal && tries < RESUME_TRIES; tries++) {
+        mw_log(MW_LOG_WARN, FAC, "%s: finishing the commit that timed out first", why);
+        mw_commit_resume(o->committer);
+        commit_settle(dp);
+    }
+    if (o->commit_resumable && !dp->fatal) {
+        mw_dp_fatal(dp, MW_EKAFKA, "%s: the results commit that timed out did not finish", why);
+        return;
+    }
     if (!o->txn_open)
         return;
-    o->commit_resumable = 0;
     mw_log(MW_LOG_WARN, FAC, "aborting the results transaction: %s", why);
     rd_kafka_error_t *e = rd_kafka_abort_transaction(o->producer, (int)dp->cfg.kafka_timeout_ms);
     if (e != NULL) {
@@ -906,11 +920,20 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         }
         if (o->transactional && o->txn_open)
             txn_abort(dp, "partitions revoked with results not committed");
+        /* librdkafka keeps a partition's pause across its unassignment: one
+         * that flow control paused would come back paused, and never be
+         * resumed (flow control resumes only what it paused since). */
+        rd_kafka_topic_partition_list_t *paused = rd_kafka_topic_partition_list_new(parts->cnt);
         for (int i = 0; i < parts->cnt; i++) {
             dp_part_t *p = part_find(o, parts->elems[i].topic, parts->elems[i].partition);
+            if (p != NULL && p->paused)
+                rd_kafka_topic_partition_list_add(paused, p->topic, p->partition);
             if (p != NULL)
                 part_drop(o, p);
         }
+        if (paused->cnt > 0)
+            rd_kafka_resume_partitions(rk, paused);
+        rd_kafka_topic_partition_list_destroy(paused);
         if (cooperative)
             e = rd_kafka_incremental_unassign(rk, parts);
         else
