@@ -449,17 +449,16 @@ static void kafka_restart_mid_run_loses_and_duplicates_nothing(void **state)
     mwt_pipeline_check_exactly_once(f->p, &f->t, n, f->expected, NULL, NULL);
 }
 
-/* A broker hung (SIGSTOP) for longer than kafka_client.timeout_ms while
- * results commit: a commit_transaction that timed out is called again (a new
- * commit would be refused as conflicting, for good) until the broker is back. */
-static void kafka_hung_past_the_commit_timeout_loses_and_duplicates_nothing(void **state)
+/* 2000 requests; after 300 and a backlog up to 1000, the broker is hung
+ * (SIGSTOP) for pause_ms while the origin commits (a window of 50: it takes
+ * more of the backlog only as it commits, so it is committing when the broker
+ * stops); then every request must be answered exactly once and the workers
+ * must stop cleanly. flags: the workers' own (a window of 50 among them). */
+static void kafka_hung_mid_commit(void **state, const char *suffix, const char *const *flags,
+                                  int64_t pause_ms)
 {
     const int n = 2000;
-    /* A window of 50: the origin takes more of the backlog below only as it
-     * commits, so it is committing when the broker stops. */
-    const char *const flags[] = {"--kafka_client.timeout_ms=1000", "--worker.max_inflight=50",
-                                 NULL};
-    fixture_t *f = fixture_new(state, "kafkahung", 1, 2, n, flags);
+    fixture_t *f = fixture_new(state, suffix, 1, 2, n, flags);
     mwt_pipeline_t *p = f->p;
     assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, mwt_scaled(30000)));
     int sent = 0;
@@ -467,7 +466,7 @@ static void kafka_hung_past_the_commit_timeout_loses_and_duplicates_nothing(void
     mwt_pipeline_submit(p, sent, n / 2 - sent, NULL); /* a backlog being served and committed */
     sent = n / 2;
     assert_int_equal(mwt_service("kafka", "pause"), 0);
-    mwt_sleep_ms(3000); /* three commit timeouts, on purpose: the fault is the wait */
+    mwt_sleep_ms(pause_ms); /* on purpose: the fault is the wait */
     assert_int_equal(mwt_service("kafka", "resume"), 0);
     int64_t t0 = mw_now_ms();
     while (sent < n)
@@ -480,39 +479,31 @@ static void kafka_hung_past_the_commit_timeout_loses_and_duplicates_nothing(void
     mwt_pipeline_check_exactly_once(f->p, &f->t, n, f->expected, NULL, NULL);
 }
 
+/* A broker hung for longer than kafka_client.timeout_ms while results commit:
+ * a commit_transaction that timed out is called again (a new commit would be
+ * refused as conflicting, for good) until the broker is back. */
+static void kafka_hung_past_the_commit_timeout_loses_and_duplicates_nothing(void **state)
+{
+    const char *const flags[] = {"--kafka_client.timeout_ms=1000", "--worker.max_inflight=50",
+                                 NULL};
+    kafka_hung_mid_commit(state, "kafkahung", flags, 3000); /* three commit timeouts */
+}
+
 /* The broker stops for longer than the consumer's session timeout while the
  * origin is committing: its commit_transaction times out (resumable), then
  * librdkafka declares the partitions lost and the origin must end that
  * transaction before it gives them up. librdkafka takes no abort while the
  * timed-out commit is unfinished, so the origin finishes it first (an origin
  * that tried to abort exited: "Conflicting commit_transaction API call is
- * already in progress"). */
+ * already in progress"); and a partition flow control had paused must come
+ * back unpaused when the group hands it back. */
 static void
 kafka_hung_past_the_session_timeout_mid_commit_loses_and_duplicates_nothing(void **state)
 {
-    const int n = 2000;
     const char *const flags[] = {"--kafka_client.timeout_ms=1000", "--worker.max_inflight=50",
                                  "--kafka.session.timeout.ms=6000",
                                  "--kafka.heartbeat.interval.ms=500", NULL};
-    fixture_t *f = fixture_new(state, "kafkalost", 1, 2, n, flags);
-    mwt_pipeline_t *p = f->p;
-    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, mwt_scaled(30000)));
-    int sent = 0;
-    assert_true(pump_until(f, &sent, n, 300, mwt_scaled(60000)));
-    mwt_pipeline_submit(p, sent, n / 2 - sent, NULL); /* a backlog being served and committed */
-    sent = n / 2;
-    assert_int_equal(mwt_service("kafka", "pause"), 0);
-    mwt_sleep_ms(7500); /* past the session timeout, on purpose: the fault is the wait */
-    assert_int_equal(mwt_service("kafka", "resume"), 0);
-    int64_t t0 = mw_now_ms();
-    while (sent < n)
-        pump(f, &sent, n, 50, 20);
-    int got = mwt_pipeline_read(p, "results", &f->t, n, f->expected, n, mwt_scaled(90000));
-    print_message("%d/%d answered %lld ms after the broker resumed\n", got, n,
-                  (long long)(mw_now_ms() - t0));
-    assert_int_equal(got, n);
-    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
-    mwt_pipeline_check_exactly_once(f->p, &f->t, n, f->expected, NULL, NULL);
+    kafka_hung_mid_commit(state, "kafkalost", flags, 7500); /* past the session timeout */
 }
 
 static int one_in_ten(int i)
