@@ -5,6 +5,7 @@
 #include "harness.h"
 #include "kafka.h"
 #include "log.h"
+#include "mwt_load.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -199,6 +200,42 @@ static void committed_transaction_is_visible_and_aborted_one_is_not(void **state
         assert_int_equal(aborted[i], 1);
 }
 
+/* A results transaction begun right after the previous commit is refused with
+ * CONCURRENT_TRANSACTIONS until the broker has written that commit's markers;
+ * with librdkafka's default retry backoff each such transaction waited 100 ms
+ * in send_offsets_to_transaction. */
+static void back_to_back_transactions_do_not_wait_out_a_100_ms_retry_backoff(void **state)
+{
+    (void)state;
+    enum { TXNS = 21 };
+    const char *topic = mwt_name("b2b");
+    create_topic(topic, 1);
+    rd_kafka_t *p = mw_kafka_producer_new(&cfg, mwt_name("b2b-producer"), NULL, err, sizeof(err));
+    if (p == NULL)
+        fail_msg("%s", err);
+    rd_kafka_consumer_group_metadata_t *group =
+        rd_kafka_consumer_group_metadata_new(mwt_name("b2b-group"));
+    double ms[TXNS];
+    for (int i = 0; i < TXNS; i++) {
+        int64_t t0 = mw_now_us();
+        assert_null(rd_kafka_begin_transaction(p));
+        produce_value(p, topic, "v");
+        rd_kafka_topic_partition_list_t *offsets = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(offsets, topic, 0)->offset = i + 1;
+        assert_null(rd_kafka_send_offsets_to_transaction(p, offsets, group, 30000));
+        rd_kafka_topic_partition_list_destroy(offsets);
+        assert_null(rd_kafka_commit_transaction(p, 30000));
+        ms[i] = (double)(mw_now_us() - t0) / 1e3;
+    }
+    rd_kafka_consumer_group_metadata_destroy(group);
+    mw_kafka_destroy(p);
+    /* Those after the first (which finds no commit before it): about 20 ms
+     * of backoff and a few round trips. */
+    double median = mwt_median(ms + 1, TXNS - 1);
+    if (median >= 75)
+        fail_msg("back-to-back transactions took %.1f ms at the median", median);
+}
+
 #define RECORDS_BEFORE_RESTART 1000
 #define RECORDS_AFTER_RESTART  1000
 #define RECORDS_MAX            200000
@@ -358,6 +395,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(thousand_records_come_back_through_a_consumer_group),
         cmocka_unit_test(committed_transaction_is_visible_and_aborted_one_is_not),
+        cmocka_unit_test(back_to_back_transactions_do_not_wait_out_a_100_ms_retry_backoff),
         cmocka_unit_test(idempotent_producer_loses_and_duplicates_nothing_across_broker_restart),
         cmocka_unit_test(one_config_for_producer_and_consumer_logs_no_scope_warnings),
     };
