@@ -8,7 +8,8 @@
  * stage-0 workers' CPU per request, throughput with group commit (the default)
  * against a pipeline whose workers commit at most every 100 ms (the timer of
  * earlier versions), and the latency of one request at a time and at half the
- * saturation throughput, and the latency of one request at a time answered on
+ * saturation throughput (against the relay, committing every 10 ms, under the
+ * same paced load), and the latency of one request at a time answered on
  * a reply topic (kafka_replyTopic) next to P.results. JSON lines on stdout.
  *
  * MW_BENCH_ONLY=relay|rows|commit|latency|reply runs one part only. */
@@ -42,10 +43,11 @@
 
 enum { REPS = 3 };
 
-#define LONE       300 /* lone requests timed, after LONE_WARM */
-#define LONE_WARM  20
-#define LONE_BLOCK 25 /* the reply part alternates P.results and the reply topic */
-#define HALF_S     10 /* seconds of paced load at half the saturation */
+#define LONE         300 /* lone requests timed, after LONE_WARM */
+#define LONE_WARM    20
+#define LONE_BLOCK   25 /* the reply part alternates P.results and the reply topic */
+#define HALF_S       10 /* seconds of paced load at half the saturation */
+#define RELAY_GAP_MS 10 /* results.commit_min_gap_ms's default */
 
 /* --- the relay: Kafka's exactly-once floor ------------------------------------ */
 
@@ -55,6 +57,7 @@ typedef struct relay {
     const char *in, *out, *group;
     char txn_id[200];
     const atomic_int *stop;
+    int commit_ms;       /* a commit of what was relayed every commit_ms */
     atomic_int assigned; /* partitions assigned now */
     rd_kafka_t *cons, *prod;
     int txn_open;
@@ -104,7 +107,7 @@ static void relay_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 }
 
 /* Each record consumed is produced to rl->out (same partition, key, headers
- * and value) inside a transaction committed every COMMIT_MS. */
+ * and value) inside a transaction committed every rl->commit_ms. */
 static void relay_one(relay_t *rl, const rd_kafka_message_t *m)
 {
     if (!rl->txn_open) {
@@ -157,7 +160,7 @@ static void *relay_run(void *arg)
             rd_kafka_message_destroy(m);
         }
         rd_kafka_poll(rl->prod, 0);
-        if (mw_now_ms() - last_commit >= COMMIT_MS) {
+        if (mw_now_ms() - last_commit >= rl->commit_ms) {
             relay_commit(rl);
             last_commit = mw_now_ms();
         }
@@ -166,6 +169,50 @@ static void *relay_run(void *arg)
     mw_kafka_destroy(rl->cons); /* leaves the group: revokes (nothing left to commit) */
     mw_kafka_destroy(rl->prod);
     return NULL;
+}
+
+/* As many relay members as the pipeline has origins, on <name>.requests and
+ * <name>.results (PARTITIONS partitions), and a load on them (raw results). */
+typedef struct relays {
+    char in[200], out[200], group[200];
+    atomic_int stop;
+    relay_t rl[PER_STAGE];
+    mwt_load_t l;
+} relays_t;
+
+static void relays_start(relays_t *g, const char *name, int commit_ms)
+{
+    memset(g, 0, sizeof(*g));
+    snprintf(g->in, sizeof(g->in), "%s.requests", name);
+    snprintf(g->out, sizeof(g->out), "%s.results", name);
+    snprintf(g->group, sizeof(g->group), "%s.group", name);
+    const char *names[] = {g->in, g->out};
+    mwt_load_create_topics(names, 2, PARTITIONS);
+    for (int i = 0; i < PER_STAGE; i++) {
+        relay_t *rl = &g->rl[i];
+        rl->in = g->in;
+        rl->out = g->out;
+        rl->group = g->group;
+        rl->stop = &g->stop;
+        rl->commit_ms = commit_ms;
+        snprintf(rl->txn_id, sizeof(rl->txn_id), "%s.txn%d", name, i);
+        if (pthread_create(&rl->th, NULL, relay_run, rl) != 0)
+            mwt_die("relay", "no thread");
+    }
+    if (!mwt_wait_for(atomic_load(&g->rl[0].assigned) > 0 && atomic_load(&g->rl[1].assigned) > 0 &&
+                          atomic_load(&g->rl[0].assigned) + atomic_load(&g->rl[1].assigned) ==
+                              PARTITIONS,
+                      SETUP_MS))
+        mwt_die("relay", "the members did not both get partitions");
+    mwt_batch_init(&g->l, name, WIDTH, 1, PARTITIONS, 1);
+}
+
+static void relays_stop(relays_t *g)
+{
+    atomic_store(&g->stop, 1);
+    for (int i = 0; i < PER_STAGE; i++)
+        pthread_join(g->rl[i].th, NULL);
+    mwt_load_fini(&g->l);
 }
 
 /* --- the pipeline ----------------------------------------------------------- */
@@ -316,33 +363,10 @@ static void report(const bench_t *b, int rows, int n, double *req_s, double *fir
 static void bench_vs_relay(bench_t *b)
 {
     const int n = 50000, nr = 300000; /* relay: over a second of its commits */
-    const char *prefix = mwt_name("relay");
-    char in[200], out[200], group[200];
-    snprintf(in, sizeof(in), "%s.requests", prefix);
-    snprintf(out, sizeof(out), "%s.results", prefix);
-    snprintf(group, sizeof(group), "%s.group", prefix);
-    const char *names[] = {in, out};
-    mwt_load_create_topics(names, 2, PARTITIONS);
-    atomic_int stop = 0;
-    relay_t rl[PER_STAGE]; /* as many members as origins */
-    for (int i = 0; i < PER_STAGE; i++) {
-        memset(&rl[i], 0, sizeof(rl[i]));
-        rl[i].in = in;
-        rl[i].out = out;
-        rl[i].group = group;
-        rl[i].stop = &stop;
-        snprintf(rl[i].txn_id, sizeof(rl[i].txn_id), "%s.txn%d", prefix, i);
-        if (pthread_create(&rl[i].th, NULL, relay_run, &rl[i]) != 0)
-            mwt_die("relay", "no thread");
-    }
-    if (!mwt_wait_for(atomic_load(&rl[0].assigned) > 0 && atomic_load(&rl[1].assigned) > 0 &&
-                          atomic_load(&rl[0].assigned) + atomic_load(&rl[1].assigned) == PARTITIONS,
-                      SETUP_MS))
-        mwt_die("relay", "the members did not both get partitions");
-    mwt_load_t lr;
-    mwt_batch_init(&lr, prefix, WIDTH, 1, PARTITIONS, 1);
+    relays_t g;
+    relays_start(&g, mwt_name("relay"), COMMIT_MS);
     double warm[STAGES] = {0};
-    mwt_batch_backlog(&lr, nr / 10, 1, PARTITIONS); /* warm-up, both */
+    mwt_batch_backlog(&g.l, nr / 10, 1, PARTITIONS); /* warm-up, both */
     pipeline_burst(b, n / 10, 1, warm);
 
     usage_t u0, u1;
@@ -353,9 +377,9 @@ static void bench_vs_relay(bench_t *b)
         mwt_batch_rate_t p, q;
         if (r % 2 == 0) {
             p = pipeline_burst(b, n, 1, ticks);
-            q = mwt_batch_backlog(&lr, nr, 1, PARTITIONS);
+            q = mwt_batch_backlog(&g.l, nr, 1, PARTITIONS);
         } else {
-            q = mwt_batch_backlog(&lr, nr, 1, PARTITIONS);
+            q = mwt_batch_backlog(&g.l, nr, 1, PARTITIONS);
             p = pipeline_burst(b, n, 1, ticks);
         }
         pr[r] = p.steady_req_s;
@@ -368,10 +392,7 @@ static void bench_vs_relay(bench_t *b)
         rus[r] = q.cpu_us_per_req;
     }
     usage_settled(b, &u1);
-    atomic_store(&stop, 1);
-    for (int i = 0; i < PER_STAGE; i++)
-        pthread_join(rl[i].th, NULL);
-    mwt_load_fini(&lr);
+    relays_stop(&g);
 
     double mp = mwt_median(pr, REPS), mr = mwt_median(rr, REPS), mrfl = mwt_median(rfl, REPS);
     char extra[2000];
@@ -506,6 +527,34 @@ static void bench_group_vs_timer(bench_t *b)
     mwt_emit("throughput_group_vs_timer_commit", mg, "req/s", extra);
 }
 
+/* Produce-to-read latency of requests first..first+n of l: p50, p99, mean in
+ * p[0..2]; with parts, the p50, p99 and mean of each leg in parts[leg]: 0 from
+ * the produce call to the origin taking the request, 1 in the pipeline
+ * (mw-latency-us), 2 from the result's produce call (its record's CreateTime,
+ * a millisecond clock) to its read: the commit and the reader's fetch. */
+static void paced_latency(const mwt_load_t *l, int first, int n, double *p, double parts[3][3])
+{
+    double *v = malloc((size_t)n * sizeof(double));
+    if (v == NULL)
+        mwt_die("latency", "out of memory");
+    for (int i = 0; i < n; i++)
+        v[i] = (l->got[first + i] - l->sent[first + i]) / 1e3;
+    lat_stats(v, n, p);
+    for (int leg = 0; parts != NULL && leg < 3; leg++) {
+        int k = 0;
+        for (int i = first; i < first + n; i++) {
+            if (l->released[i] < 0)
+                continue; /* an error result: counted in errors */
+            double in_pipeline = l->pipeline_us[i] / 1e3;
+            double after = (l->got[i] - l->released[i]) / 1e3;
+            double to_origin = (l->released[i] - l->sent[i]) / 1e3 - in_pipeline;
+            v[k++] = leg == 0 ? to_origin : leg == 1 ? in_pipeline : after;
+        }
+        lat_stats(v, k, parts[leg]);
+    }
+    free(v);
+}
+
 /* Paced open-loop load at half of the saturation throughput, both produced by
  * the load's producer (librdkafka's linger.ms, 5 ms: what a client producing
  * thousands of requests a second uses) beside the pipeline; then one request
@@ -518,19 +567,23 @@ static void bench_latency(bench_t *b)
     int first = atomic_load(&b->l.next);
     double produced = mwt_batch_paced(&b->l, n, sat_req_s / 2, PARTITIONS);
     b->rows_sent += n;
-    double *lat = malloc((size_t)n * sizeof(double));
-    if (lat == NULL)
-        mwt_die("latency", "out of memory");
-    for (int i = 0; i < n; i++)
-        lat[i] = (b->l.got[first + i] - b->l.sent[first + i]) / 1e3;
-    double half[3];
-    lat_stats(lat, n, half);
-    free(lat);
+    double half[3], parts[3][3], relay[3];
+    paced_latency(&b->l, first, n, half, parts);
+
+    /* The same paced load through the relay, committing as often as an
+     * origin under load does (results.commit_min_gap_ms). */
+    relays_t g;
+    relays_start(&g, mwt_name("relay-paced"), RELAY_GAP_MS);
+    mwt_batch_backlog(&g.l, n / 10, 1, PARTITIONS); /* warm-up */
+    int rfirst = atomic_load(&g.l.next);
+    mwt_batch_paced(&g.l, n, sat_req_s / 2, PARTITIONS);
+    paced_latency(&g.l, rfirst, n, relay, NULL);
+    relays_stop(&g);
 
     mwt_batch_linger0(&b->l);
     double lone[3];
     b->rows_sent += lone_latency(&b->l, LONE, lone);
-    char extra[1400];
+    char extra[2600];
     const char *note =
         "\"note\": \"2 stages x 2 CPU workers, make run's model, f32 [1, 64] requests over 4 "
         "partitions, defaults; one request at a time (produced by a producer with linger.ms 0 "
@@ -551,12 +604,25 @@ static void bench_latency(bench_t *b)
            "first) at half the saturation throughput measured just before (saturation_req_s: "
            "50,000 requests produced at once while the pipeline serves them), both by one "
            "producer with librdkafka's linger.ms (5 ms), produce call -> result read by a "
-           "read_committed consumer (fetch.wait.max.ms 5)";
+           "read_committed consumer (fetch.wait.max.ms 5); its legs (p50 and p99 of each): "
+           "to_origin from the produce call to the origin taking the request (the produce, "
+           "the origin's fetch, its queue), in_pipeline the result's mw-latency-us, "
+           "commit_and_read from the origin producing the result (its record's CreateTime, "
+           "a millisecond clock) to its read (the results transaction and the reader's "
+           "fetch); baseline: the same paced load through the relay of throughput_vs_eos_relay "
+           "(no compute) committing every 10 ms (results.commit_min_gap_ms), after the "
+           "pipeline; ratio: value / baseline";
     snprintf(extra, sizeof(extra),
-             ", \"p50_ms\": %.2f, \"mean_ms\": %.2f, \"goal\": \"<= 60\", \"rate_req_s\": %.1f, "
+             ", \"p50_ms\": %.2f, \"mean_ms\": %.2f, \"goal\": \"<= 60\", \"baseline\": %.2f, "
+             "\"ratio\": %.3f, \"baseline_p50_ms\": %.2f, \"to_origin_p50_ms\": %.2f, "
+             "\"to_origin_p99_ms\": %.2f, \"in_pipeline_p50_ms\": %.2f, "
+             "\"in_pipeline_p99_ms\": %.2f, \"commit_and_read_p50_ms\": %.2f, "
+             "\"commit_and_read_p99_ms\": %.2f, \"rate_req_s\": %.1f, "
              "\"produced_req_s\": %.1f, \"saturation_req_s\": %.1f, \"requests\": %d, "
              "\"seconds\": %d, \"errors\": %d, %s\"",
-             half[0], half[2], sat_req_s / 2, produced, sat_req_s, n, HALF_S, b->l.errors, note);
+             half[0], half[2], relay[1], half[1] / relay[1], relay[0], parts[0][0], parts[0][1],
+             parts[1][0], parts[1][1], parts[2][0], parts[2][1], sat_req_s / 2, produced, sat_req_s,
+             n, HALF_S, b->l.errors, note);
     mwt_emit("latency_half_load_e2e_p99_ms", half[1], "ms", extra);
     snprintf(extra, sizeof(extra), ", \"rate_req_s\": %.1f", sat_req_s / 2);
     mwt_emit("latency_half_load_e2e_p50_ms", half[0], "ms", extra);

@@ -152,7 +152,11 @@ void mwt_load_init(mwt_load_t *l, const char *topic_prefix, int in_features, int
     l->raw_results = raw;
     l->sent = calloc(MWT_LOAD_MAX_REQ, sizeof(double));
     l->got = calloc(MWT_LOAD_MAX_REQ, sizeof(double));
-    if (l->input == NULL || l->sent == NULL || l->got == NULL)
+    l->released = calloc(MWT_LOAD_MAX_REQ, sizeof(double));
+    l->pipeline_us = calloc(MWT_LOAD_MAX_REQ, sizeof(double));
+    l->wall_minus_mono_us = (double)mw_unix_ms() * 1e3 - mwt_now_us();
+    if (l->input == NULL || l->sent == NULL || l->got == NULL || l->released == NULL ||
+        l->pipeline_us == NULL)
         mwt_die("load", "out of memory");
 }
 
@@ -163,6 +167,8 @@ void mwt_load_fini(mwt_load_t *l)
     free(l->input);
     free(l->sent);
     free(l->got);
+    free(l->released);
+    free(l->pipeline_us);
 }
 
 void mwt_load_submit_rows(mwt_load_t *l, int n, int rows, int partitions)
@@ -222,9 +228,16 @@ int mwt_load_collect(mwt_load_t *l, int upto, int64_t timeout_ms)
         if (i >= 0 && l->got[i] == 0) {
             l->got[i] = t;
             atomic_fetch_add(&l->ngot, 1);
+            l->released[i] = l->pipeline_us[i] = -1;
             if (!l->raw_results) {
                 mw_result_t res = {0};
-                if (mw_result_from_message(&res, m, err, sizeof(err)) != MW_OK || !res.ok) {
+                int rc = mw_result_from_message(&res, m, err, sizeof(err));
+                int64_t created = rd_kafka_message_timestamp(m, NULL);
+                if (rc == MW_OK && created >= 0) {
+                    l->released[i] = (double)created * 1e3 - l->wall_minus_mono_us;
+                    l->pipeline_us[i] = (double)res.latency_us;
+                }
+                if (rc != MW_OK || !res.ok) {
                     if (l->errors++ == 0)
                         fprintf(stderr, "mwt_load: error result for %s: %.*s\n", key,
                                 (int)res.error_len, res.error ? res.error : err);

@@ -28,6 +28,11 @@ typedef struct mwt_load {
     _Atomic int ngot;   /* distinct results seen */
     int errors;         /* error results (mw-status: error, or unparsable) */
     double *sent, *got; /* per request: produce time / result seen, mwt_now_us; 0 = not yet */
+    /* Per request, of mw result records: when the origin produced the result
+     * (its record's CreateTime, a millisecond of the wall clock, on mwt_now_us's
+     * scale) and its mw-latency-us; -1 when unknown. */
+    double *released, *pipeline_us;
+    double wall_minus_mono_us; /* wall clock - mwt_now_us, at mwt_load_init */
 } mwt_load_t;
 
 /* Microseconds on the monotonic clock. */
