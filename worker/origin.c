@@ -12,6 +12,7 @@
 #include "kafka.h"
 #include "log.h"
 #include "topics/record.h"
+#include "topics/topics.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -810,32 +811,41 @@ static void fetch_offsets(mw_dataplane_t *dp, rd_kafka_topic_partition_list_t *p
     char group[160], kerr[256];
     snprintf(group, sizeof(group), "mw.%s", dp->pipeline);
     int64_t deadline = mw_now_ms() + 2 * dp->cfg.kafka_timeout_ms;
-    rd_kafka_queue_t *q = rd_kafka_queue_new(o->consumer);
+    /* Asked through the consumer's handle, and through a client of its own
+     * once the group's coordinator answered NOT_COORDINATOR: librdkafka 2.0
+     * keeps asking the broker its coordinator cache names (for
+     * metadata.max.age.ms), so after the coordinator moved, a restarted
+     * broker that no longer is it answered that to every try. */
+    rd_kafka_t *rk = o->consumer, *own = NULL;
+    int64_t renew_ms = 0;
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
     for (int tries = 0;; tries++) {
         int stable = mw_now_ms() < deadline;
         rd_kafka_ListConsumerGroupOffsets_t *req =
             rd_kafka_ListConsumerGroupOffsets_new(group, parts);
         rd_kafka_AdminOptions_t *opt =
-            rd_kafka_AdminOptions_new(o->consumer, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
+            rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
         rd_kafka_AdminOptions_set_request_timeout(opt, 5000, kerr, sizeof(kerr));
         rd_kafka_error_t *e = rd_kafka_AdminOptions_set_require_stable_offsets(opt, stable);
         if (e != NULL)
             rd_kafka_error_destroy(e);
-        rd_kafka_ListConsumerGroupOffsets(o->consumer, &req, 1, opt, q);
+        rd_kafka_ListConsumerGroupOffsets(rk, &req, 1, opt, q);
         rd_kafka_ListConsumerGroupOffsets_destroy(req);
         rd_kafka_AdminOptions_destroy(opt);
         rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 10000);
-        const char *why = "no answer";
+        char why[256] = "no answer"; /* a copy: the strings below go with ev */
         int done = 0;
+        int moved = ev != NULL && rd_kafka_event_error(ev) == RD_KAFKA_RESP_ERR_NOT_COORDINATOR;
         const rd_kafka_ListConsumerGroupOffsets_result_t *res =
             ev != NULL ? rd_kafka_event_ListConsumerGroupOffsets_result(ev) : NULL;
         size_t n = 0;
         const rd_kafka_group_result_t **groups =
             res != NULL ? rd_kafka_ListConsumerGroupOffsets_result_groups(res, &n) : NULL;
         if (ev != NULL && rd_kafka_event_error(ev) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            why = rd_kafka_event_error_string(ev);
+            snprintf(why, sizeof(why), "%s", rd_kafka_event_error_string(ev));
         } else if (n == 1 && rd_kafka_group_result_error(groups[0]) != NULL) {
-            why = rd_kafka_error_string(rd_kafka_group_result_error(groups[0]));
+            snprintf(why, sizeof(why), "%s",
+                     rd_kafka_error_string(rd_kafka_group_result_error(groups[0])));
         } else if (n == 1) {
             const rd_kafka_topic_partition_list_t *got =
                 rd_kafka_group_result_partitions(groups[0]);
@@ -845,7 +855,8 @@ static void fetch_offsets(mw_dataplane_t *dp, rd_kafka_topic_partition_list_t *p
                     (rd_kafka_topic_partition_list_t *)got, parts->elems[i].topic,
                     parts->elems[i].partition);
                 if (tp == NULL || tp->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-                    why = tp != NULL ? rd_kafka_err2str(tp->err) : "partition missing";
+                    snprintf(why, sizeof(why), "%s",
+                             tp != NULL ? rd_kafka_err2str(tp->err) : "partition missing");
                     done = 0;
                 } else {
                     parts->elems[i].offset =
@@ -866,6 +877,19 @@ static void fetch_offsets(mw_dataplane_t *dp, rd_kafka_topic_partition_list_t *p
         if (tries == 0 || tries % 20 == 0)
             mw_log(MW_LOG_INFO, FAC, "waiting for the committed offsets of %d partition(s): %s",
                    parts->cnt, why);
+        if (moved && mw_now_ms() >= renew_ms) {
+            rd_kafka_t *fresh = mw_topics_admin_new(&dp->cfg, kerr, sizeof(kerr));
+            renew_ms = mw_now_ms() + 5000; /* at most one new client per 5 s */
+            if (fresh == NULL) {
+                mw_log(MW_LOG_WARN, FAC, "asking for the committed offsets: %s", kerr);
+            } else {
+                rd_kafka_queue_destroy(q);
+                if (own != NULL)
+                    mw_kafka_destroy(own);
+                rk = own = fresh;
+                q = rd_kafka_queue_new(rk);
+            }
+        }
         /* Meanwhile the worlds keep moving: results come back, aborts go on. */
         for (int64_t until = mw_now_ms() + 250; mw_now_ms() < until;)
             if (mw_dp_pump(dp) == 0) {
@@ -874,6 +898,8 @@ static void fetch_offsets(mw_dataplane_t *dp, rd_kafka_topic_partition_list_t *p
             }
     }
     rd_kafka_queue_destroy(q);
+    if (own != NULL)
+        mw_kafka_destroy(own);
 }
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,

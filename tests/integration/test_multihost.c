@@ -321,6 +321,44 @@ static void kafka_leader_killed_mid_run_loses_and_duplicates_nothing(void **stat
     free(expected);
 }
 
+/* The consumer group's coordinator killed: the coordinator moves to another
+ * broker, the killed one comes back, and then an origin dies, so that the
+ * other asks for the committed offsets of its partitions. librdkafka 2.0 kept
+ * asking the broker it had cached, which answered NOT_COORDINATOR to every
+ * try: the partitions were never served again. */
+static void group_coordinator_moved_then_an_origin_killed_its_partitions_are_served(void **state)
+{
+    fixture_t *f = hosts(state);
+    const int n = 4000;
+    mwt_pipeline_t *p = pipeline_on_hosts(f, "mhcoord", 2, 1);
+    float *expected = make_run_shape_on_hosts(f, p, n);
+    mwt_tally_t t = {0};
+    mwt_pipeline_submit(p, 0, n / 2, NULL);
+    assert_int_equal(mwt_pipeline_read(p, "results", &t, n, expected, n / 2, mwt_scaled(60000)),
+                     n / 2);
+
+    int victim = mwt_pipeline_group_coordinator(p);
+    assert_true(victim >= 1 && victim <= 3);
+    assert_int_equal(mwt_net_broker(f->net, "kill", victim), 0);
+    int64_t killed = mw_now_ms();
+    int moved = -1;
+    assert_true(mwt_wait_for((moved = mwt_pipeline_group_coordinator(p)) >= 1 && moved != victim,
+                             mwt_scaled(60000)));
+    assert_int_equal(mwt_net_broker(f->net, "start", victim), 0);
+    print_message("group coordinator %d killed, broker %d coordinates after %lld ms, %d back\n",
+                  victim, moved, (long long)(mw_now_ms() - killed), victim);
+
+    mwt_pipeline_signal(p, 1, SIGKILL); /* w0-h2 */
+    mwt_pipeline_submit(p, n / 2, n / 2, NULL);
+    if (mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(90000)) != n)
+        fail_msg("%d of %d requests answered after the coordinator moved and an origin died",
+                 t.distinct, n);
+    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
+    mwt_pipeline_check_exactly_once(p, &t, n, expected, NULL, NULL);
+    mwt_tally_fini(&t);
+    free(expected);
+}
+
 /* Waits until the active fault took effect (world broken, workers expired,
  * partitions moved), then removes it. */
 static void heal(fixture_t *f, int fault, int victim)
@@ -401,8 +439,13 @@ int main(void)
             teardown),
         cmocka_unit_test_setup_teardown(kafka_leader_killed_mid_run_loses_and_duplicates_nothing,
                                         setup_kafka_cluster, teardown),
+        cmocka_unit_test_setup_teardown(
+            group_coordinator_moved_then_an_origin_killed_its_partitions_are_served,
+            setup_kafka_cluster, teardown),
         cmocka_unit_test_setup_teardown(chaos_across_hosts_answers_every_request_exactly_once,
                                         setup_kafka_cluster, teardown),
     };
+    if (getenv("MWT_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("MWT_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

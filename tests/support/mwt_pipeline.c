@@ -222,34 +222,58 @@ long long mwt_worker_field(mw_redis_t *r, const char *id, const char *field)
     return v;
 }
 
-int mwt_pipeline_origins_assigned(mwt_pipeline_t *p)
+/* The description of the consumer group mw.<name>, asked through rk, or NULL;
+ * the caller destroys *ev (set whenever an answer came). */
+static const rd_kafka_ConsumerGroupDescription_t *describe_group(mwt_pipeline_t *p, rd_kafka_t *rk,
+                                                                 rd_kafka_event_t **ev)
 {
     char group[200];
-    int n = 0;
     snprintf(group, sizeof(group), "mw.%s", p->name);
     const char *groups[] = {group};
-    rd_kafka_queue_t *q = rd_kafka_queue_new(p->producer);
-    rd_kafka_DescribeConsumerGroups(p->producer, groups, 1, NULL, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 10000);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_DescribeConsumerGroups(rk, groups, 1, NULL, q);
+    *ev = rd_kafka_queue_poll(q, 10000);
+    rd_kafka_queue_destroy(q);
     const rd_kafka_DescribeConsumerGroups_result_t *res =
-        ev != NULL ? rd_kafka_event_DescribeConsumerGroups_result(ev) : NULL;
+        *ev != NULL ? rd_kafka_event_DescribeConsumerGroups_result(*ev) : NULL;
     size_t cnt = 0;
     const rd_kafka_ConsumerGroupDescription_t **descs =
         res != NULL ? rd_kafka_DescribeConsumerGroups_result_groups(res, &cnt) : NULL;
-    if (cnt == 1 && rd_kafka_ConsumerGroupDescription_error(descs[0]) == NULL) {
-        size_t members = rd_kafka_ConsumerGroupDescription_member_count(descs[0]);
-        for (size_t i = 0; i < members; i++) {
-            const rd_kafka_MemberDescription_t *m =
-                rd_kafka_ConsumerGroupDescription_member(descs[0], i);
-            const rd_kafka_topic_partition_list_t *parts =
-                rd_kafka_MemberAssignment_partitions(rd_kafka_MemberDescription_assignment(m));
-            n += parts != NULL && parts->cnt > 0;
-        }
+    return cnt == 1 && rd_kafka_ConsumerGroupDescription_error(descs[0]) == NULL ? descs[0] : NULL;
+}
+
+int mwt_pipeline_origins_assigned(mwt_pipeline_t *p)
+{
+    int n = 0;
+    rd_kafka_event_t *ev;
+    const rd_kafka_ConsumerGroupDescription_t *desc = describe_group(p, p->producer, &ev);
+    size_t members = desc != NULL ? rd_kafka_ConsumerGroupDescription_member_count(desc) : 0;
+    for (size_t i = 0; i < members; i++) {
+        const rd_kafka_MemberDescription_t *m = rd_kafka_ConsumerGroupDescription_member(desc, i);
+        const rd_kafka_topic_partition_list_t *parts =
+            rd_kafka_MemberAssignment_partitions(rd_kafka_MemberDescription_assignment(m));
+        n += parts != NULL && parts->cnt > 0;
     }
     if (ev != NULL)
         rd_kafka_event_destroy(ev);
-    rd_kafka_queue_destroy(q);
     return n;
+}
+
+int mwt_pipeline_group_coordinator(mwt_pipeline_t *p)
+{
+    char err[256];
+    rd_kafka_t *rk = mw_topics_admin_new(&p->cfg, err, sizeof(err));
+    if (rk == NULL)
+        return -1;
+    rd_kafka_event_t *ev;
+    const rd_kafka_ConsumerGroupDescription_t *desc = describe_group(p, rk, &ev);
+    const rd_kafka_Node_t *node =
+        desc != NULL ? rd_kafka_ConsumerGroupDescription_coordinator(desc) : NULL;
+    int id = node != NULL ? rd_kafka_Node_id(node) : -1;
+    if (ev != NULL)
+        rd_kafka_event_destroy(ev);
+    mw_kafka_destroy(rk);
+    return id;
 }
 
 void mwt_pipeline_destroy(mwt_pipeline_t *p)

@@ -79,6 +79,11 @@ void mwt_pipeline_signal(mwt_pipeline_t *p, int i, int sig);
 /* Members of the consumer group mw.<name> that have partitions assigned. */
 int mwt_pipeline_origins_assigned(mwt_pipeline_t *p);
 
+/* The broker (node id) coordinating the consumer group mw.<name>, asked
+ * through a new client (librdkafka 2.0 keeps asking a coordinator it cached);
+ * -1 when unknown. */
+int mwt_pipeline_group_coordinator(mwt_pipeline_t *p);
+
 /* A numeric field of worker id's hash in the cluster of r; -1 when absent. */
 long long mwt_worker_field(mw_redis_t *r, const char *id, const char *field);
 
