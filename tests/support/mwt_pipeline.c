@@ -552,6 +552,9 @@ int mwt_pipeline_read(mwt_pipeline_t *p, const char *suffix, mwt_tally_t *t, int
                 t->mismatch[i]++;
             } else if (!res.ok) {
                 t->errors[i]++;
+                if (t->error_results++ < 10) /* the first ones, to tell what went wrong */
+                    fprintf(stderr, "error result %s: %.*s\n", key, (int)res.error_len,
+                            res.error != NULL ? res.error : "");
             } else if (expected != NULL &&
                        (res.nbytes !=
                             (size_t)mwt_request_rows(p, i) * p->out_features * sizeof(float) ||

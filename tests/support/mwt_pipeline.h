@@ -117,6 +117,7 @@ typedef struct mwt_tally {
     int64_t *first_offset; /* where the first record of each key is (partition << 48 | offset) */
     int64_t *latency_us;   /* largest mw-latency-us of its results (0: none) */
     int distinct, total, foreign;
+    int error_results; /* error results seen (the first few are printed) */
     rd_kafka_t *consumer;
     int partitions, eof;
 } mwt_tally_t;
