@@ -657,7 +657,6 @@ int main(void)
         cmocka_unit_test_teardown(auto_workers_move_to_the_slow_stage_under_load_and_back,
                                   teardown),
     };
-    if (getenv("MWT_FILTER") != NULL)
-        cmocka_set_test_filter(getenv("MWT_FILTER"));
+    mwt_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

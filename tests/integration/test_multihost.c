@@ -445,7 +445,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(chaos_across_hosts_answers_every_request_exactly_once,
                                         setup_kafka_cluster, teardown),
     };
-    if (getenv("MWT_FILTER") != NULL)
-        cmocka_set_test_filter(getenv("MWT_FILTER"));
+    mwt_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

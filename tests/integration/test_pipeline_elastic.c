@@ -556,7 +556,6 @@ int main(void)
             kafka_hung_past_the_session_timeout_mid_commit_loses_and_duplicates_nothing, teardown),
         cmocka_unit_test_teardown(data_plane_activity_reaches_stats_and_events, teardown),
     };
-    if (getenv("MWT_FILTER") != NULL) /* e.g. MWT_FILTER='*coordinator*' */
-        cmocka_set_test_filter(getenv("MWT_FILTER"));
+    mwt_test_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,13 +3,19 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <setjmp.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <cmocka.h>
 
 void mwt_sleep_ms(int64_t ms)
 {
@@ -186,4 +192,11 @@ void mwt_machine_ticks(double *busy, double *total)
     for (int i = 0; i < 8; i++)
         *total += (double)v[i];
     *busy = *total - (double)(v[3] + v[4]);
+}
+
+void mwt_test_filter(void)
+{
+    const char *filter = getenv("MWT_FILTER");
+    if (filter != NULL)
+        cmocka_set_test_filter(filter);
 }
