@@ -99,18 +99,22 @@ rd_kafka_t *mw_kafka_producer_new(const mw_config_t *cfg, const char *transactio
         {"enable.idempotence", "true"},
         {"linger.ms", "5"},
     };
-    rd_kafka_conf_t *conf = mw_kafka_conf_new(cfg, errstr, errstr_size);
-    if (conf == NULL)
-        return NULL;
     /* A transaction begun right after the previous commit is refused with
      * CONCURRENT_TRANSACTIONS until the broker has written that commit's
      * markers, and librdkafka retries after retry.backoff.ms (100 ms): a
      * back-to-back transaction waited 100 ms in send_offsets_to_transaction.
      * 20 ms is the Java producer's backoff for exactly this answer. */
+    static const char *const txn_defaults[][2] = {
+        {"retry.backoff.ms", "20"},
+    };
+    rd_kafka_conf_t *conf = mw_kafka_conf_new(cfg, errstr, errstr_size);
+    if (conf == NULL)
+        return NULL;
     if (conf_defaults(conf, cfg, defaults, sizeof(defaults) / sizeof(defaults[0]), errstr,
                       errstr_size) != MW_OK ||
         (transactional_id != NULL &&
-         (conf_default(conf, cfg, "retry.backoff.ms", "20", errstr, errstr_size) != MW_OK ||
+         (conf_defaults(conf, cfg, txn_defaults, sizeof(txn_defaults) / sizeof(txn_defaults[0]),
+                        errstr, errstr_size) != MW_OK ||
           conf_set(conf, "transactional.id", transactional_id, errstr, errstr_size) != MW_OK))) {
         rd_kafka_conf_destroy(conf);
         return NULL;
