@@ -307,6 +307,15 @@ static int64_t delta(int64_t now, int64_t before)
     return now >= before ? now - before : now;
 }
 
+/* The growth of a worker's counters into `stats:{pipeline}` in one step, so
+ * that a reader never sees `results` grown and `errors` not yet.
+ * KEYS[1] the totals hash; ARGV field, growth, field, growth ... */
+static mw_redis_script_t totals_script = {
+    "totals",
+    "for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end\n"
+    "return 0\n",
+    ""};
+
 /* Data-plane activity into Redis (DESIGN §5), from the main thread so that the
  * engine never waits on Redis: the counters into `worker:{id}:stats` (expires
  * unless refreshed), their growth into `stats:{pipeline}`, and one coalesced
@@ -333,10 +342,11 @@ static void report_activity(worker_t *w)
     int64_t ttl = 10 * w->cfg->heartbeat_ttl_ms;
     if (mw_redis_cmd(w->r, &reply, "PEXPIRE %s %lld", key, (long long)ttl) == MW_OK)
         freeReplyObject(reply);
+    enum { NGREW = 6 };
     const struct {
         const char *field, *event, *what;
         int64_t n;
-    } grew[] = {
+    } grew[NGREW] = {
         {"processed", NULL, NULL, delta(st.processed, b->processed)},
         {"rows", NULL, NULL, delta(st.rows, b->rows)},
         {"results", NULL, NULL, delta(st.results, b->results)},
@@ -347,18 +357,26 @@ static void report_activity(worker_t *w)
         {"aborts", "abort", "abort(s) sent upstream for requests on broken worlds",
          delta(st.aborts, b->aborts)},
     };
-    for (size_t i = 0; i < sizeof(grew) / sizeof(grew[0]); i++) {
+    const char *args[2 * NGREW];
+    char num[NGREW][24];
+    int nargs = 0;
+    for (size_t i = 0; i < NGREW; i++) {
         if (grew[i].n <= 0)
             continue;
-        if (mw_redis_cmd(w->r, &reply, "HINCRBY %s %s %lld", totals, grew[i].field,
-                         (long long)grew[i].n) == MW_OK)
-            freeReplyObject(reply);
-        if (grew[i].event != NULL) {
-            char msg[160];
-            snprintf(msg, sizeof(msg), "%lld %s", (long long)grew[i].n, grew[i].what);
-            mw_events_add(w->r, w->cfg->events_maxlen, grew[i].event, "worker", w->info.id, "msg",
-                          msg, (const char *)NULL);
-        }
+        snprintf(num[i], sizeof(num[i]), "%lld", (long long)grew[i].n);
+        args[nargs++] = grew[i].field;
+        args[nargs++] = num[i];
+    }
+    const char *keys[1] = {totals};
+    if (nargs > 0 && mw_redis_eval(w->r, &totals_script, NULL, 1, keys, nargs, args, NULL) != MW_OK)
+        return; /* the growth is reported again with the next heartbeat */
+    for (size_t i = 0; i < NGREW; i++) {
+        if (grew[i].n <= 0 || grew[i].event == NULL)
+            continue;
+        char msg[160];
+        snprintf(msg, sizeof(msg), "%lld %s", (long long)grew[i].n, grew[i].what);
+        mw_events_add(w->r, w->cfg->events_maxlen, grew[i].event, "worker", w->info.id, "msg", msg,
+                      (const char *)NULL);
     }
     w->reported = st;
 }

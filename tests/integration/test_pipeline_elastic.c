@@ -517,14 +517,15 @@ static void data_plane_activity_reaches_stats_and_events(void **state)
     fixture_t *f = fixture_new(state, "stats", 1, 1, n, NULL);
     mwt_pipeline_submit(f->p, 0, n, one_in_ten);
     assert_int_equal(mwt_pipeline_read(f->p, "results", &f->t, n, NULL, n, mwt_scaled(60000)), n);
-    /* Counters reach Redis with the next heartbeats. */
+    /* Counters reach Redis with the next heartbeats, each worker's with its own;
+     * the origin's results and errors grow together. */
     assert_true(mwt_wait_for(pipeline_stat(f, "results") == n, mwt_scaled(10000)));
     assert_int_equal(pipeline_stat(f, "errors"), n / 10);
     /* Every stage computed every valid request's row, in batches of one or more. */
-    assert_true(pipeline_stat(f, "rows") >= 3 * (n - n / 10));
+    assert_true(mwt_wait_for(pipeline_stat(f, "rows") >= 3 * (n - n / 10), mwt_scaled(10000)));
     assert_true(pipeline_stat(f, "processed") > 0);
     assert_true(pipeline_stat(f, "processed") <= pipeline_stat(f, "rows"));
-    assert_true(mwt_worker_field(f->r, "w1-0", "processed") > 0);
+    assert_true(mwt_wait_for(mwt_worker_field(f->r, "w1-0", "processed") > 0, mwt_scaled(10000)));
     char key[MW_KEY_MAX];
     mw_key_worker_stats(f->r, "w0-0", key, sizeof(key));
     redisReply *reply = NULL;
