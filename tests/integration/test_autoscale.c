@@ -55,6 +55,12 @@ static void spawn_into(char args[][1200], char **argv, int *n, const char *fmt, 
     (*n)++;
 }
 
+/* Every process's log level: MWT_LOG_LEVEL, or warn. */
+static const char *log_level(void)
+{
+    return getenv("MWT_LOG_LEVEL") != NULL ? getenv("MWT_LOG_LEVEL") : "warn";
+}
+
 /* The flags every process of the test shares. */
 static void common_flags(fixture_t *f, char args[][1200], char **argv, int *n)
 {
@@ -62,8 +68,7 @@ static void common_flags(fixture_t *f, char args[][1200], char **argv, int *n)
     spawn_into(args, argv, n, "--cluster.name=%s", f->p->cfg.cluster);
     spawn_into(args, argv, n, "--kafka.bootstrap.servers=%s",
                mw_config_kafka_get(&f->p->cfg, "bootstrap.servers"));
-    spawn_into(args, argv, n, "--log.level=%s",
-               getenv("MWT_LOG_LEVEL") ? getenv("MWT_LOG_LEVEL") : "warn");
+    spawn_into(args, argv, n, "--log.level=%s", log_level());
     char ramp[160];
     snprintf(ramp, sizeof(ramp),
              "[{\"min\":1,\"max\":2},{\"min\":1,\"max\":%d},{\"min\":1,\"max\":2}]", MAX_MID);
@@ -121,10 +126,10 @@ static void start_agent(fixture_t *f, const char *command)
                    "--agent.worker_command=d=; [ \"$MW_WORKER_STAGE\" = 1 ] && "
                    "d=--worker.compute_delay_us=%d; exec %s --redis.port=%lld --cluster.name=%s "
                    "--kafka.bootstrap.servers=%s --heartbeat.interval_ms=100 "
-                   "--heartbeat.ttl_ms=%lld --batch.max_rows=1 --log.level=warn $d",
+                   "--heartbeat.ttl_ms=%lld --batch.max_rows=1 --log.level=%s $d",
                    DELAY_US, mwt_bin("mw-worker"), (long long)f->p->cfg.redis_port,
                    f->p->cfg.cluster, mw_config_kafka_get(&f->p->cfg, "bootstrap.servers"),
-                   (long long)mwt_scaled(1500));
+                   (long long)mwt_scaled(1500), log_level());
     argv[n] = NULL;
     pid_t pid = mwt_spawn(argv);
     assert_true(pid > 0);
