@@ -169,7 +169,8 @@ static const struct cfg_key keys[] = {
     CFG_I("request.timeout_ms", request_timeout_ms, "30000", 1, 86400000,
           "deadline of a request without mw-deadline-ms, from when the origin consumed it"),
     CFG_I("request.attempt_timeout_ms", request_attempt_timeout_ms, "5000", 1, 86400000,
-          "an attempt unanswered this long is abandoned and the request dispatched again"),
+          "an attempt unanswered this long is abandoned and the request dispatched again; "
+          "origins send a world to stage 1 only what it answered over a quarter of this"),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

@@ -339,7 +339,8 @@ dp_link_t *mw_dp_pick_downstream(mw_dataplane_t *dp, const char *origin, int *fu
         }
         if (st != MW_WORLD_READY)
             continue;
-        if (l->nsends >= dp->cfg.worker_queue_depth) {
+        if (l->nsends >= dp->cfg.worker_queue_depth ||
+            (dp->origin != NULL && next != 0 && !mw_dp_origin_link_room(dp, l))) {
             *full = 1;
             continue;
         }

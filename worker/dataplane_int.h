@@ -42,6 +42,9 @@ struct dp_link {
     uint8_t hdr_buf[MW_WORLD_HEADER_MAX];
     dp_xfer_t *rx_head, *rx_tail; /* tensor receives, in the order of their headers */
     dp_xfer_t *tx;                /* sends in flight */
+    /* origin: requests answered through this world in the previous and the
+     * current half of the queueing window, the current half's start */
+    int64_t answered_prev, answered_cur, answered_since_ms;
 };
 
 /* Mid and last stages: where a batch came from and went to (metadata). */
@@ -148,7 +151,8 @@ int mw_dp_reaches(const mw_dataplane_t *dp, const dp_link_t *l, const char *orig
  * stage dp->stage on its way to origin. After the last stage that is a world
  * to the origin itself, else the least loaded (outstanding requests plus
  * unfinished sends; ties: the one chosen least recently) READY world to stage
- * + 1 with room in its send queue whose peer can still reach origin. NULL when
+ * + 1 with room in its send queue (and, from the origin, room in its queueing
+ * window: mw_dp_origin_link_room) whose peer can still reach origin. NULL when
  * there is none; *full is then set when such a world exists but is full or
  * still joining (hold the batch rather than abort it: the abort would only
  * come back here). */
@@ -180,6 +184,10 @@ int mw_dp_origin_step(mw_dataplane_t *dp);
 void mw_dp_origin_on_result(mw_dataplane_t *dp, const mw_hop_t *hop, const void *buf);
 void mw_dp_origin_on_abort(mw_dataplane_t *dp, const mw_hop_t *hop, const char *why);
 void mw_dp_origin_link_down(mw_dataplane_t *dp, dp_link_t *l);
+/* 1 when the origin may send another batch over l: the requests outstanding
+ * there are fewer than it answered over the last queueing window (a quarter
+ * of request.attempt_timeout_ms), or than a batch's rows. */
+int mw_dp_origin_link_room(const mw_dataplane_t *dp, dp_link_t *l);
 /* Final commit and consumer close, before the links go. */
 void mw_dp_origin_close(mw_dataplane_t *dp);
 

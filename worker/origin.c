@@ -245,6 +245,40 @@ static void finish_ok(mw_dataplane_t *dp, dp_req_t *r, const mw_tensor_desc_t *b
     r->latency_us = mw_now_us() - r->consumed_us;
 }
 
+/* The queueing window: the longest a request should wait in the pipeline's
+ * queues, so that a queue never outlasts an attempt. */
+static int64_t queue_window_ms(const mw_dataplane_t *dp)
+{
+    int64_t w = dp->cfg.request_attempt_timeout_ms / 4;
+    return w > 1 ? w : 1;
+}
+
+/* Starts the next half of l's queueing window once the current one is over. */
+static void link_roll(const mw_dataplane_t *dp, dp_link_t *l, int64_t now)
+{
+    int64_t half = queue_window_ms(dp) / 2 + 1;
+    if (now - l->answered_since_ms < half)
+        return;
+    l->answered_prev = now - l->answered_since_ms < 2 * half ? l->answered_cur : 0;
+    l->answered_cur = 0;
+    l->answered_since_ms = now;
+}
+
+/* Flow control by the pipeline's pace: a world may hold as many requests as
+ * it answered over the last queueing window, so that a stage that is slower
+ * than the load (until it is scaled out) leaves the backlog in Kafka instead
+ * of queueing requests past their attempt timeout, where they would be sent
+ * again and computed twice. The rate counts the previous and the current
+ * half-window, scaled to a whole one. */
+int mw_dp_origin_link_room(const mw_dataplane_t *dp, dp_link_t *l)
+{
+    int64_t now = mw_now_ms(), w = queue_window_ms(dp);
+    link_roll(dp, l, now);
+    int64_t span = w / 2 + 1 + (now - l->answered_since_ms);
+    int64_t cap = (l->answered_prev + l->answered_cur) * w / span;
+    return l->outstanding < (cap > dp->cfg.batch_max_rows ? cap : dp->cfg.batch_max_rows);
+}
+
 /* Splits a batch's output (rows stacked in the batch's order) among its
  * requests still waiting for an answer: any batch's output for a request is
  * the same bits, so the first one answers. */
@@ -261,10 +295,16 @@ static void finish_batch(mw_dataplane_t *dp, const dp_batch_t *b, const mw_tenso
         return;
     }
     size_t row_bytes = (size_t)desc->shape[desc->ndim - 1] * mw_dtype_size(desc->dtype);
+    int64_t now = mw_now_ms();
     for (uint32_t i = 0; i < b->n; i++) {
         dp_req_t *r = req_find(dp->origin, b->req[i].seq);
-        if (r != NULL && r->state != RQ_DONE)
-            finish_ok(dp, r, desc, (const uint8_t *)data + b->req[i].row * row_bytes);
+        if (r == NULL || r->state == RQ_DONE)
+            continue;
+        if (r->state == RQ_SENT && r->batch == b->id && r->link != NULL) {
+            link_roll(dp, r->link, now);
+            r->link->answered_cur++;
+        }
+        finish_ok(dp, r, desc, (const uint8_t *)data + b->req[i].row * row_bytes);
     }
 }
 

@@ -1,7 +1,7 @@
 /* Serving end to end with real processes: a coordinator and workers of a
  * 3-stage pipeline, requests on Kafka, results compared bit for bit with the
  * unsplit reference model; malformed requests answered with an error and a
- * DLQ copy. */
+ * DLQ copy; a stage slower than the backlog paces the origin. */
 #include "clock.h"
 #include "harness.h"
 #include "mwt_pipeline.h"
@@ -107,6 +107,39 @@ static void at_least_once_delivery_answers_every_request(void **state)
     free(expected);
 }
 
+/* A middle stage four times slower than the backlog's work in an attempt:
+ * 400 one-row requests at 20 ms each are 8 s of work for it, and an attempt
+ * times out after 2 s. The origin sends it only what it answered over the
+ * last half second, so the backlog waits at the origin and in Kafka, and no
+ * request waits in the pipeline long enough to be sent again. */
+static void stage_slower_than_the_backlog_gets_no_attempt_sent_twice(void **state)
+{
+    const int n = 400;
+    static const char *const flags[] = {"--worker.compute_delay_us=20000",
+                                        "--worker.compute_delay_stage=1", "--batch.max_rows=1",
+                                        "--request.attempt_timeout_ms=2000", NULL};
+    mwt_pipeline_t *p = mwt_pipeline_new("slow", 3, 6, 2, flags);
+    *state = p; /* killed by mwt_pipeline_teardown() even when the test fails */
+    mwt_pipeline_workers(p, 1);
+    float *expected = mwt_pipeline_reference(p, n);
+    assert_true(mwt_wait_for(mwt_pipeline_origins_assigned(p) == 1, mwt_scaled(30000)));
+    int64_t t0 = mw_now_ms();
+    mwt_pipeline_submit(p, 0, n, NULL);
+
+    mwt_tally_t t = {0};
+    assert_int_equal(mwt_pipeline_read(p, "results", &t, n, expected, n, mwt_scaled(90000)), n);
+    print_message("%d results in %lld ms\n", n, (long long)(mw_now_ms() - t0));
+    assert_int_equal(mwt_pipeline_stop_workers(p, mwt_scaled(20000)), 0);
+    int64_t attempts = 0;
+    int replayed = mwt_pipeline_check_exactly_once(p, &t, n, expected, NULL, &attempts);
+    if (replayed > 0)
+        fail_msg("%d requests were sent again (up to %lld attempts)", replayed,
+                 (long long)attempts);
+
+    mwt_tally_fini(&t);
+    free(expected);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -115,6 +148,8 @@ int main(void)
         cmocka_unit_test_teardown(malformed_requests_get_one_error_result_and_one_dlq_copy,
                                   mwt_pipeline_teardown),
         cmocka_unit_test_teardown(at_least_once_delivery_answers_every_request,
+                                  mwt_pipeline_teardown),
+        cmocka_unit_test_teardown(stage_slower_than_the_backlog_gets_no_attempt_sent_twice,
                                   mwt_pipeline_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
