@@ -26,7 +26,9 @@
 #define POLL_MIN       64 /* messages taken per engine pass, at least */
 #define FULL_POLL_MS   50
 #define PAUSE_AFTER_MS 250
-#define RESUME_TRIES   3 /* commit_transaction calls to finish one that timed out */
+#define RESUME_TRIES   3     /* commit_transaction calls to finish one that timed out */
+#define RENEW_TRIES    3     /* new results producers tried after one failed for good */
+#define ABORT_RETRY_MS 60000 /* how long an abort that timed out is called again */
 /* How long a snapshot of the cluster's topics serves reply routes: a reply
  * topic created (or grown) is used at most this long after. */
 #define REPLY_METADATA_TTL_MS 2000
@@ -730,13 +732,55 @@ static void retire_produced(mw_dataplane_t *dp)
 
 static void commit_settle(mw_dataplane_t *dp);
 
+static int producer_start(mw_dataplane_t *dp, rd_kafka_t **producer, mw_commit_t **committer,
+                          char *errstr, size_t errstr_size);
+
+/* The abort of the open transaction failed for good: the broker had aborted
+ * that transaction itself (it outlived transaction.timeout.ms while the
+ * broker hung, and librdkafka 2.0 takes the answer to its own abort,
+ * INVALID_TXN_STATE, as fatal). The producer is replaced by a new one with
+ * the same transactional.id, which starts clean. The transaction did not
+ * commit (it ended in an abortable error, so no commit was sent), or its
+ * partitions are being given up and their next owner reads their stable
+ * committed offsets: either way its results may be produced again. A fenced
+ * producer is not replaced: that is another process with this worker's id,
+ * and only one may produce. */
+static void producer_renew(mw_dataplane_t *dp, const char *why)
+{
+    dp_origin_t *o = dp->origin;
+    char reason[512], err[512];
+    rd_kafka_t *producer;
+    mw_commit_t *committer;
+    rd_kafka_resp_err_t code = rd_kafka_fatal_error(o->producer, reason, sizeof(reason));
+    if (code != RD_KAFKA_RESP_ERR_INVALID_TXN_STATE) {
+        mw_dp_fatal(dp, MW_EKAFKA, "abort transaction: %s", reason);
+        return;
+    }
+    mw_log(MW_LOG_WARN, FAC, "%s: the results producer failed for good (%s): starting a new one",
+           why, reason);
+    int rc = MW_EKAFKA;
+    for (int tries = 0; rc != MW_OK && tries < RENEW_TRIES; tries++)
+        rc = producer_start(dp, &producer, &committer, err, sizeof(err));
+    if (rc != MW_OK) {
+        mw_dp_fatal(dp, MW_EKAFKA, "starting a new results producer: %s", err);
+        return;
+    }
+    mw_commit_destroy(o->committer);
+    rd_kafka_purge(o->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    mw_kafka_destroy(o->producer);
+    o->producer = producer;
+    o->committer = committer;
+    o->commit_resumable = 0;
+}
+
 /* Aborts the open transaction, once a running commit has ended. librdkafka
  * takes no abort_transaction while a commit_transaction that timed out is
  * unfinished ("Conflicting commit_transaction API call is already in
  * progress"): that commit is resumed first, up to RESUME_TRIES times; it may
  * well commit (its offsets went with it: exactly once either way, as the next
- * owner of the partitions reads stable offsets). */
-static void txn_abort(mw_dataplane_t *dp, const char *why)
+ * owner of the partitions reads stable offsets). renew: an abort that fails
+ * for good renews the producer (not when closing). */
+static void txn_abort(mw_dataplane_t *dp, const char *why, int renew)
 {
     dp_origin_t *o = dp->origin;
     commit_settle(dp);
@@ -752,9 +796,22 @@ static void txn_abort(mw_dataplane_t *dp, const char *why)
     if (!o->txn_open)
         return;
     mw_log(MW_LOG_WARN, FAC, "aborting the results transaction: %s", why);
-    rd_kafka_error_t *e = rd_kafka_abort_transaction(o->producer, (int)dp->cfg.kafka_timeout_ms);
+    /* An abort that timed out (the broker hung) goes on in the background
+     * and is finished by calling it again. */
+    int64_t until = mw_now_ms() + ABORT_RETRY_MS;
+    rd_kafka_error_t *e;
+    while ((e = rd_kafka_abort_transaction(o->producer, (int)dp->cfg.kafka_timeout_ms)) != NULL &&
+           rd_kafka_error_is_retriable(e) && mw_now_ms() < until) {
+        mw_log(MW_LOG_WARN, FAC, "aborting the results transaction: %s (will retry)",
+               rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        mw_dp_pump(dp);
+    }
     if (e != NULL) {
-        mw_dp_fatal(dp, MW_EKAFKA, "abort transaction: %s", rd_kafka_error_string(e));
+        if (renew && rd_kafka_error_is_fatal(e))
+            producer_renew(dp, why);
+        else
+            mw_dp_fatal(dp, MW_EKAFKA, "abort transaction: %s", rd_kafka_error_string(e));
         rd_kafka_error_destroy(e);
     }
     o->txn_open = 0;
@@ -807,7 +864,7 @@ static void commit_end(mw_dataplane_t *dp, mw_commit_result_t *res)
     } else if (rd_kafka_error_is_fatal(e)) {
         mw_dp_fatal(dp, MW_EFENCED, "results transaction: %s", rd_kafka_error_string(e));
     } else if (rd_kafka_error_txn_requires_abort(e)) {
-        txn_abort(dp, rd_kafka_error_string(e));
+        txn_abort(dp, rd_kafka_error_string(e), 1);
     } else {
         /* Retriable: the transaction stays open; the next commit tries again. */
         mw_log(MW_LOG_WARN, FAC, "committing results: %s (will retry)", rd_kafka_error_string(e));
@@ -982,10 +1039,10 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             if (!dp->fatal)
                 commit(dp);
         } else if (o->transactional && o->txn_open) {
-            txn_abort(dp, "partitions lost");
+            txn_abort(dp, "partitions lost", 1);
         }
         if (o->transactional && o->txn_open)
-            txn_abort(dp, "partitions revoked with results not committed");
+            txn_abort(dp, "partitions revoked with results not committed", 1);
         /* librdkafka keeps a partition's pause across its unassignment: one
          * that flow control paused would come back paused, and never be
          * resumed (flow control resumes only what it paused since). */
@@ -1296,33 +1353,48 @@ static void wake_engine(void *dp)
     mw_dp_wake(dp);
 }
 
-int mw_dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
+/* A results producer and a committer that uses it (the consumer must
+ * exist). A transactional producer fences an earlier incarnation of this
+ * worker (or this one's earlier producer) and aborts its open transaction. */
+static int producer_start(mw_dataplane_t *dp, rd_kafka_t **producer, mw_commit_t **committer,
+                          char *errstr, size_t errstr_size)
 {
     dp_origin_t *o = dp->origin;
-    char txn_id[512], group[128];
+    char txn_id[512];
     snprintf(txn_id, sizeof(txn_id), "mw.%s.%s.%s", dp->cfg.cluster, dp->pipeline, dp->worker_id);
-    snprintf(group, sizeof(group), "mw.%s", dp->pipeline);
-    const mw_kafka_hooks_t hooks = {
-        .dr_msg_cb = dr_msg_cb, .rebalance_cb = rebalance_cb, .opaque = dp};
-    /* A transactional producer fences an earlier incarnation of this worker
-     * and aborts its open transaction. */
-    o->producer = mw_kafka_producer_new(&dp->cfg, o->transactional ? txn_id : NULL, &hooks, errstr,
-                                        errstr_size);
-    if (o->producer == NULL)
+    const mw_kafka_hooks_t hooks = {.dr_msg_cb = dr_msg_cb, .opaque = dp};
+    *producer = mw_kafka_producer_new(&dp->cfg, o->transactional ? txn_id : NULL, &hooks, errstr,
+                                      errstr_size);
+    if (*producer == NULL)
         return MW_EKAFKA;
-    o->consumer = mw_kafka_consumer_new(&dp->cfg, group, &hooks, errstr, errstr_size);
-    if (o->consumer == NULL)
-        return MW_EKAFKA;
-    const mw_commit_opts_t copts = {.producer = o->producer,
+    const mw_commit_opts_t copts = {.producer = *producer,
                                     .consumer = o->consumer,
                                     .transactional = o->transactional,
                                     .timeout_ms = (int)dp->cfg.kafka_timeout_ms,
                                     .delivery_failed = &o->delivery_failed,
                                     .wake = wake_engine,
                                     .arg = dp};
-    o->committer = mw_commit_new(&copts, errstr, errstr_size);
-    if (o->committer == NULL)
+    *committer = mw_commit_new(&copts, errstr, errstr_size);
+    if (*committer == NULL) {
+        mw_kafka_destroy(*producer);
+        *producer = NULL;
         return MW_EIO;
+    }
+    return MW_OK;
+}
+
+int mw_dp_origin_connect(mw_dataplane_t *dp, char *errstr, size_t errstr_size)
+{
+    dp_origin_t *o = dp->origin;
+    char group[128];
+    snprintf(group, sizeof(group), "mw.%s", dp->pipeline);
+    const mw_kafka_hooks_t hooks = {.rebalance_cb = rebalance_cb, .opaque = dp};
+    o->consumer = mw_kafka_consumer_new(&dp->cfg, group, &hooks, errstr, errstr_size);
+    if (o->consumer == NULL)
+        return MW_EKAFKA;
+    int rc = producer_start(dp, &o->producer, &o->committer, errstr, errstr_size);
+    if (rc != MW_OK)
+        return rc;
     static const uint64_t one = 1; /* what an eventfd reads */
     o->queue = rd_kafka_queue_get_consumer(o->consumer);
     if (o->queue != NULL) /* else the engine polls Kafka at its next timer */
@@ -1356,7 +1428,7 @@ void mw_dp_origin_close(mw_dataplane_t *dp)
     /* Leaving the group revokes every partition through rebalance_cb. */
     rd_kafka_consumer_close(o->consumer);
     if (o->transactional && o->txn_open)
-        txn_abort(dp, "closing");
+        txn_abort(dp, "closing", 0);
 }
 
 void mw_dp_origin_destroy(mw_dataplane_t *dp)
