@@ -55,12 +55,6 @@ static void spawn_into(char args[][1200], char **argv, int *n, const char *fmt, 
     (*n)++;
 }
 
-/* Every process's log level: MWT_LOG_LEVEL, or warn. */
-static const char *log_level(void)
-{
-    return getenv("MWT_LOG_LEVEL") != NULL ? getenv("MWT_LOG_LEVEL") : "warn";
-}
-
 /* The flags every process of the test shares. */
 static void common_flags(fixture_t *f, char args[][1200], char **argv, int *n)
 {
@@ -68,7 +62,7 @@ static void common_flags(fixture_t *f, char args[][1200], char **argv, int *n)
     spawn_into(args, argv, n, "--cluster.name=%s", f->p->cfg.cluster);
     spawn_into(args, argv, n, "--kafka.bootstrap.servers=%s",
                mw_config_kafka_get(&f->p->cfg, "bootstrap.servers"));
-    spawn_into(args, argv, n, "--log.level=%s", log_level());
+    spawn_into(args, argv, n, "--log.level=%s", mwt_log_level());
     char ramp[160];
     snprintf(ramp, sizeof(ramp),
              "[{\"min\":1,\"max\":2},{\"min\":1,\"max\":%d},{\"min\":1,\"max\":2}]", MAX_MID);
@@ -129,7 +123,7 @@ static void start_agent(fixture_t *f, const char *command)
                    "--heartbeat.ttl_ms=%lld --batch.max_rows=1 --log.level=%s $d",
                    DELAY_US, mwt_bin("mw-worker"), (long long)f->p->cfg.redis_port,
                    f->p->cfg.cluster, mw_config_kafka_get(&f->p->cfg, "bootstrap.servers"),
-                   (long long)mwt_scaled(1500), log_level());
+                   (long long)mwt_scaled(1500), mwt_log_level());
     argv[n] = NULL;
     pid_t pid = mwt_spawn(argv);
     assert_true(pid > 0);

@@ -194,6 +194,12 @@ void mwt_machine_ticks(double *busy, double *total)
     *busy = *total - (double)(v[3] + v[4]);
 }
 
+const char *mwt_log_level(void)
+{
+    const char *level = getenv("MWT_LOG_LEVEL");
+    return level != NULL ? level : "warn";
+}
+
 void mwt_test_filter(void)
 {
     const char *filter = getenv("MWT_FILTER");

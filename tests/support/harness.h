@@ -64,6 +64,9 @@ int mwt_wait_exit(pid_t pid, int64_t timeout_ms);
  * out_size-1 bytes of its stdout into out when out is not NULL. */
 int mwt_run(const char *cmd, char *out, size_t out_size);
 
+/* The log level of the processes a test starts: MWT_LOG_LEVEL, or warn. */
+const char *mwt_log_level(void);
+
 /* Call before cmocka_run_group_tests: with MWT_FILTER set (a cmocka glob,
  * e.g. MWT_FILTER='*coordinator*'), only the tests it names run. */
 void mwt_test_filter(void);

@@ -73,7 +73,7 @@ static pid_t spawn(const mwt_driver_t *d, const char *prog, const char *const *e
     ARG("--heartbeat.interval_ms=100");
     ARG("--heartbeat.ttl_ms=%lld", (long long)mwt_scaled(1500));
     ARG("--world.timeout_ms=%lld", (long long)d->cfg.world_timeout_ms);
-    ARG("--log.level=%s", getenv("MWT_LOG_LEVEL") ? getenv("MWT_LOG_LEVEL") : "warn");
+    ARG("--log.level=%s", mwt_log_level());
     for (int i = 0; extra[i] != NULL && n < 24; i++)
         ARG("%s", extra[i]);
 #undef ARG

@@ -55,7 +55,7 @@ static pid_t spawn(mwt_pipeline_t *p, const char *prog, const char *const *extra
     ARG("--kafka.bootstrap.servers=%s", mw_config_kafka_get(&p->cfg, "bootstrap.servers"));
     ARG("--heartbeat.interval_ms=100");
     ARG("--heartbeat.ttl_ms=%lld", (long long)mwt_scaled(1500));
-    ARG("--log.level=%s", getenv("MWT_LOG_LEVEL") ? getenv("MWT_LOG_LEVEL") : "warn");
+    ARG("--log.level=%s", mwt_log_level());
     for (int i = 0; extra1 != NULL && extra1[i] != NULL && n < 46; i++)
         ARG("%s", extra1[i]);
     for (int i = 0; extra2 != NULL && extra2[i] != NULL && n < 46; i++)
